@@ -1,0 +1,223 @@
+"""Samplers: plain functions that turn noise into images, each written as numbered steps that
+cite the equation they implement.
+
+Every sampler takes a :class:`Denoiser` (the network plus the schedule, prediction type,
+labels and guidance), the output shape and an explicit ``torch.Generator``, and returns
+x_0 in [-1, 1] as [N x C x H x W].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .schedule import Schedule
+
+SamplerName = Literal["ddpm", "ddim", "dpmpp-2m"]
+SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpmpp-2m")
+
+# Called after every step with (step index, timestep, x_t after the step, predicted x_0).
+StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+
+
+@dataclass
+class Denoiser:
+    """The network seen from a sampler: (x_t, t) -> (eps, x_0).
+
+    ``labels`` ([N] ints) conditions a class-conditional network; with ``guidance`` w != 1 the
+    output is classifier-free guided, out = out(null) + w (out(y) - out(null)) (Ho & Salimans
+    2022, eq. 6 with w = 1 + their w). ``clip_x0`` clamps the predicted x_0 to [-1, 1] and
+    recomputes eps from it, as diffusers' ``clip_sample`` does.
+    """
+
+    model: nn.Module
+    schedule: Schedule
+    prediction: str = "eps"
+    labels: torch.Tensor | None = None
+    guidance: float = 1.0
+    clip_x0: bool = True
+
+    def __call__(self, x_t: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n = x_t.shape[0]
+        tt = torch.full((n,), t, device=x_t.device, dtype=torch.long)
+        if self.labels is not None and self.guidance != 1.0:
+            null = torch.full_like(self.labels, self.model.num_classes)
+            out_c, out_u = self.model(torch.cat([x_t, x_t]), torch.cat([tt, tt]), torch.cat([self.labels, null])).chunk(2)
+            out = out_u + self.guidance * (out_c - out_u)
+        else:
+            out = self.model(x_t, tt, self.labels)
+        eps, x0 = self.schedule.eps_and_x0(x_t, tt, out.float(), self.prediction)
+        if self.clip_x0:
+            x0 = x0.clamp(-1.0, 1.0)
+            a = self.schedule.sqrt_alphas_cumprod[t]
+            eps = (x_t - a * x0) / self.schedule.sqrt_one_minus_alphas_cumprod[t]
+        return eps, x0
+
+
+def spaced_timesteps(num_timesteps: int, steps: int) -> list[int]:
+    """``steps`` timesteps from T-1 down, evenly spaced and always including T-1 ("trailing"
+    spacing, Lin et al. 2024, Table 2), so few-step samplers start from pure noise."""
+    if not 1 <= steps <= num_timesteps:
+        raise ValueError(f"steps must be between 1 and {num_timesteps} (got {steps})")
+    ratio = num_timesteps / steps
+    return [int(round(num_timesteps - i * ratio)) - 1 for i in range(steps)]
+
+
+def _progress(items, enabled: bool, desc: str):
+    return tqdm(items, desc=desc, unit="step", leave=False, disable=not enabled)
+
+
+@torch.inference_mode()
+def ddpm_sample(
+    denoiser: Denoiser,
+    shape: tuple[int, ...],
+    *,
+    generator: torch.Generator,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Ancestral sampling over all T steps (Ho et al. 2020, Algorithm 2), with the posterior
+    variance beta_tilde_t (eq. 7) as sigma_t^2."""
+    sched = denoiser.schedule
+    # 1. Start from pure noise x_T ~ N(0, I).
+    x = torch.randn(shape, generator=generator, device=device)
+    for i, t in enumerate(_progress(range(sched.num_timesteps - 1, -1, -1), progress, "ddpm")):
+        # 2. Predict x_0 from x_t (clipped to [-1, 1] if asked).
+        _, x0 = denoiser(x, t)
+        tt = torch.full((shape[0],), t, device=device, dtype=torch.long)
+        # 3. Posterior mean of q(x_{t-1} | x_t, x_0), eq. 7.
+        mean, var = sched.q_posterior(x0, x, tt)
+        # 4. x_{t-1} = mean + sigma_t z, no noise at the last step.
+        if t > 0:
+            mean = mean + var.sqrt() * torch.randn(shape, generator=generator, device=device)
+        x = mean
+        if callback is not None:
+            callback(i, t, x, x0)
+    return x
+
+
+@torch.inference_mode()
+def ddim_sample(
+    denoiser: Denoiser,
+    shape: tuple[int, ...],
+    *,
+    steps: int,
+    eta: float = 0.0,
+    generator: torch.Generator,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """DDIM (Song et al. 2021, eq. 12) over ``steps`` trailing-spaced timesteps; eta = 0 is
+    deterministic, eta = 1 matches DDPM's ancestral variance."""
+    sched = denoiser.schedule
+    ab = sched.alphas_cumprod
+    timesteps = spaced_timesteps(sched.num_timesteps, steps)
+    # 1. Start from pure noise x_T ~ N(0, I).
+    x = torch.randn(shape, generator=generator, device=device)
+    for i, t in enumerate(_progress(timesteps, progress, "ddim")):
+        prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+        a_t = ab[t]
+        a_prev = ab[prev] if prev >= 0 else torch.ones((), device=ab.device)
+        # 2. Predict eps and x_0 ("predicted x_0" in eq. 12).
+        eps, x0 = denoiser(x, t)
+        # 3. sigma_t(eta), eq. 16.
+        sigma = eta * ((1 - a_prev) / (1 - a_t)).sqrt() * (1 - a_t / a_prev).sqrt()
+        # 4. "Direction pointing to x_t" and the step itself, eq. 12.
+        x = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps
+        if eta > 0 and prev >= 0:
+            x = x + sigma * torch.randn(shape, generator=generator, device=device)
+        if callback is not None:
+            callback(i, t, x, x0)
+    return x
+
+
+@torch.inference_mode()
+def dpmpp_2m_sample(
+    denoiser: Denoiser,
+    shape: tuple[int, ...],
+    *,
+    steps: int,
+    generator: torch.Generator,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): a second-order multistep solver of the
+    diffusion ODE in log-SNR time with data (x_0) prediction; first order on the first step and
+    on the last step, which lands on sigma = 0 (x = predicted x_0)."""
+    sched = denoiser.schedule
+    ab = sched.alphas_cumprod
+    timesteps = spaced_timesteps(sched.num_timesteps, steps)
+
+    def alpha_sigma_lambda(t: int):
+        alpha, sigma = ab[t].sqrt(), (1 - ab[t]).sqrt()
+        return alpha, sigma, torch.log(alpha) - torch.log(sigma)
+
+    # 1. Start from pure noise x_T ~ N(0, I).
+    x = torch.randn(shape, generator=generator, device=device)
+    x0_prev, h_prev = None, None
+    for i, s in enumerate(_progress(timesteps, progress, "dpm++2m")):
+        # 2. Data prediction D(x_s) at the current time.
+        _, x0 = denoiser(x, s)
+        if i + 1 == len(timesteps):
+            # 3a. Last step to sigma = 0: alpha = 1, e^{-h} = 0, so x = x_0 (first order).
+            x = x0
+        else:
+            t = timesteps[i + 1]
+            alpha_s, sigma_s, lambda_s = alpha_sigma_lambda(s)
+            alpha_t, sigma_t, lambda_t = alpha_sigma_lambda(t)
+            h = lambda_t - lambda_s
+            if x0_prev is None:
+                d = x0  # 3b. First step: DPM-Solver++(1), i.e. DDIM.
+            else:
+                # 3c. Second order: D = (1 + 1/(2r)) x0_i - 1/(2r) x0_{i-1}, r = h_{i-1} / h_i.
+                r = h_prev / h
+                d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
+            # 4. x_t = (sigma_t / sigma_s) x_s - alpha_t (e^{-h} - 1) D, Algorithm 2.
+            x = (sigma_t / sigma_s) * x - alpha_t * torch.expm1(-h) * d
+            x0_prev, h_prev = x0, h
+        if callback is not None:
+            callback(i, s, x, x0)
+    return x
+
+
+def sample(
+    denoiser: Denoiser,
+    shape: tuple[int, ...],
+    *,
+    sampler: str,
+    steps: int | None,
+    eta: float = 0.0,
+    generator: torch.Generator,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Dispatch to the sampler named ``sampler``; ``steps`` is ignored by DDPM (always T)."""
+    common = dict(generator=generator, device=device, progress=progress, callback=callback)
+    if sampler == "ddpm":
+        return ddpm_sample(denoiser, shape, **common)
+    steps = steps or default_steps(sampler)
+    if sampler == "ddim":
+        return ddim_sample(denoiser, shape, steps=steps, eta=eta, **common)
+    if sampler == "dpmpp-2m":
+        return dpmpp_2m_sample(denoiser, shape, steps=steps, **common)
+    raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)} (got {sampler!r})")
+
+
+def default_steps(sampler: str) -> int:
+    """Model evaluations used when --steps is not given (see the README's sampler table)."""
+    return {"ddim": 50, "dpmpp-2m": 20}.get(sampler, 0)
+
+
+def model_evaluations(sampler: str, steps: int | None, num_timesteps: int) -> int:
+    return num_timesteps if sampler == "ddpm" else (steps or default_steps(sampler))
+
+

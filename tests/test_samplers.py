@@ -1,0 +1,126 @@
+"""Samplers against diffusers' reference schedulers: same model outputs in, same states out."""
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from torch import nn
+
+from mnist_diffusion.config import DiffusionConfig
+from mnist_diffusion.samplers import Denoiser, ddim_sample, ddpm_sample, dpmpp_2m_sample, spaced_timesteps
+from mnist_diffusion.schedule import Schedule
+
+SHAPE = (3, 1, 6, 6)
+
+
+class FakeNet(nn.Module):
+    """A smooth, t-dependent stand-in for a trained network (deterministic, cheap)."""
+
+    num_classes = 0
+
+    def forward(self, x, t, y=None):
+        return 0.6 * torch.tanh(x) * torch.cos(t.float() / 150.0)[:, None, None, None] + 0.05
+
+
+def run_reference(scheduler, model, steps, seed, step_kwargs=None):
+    g = torch.Generator().manual_seed(seed)
+    scheduler.set_timesteps(steps)
+    x = torch.randn(SHAPE, generator=g)
+    for t in scheduler.timesteps:
+        tt = torch.full((SHAPE[0],), int(t), dtype=torch.long)
+        x = scheduler.step(model(x, tt), t, x, generator=g, **(step_kwargs or {})).prev_sample
+    return x
+
+
+def schedule(name="cosine", timesteps=100):
+    return Schedule(DiffusionConfig(schedule=name, timesteps=timesteps))
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("clip", [True, False])
+def test_ddpm_matches_diffusers(prediction, clip):
+    sched = schedule("linear", 50)
+    model = FakeNet()
+    ours = ddpm_sample(
+        Denoiser(model, sched, "eps" if prediction == "epsilon" else "v", clip_x0=clip),
+        SHAPE,
+        generator=torch.Generator().manual_seed(1),
+    )
+    ref = DDPMScheduler(
+        num_train_timesteps=50,
+        trained_betas=sched.float64["betas"].numpy(),
+        clip_sample=clip,
+        variance_type="fixed_small",
+        prediction_type=prediction,
+    )
+    torch.testing.assert_close(ours, run_reference(ref, model, 50, 1), atol=2e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+@pytest.mark.parametrize("clip", [True, False])
+@pytest.mark.parametrize("steps", [10, 25])
+def test_ddim_matches_diffusers(eta, clip, steps):
+    sched = schedule("cosine", 100)
+    model = FakeNet()
+    ours = ddim_sample(
+        Denoiser(model, sched, "eps", clip_x0=clip), SHAPE, steps=steps, eta=eta, generator=torch.Generator().manual_seed(2)
+    )
+    ref = DDIMScheduler(
+        num_train_timesteps=100,
+        trained_betas=sched.float64["betas"].numpy(),
+        clip_sample=clip,
+        set_alpha_to_one=True,
+        timestep_spacing="trailing",
+        prediction_type="epsilon",
+    )
+    torch.testing.assert_close(ours, run_reference(ref, model, steps, 2, {"eta": eta, "use_clipped_model_output": True}), atol=2e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("steps", [5, 10, 20])
+def test_dpmpp_2m_matches_diffusers(prediction, steps):
+    sched = schedule("cosine", 1000)
+    model = FakeNet()
+    ours = dpmpp_2m_sample(
+        Denoiser(model, sched, "eps" if prediction == "epsilon" else "v", clip_x0=False),
+        SHAPE,
+        steps=steps,
+        generator=torch.Generator().manual_seed(3),
+    )
+    ref = DPMSolverMultistepScheduler(
+        num_train_timesteps=1000,
+        trained_betas=sched.float64["betas"].numpy(),
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+        prediction_type=prediction,
+        timestep_spacing="trailing",
+        lower_order_final=True,
+        final_sigmas_type="zero",
+    )
+    torch.testing.assert_close(ours, run_reference(ref, model, steps, 3), atol=5e-4, rtol=1e-3)
+
+
+def test_spaced_timesteps_match_diffusers_trailing():
+    for steps in (1, 7, 10, 50, 1000):
+        ref = DDIMScheduler(num_train_timesteps=1000, timestep_spacing="trailing")
+        ref.set_timesteps(steps)
+        assert spaced_timesteps(1000, steps) == ref.timesteps.tolist()
+    with pytest.raises(ValueError):
+        spaced_timesteps(100, 101)
+
+
+def test_guidance_one_equals_conditional_and_zero_equals_unconditional():
+    class CondNet(nn.Module):
+        num_classes = 10
+
+        def forward(self, x, t, y):
+            return x * 0.1 + y.float()[:, None, None, None] * 0.01
+
+    sched = schedule("cosine", 100)
+    x = torch.randn(SHAPE)
+    labels = torch.tensor([1, 2, 3])
+    cond = Denoiser(CondNet(), sched, labels=labels, guidance=1.0, clip_x0=False)(x, 50)[0]
+    uncond = Denoiser(CondNet(), sched, labels=labels, guidance=0.0, clip_x0=False)(x, 50)[0]
+    torch.testing.assert_close(cond, x * 0.1 + labels.float()[:, None, None, None] * 0.01)
+    torch.testing.assert_close(uncond, x * 0.1 + 0.1)
+    w3 = Denoiser(CondNet(), sched, labels=labels, guidance=3.0, clip_x0=False)(x, 50)[0]
+    torch.testing.assert_close(w3, uncond + 3.0 * (cond - uncond))
