@@ -1,0 +1,52 @@
+# Everyday targets. `make train` and `make test` each set everything up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+EPOCHS ?= 5
+DEVICE ?= auto
+RUN ?=
+N ?= 10000
+
+.PHONY: install data train sample test lint eval features bench bench-samplers clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+data: install  ## fetch MNIST into data/
+	$(BIN)/mnistdiff data download
+
+train: data  ## train the default model (5 epochs) and draw a grid of its digits
+	$(BIN)/mnistdiff train --epochs $(EPOCHS) --device $(DEVICE)
+	$(BIN)/mnistdiff sample -n 64 -o artifacts/grid.png
+	@echo "samples: artifacts/grid.png (and samples.png, loss.png in the run folder)"
+
+sample: install  ## 64 digits from the latest run
+	$(BIN)/mnistdiff sample -n 64 -o artifacts/grid.png $(if $(RUN),--run $(RUN))
+
+test: install  ## the whole test suite
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check mnist_diffusion tests benchmarks
+
+eval: install  ## sample-quality metrics of the latest run (N=10,000)
+	$(BIN)/mnistdiff eval --n-samples $(N) $(if $(RUN),--run $(RUN))
+
+features: data  ## retrain the shipped feature classifier used by eval
+	$(BIN)/python -m mnist_diffusion.features --data-dir data --out mnist_diffusion/assets
+
+bench: data  ## training and sampling speed, see benchmarks/
+	$(BIN)/python benchmarks/bench_speed.py
+
+bench-samplers: data  ## FID and wall time per sampler and step count for one run
+	$(BIN)/python benchmarks/bench_samplers.py --n $(N) $(if $(RUN),--run $(RUN))
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache
+	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -1,0 +1,107 @@
+"""Pictures: sample grids (torchvision's grid utilities, saved as PNG), the forward-process
+figure, the loss curve and denoising trajectories."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from torchvision.utils import make_grid  # noqa: E402
+
+from .io import atomic_write_bytes  # noqa: E402
+
+GRID_PADDING = 2  # pixels between tiles, also used to read grids back (eval --samples)
+
+
+def default_nrow(n: int) -> int:
+    """Tiles per row: one row for up to 10 images, else a near-square grid."""
+    return n if n <= 10 else math.ceil(math.sqrt(n))
+
+
+def grid_image(images: torch.Tensor, nrow: int | None = None, scale: int = 1) -> Image.Image:
+    """A greyscale PIL image of [N x 1 x H x W] images in [0, 1], tiled ``nrow`` to a row,
+    each pixel repeated ``scale`` times in both directions."""
+    grid = make_grid(images.float().clamp(0, 1).cpu(), nrow=nrow or default_nrow(len(images)), padding=GRID_PADDING)
+    pixels = grid[0].mul(255).round().to(torch.uint8)  # (H', W'), make_grid repeats to 3 channels
+    if scale > 1:
+        pixels = pixels.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
+    return Image.fromarray(pixels.numpy(), mode="L")
+
+
+def save_png(image: Image.Image, path: str | Path) -> None:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, scale: int = 1) -> None:
+    save_png(grid_image(images, nrow, scale), path)
+
+
+def save_figure(fig, path: str | Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def forward_figure(
+    rows: torch.Tensor, timesteps: list[int], alpha_bars: list[float], path: str | Path, title: str
+) -> None:
+    """Rows of noised digits: ``rows`` is [R x K x 1 x 28 x 28] in [0, 1] (R digits, K timesteps);
+    each column is labelled with its t and sqrt(alpha_bar_t), the share of the digit left."""
+    r, k = rows.shape[:2]
+    grid = make_grid(rows.reshape(r * k, *rows.shape[2:]).clamp(0, 1), nrow=k, padding=GRID_PADDING, pad_value=1.0)
+    fig, ax = plt.subplots(figsize=(1.0 * k + 0.6, 1.0 * r + 1.0))
+    ax.imshow(grid[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    tile = rows.shape[-1] + GRID_PADDING
+    ax.set_xticks([GRID_PADDING + tile * i + rows.shape[-1] / 2 for i in range(k)])
+    ax.set_xticklabels([f"t={t}\n{math.sqrt(a):.2f}" for t, a in zip(timesteps, alpha_bars)], fontsize=8)
+    ax.xaxis.tick_top()
+    ax.set_yticks([])
+    ax.set_xlabel(r"timestep t, and $\sqrt{\bar\alpha_t}$ (share of the digit left)", fontsize=9)
+    ax.set_title(title, fontsize=10, pad=28)
+    save_figure(fig, path)
+
+
+def loss_figure(records: list[dict], path: str | Path, title: str) -> None:
+    """Training loss (log scale) and learning rate against the optimizer step."""
+    steps = [r["step"] for r in records if "loss" in r]
+    losses = [r["loss"] for r in records if "loss" in r]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    ax.plot(steps, losses, color="tab:blue", lw=1.2, label="loss")
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (MSE)")
+    ax.grid(alpha=0.3, which="both")
+    lr_steps = [r["step"] for r in records if "lr" in r]
+    if lr_steps:
+        ax2 = ax.twinx()
+        ax2.plot(lr_steps, [r["lr"] for r in records if "lr" in r], color="tab:orange", lw=1, alpha=0.7)
+        ax2.set_ylabel("learning rate", color="tab:orange")
+    ax.set_title(title, fontsize=10)
+    save_figure(fig, path)
+
+
+def trajectory_figure(frames: torch.Tensor, labels: list[str], path: str | Path, scale: int = 2) -> None:
+    """Denoising trajectories: ``frames`` is [K x N x 1 x H x W] in [0, 1] (K moments, N
+    samples); one row per sample, columns left to right from noise to image."""
+    k, n = frames.shape[:2]
+    rows = frames.transpose(0, 1).reshape(n * k, *frames.shape[2:])  # (N*K, 1, H, W), row-major per sample
+    grid = make_grid(rows.clamp(0, 1), nrow=k, padding=GRID_PADDING, pad_value=1.0)
+    fig, ax = plt.subplots(figsize=(0.9 * k + 0.6, 0.9 * n + 0.8))
+    ax.imshow(grid[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    tile = frames.shape[-1] + GRID_PADDING
+    ax.set_xticks([GRID_PADDING + tile * i + frames.shape[-1] / 2 for i in range(k)])
+    ax.set_xticklabels(labels, fontsize=7)
+    ax.xaxis.tick_top()
+    ax.set_yticks([])
+    ax.set_title("denoising trajectory: one row per sample, from noise (left) to image (right)", fontsize=9, pad=20)
+    save_figure(fig, path)

@@ -1,0 +1,84 @@
+"""Where the work runs: device choice, CPU threads, and torch.distributed set-up."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+
+from .errors import UserError
+
+DeviceName = Literal["auto", "cpu", "cuda", "mps"]
+
+
+def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """The torch device for ``--device``; asking for one that is not there is a UserError."""
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = bool(mps and mps.is_available())
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda was asked for, but PyTorch sees no CUDA GPU here (try --device cpu)")
+        return torch.device("cuda", local_rank)
+    if name == "mps":
+        if not has_mps:
+            raise UserError("--device mps was asked for, but Apple's MPS backend is not available here")
+        return torch.device("mps")
+    if name == "cpu":
+        return torch.device("cpu")
+    raise UserError(f"--device must be auto, cpu, cuda or mps (got {name!r})")
+
+
+def configure_cpu_threads(world_size: int = 1) -> int:
+    """Use every core this process may run on, shared among the local ranks; returns the count.
+    An explicit OMP_NUM_THREADS wins."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world_size))))
+    torch.set_num_threads(threads)
+    return threads
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in a torchrun job (world_size 1 when run alone)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device_name: str) -> DistInfo:
+    """Join the process group torchrun set up (env:// rendezvous): gloo on the CPU, nccl on CUDA."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistInfo()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
+    if not dist.is_initialized():
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size)
+
+
+def broadcast_object(obj, info: DistInfo):
+    """Rank 0's ``obj`` on every rank."""
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

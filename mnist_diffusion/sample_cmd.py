@@ -1,0 +1,72 @@
+"""The core of `mnistdiff sample`: draw, then write the grid, the raw tensor and a trajectory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .artifacts import save_tensors
+from .errors import UserError
+from .generate import LoadedRun, generate
+from .images import save_grid, trajectory_figure
+from .samplers import model_evaluations
+
+TRAJECTORY_ROWS = 4  # samples shown in a trajectory picture
+TRAJECTORY_FRAMES = 10  # moments shown, evenly spaced over the sampler's steps
+
+
+def sample_to_files(
+    run: LoadedRun,
+    n: int,
+    output: Path,
+    *,
+    sampler: str,
+    steps: int | None,
+    eta: float,
+    seed: int,
+    labels: torch.Tensor | None,
+    guidance: float,
+    nrow: int,
+    scale: int,
+    save_tensor: Path | None = None,
+    trajectory: Path | None = None,
+    batch_size: int = 500,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Draw ``n`` samples and write them as a PNG grid (and optionally as safetensors and as a
+    trajectory picture). Returns the samples, [n x 1 x 28 x 28] in [0, 1]."""
+    for path in (output, save_tensor, trajectory):
+        if path is not None and path.parent and not path.parent.is_dir():
+            raise UserError(f"cannot write {path}: the folder {path.parent} does not exist")
+    frames: list[torch.Tensor] = []
+    frame_labels: list[str] = []
+    callback = None
+    if trajectory is not None:
+        total = model_evaluations(sampler, steps, run.schedule.num_timesteps)
+        keep = {round(i * (total - 1) / (TRAJECTORY_FRAMES - 1)) for i in range(TRAJECTORY_FRAMES)}
+
+        def callback(i, t, x, x0):
+            if i in keep and len(frames) < TRAJECTORY_FRAMES:  # first batch only
+                frames.append(((x[:TRAJECTORY_ROWS] + 1) / 2).clamp(0, 1).cpu())
+                frame_labels.append(f"step {i + 1}\nt={t}")
+
+    images = generate(
+        run,
+        n,
+        sampler=sampler,
+        steps=steps,
+        eta=eta,
+        seed=seed,
+        labels=labels,
+        guidance=guidance,
+        batch_size=batch_size,
+        progress=progress,
+        callback=callback,
+    )
+    save_grid(images, output, nrow=nrow, scale=scale)
+    if save_tensor is not None:
+        save_tensors(save_tensor, {"samples": images}, {"run": run.path.name, "sampler": sampler, "seed": str(seed)})
+    if trajectory is not None:
+        trajectory_figure(torch.stack(frames), frame_labels, trajectory)
+    return images

@@ -1,0 +1,59 @@
+"""Shared fixtures: a tiny stand-in for MNIST on disk and a tiny training config."""
+
+from __future__ import annotations
+
+import os
+
+# Tiny models gain nothing from several threads, and a busy shared machine makes OpenMP's
+# spinning threads very slow: tests run single-threaded (the trainer honours OMP_NUM_THREADS).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mnist_diffusion.config import DiffusionConfig, ModelConfig, RunConfig, TrainConfig
+from mnist_diffusion.data import raw_dir, write_idx_images, write_idx_labels
+
+torch.set_num_threads(1)
+
+
+def fake_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n 28x28 uint8 images: a bright bar whose angle depends on the label, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n)
+    yy, xx = np.mgrid[:28, :28] - 13.5
+    images = np.zeros((n, 28, 28), np.uint8)
+    for i, y in enumerate(labels):
+        angle = np.pi * y / 10
+        dist = np.abs(xx * np.sin(angle) - yy * np.cos(angle))
+        images[i] = np.clip(255 * (dist < 2.5) * (np.hypot(xx, yy) < 11) + rng.integers(0, 30, (28, 28)), 0, 255)
+    return images, labels
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """A data folder holding a 512-image train and 128-image test split in MNIST's IDX format."""
+    root = tmp_path_factory.mktemp("data")
+    raw = raw_dir(root)
+    raw.mkdir(parents=True)
+    for split, n, seed in (("train", 512, 0), ("t10k", 128, 1)):
+        x, y = fake_digits(n, seed)
+        write_idx_images(raw / f"{split}-images-idx3-ubyte", x)
+        write_idx_labels(raw / f"{split}-labels-idx1-ubyte", y)
+    return root
+
+
+def tiny_config(**train) -> RunConfig:
+    """A model and schedule small enough that a training step takes milliseconds."""
+    return RunConfig(
+        preset="tiny",
+        model=dataclasses.replace(ModelConfig(), channels=8, channel_mult=(1, 2, 2)),
+        diffusion=DiffusionConfig(schedule="cosine", timesteps=50),
+        train=dataclasses.replace(TrainConfig(), batch_size=16, warmup_steps=4, epochs=1, **train),
+    )
+
+

@@ -1,0 +1,244 @@
+"""The command line, driven through Typer's CliRunner on a tiny model, as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from mnist_diffusion.cli import app
+
+runner = CliRunner()
+TINY = ["--channels", "8", "--batch-size", "16", "--timesteps", "50"]
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *needles: str):
+    assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("Error:"), result.output
+    for needle in needles:
+        assert needle in result.output, result.output
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir):
+    """A tiny run trained through the CLI: (artifacts dir, run folder)."""
+    artifacts = tmp_path_factory.mktemp("artifacts")
+    result = invoke("train", *TINY, "--max-steps", "4", "--data-dir", data_dir, "--artifacts-dir", artifacts)
+    assert result.exit_code == 0, result.output
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
+    assert run_dir.is_dir() and (run_dir / "model.safetensors").is_file()
+    return artifacts, run_dir
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["sample"], ["visualize-forward"], ["runs"], ["data", "download"]])
+def test_help(command):
+    result = invoke(*command, "--help")
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_python_dash_m_help():
+    out = subprocess.run([sys.executable, "-m", "mnist_diffusion", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for command in ("train", "sample", "visualize-forward", "runs"):
+        assert command in out.stdout
+
+
+def test_train_writes_a_complete_run(trained):
+    artifacts, run_dir = trained
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert cfg["model"]["channels"] == 8 and cfg["diffusion"]["timesteps"] == 50
+    assert json.loads((run_dir / "checkpoint.json").read_text())["step"] == 4
+    assert Image.open(run_dir / "samples.png").format == "PNG"
+    assert Image.open(run_dir / "loss.png").format == "PNG"
+
+
+def test_sample_is_reproducible_and_saves_tensor(trained, tmp_path):
+    artifacts, run_dir = trained
+    a, b, c = tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png"
+    tensor = tmp_path / "s.safetensors"
+    for out, seed, extra in ((a, 1, ["--save-tensor", tensor]), (b, 1, []), (c, 2, [])):
+        result = invoke("sample", "--artifacts-dir", artifacts, "-n", 6, "-o", out, "--seed", seed, *extra)
+        assert result.exit_code == 0, result.output
+    assert a.read_bytes() == b.read_bytes()
+    assert a.read_bytes() != c.read_bytes()
+    samples = load_file(tensor)["samples"]
+    assert samples.shape == (6, 1, 28, 28) and samples.min() >= 0 and samples.max() <= 1
+    assert Image.open(a).size == (2 * (6 * 30 + 2), 2 * 32)  # one row of 6 tiles, scale 2
+
+
+@pytest.mark.parametrize("sampler,steps", [("ddpm", None), ("ddim", 5), ("dpmpp-2m", 5)])
+def test_sample_every_sampler_by_run_name(trained, tmp_path, sampler, steps):
+    artifacts, run_dir = trained
+    args = ["--steps", steps] if steps else []
+    out = tmp_path / "g.png"
+    result = invoke("sample", "--run", run_dir.name, "--artifacts-dir", artifacts, "-n", 3, "-o", out,
+                    "--sampler", sampler, *args)
+    assert result.exit_code == 0, result.output
+    assert out.is_file()
+
+
+def test_sample_trajectory(trained, tmp_path):
+    artifacts, run_dir = trained
+    traj = tmp_path / "traj.png"
+    result = invoke("sample", "--run", run_dir, "-n", 4, "-o", tmp_path / "g.png", "--trajectory", traj,
+                    "--steps", 10)
+    assert result.exit_code == 0, result.output
+    assert Image.open(traj).format == "PNG"
+
+
+def test_runs_lists_the_run(trained):
+    artifacts, run_dir = trained
+    result = runner.invoke(app, ["runs", "--artifacts-dir", str(artifacts)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert run_dir.name in result.output and "done" in result.output
+
+
+def test_visualize_forward(data_dir, tmp_path):
+    out = tmp_path / "forward.png"
+    result = invoke("visualize-forward", "-o", out, "--schedule", "linear", "--timesteps", 300, "--digits", 3,
+                    "--columns", 5, "--data-dir", data_dir)
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).format == "PNG"
+
+
+def test_data_download_uses_existing_files(data_dir):
+    result = invoke("data", "download", "--data-dir", data_dir, "--source", "files")
+    assert result.exit_code == 0, result.output
+    assert "existing files" in result.output
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_zero_samples(trained, tmp_path):
+    assert_one_line_error(invoke("sample", "--artifacts-dir", trained[0], "-n", 0), "-n must be at least 1")
+
+
+def test_unknown_run(trained):
+    assert_one_line_error(invoke("sample", "--artifacts-dir", trained[0], "--run", "nope"), "unknown run 'nope'")
+
+
+def test_no_runs_yet(tmp_path):
+    assert_one_line_error(invoke("sample", "--artifacts-dir", tmp_path), "no runs yet")
+
+
+def test_bad_sampler_and_steps(trained, tmp_path):
+    assert_one_line_error(invoke("sample", "--artifacts-dir", trained[0], "--sampler", "euler"), "--sampler")
+    assert_one_line_error(invoke("sample", "--artifacts-dir", trained[0], "--steps", 51), "--steps")
+
+
+def test_negative_epochs(tmp_path, data_dir):
+    assert_one_line_error(invoke("train", "--epochs", -1, "--artifacts-dir", tmp_path, "--data-dir", data_dir),
+                          "epochs must not be negative")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bad_schedule_and_preset(tmp_path):
+    assert_one_line_error(invoke("train", "--schedule", "quadratic", "--artifacts-dir", tmp_path), "schedule")
+    assert_one_line_error(invoke("train", "--preset", "huge", "--artifacts-dir", tmp_path), "--preset")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda(tmp_path, data_dir):
+    assert_one_line_error(invoke("train", "--device", "cuda", "--artifacts-dir", tmp_path, "--data-dir", data_dir),
+                          "no CUDA")
+
+
+def test_missing_data_with_files_only(tmp_path):
+    assert_one_line_error(invoke("data", "download", "--data-dir", tmp_path, "--source", "files"), "could not get MNIST")
+
+
+def copy_run(run_dir: Path, tmp_path: Path) -> Path:
+    artifacts = tmp_path / "artifacts"
+    target = artifacts / "runs" / run_dir.name
+    target.mkdir(parents=True)
+    for p in run_dir.iterdir():
+        (target / p.name).write_bytes(p.read_bytes())
+    return target
+
+
+def test_truncated_weights(trained, tmp_path):
+    run = copy_run(trained[1], tmp_path)
+    data = (run / "model.safetensors").read_bytes()
+    (run / "model.safetensors").write_bytes(data[: len(data) // 2])
+    assert_one_line_error(invoke("sample", "--run", run, "-o", tmp_path / "g.png"), "model.safetensors", "corrupt")
+
+
+def test_garbage_weights(trained, tmp_path):
+    run = copy_run(trained[1], tmp_path)
+    (run / "model.safetensors").write_bytes(b"\xff" * 100)
+    assert_one_line_error(invoke("sample", "--run", run, "-o", tmp_path / "g.png"), "model.safetensors")
+
+
+def test_config_that_does_not_match_weights(trained, tmp_path):
+    run = copy_run(trained[1], tmp_path)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["model"]["channels"] = 16
+    (run / "config.json").write_text(json.dumps(cfg))
+    assert_one_line_error(invoke("sample", "--run", run, "-o", tmp_path / "g.png"), "does not match")
+
+
+def test_invalid_config_json(trained, tmp_path):
+    run = copy_run(trained[1], tmp_path)
+    (run / "config.json").write_text("{not json")
+    assert_one_line_error(invoke("sample", "--run", run, "-o", tmp_path / "g.png"), "config.json")
+
+
+def test_unwritable_output(trained, tmp_path):
+    result = invoke("sample", "--artifacts-dir", trained[0], "-n", 2, "-o", tmp_path / "missing" / "g.png")
+    assert_one_line_error(result, "missing")
+
+
+def test_resume_refuses_config_flags(trained, data_dir):
+    artifacts, run_dir = trained
+    result = invoke("train", "--resume", run_dir.name, "--lr", "0.1", "--artifacts-dir", artifacts, "--data-dir", data_dir)
+    assert_one_line_error(result, "--lr")
+
+
+def test_resume_through_the_cli(trained, data_dir, tmp_path):
+    run = copy_run(trained[1], tmp_path)
+    result = invoke("train", "--resume", run, "--max-steps", 6, "--artifacts-dir", tmp_path / "artifacts",
+                    "--data-dir", data_dir)
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "checkpoint.json").read_text())["step"] == 6
+
+
+def test_ctrl_c_saves_checkpoint_and_exits_130(tmp_path, data_dir):
+    """A real SIGINT to a real training process: exit 130, a resumable checkpoint, a hint."""
+    artifacts = tmp_path / "artifacts"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mnist_diffusion", "train", *TINY, "--epochs", "1000", "--data-dir", str(data_dir),
+         "--artifacts-dir", str(artifacts)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(artifacts.glob("runs/*/checkpoint.json")):
+        time.sleep(0.2)  # the first checkpoint comes at the end of the first (32-step) epoch
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Continue with: mnistdiff train --resume" in err and "Traceback" not in err
+    (run_dir,) = list((artifacts / "runs").iterdir())
+    step = json.loads((run_dir / "checkpoint.json").read_text())["step"]
+    assert step >= 32
+    result = invoke("train", "--resume", run_dir.name, "--max-steps", step + 2, "--artifacts-dir", artifacts,
+                    "--data-dir", data_dir)
+    assert result.exit_code == 0, result.output

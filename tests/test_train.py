@@ -1,0 +1,155 @@
+"""The training loop: exact resume, Ctrl-C, divergence, atomic files, the run folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+
+import pytest
+import torch
+from conftest import tiny_config
+from safetensors.torch import load_file
+
+from mnist_diffusion import train as train_module
+from mnist_diffusion.artifacts import load_tensors, write_manifest
+from mnist_diffusion.errors import UserError
+from mnist_diffusion.io import atomic_open, sha256_file
+from mnist_diffusion.train import TrainingDiverged, lr_at, train
+
+
+def run(cfg, tmp_path, data_dir, **kw):
+    return train(cfg, data_dir=data_dir, artifacts_dir=tmp_path / "artifacts", run_name=kw.pop("run_name", "t"),
+                 device="cpu", progress=False, log=lambda m: None, **kw)
+
+
+def weights(run_dir, name="model.safetensors"):
+    return load_file(run_dir / name)
+
+
+def test_run_folder_contents(tmp_path, data_dir):
+    result = run(tiny_config(max_steps=6), tmp_path, data_dir)
+    files = {p.name for p in result.run_dir.iterdir()}
+    expected = {"config.json", "model.safetensors", "checkpoint.safetensors", "checkpoint.json", "metrics.jsonl",
+                "loss.png", "samples.png", "manifest.json"}
+    assert expected <= files
+    assert not [f for f in files if f.endswith(".tmp")]
+    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    for name in expected - {"manifest.json"}:
+        assert manifest["files"][name]["sha256"] == sha256_file(result.run_dir / name)
+    assert (tmp_path / "artifacts" / "latest").read_text().strip() == result.run_dir.name
+    assert result.run_dir.name == "00000-t" and result.step == 6
+
+
+def test_run_folders_are_never_reused(tmp_path, data_dir):
+    a = run(tiny_config(max_steps=1), tmp_path, data_dir).run_dir
+    b = run(tiny_config(max_steps=1), tmp_path, data_dir).run_dir
+    assert a != b and a.name.startswith("00000-") and b.name.startswith("00001-")
+
+
+def test_resume_is_exact(tmp_path, data_dir):
+    straight = run(tiny_config(max_steps=16), tmp_path / "a", data_dir)
+    half = run(tiny_config(max_steps=8), tmp_path / "b", data_dir)
+    resumed = run(tiny_config(max_steps=16), tmp_path / "b", data_dir, resume=half.run_dir.name)
+    assert resumed.run_dir == half.run_dir and resumed.step == 16
+    for name in ("model.safetensors", "checkpoint.safetensors"):
+        a, b = weights(straight.run_dir, name), weights(resumed.run_dir, name)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), f"{name}:{k} differs after resume"
+
+
+def test_stop_event_saves_a_checkpoint_that_resumes_exactly(tmp_path, data_dir):
+    stop = threading.Event()
+    interrupted = run(tiny_config(max_steps=12), tmp_path / "b", data_dir, stop=stop,
+                      on_step=lambda s: stop.set() if s == 5 else None)
+    assert interrupted.interrupted and interrupted.step == 5
+    assert not (interrupted.run_dir / "model.safetensors").exists()
+    assert json.loads((interrupted.run_dir / "checkpoint.json").read_text())["step"] == 5
+    resumed = run(tiny_config(max_steps=12), tmp_path / "b", data_dir, resume=str(interrupted.run_dir))
+    straight = run(tiny_config(max_steps=12), tmp_path / "a", data_dir)
+    a, b = weights(straight.run_dir), weights(resumed.run_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_keeps_saved_config_and_takes_only_the_budget(tmp_path, data_dir):
+    first = run(tiny_config(max_steps=4, lr=1e-3), tmp_path, data_dir)
+    other = dataclasses.replace(tiny_config(max_steps=6), train=dataclasses.replace(tiny_config().train, max_steps=6, lr=5.0))
+    run(other, tmp_path, data_dir, resume=first.run_dir.name)
+    saved = json.loads((first.run_dir / "config.json").read_text())
+    assert saved["train"]["lr"] == 1e-3
+    assert json.loads((first.run_dir / "checkpoint.json").read_text())["step"] == 6
+
+
+def test_resume_past_the_budget_is_refused(tmp_path, data_dir):
+    first = run(tiny_config(max_steps=4), tmp_path, data_dir)
+    with pytest.raises(UserError, match="already at step 4"):
+        run(tiny_config(max_steps=4), tmp_path, data_dir, resume=first.run_dir.name)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir, monkeypatch):
+    first = run(tiny_config(max_steps=4), tmp_path, data_dir)
+    before = load_tensors(first.run_dir / "checkpoint.safetensors")
+    real_loss, calls = train_module.diffusion_loss, []
+
+    def poisoned(*args, **kwargs):
+        calls.append(1)
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if len(calls) >= 3 else loss
+
+    monkeypatch.setattr(train_module, "diffusion_loss", poisoned)
+    with pytest.raises(TrainingDiverged, match="nan"):
+        run(tiny_config(max_steps=10), tmp_path, data_dir, resume=first.run_dir.name)
+    after = load_tensors(first.run_dir / "checkpoint.safetensors")
+    assert json.loads((first.run_dir / "checkpoint.json").read_text())["step"] == 4
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(torch.isfinite(v.float()).all() for v in after.values())
+
+
+def test_atomic_open_leaves_the_old_file_on_a_crash(tmp_path):
+    target = tmp_path / "model.safetensors"
+    target.write_bytes(b"old weights")
+    with pytest.raises(RuntimeError), atomic_open(target) as f:
+        f.write(b"half of the new")
+        raise RuntimeError("power cut")
+    assert target.read_bytes() == b"old weights"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+
+
+def test_checkpoint_write_crash_keeps_previous_checkpoint(tmp_path, data_dir, monkeypatch):
+    first = run(tiny_config(max_steps=2), tmp_path, data_dir)
+    before = (first.run_dir / "checkpoint.safetensors").read_bytes()
+
+    def crash(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(train_module, "atomic_write_json", crash)
+    monkeypatch.setattr("mnist_diffusion.artifacts.save", lambda *a, **k: b"truncated" + crash())
+    with pytest.raises(OSError):
+        run(tiny_config(max_steps=4), tmp_path, data_dir, resume=first.run_dir.name)
+    assert (first.run_dir / "checkpoint.safetensors").read_bytes() == before
+
+
+def test_manifest_lists_every_file(tmp_path):
+    (tmp_path / "a.txt").write_text("x")
+    write_manifest(tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"a.txt"} and manifest["mnist_diffusion_version"]
+
+
+def test_lr_schedule_warmup_and_cosine():
+    cfg = tiny_config(lr=1.0)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, warmup_steps=10, lr_schedule="cosine"))
+    assert lr_at(0, cfg, 110) == pytest.approx(0.1)
+    assert lr_at(9, cfg, 110) == pytest.approx(1.0)
+    assert lr_at(10, cfg, 110) == pytest.approx(1.0)
+    assert lr_at(60, cfg, 110) == pytest.approx(0.55)
+    assert lr_at(110, cfg, 110) == pytest.approx(0.1)
+
+
+def test_conditional_training_runs_and_samples_by_row(tmp_path, data_dir):
+    cfg = tiny_config(max_steps=3)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=10))
+    result = run(cfg, tmp_path, data_dir)
+    assert (result.run_dir / "samples.png").is_file()
+    assert "label_emb.weight" in weights(result.run_dir)
