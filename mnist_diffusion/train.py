@@ -5,6 +5,7 @@ AdamW with warm-up and cosine decay, an EMA of the weights, and resumable checkp
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import threading
@@ -386,13 +387,27 @@ class Trainer:
             self._finish(step, loss_value, seconds)
         return TrainResult(self.run_dir, step, loss_value, interrupted, seconds)
 
+    def _weights_digest(self) -> str:
+        h = hashlib.sha256()
+        for name, value in sorted(self.model.state_dict().items()):
+            h.update(name.encode())
+            h.update(value.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
     def _finish(self, step: int, loss: float | None, seconds: float) -> None:
         """Final weights, loss curve, a sample grid and the manifest (rank 0)."""
+        digests = [self._weights_digest()]
+        if self.info.enabled:  # every rank's weights, so anyone can check they stayed in sync
+            digests = [None] * self.info.world_size
+            dist.all_gather_object(digests, self._weights_digest())
         if not self.info.is_main:
             return
         ema_model = self.ema.module
         save_tensors(self.run_dir / WEIGHTS, ema_model.state_dict(), weights_metadata(self.cfg))
-        append_metrics(self.run_dir, {"step": step, "train_seconds": round(seconds, 2), "done": True})
+        append_metrics(
+            self.run_dir,
+            {"step": step, "train_seconds": round(seconds, 2), "done": True, "rank_weight_sha256": digests},
+        )
         loss_figure(read_metrics(self.run_dir), self.run_dir / "loss.png", f"{self.run_dir.name}: training loss")
         ema_model.eval()
         run = LoadedRun(self.run_dir, self.cfg, ema_model, self.schedule)
