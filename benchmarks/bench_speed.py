@@ -1,0 +1,521 @@
+"""Training and sampling speed of mnistdiff on the CPU or a CUDA GPU: images/s, the network's
+share of a training step, and peak memory. `make bench` runs it with no arguments.
+
+Training is timed through the real loop, ``Trainer.run()`` on the real data with its logging
+and checkpoints; sampling through the path of ``mnistdiff sample`` (``load_run`` + ``generate``).
+``--full-epochs`` also trains the default preset's 5 epochs for real and draws 10,000 samples
+(the GPU targets). benchmarks/README.md says what each number means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import gc
+import json
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from mnist_diffusion import __version__
+from mnist_diffusion.artifacts import WEIGHTS, read_metrics, save_tensors, weights_metadata
+from mnist_diffusion.config import PRESETS, RunConfig
+from mnist_diffusion.data import DEFAULT_DATA_DIR
+from mnist_diffusion.errors import UserError
+from mnist_diffusion.generate import generate, load_run
+from mnist_diffusion.losses import diffusion_loss
+from mnist_diffusion.model import count_parameters
+from mnist_diffusion.runtime import configure_cpu_threads, pick_device
+from mnist_diffusion.samplers import model_evaluations
+from mnist_diffusion.train import CHECKPOINT_EVERY, Trainer
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+SAMPLER_RUNS = (("ddim", 20), ("dpmpp-2m", 20), ("ddpm", 1000), ("ddim", 1000))  # (sampler, model evaluations)
+NETWORK_SHARE_TARGET = 0.95  # share of a training step spent in forward + backward (the issue's target)
+FULL_TRAIN_TARGET_S = 30.0  # --full-epochs on one H100/H200: the default preset's 5 epochs
+FULL_SAMPLE_TARGET_S = 5.0  # --full-epochs on one H100/H200: 10,000 samples at 20 evaluations
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceDefaults:
+    warmup_steps: int  # training steps before the first timed window (allocator, kernels, compile)
+    window_seconds: float  # --window-steps 0 sizes each window to about this long
+    sample_batch: int  # images per sampling batch, chosen for throughput
+    sample_seconds: float  # time at most this long per sampler run, then extrapolate (0: run it all)
+
+
+DEFAULTS = {
+    "cpu": DeviceDefaults(warmup_steps=3, window_seconds=4.0, sample_batch=256, sample_seconds=15.0),
+    "cuda": DeviceDefaults(warmup_steps=20, window_seconds=1.0, sample_batch=10_000, sample_seconds=5.0),
+}
+
+
+def say(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """torch.cuda.max_memory_allocated since the last reset on a GPU; on the CPU the process's
+    peak resident set size so far (ru_maxrss), which never goes down."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def machine_info(device: torch.device) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True,
+            timeout=5, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    info = {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": device.type,
+        "gpu": None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "mnist_diffusion": __version__,
+        "git_commit": commit,
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info["gpu"] = f"{props.name} ({props.total_memory / 2**30:.0f} GiB)"
+    return info
+
+
+def checkpoints_per_run(total_steps: int, steps_per_epoch: int) -> int:
+    """How many checkpoints Trainer.run saves in an uninterrupted run (every epoch's end, every
+    CHECKPOINT_EVERY steps, and the last step)."""
+    saved = {s for s in range(1, total_steps + 1) if s % steps_per_epoch == 0 or s % CHECKPOINT_EVERY == 0}
+    return len(saved | {total_steps})
+
+
+# --------------------------------------------------------------------------------------- training
+
+
+class WindowClock:
+    """Trainer's ``on_step`` callback: after ``warmup`` steps, times ``windows`` windows of
+    ``window_steps`` whole training steps each, then asks the trainer to stop (it then saves one
+    checkpoint, timed from the last window's end to run()'s return). The GPU is synchronized only
+    at window edges, so the loop's overlap of CPU and GPU work is kept."""
+
+    def __init__(self, trainer: Trainer, stop: threading.Event, warmup: int, windows: int, window_steps: int,
+                 window_seconds: float):
+        self.trainer, self.stop = trainer, stop
+        self.warmup, self.windows = warmup, windows
+        self.window_steps, self.window_seconds = window_steps, window_seconds
+        self.edges: set[int] = set()
+        self.durations: list[float] = []  # seconds per window
+        self.last = 0.0
+        self.stopped_at = (0, 0.0)  # (step, time) when stop was asked for
+
+    def __call__(self, step: int) -> None:
+        if step < self.warmup - 1 or (self.edges and step not in self.edges):
+            return
+        sync(self.trainer.device)
+        now = time.perf_counter()
+        if step == self.warmup:  # size the windows from the last warm-up step
+            if not self.window_steps:
+                self.window_steps = max(2, round(self.window_seconds / max(now - self.last, 1e-9)))
+            room = (self.trainer.stop_step - 1 - self.warmup) // self.windows  # never reach the run's end
+            if room < 1:
+                raise UserError(f"the preset's {self.trainer.stop_step} steps are too few for {self.windows} windows")
+            self.window_steps = min(self.window_steps, room)
+            self.edges = {self.warmup + k * self.window_steps for k in range(1, self.windows + 1)}
+        elif step in self.edges:
+            self.durations.append(now - self.last)
+            if len(self.durations) == self.windows:
+                self.stop.set()
+                self.stopped_at = (step, now)
+        self.last = now
+
+
+def make_trainer(cfg: RunConfig, args, device: torch.device, artifacts: Path, name: str, **kw) -> Trainer:
+    return Trainer(cfg, data_dir=args.data_dir, artifacts_dir=artifacts, run_name=name, device=device.type,
+                   compile=args.compile, progress=False, log=say, **kw)
+
+
+def preset_config(name: str, args) -> RunConfig:
+    cfg = PRESETS[name]
+    if args.batch_size:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=args.batch_size))
+    return cfg
+
+
+def bench_training(name: str, args, device: torch.device, artifacts: Path) -> tuple[dict, Trainer]:
+    """Whole training steps through Trainer.run, then forward + loss + backward alone."""
+    cfg = preset_config(name, args)
+    stop = threading.Event()
+    clock = None  # needs the trainer's step budget, so it is made just after the trainer
+    trainer = make_trainer(cfg, args, device, artifacts, f"bench-{name}", stop=stop,
+                           on_step=lambda step: clock(step))
+    clock = WindowClock(trainer, stop, args.warmup_steps, args.windows, args.window_steps, args.window_seconds)
+    reset_peak_memory(device)
+    say(f"{name}: training steps through Trainer.run ({args.windows} windows after {args.warmup_steps} warm-up steps)")
+    result = trainer.run()
+    returned = time.perf_counter()
+    if not result.interrupted or len(clock.durations) != args.windows:
+        raise RuntimeError("the training run ended before its timed windows did")
+    stop_step, stopped_at = clock.stopped_at
+    periodic = stop_step % trainer.steps_per_epoch == 0 or stop_step % CHECKPOINT_EVERY == 0
+    checkpoint_s = (returned - stopped_at) / (2 if periodic else 1)  # the stop saved one, maybe two
+    batch = cfg.train.batch_size
+    steady_s = statistics.median(clock.durations) / clock.window_steps  # seconds per step
+    per_run = checkpoints_per_run(trainer.total_steps, trainer.steps_per_epoch)
+    step_s = steady_s + checkpoint_s * per_run / trainer.total_steps  # checkpoints amortized over a run
+
+    say(f"{name}: forward + loss + backward alone, {clock.window_steps} steps a window")
+    network_s = statistics.median(bench_network(trainer, args.windows, clock.window_steps))
+    out = {
+        "batch_size": batch,
+        "parameters": count_parameters(trainer.model),
+        "compile": args.compile,
+        "warmup_steps": args.warmup_steps,
+        "window_steps": clock.window_steps,
+        "window_images_per_sec": [round(batch * clock.window_steps / d, 2) for d in clock.durations],
+        "steady_step_ms": steady_s * 1e3,
+        "checkpoint_ms": checkpoint_s * 1e3,
+        "checkpoints_per_run": per_run,
+        "steps_per_run": trainer.total_steps,
+        "step_ms": step_s * 1e3,
+        "images_per_sec": batch / step_s,
+        "network_ms": network_s * 1e3,
+        "other_ms": (step_s - network_s) * 1e3,
+        "network_share": network_s / step_s,
+        "network_share_target": NETWORK_SHARE_TARGET,
+        "peak_memory_mib": peak_memory_mib(device),
+    }
+    say(f"{name}: {out['images_per_sec']:.1f} img/s, {out['step_ms']:.1f} ms/step, "
+        f"network {out['network_ms']:.1f} ms ({out['network_share']:.1%})")
+    return out, trainer
+
+
+def bench_network(trainer: Trainer, windows: int, window_steps: int, warmup: int = 2) -> list[float]:
+    """Seconds per step of zero_grad + forward + loss + backward on one batch of the training
+    shape, with the trainer's network (compiled or not), autocast and memory format: no batch
+    assembly, optimizer, EMA, logging or checkpoints. One value per window."""
+    device, cfg = trainer.device, trainer.cfg
+    order = torch.arange(len(trainer.images), device=device)
+    x0, y, t, noise = trainer._batch(order, 0, 0)  # (B, 1, 28, 28), labels or None, (B,), like x0
+
+    def step():
+        trainer.opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = diffusion_loss(trainer.net, trainer.schedule, cfg.diffusion, x0, t, noise, y)
+        loss.backward()
+
+    for _ in range(warmup):
+        step()
+    durations = []
+    for _ in range(windows):
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(window_steps):
+            step()
+        sync(device)
+        durations.append((time.perf_counter() - start) / window_steps)
+    trainer.opt.zero_grad(set_to_none=True)
+    return durations
+
+
+# --------------------------------------------------------------------------------------- sampling
+
+
+class _Enough(Exception):
+    """Raised from a sampler's step callback once its time budget is spent."""
+
+
+def time_sampler(run, sampler: str, steps: int, batch: int, budget_s: float, device: torch.device) -> dict:
+    """One batch through ``generate``; with a time budget, stop after the step that spends it
+    (at least 2 steps) and extrapolate: every step of a sampler costs the same network call."""
+    total = model_evaluations(sampler, steps, run.schedule.num_timesteps)
+    done, elapsed = total, 0.0
+
+    def callback(i, t, x, x0):
+        nonlocal done, elapsed
+        if budget_s and 2 <= i + 1 < total and time.perf_counter() - start > budget_s:
+            sync(device)
+            done, elapsed = i + 1, time.perf_counter() - start
+            raise _Enough
+
+    sync(device)
+    start = time.perf_counter()
+    try:
+        generate(run, batch, sampler=sampler, steps=steps, seed=0, batch_size=batch, callback=callback)
+        elapsed = time.perf_counter() - start  # generate returns CPU tensors, so the GPU is done
+    except _Enough:
+        pass
+    seconds = elapsed / done * total
+    return {
+        "sampler": sampler,
+        "evaluations": total,
+        "batch": batch,
+        "evaluations_timed": done,
+        "extrapolated": done < total,
+        "seconds_per_batch": seconds,
+        "images_per_sec": batch / seconds,
+    }
+
+
+def bench_sampling(name: str, trainer: Trainer, args, device: torch.device) -> dict:
+    """Each sampler at 20 and 1000 evaluations, loaded like `mnistdiff sample` loads a run (the
+    benchmark's EMA weights saved as the run's model.safetensors, then load_run)."""
+    save_tensors(trainer.run_dir / WEIGHTS, trainer.ema.module.state_dict(), weights_metadata(trainer.cfg))
+    run = load_run(trainer.run_dir, device)
+    reset_peak_memory(device)
+    b = args.sample_batch
+    say(f"{name}: sampling, batch {b}")
+    generate(run, b, sampler="ddim", steps=2, batch_size=b)  # warm-up: allocations and kernels
+    rows = []
+    for sampler, evals in SAMPLER_RUNS:
+        row = time_sampler(run, sampler, min(evals, run.schedule.num_timesteps), b, args.sample_seconds, device)
+        rows.append(row)
+        say(f"{name}: {sampler} at {row['evaluations']} evaluations: {row['images_per_sec']:.1f} img/s"
+            + (f" (timed {row['evaluations_timed']} evaluations)" if row["extrapolated"] else ""))
+    return {"runs": rows, "peak_memory_mib": peak_memory_mib(device)}
+
+
+# --------------------------------------------------------------------------------------- full run
+
+
+def bench_full_epochs(args, device: torch.device, artifacts: Path) -> dict:
+    """The default preset's epochs trained for real, then --full-samples samples at 20 evaluations."""
+    cfg = preset_config("default", args)
+    if args.epochs is not None:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=args.epochs))
+    say(f"full run: {cfg.train.epochs} epoch(s) of the default preset")
+    reset_peak_memory(device)
+    result = make_trainer(cfg, args, device, artifacts, "full-epochs").run()
+    done = [r for r in read_metrics(result.run_dir) if r.get("done")][-1]
+    train_peak = peak_memory_mib(device)
+    run = load_run(result.run_dir, device)
+    n, b = args.full_samples, args.sample_batch
+    times = []
+    for _ in range(2):  # the first call includes this batch size's allocations, the second does not
+        sync(device)
+        start = time.perf_counter()
+        generate(run, n, sampler="dpmpp-2m", steps=20, seed=0, batch_size=b)
+        times.append(time.perf_counter() - start)
+    out = {
+        "preset": "default",
+        "epochs": cfg.train.epochs,
+        "batch_size": cfg.train.batch_size,
+        "steps": result.step,
+        "final_loss": result.loss,
+        "train_seconds": done["train_seconds"],
+        "train_images_per_sec": result.step * cfg.train.batch_size / done["train_seconds"],
+        "train_peak_memory_mib": train_peak,
+        "samples": n,
+        "sampler": "dpmpp-2m",
+        "evaluations": 20,
+        "sample_batch": b,
+        "sample_seconds_first": times[0],
+        "sample_seconds": times[1],
+        "train_target_seconds": FULL_TRAIN_TARGET_S,
+        "sample_target_seconds": FULL_SAMPLE_TARGET_S,
+    }
+    say(f"full run: {out['train_seconds']:.1f} s of training, {n} samples in {times[1]:.2f} s "
+        f"({times[0]:.2f} s the first time)")
+    return out
+
+
+# --------------------------------------------------------------------------------------- report
+
+
+def rate(x: float) -> str:
+    """Images/s with as many digits as a reader needs."""
+    return f"{x:,.0f}" if x >= 100 else f"{x:.1f}" if x >= 1 else f"{x:.3g}"
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    memory = "peak GPU MiB" if m["device"] == "cuda" else "peak RSS MiB (so far)"
+    gpu = f", {m['gpu']}" if m["gpu"] else ""
+    lines = [
+        f"**{m['device'].upper()}**: {m['cpu']} ({m['cores']} cores, {m['torch_threads']} torch threads){gpu}; "
+        f"torch {m['torch']}; mnistdiff {m['mnist_diffusion']}"
+        + (f" at {m['git_commit']}" if m["git_commit"] else "")
+        + f"; {results['date']}  ",
+        f"`{results['command']}`",
+        "",
+        f"| training | batch | images/s | step ms | network ms | network share | checkpoints ms/step | {memory} |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in results["train"].items():
+        mark = "✓" if r["network_share"] >= r["network_share_target"] else "✗"
+        ckpt = r["step_ms"] - r["steady_step_ms"]
+        lines.append(
+            f"| {name} | {r['batch_size']} | {rate(r['images_per_sec'])} | {r['step_ms']:.2f} | {r['network_ms']:.2f} "
+            f"| {r['network_share']:.1%} {mark} | {ckpt:.3f} | {r['peak_memory_mib']:.0f} |"
+        )
+    lines += ["", f"| sampling | sampler | evaluations | batch | images/s | evaluations timed | {memory} |",
+              "|---|---|---:|---:|---:|---:|---:|"]
+    for name, s in results["sample"].items():
+        for r in s["runs"]:
+            timed = f"{r['evaluations_timed']} (extrapolated)" if r["extrapolated"] else "all"
+            lines.append(f"| {name} | {r['sampler']} | {r['evaluations']} | {r['batch']} | {rate(r['images_per_sec'])} "
+                         f"| {timed} | {s['peak_memory_mib']:.0f} |")
+    full = results.get("full_epochs")
+    if full:
+        ok_train = "✓" if full["train_seconds"] < full["train_target_seconds"] else "✗"
+        ok_sample = "✓" if full["sample_seconds"] < full["sample_target_seconds"] else "✗"
+        lines += [
+            "",
+            "| full run | result | target |",
+            "|---|---:|---:|",
+            f"| default preset, {full['epochs']} epoch(s) ({full['steps']} steps), training time | "
+            f"{full['train_seconds']:.1f} s {ok_train} | < {full['train_target_seconds']:.0f} s |",
+            f"| {full['samples']} samples, {full['sampler']} at {full['evaluations']} evaluations | "
+            f"{full['sample_seconds']:.2f} s {ok_sample} (first call {full['sample_seconds_first']:.2f} s) | "
+            f"< {full['sample_target_seconds']:.0f} s |",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def overall_peak_memory(results: dict, device: torch.device) -> dict:
+    if device.type != "cuda":
+        return {"kind": "ru_maxrss (peak RSS of the process)", "mib": peak_memory_mib(device)}
+    phases = [r["peak_memory_mib"] for part in ("train", "sample") for r in results[part].values()]
+    if "full_epochs" in results:
+        phases.append(results["full_epochs"]["train_peak_memory_mib"])
+    return {"kind": "torch.cuda.max_memory_allocated (largest phase)", "mib": max(phases)}
+
+
+def update_readme(path: Path, device: str, table: str) -> None:
+    """Replace the block between <!-- bench:DEVICE:start --> and <!-- bench:DEVICE:end -->."""
+    begin, end = f"<!-- bench:{device}:start -->", f"<!-- bench:{device}:end -->"
+    text = path.read_text()
+    if begin not in text or end not in text:
+        raise UserError(f"{path} has no {begin} ... {end} block to fill")
+    head, rest = text.split(begin, 1)
+    path.write_text(f"{head}{begin}\n{table}{end}{rest.split(end, 1)[1]}")
+
+
+# --------------------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda if there is one")
+    p.add_argument("--presets", default="default,large", help="comma-separated presets (default,large)")
+    p.add_argument("--windows", type=int, default=5, help="timed windows per preset; the median is reported")
+    p.add_argument("--window-steps", type=int, default=0,
+                   help="training steps per window (0: about --window-seconds each, at least 2)")
+    p.add_argument("--window-seconds", type=float, help="target window length (CPU 4, CUDA 1)")
+    p.add_argument("--warmup-steps", type=int, help="untimed training steps first, at least 2 (CPU 3, CUDA 20)")
+    p.add_argument("--batch-size", type=int, help="training batch size (default: the preset's)")
+    p.add_argument("--sample-batch", type=int, help="images per sampling batch (CPU 256, CUDA 10000)")
+    p.add_argument("--sample-seconds", type=float,
+                   help="time each sampler run at most this long, then extrapolate (0: all of it; CPU 15, CUDA 5)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training network, as train --compile")
+    p.add_argument("--full-epochs", action="store_true",
+                   help="also train the default preset's epochs for real and time --full-samples samples")
+    p.add_argument("--epochs", type=int, help="epochs of the --full-epochs run (default: the preset's 5)")
+    p.add_argument("--full-samples", type=int, default=10_000, help="samples drawn after the --full-epochs run")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="folder holding MNIST/raw")
+    p.add_argument("--out", type=Path, help="JSON to write (default benchmarks/results/speed-DEVICE.json); "
+                                            "the markdown table goes beside it as .md")
+    p.add_argument("--readme", type=Path, help="also put the table into this file's bench:DEVICE block")
+    args = p.parse_args(argv)
+    presets = [s.strip() for s in args.presets.split(",") if s.strip()]
+    unknown = [s for s in presets if s not in PRESETS]
+    if unknown or not presets:
+        p.error(f"--presets takes names from {', '.join(PRESETS)} (got {args.presets!r})")
+    args.presets = presets
+    if args.windows < 1 or args.window_steps < 0 or (args.warmup_steps is not None and args.warmup_steps < 2):
+        p.error("need --windows >= 1, --window-steps >= 0 and --warmup-steps >= 2")
+    for flag in ("batch_size", "sample_batch", "full_samples", "epochs"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    device = pick_device("cuda" if args.device == "auto" and torch.cuda.is_available() else args.device)
+    if device.type == "cpu":
+        configure_cpu_threads()  # every core, as `mnistdiff` does (OMP_NUM_THREADS wins)
+    defaults = DEFAULTS[device.type]
+    for field in dataclasses.fields(DeviceDefaults):
+        if getattr(args, field.name) is None:
+            setattr(args, field.name, getattr(defaults, field.name))
+    out = args.out or RESULTS_DIR / f"speed-{device.type}.json"
+    results = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": shlex.join(["python", *sys.argv]) if argv is None else shlex.join(["bench_speed.py", *argv]),
+        "machine": machine_info(device),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "train": {},
+        "sample": {},
+    }
+    table = ""
+
+    def save() -> None:  # after every phase, so a run cut short still leaves what it measured
+        nonlocal table
+        results["peak_memory"] = overall_peak_memory(results, device)
+        table = markdown(results)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2) + "\n")
+        out.with_suffix(".md").write_text(table)
+
+    with tempfile.TemporaryDirectory(prefix="mnistdiff-bench-") as tmp:
+        if args.full_epochs:  # first, in a fresh process as `mnistdiff train` would be
+            results["full_epochs"] = bench_full_epochs(args, device, Path(tmp))
+            gc.collect()
+            save()
+        for name in args.presets:
+            results["train"][name], trainer = bench_training(name, args, device, Path(tmp))
+            results["sample"][name] = bench_sampling(name, trainer, args, device)
+            del trainer  # and its data, weights and optimizer state (it sits in a cycle with its clock)
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            save()
+    if args.readme:
+        update_readme(args.readme, device.type, table)
+    print(table)
+    say(f"wrote {out} and {out.with_suffix('.md')}")
+    return results
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# The whole GPU check in one command, for one H100 or H200 (see benchmarks/README.md):
+#   1. nvidia-smi and the Python environment (pip install -e . only if the package cannot be imported),
+#   2. smoke: 50 training steps on cuda, then a sample grid from that run,
+#   3. bench_speed.py --device cuda --full-epochs: throughput, network share, memory and the two
+#      targets (the default preset's 5 epochs in < 30 s of training, 10,000 samples in < 5 s),
+#   4. smoke: the same 50 steps with --compile (last: compiling is the slowest step).
+# The machine may have no internet: the MNIST files must already be in $DATA_DIR/MNIST/raw
+# (carry data/MNIST/raw along). Writes at most 6 files to ${OUT:-benchmarks/results}; run
+# folders go to a temporary directory. About 4 minutes; every step is cut off at its own limit
+# and at the overall budget (BUDGET_S, 295 s). Exit status 1 if any step failed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OUT_DIR="${OUT:-benchmarks/results}"
+DATA_DIR="${DATA_DIR:-data}"
+PY="${PYTHON:-python3}"
+BUDGET_S="${BUDGET_S:-295}"
+COMPILE_BENCH="${COMPILE_BENCH:-0}"  # 1: also run the benchmark with --compile (needs a larger budget)
+SMOKE_STEPS="${SMOKE_STEPS:-50}"
+DEVICE="${DEVICE:-cuda}"  # cpu only to try this script itself out with tiny settings
+read -r -a BENCH_ARGS <<<"${BENCH_ARGS:-}"  # extra flags for bench_speed.py
+mkdir -p "$OUT_DIR"
+LOG="$OUT_DIR/gpu_check.log"
+: >"$LOG"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+WORK="$(mktemp -d -t mnistdiff-gpu-check.XXXXXX)"
+trap 'rm -rf "$WORK"' EXIT
+FAILED=()
+
+log() { printf '[%s +%3ds] %s\n' "$(date -u +%H:%M:%S)" "$SECONDS" "$*" | tee -a "$LOG"; }
+
+# step NAME LIMIT_S CMD...: run CMD, its output into the log, stopped after LIMIT_S seconds or
+# when the overall budget runs out; a failure is logged and the check goes on.
+step() {
+  local name=$1 limit=$2 left rc t0=$SECONDS
+  shift 2
+  left=$((BUDGET_S - SECONDS))
+  if ((left < 15)); then
+    log "SKIP $name: the ${BUDGET_S} s budget is spent"
+    FAILED+=("$name (skipped)")
+    return 0
+  fi
+  if ((limit > left)); then limit=$left; fi
+  log "START $name (limit ${limit} s)"
+  set +e
+  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$LOG"
+  rc=${PIPESTATUS[0]}
+  set -e
+  if ((rc == 0)); then
+    log "OK    $name in $((SECONDS - t0)) s"
+  else
+    local why=""
+    if ((rc == 124 || rc == 137)); then why=" (timed out)"; fi
+    log "FAIL  $name: exit $rc after $((SECONDS - t0)) s$why"
+    FAILED+=("$name")
+  fi
+}
+
+log "gpu_check on $(hostname), writing to $OUT_DIR"
+
+# 1. The GPU and the Python environment.
+if command -v nvidia-smi >/dev/null; then
+  timeout 30 nvidia-smi >"$OUT_DIR/nvidia-smi.txt" 2>&1 || true
+  cat "$OUT_DIR/nvidia-smi.txt" >>"$LOG"
+  timeout 30 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$LOG" || true
+else
+  log "no nvidia-smi on this machine"
+fi
+if ! "$PY" -c 'import torch, mnist_diffusion.cli' >/dev/null 2>&1; then
+  log "torch or the package's dependencies are missing: pip install -e . (offline: no build isolation)"
+  "$PY" -m pip install --quiet --no-build-isolation -e . 2>&1 | tee -a "$LOG" || log "pip install -e . failed"
+fi
+"$PY" -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__, torch.version.cuda)' \
+  | tee -a "$LOG"
+if [[ $DEVICE == cuda ]] && ! "$PY" -c 'import torch; assert torch.cuda.is_available()' 2>>"$LOG"; then
+  log "PyTorch sees no CUDA GPU here: nothing to check"
+  exit 2
+fi
+for split in train t10k; do
+  for kind in images-idx3 labels-idx1; do
+    f="$DATA_DIR/MNIST/raw/$split-$kind-ubyte"
+    if [[ ! -f $f && ! -f $f.gz ]]; then
+      log "missing $f (or .gz): carry data/MNIST/raw along, this machine cannot download it"
+      exit 2
+    fi
+  done
+done
+
+MNISTDIFF=("$PY" -m mnist_diffusion)
+
+# 2. Smoke: train 50 steps on the GPU and draw a grid from the run.
+step "train $SMOKE_STEPS steps" 90 "${MNISTDIFF[@]}" train --device "$DEVICE" --max-steps "$SMOKE_STEPS" \
+  --run-name smoke --data-dir "$DATA_DIR" --artifacts-dir "$WORK/eager"
+step "sample a grid" 60 "${MNISTDIFF[@]}" sample -n 64 --device "$DEVICE" --artifacts-dir "$WORK/eager" \
+  -o "$OUT_DIR/smoke-grid.png"
+
+# 3. The speed benchmark, with the two targets.
+step "bench_speed --full-epochs" 200 "$PY" benchmarks/bench_speed.py --device "$DEVICE" --full-epochs \
+  --data-dir "$DATA_DIR" --out "$OUT_DIR/speed-$DEVICE.json" ${BENCH_ARGS[@]+"${BENCH_ARGS[@]}"}
+
+# 4. Smoke: the same 50 steps through torch.compile, and a grid from that run.
+step "train $SMOKE_STEPS steps --compile" 150 "${MNISTDIFF[@]}" train --device "$DEVICE" --max-steps "$SMOKE_STEPS" \
+  --compile --run-name smoke-compiled --data-dir "$DATA_DIR" --artifacts-dir "$WORK/compiled"
+step "sample a grid (compiled run)" 45 "${MNISTDIFF[@]}" sample -n 64 --device "$DEVICE" \
+  --artifacts-dir "$WORK/compiled" -o "$OUT_DIR/smoke-grid-compiled.png"
+if [[ $COMPILE_BENCH == 1 ]]; then
+  step "bench_speed --compile" 200 "$PY" benchmarks/bench_speed.py --device "$DEVICE" --compile --presets default \
+    --data-dir "$DATA_DIR" --out "$OUT_DIR/speed-$DEVICE-compiled.json" ${BENCH_ARGS[@]+"${BENCH_ARGS[@]}"}
+fi
+
+if ((${#FAILED[@]})); then
+  log "done in $SECONDS s; FAILED: $(printf '%s; ' "${FAILED[@]}")"
+  exit 1
+fi
+log "done in $SECONDS s; all steps passed. Results: $OUT_DIR/speed-$DEVICE.md"

@@ -1,0 +1,51 @@
+"""benchmarks/bench_speed.py end to end on the CPU, with the tiniest settings on the fake MNIST."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_speed_writes_json_and_table(tmp_path, data_dir):
+    out = tmp_path / "speed.json"
+    readme = tmp_path / "README.md"
+    readme.write_text("before\n<!-- bench:cpu:start -->\nold\n<!-- bench:cpu:end -->\nafter\n")
+    cmd = [
+        sys.executable, str(ROOT / "benchmarks" / "bench_speed.py"), "--device", "cpu", "--presets", "default",
+        "--data-dir", str(data_dir), "--batch-size", "8", "--windows", "2", "--window-steps", "2",
+        "--warmup-steps", "2", "--sample-batch", "4", "--sample-seconds", "0.01",
+        "--full-epochs", "--epochs", "1", "--full-samples", "4", "--out", str(out), "--readme", str(readme),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    results = json.loads(out.read_text())
+    assert {"date", "command", "machine", "settings", "train", "sample", "full_epochs", "peak_memory"} <= set(results)
+    assert results["machine"]["cores"] >= 1 and results["machine"]["torch"]
+    train = results["train"]["default"]
+    assert train["batch_size"] == 8 and train["window_steps"] == 2 and len(train["window_images_per_sec"]) == 2
+    for key in ("images_per_sec", "step_ms", "network_ms", "network_share", "checkpoint_ms", "peak_memory_mib"):
+        assert train[key] > 0, key
+    runs = results["sample"]["default"]["runs"]
+    assert [(r["sampler"], r["evaluations"]) for r in runs] == [
+        ("ddim", 20), ("dpmpp-2m", 20), ("ddpm", 1000), ("ddim", 1000)
+    ]
+    assert all(r["images_per_sec"] > 0 and 2 <= r["evaluations_timed"] <= r["evaluations"] for r in runs)
+    assert runs[2]["extrapolated"]  # 1000 evaluations do not fit in 0.01 s
+    full = results["full_epochs"]
+    assert full["epochs"] == 1 and full["steps"] == 512 // 8 and full["train_seconds"] > 0
+    assert full["samples"] == 4 and full["sample_seconds"] > 0
+    assert results["peak_memory"]["mib"] > 0
+
+    table = out.with_suffix(".md").read_text()
+    assert "| default | 8 |" in table and "dpmpp-2m" in table and "full run" in table
+    assert table in proc.stdout
+    text = readme.read_text()
+    assert text.startswith("before\n<!-- bench:cpu:start -->\n") and text.endswith("<!-- bench:cpu:end -->\nafter\n")
+    assert "old" not in text and "| default | 8 |" in text
