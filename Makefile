@@ -7,6 +7,7 @@ EPOCHS ?= 5
 DEVICE ?= auto
 RUN ?=
 N ?= 10000
+N_1000 ?=
 
 .PHONY: install data train sample test lint eval features bench bench-samplers clean
 
@@ -45,7 +46,7 @@ bench: data  ## training and sampling speed, see benchmarks/
 	$(BIN)/python benchmarks/bench_speed.py
 
 bench-samplers: data  ## FID and wall time per sampler and step count for one run
-	$(BIN)/python benchmarks/bench_samplers.py --n $(N) $(if $(RUN),--run $(RUN))
+	$(BIN)/python benchmarks/bench_samplers.py --n $(N) $(if $(N_1000),--n-1000 $(N_1000)) $(if $(RUN),--run $(RUN))
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

@@ -118,6 +118,9 @@ def train(
     timesteps: Annotated[Optional[int], typer.Option(help="T, the number of diffusion steps.")] = None,
     schedule: Annotated[Optional[str], typer.Option(help="Noise schedule: linear, cosine or sigmoid.")] = None,
     prediction: Annotated[Optional[str], typer.Option(help="Network target: eps (noise) or v.")] = None,
+    loss_weighting: Annotated[
+        Optional[str], typer.Option(help="none, or min-snr (Hang et al. 2023, gamma 5).")
+    ] = None,
     preset: Annotated[str, typer.Option(help="default, seed (the original script) or large.")] = "default",
     channels: Annotated[
         Optional[int], typer.Option(help="UNet base width (a multiple of 8); the preset's if not given.")
@@ -142,7 +145,7 @@ def train(
     from .train import train as train_core
 
     model_flags = dict(num_classes=10 if conditional else None, channels=channels)
-    diffusion_flags = dict(timesteps=timesteps, schedule=schedule, prediction=prediction)
+    diffusion_flags = dict(timesteps=timesteps, schedule=schedule, prediction=prediction, loss_weighting=loss_weighting)
     budget_flags = dict(epochs=epochs, max_steps=max_steps)
     train_flags = dict(batch_size=batch_size, lr=lr, seed=seed)
     if resume is not None:

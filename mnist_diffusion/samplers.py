@@ -45,12 +45,14 @@ class Denoiser:
     def __call__(self, x_t: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         n = x_t.shape[0]
         tt = torch.full((n,), t, device=x_t.device, dtype=torch.long)
-        if self.labels is not None and self.guidance != 1.0:
-            null = torch.full_like(self.labels, self.model.num_classes)
-            out_c, out_u = self.model(torch.cat([x_t, x_t]), torch.cat([tt, tt]), torch.cat([self.labels, null])).chunk(2)
-            out = out_u + self.guidance * (out_c - out_u)
-        else:
-            out = self.model(x_t, tt, self.labels)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x_t.is_cuda):  # the network in bf16 on GPUs
+            if self.labels is not None and self.guidance != 1.0:
+                null = torch.full_like(self.labels, self.model.num_classes)
+                both = self.model(torch.cat([x_t, x_t]), torch.cat([tt, tt]), torch.cat([self.labels, null]))
+                out_c, out_u = both.float().chunk(2)
+                out = out_u + self.guidance * (out_c - out_u)
+            else:
+                out = self.model(x_t, tt, self.labels)
         eps, x0 = self.schedule.eps_and_x0(x_t, tt, out.float(), self.prediction)
         if self.clip_x0:
             x0 = x0.clamp(-1.0, 1.0)

@@ -242,3 +242,54 @@ def test_ctrl_c_saves_checkpoint_and_exits_130(tmp_path, data_dir):
     result = invoke("train", "--resume", run_dir.name, "--max-steps", step + 2, "--artifacts-dir", artifacts,
                     "--data-dir", data_dir)
     assert result.exit_code == 0, result.output
+
+
+# ----------------------------------------------------------------------------- eval, conditional
+
+
+def test_eval_writes_eval_json_and_runs_shows_fid(trained, data_dir, tmp_path):
+    artifacts, run_dir = trained
+    run = copy_run(run_dir, tmp_path)
+    result = runner.invoke(app, ["eval", "--run", str(run), "--n-samples", "20", "--steps", "3",
+                                 "--data-dir", str(data_dir), "--device", "cpu"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "FID" in result.output and "real data" in result.output
+    report = json.loads((run / "eval.json").read_text())
+    assert report["n"] == 20 and report["model"]["fid"] > 0 and report["real"]["fid"] >= 0
+    assert "eval.json" in json.loads((run / "manifest.json").read_text())["files"]
+    listing = runner.invoke(app, ["runs", "--artifacts-dir", str(tmp_path / "artifacts")], terminal_width=200)
+    assert f"{report['model']['fid']:.2f}" in listing.output
+
+
+def test_eval_scores_outside_samples_as_json(trained, data_dir, tmp_path):
+    artifacts, run_dir = trained
+    tensor = tmp_path / "s.safetensors"
+    assert invoke("sample", "--artifacts-dir", artifacts, "-n", 12, "-o", tmp_path / "g.png", "--steps", 2,
+                  "--save-tensor", tensor).exit_code == 0
+    result = invoke("eval", "--samples", tensor, "--json", "--data-dir", data_dir, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["n"] == 12 and sum(report["model"]["class_histogram"]) == 12
+
+
+def test_eval_refuses_run_and_samples_together(trained, tmp_path):
+    result = invoke("eval", "--run", trained[1], "--samples", tmp_path / "x.npy")
+    assert_one_line_error(result, "not both")
+
+
+def test_conditional_run_samples_requested_digits(data_dir, tmp_path):
+    artifacts = tmp_path / "artifacts"
+    result = invoke("train", *TINY, "--conditional", "--max-steps", 2, "--data-dir", data_dir,
+                    "--artifacts-dir", artifacts)
+    assert result.exit_code == 0, result.output
+    for flags in (["--digit", 7], ["--labels", "0,1,2"], []):
+        out = tmp_path / "c.png"
+        result = invoke("sample", "--artifacts-dir", artifacts, "-n", 20, "-o", out, "--steps", 2, *flags)
+        assert result.exit_code == 0, result.output
+    # the default conditional grid: one row per digit, 2 per row for n=20
+    assert Image.open(out).size == (2 * (2 * 30 + 2), 2 * (10 * 30 + 2))
+    assert_one_line_error(invoke("sample", "--artifacts-dir", artifacts, "--labels", "1,x"), "--labels")
+
+
+def test_digit_on_unconditional_run(trained):
+    assert_one_line_error(invoke("sample", "--artifacts-dir", trained[0], "--digit", 3), "class-conditional")
