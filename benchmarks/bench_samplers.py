@@ -132,19 +132,29 @@ def recommend(rows: list[dict]) -> list[dict]:
         best = min(group, key=lambda r: r["fid"])
         ok = [r for r in group if r["fid"] <= best["fid"] * RECOMMEND_WITHIN]
         pick = min(ok, key=lambda r: (r["evaluations"], r["fid"]))  # same evaluations, same cost
-        out.append({"n": n, "sampler": pick["sampler"], "evaluations": pick["evaluations"], "fid": pick["fid"],
-                    "best": {"sampler": best["sampler"], "evaluations": best["evaluations"], "fid": best["fid"]}})
+        out.append(
+            {
+                "n": n,
+                "sampler": pick["sampler"],
+                "evaluations": pick["evaluations"],
+                "fid": pick["fid"],
+                "best": {"sampler": best["sampler"], "evaluations": best["evaluations"], "fid": best["fid"]},
+            }
+        )
     return out
 
 
 def recommendation_line(rec: dict) -> str:
     best = rec["best"]
-    head = (f"recommendation (N = {rec['n']:,}): {rec['sampler']} at {rec['evaluations']} evaluations, "
-            f"FID {rec['fid']:.3f}")
+    head = (
+        f"recommendation (N = {rec['n']:,}): {rec['sampler']} at {rec['evaluations']} evaluations, FID {rec['fid']:.3f}"
+    )
     if (best["sampler"], best["evaluations"]) == (rec["sampler"], rec["evaluations"]):
         return f"{head}, the best at this N"
-    return (f"{head}, within {RECOMMEND_WITHIN - 1:.0%} of the best at this N "
-            f"({best['sampler']} at {best['evaluations']}, FID {best['fid']:.3f})")
+    return (
+        f"{head}, within {RECOMMEND_WITHIN - 1:.0%} of the best at this N "
+        f"({best['sampler']} at {best['evaluations']}, FID {best['fid']:.3f})"
+    )
 
 
 # --------------------------------------------------------------------------------------- report
@@ -192,8 +202,11 @@ def markdown(results: dict) -> str:
             f"| {ratio_cell(r)} | {1000 * r['kid_mean']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} "
             f"| {seconds(r['sample_seconds'])} | {rate(r['images_per_sec'])} |"
         )
-    lines += ["", "FID, KID, precision and recall depend on N: compare rows only at the same N, and each FID with "
-                  "the real-data floor beside it (N real training images scored the same way)."]
+    lines += [
+        "",
+        "FID, KID, precision and recall depend on N: compare rows only at the same N, and each FID with "
+        "the real-data floor beside it (N real training images scored the same way).",
+    ]
     if len(rows) < len(results["plan"]):
         lines += ["", f"_Cut short: {len(rows)} of {len(results['plan'])} planned rows measured._"]
     lines += [""] + [f"- {recommendation_line(rec)}" for rec in results["recommendation"]]
@@ -252,13 +265,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--artifacts-dir", type=Path, default=DEFAULT_ARTIFACTS_DIR, help="folder holding runs/")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="folder holding MNIST/raw")
     p.add_argument("--n", type=int, default=10_000, help="samples per row (FID depends on N)")
-    p.add_argument("--n-1000", type=int,
-                   help="samples for the rows at 1000 evaluations or more and for DDPM (default: --n)")
+    p.add_argument(
+        "--n-1000", type=int, help="samples for the rows at 1000 evaluations or more and for DDPM (default: --n)"
+    )
     p.add_argument("--compare-at-n-1000", action=argparse.BooleanOptionalAction, default=True,
                    help="when --n-1000 < --n, also run the shorter DDIM/DPM-Solver++ rows at --n-1000,\n"
                         "so that they compare with DDPM at the same N")  # fmt: skip
-    p.add_argument("--evaluations", default=",".join(map(str, EVALUATIONS)),
-                   help="model evaluations for DDIM and DPM-Solver++ (DDPM: always the run's T)")
+    p.add_argument(
+        "--evaluations",
+        default=",".join(map(str, EVALUATIONS)),
+        help="model evaluations for DDIM and DPM-Solver++ (DDPM: always the run's T)",
+    )
     p.add_argument("--samplers", default=",".join(SAMPLERS), help=f"comma-separated, from {', '.join(SAMPLERS)}")
     p.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every row")
     p.add_argument("--guidance", type=float, default=2.0, help="conditional runs: classifier-free guidance scale")
@@ -350,16 +367,20 @@ def main(argv: list[str] | None = None) -> dict:
             r = measure(run, row, args, real, device)
             results["rows"].append(r)
             table = save()
-            say(f"  FID {r['fid']:.3f} (real data {r['floor_fid']:.3f}), {r['sample_seconds']:.1f} s sampling "
-                f"({rate(r['images_per_sec'])} images/s), {r['metric_seconds']:.1f} s scoring")
+            say(
+                f"  FID {r['fid']:.3f} (real data {r['floor_fid']:.3f}), {r['sample_seconds']:.1f} s sampling "
+                f"({rate(r['images_per_sec'])} images/s), {r['metric_seconds']:.1f} s scoring"
+            )
     except KeyboardInterrupt:
         say(f"interrupted: {len(results['rows'])} of {len(plan)} rows kept in {out.with_suffix('.json')}")
         raise SystemExit(130) from None
     print(table)
     for r in table_order(results["rows"]):
         if r["meets_target"] is not None:
-            say(f"target {'✓' if r['meets_target'] else '✗'} {r['sampler']} at {r['evaluations']} evaluations "
-                f"(N = {r['n']:,}): FID {r['fid_vs_ddpm']:.2f} x DDPM's, target ≤ {r['target']:.2f}")
+            say(
+                f"target {'✓' if r['meets_target'] else '✗'} {r['sampler']} at {r['evaluations']} evaluations "
+                f"(N = {r['n']:,}): FID {r['fid_vs_ddpm']:.2f} x DDPM's, target ≤ {r['target']:.2f}"
+            )
     for rec in results["recommendation"]:
         say(recommendation_line(rec))
     if args.readme:

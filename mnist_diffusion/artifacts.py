@@ -138,9 +138,13 @@ def load_weights_into(model: torch.nn.Module, path: Path) -> None:
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     bad_shapes = [k for k in set(own) & set(state) if own[k].shape != state[k].shape]
     if missing or unexpected or bad_shapes:
-        detail = (missing and f"missing {missing[:3]}") or (unexpected and f"unexpected {unexpected[:3]}") or (
-            f"shape of {bad_shapes[0]} is {tuple(state[bad_shapes[0]].shape)}, config says {tuple(own[bad_shapes[0]].shape)}"
-        )
+        if missing:
+            detail = f"missing {missing[:3]}"
+        elif unexpected:
+            detail = f"unexpected {unexpected[:3]}"
+        else:
+            name = bad_shapes[0]
+            detail = f"{name} is {tuple(state[name].shape)}, the config makes it {tuple(own[name].shape)}"
         raise UserError(f"{path} does not match the run's config.json ({detail})")
     model.load_state_dict(state)
 

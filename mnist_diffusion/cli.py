@@ -39,9 +39,7 @@ err_console = Console(stderr=True)
 ArtifactsDir = Annotated[Path, typer.Option("--artifacts-dir", help="Folder holding runs/ and latest.")]
 DataDir = Annotated[Path, typer.Option("--data-dir", help="Folder for MNIST (MNIST/raw/*-ubyte).")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")]
-RunArg = Annotated[
-    Optional[str], typer.Option("--run", "-r", help="A run's folder or name (default: the latest run).")
-]
+RunArg = Annotated[Optional[str], typer.Option("--run", "-r", help="A run's folder or name (default: the latest run).")]
 Seed = Annotated[int, typer.Option("--seed", min=0, help="Random seed: same seed and flags, same images.")]
 SamplerOpt = Annotated[str, typer.Option("--sampler", help="ddpm (all T steps), ddim or dpmpp-2m.")]
 StepsOpt = Annotated[
@@ -118,9 +116,7 @@ def train(
     timesteps: Annotated[Optional[int], typer.Option(help="T, the number of diffusion steps.")] = None,
     schedule: Annotated[Optional[str], typer.Option(help="Noise schedule: linear, cosine or sigmoid.")] = None,
     prediction: Annotated[Optional[str], typer.Option(help="Network target: eps (noise) or v.")] = None,
-    loss_weighting: Annotated[
-        Optional[str], typer.Option(help="none, or min-snr (Hang et al. 2023, gamma 5).")
-    ] = None,
+    loss_weighting: Annotated[Optional[str], typer.Option(help="none, or min-snr (Hang et al. 2023, gamma 5).")] = None,
     preset: Annotated[str, typer.Option(help="default, seed (the original script) or large.")] = "default",
     channels: Annotated[
         Optional[int], typer.Option(help="UNet base width (a multiple of 8); the preset's if not given.")
@@ -167,7 +163,9 @@ def train(
         stop.set()
         err_console.print("\n[yellow]Stopping after this step and saving a checkpoint (Ctrl-C again to abort).")
 
-    previous = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() else None
+    previous = (
+        signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() else None
+    )
     try:
         result = train_core(
             base,

@@ -117,7 +117,10 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check_choice(t.lr_schedule, LRSchedule, "lr schedule")
     checks = [
         (m.channels >= 8 and m.channels % 8 == 0, "channels must be a positive multiple of 8"),
-        (len(m.channel_mult) == 3 and all(x >= 1 for x in m.channel_mult), "channel_mult needs 3 positive entries (28, 14, 7)"),
+        (
+            len(m.channel_mult) == 3 and all(x >= 1 for x in m.channel_mult),
+            "channel_mult needs 3 positive entries (28, 14, 7)",
+        ),
         (m.num_res_blocks >= 1, "num_res_blocks must be at least 1"),
         (0.0 <= m.dropout < 1.0, "dropout must be in [0, 1)"),
         (m.num_classes in (0, 10), "num_classes must be 0 (unconditional) or 10"),
@@ -148,7 +151,9 @@ SEED = RunConfig(
     diffusion=DiffusionConfig(
         schedule="linear", timesteps=300, beta_start=1e-4, beta_end=0.02, prediction="eps", loss_weighting="none"
     ),
-    train=TrainConfig(batch_size=128, lr=1e-4, warmup_steps=0, lr_schedule="constant", grad_clip=0.0, ema_decay=0.0, ema_warmup=False),
+    train=TrainConfig(
+        batch_size=128, lr=1e-4, warmup_steps=0, lr_schedule="constant", grad_clip=0.0, ema_decay=0.0, ema_warmup=False
+    ),
 )
 
 # The best quality 5 epochs buy on a 2-core CPU in at most 15 minutes (see README's ablation):

@@ -230,7 +230,7 @@ def import_mnist_pickle(
 
     # 3. Pixels and labels.
     (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = (
-        _split_arrays(x, y, name) for (x, y), name in zip(pairs, ("train", "valid", "test"))
+        _split_arrays(x, y, name) for (x, y), name in zip(pairs, ("train", "valid", "test"), strict=False)
     )
 
     # 4. The original 60,000-image training set is train + valid.

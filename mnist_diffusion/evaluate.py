@@ -398,7 +398,7 @@ def _load_grid(path: Path) -> torch.Tensor:
             continue
         rows, cols = (small.shape[0] - GRID_PADDING) // step, (small.shape[1] - GRID_PADDING) // step
         corners = [(GRID_PADDING + r * step, GRID_PADDING + c * step) for r in range(rows) for c in range(cols)]
-        tiles = [small[y:y + TILE, x:x + TILE] for y, x in corners]  # row-major, as make_grid fills them
+        tiles = [small[y : y + TILE, x : x + TILE] for y, x in corners]  # row-major, as make_grid fills them
         n = len(tiles)
         while n > (rows - 1) * cols and n > 1 and not tiles[n - 1].any():  # empty slots of the last row
             n -= 1

@@ -112,7 +112,7 @@ def accuracy(net: FeatureNet, images: torch.Tensor, labels: torch.Tensor, batch_
     """Share of ``(N, 1, 28, 28)`` images in [0, 1] whose predicted class is the label."""
     net.eval()
     correct = sum(
-        int((net(images[s:s + batch_size]).argmax(1) == labels[s:s + batch_size]).sum())
+        int((net(images[s : s + batch_size]).argmax(1) == labels[s : s + batch_size]).sum())
         for s in range(0, len(images), batch_size)
     )
     return correct / len(images)
@@ -154,7 +154,7 @@ def train_feature_net(
         order = torch.randperm(len(train_x), generator=generator)
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
         for i in bar:
-            idx = order[i * batch_size:(i + 1) * batch_size]
+            idx = order[i * batch_size : (i + 1) * batch_size]
             x = _augment(train_x[idx], generator).to(device)
             loss = F.cross_entropy(net(x), train_y[idx].to(device), label_smoothing=0.05)
             opt.zero_grad(set_to_none=True)
@@ -236,7 +236,7 @@ def extract(net: FeatureNet, images: torch.Tensor, batch_size: int = 1000, progr
     device = next(net.parameters()).device
     feats, probs = [], []
     for s in tqdm(range(0, len(images), batch_size), desc="features", disable=not progress, leave=False):
-        f, p = net.features_and_probs(images[s:s + batch_size].to(device, torch.float32))
+        f, p = net.features_and_probs(images[s : s + batch_size].to(device, torch.float32))
         feats.append(f.float().cpu())
         probs.append(p.float().cpu())
     if not feats:

@@ -63,7 +63,7 @@ def forward_figure(
     ax.imshow(grid[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     tile = rows.shape[-1] + GRID_PADDING
     ax.set_xticks([GRID_PADDING + tile * i + rows.shape[-1] / 2 for i in range(k)])
-    ax.set_xticklabels([f"t={t}\n{math.sqrt(a):.2f}" for t, a in zip(timesteps, alpha_bars)], fontsize=8)
+    ax.set_xticklabels([f"t={t}\n{math.sqrt(a):.2f}" for t, a in zip(timesteps, alpha_bars, strict=True)], fontsize=8)
     ax.xaxis.tick_top()
     ax.set_yticks([])
     ax.set_xlabel(r"timestep t, and $\sqrt{\bar\alpha_t}$ (share of the digit left)", fontsize=9)

@@ -80,8 +80,9 @@ def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: 
     mu1, mu2 = (torch.as_tensor(m).to(torch.float64) for m in (mu1, mu2))
     s1, s2 = (torch.as_tensor(s).to(torch.float64) for s in (sigma1, sigma2))
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.shape[0], mu1.shape[0]):
-        raise ValueError(f"shape mismatch: mu {tuple(mu1.shape)}, {tuple(mu2.shape)}; "
-                         f"sigma {tuple(s1.shape)}, {tuple(s2.shape)}")
+        raise ValueError(
+            f"shape mismatch: mu {tuple(mu1.shape)}, {tuple(mu2.shape)}; sigma {tuple(s1.shape)}, {tuple(s2.shape)}"
+        )
     s1, s2 = (s1 + s1.T) / 2, (s2 + s2.T) / 2
     # Tr((S1 S2)^{1/2}) is the sum of the square roots of the eigenvalues of S1 S2. That product is
     # not symmetric, so a general sqrtm / eigvals on it can return complex values or NaN when S1, S2
@@ -174,8 +175,8 @@ def _knn_radii(x: torch.Tensor, k: int) -> torch.Tensor:
     radii = torch.empty(n, dtype=x.dtype, device=x.device)
     step = _row_step(n)
     for s in range(0, n, step):
-        d = torch.cdist(x[s:s + step], x)  # (c, N); the point itself is among them at distance 0
-        radii[s:s + step] = d.topk(k + 1, dim=1, largest=False).values[:, k]
+        d = torch.cdist(x[s : s + step], x)  # (c, N); the point itself is among them at distance 0
+        radii[s : s + step] = d.topk(k + 1, dim=1, largest=False).values[:, k]
     return radii
 
 
@@ -196,9 +197,9 @@ def precision_recall(real: ArrayLike, fake: ArrayLike, *, k: int = 3) -> dict[st
     real_in_fake = torch.empty(x.shape[0], dtype=torch.bool, device=x.device)
     step = _row_step(y.shape[0])
     for s in range(0, x.shape[0], step):
-        d = torch.cdist(x[s:s + step], y)  # (c, M): real rows s.., all fake points
-        fake_in_real |= (d <= r_real[s:s + step, None]).any(dim=0)
-        real_in_fake[s:s + step] = (d <= r_fake[None, :]).any(dim=1)
+        d = torch.cdist(x[s : s + step], y)  # (c, M): real rows s.., all fake points
+        fake_in_real |= (d <= r_real[s : s + step, None]).any(dim=0)
+        real_in_fake[s : s + step] = (d <= r_fake[None, :]).any(dim=1)
     return {"precision": float(fake_in_real.double().mean()), "recall": float(real_in_fake.double().mean())}
 
 
@@ -222,9 +223,9 @@ def density_coverage(real: ArrayLike, fake: ArrayLike, *, k: int = 5) -> dict[st
     covered = torch.empty(x.shape[0], dtype=torch.bool, device=x.device)
     step = _row_step(y.shape[0])
     for s in range(0, x.shape[0], step):
-        inside = torch.cdist(x[s:s + step], y) < r_real[s:s + step, None]  # (c, M)
+        inside = torch.cdist(x[s : s + step], y) < r_real[s : s + step, None]  # (c, M)
         hits += inside.sum()
-        covered[s:s + step] = inside.any(dim=1)
+        covered[s : s + step] = inside.any(dim=1)
     return {"density": float(hits / (k * y.shape[0])), "coverage": float(covered.double().mean())}
 
 

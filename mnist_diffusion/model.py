@@ -139,7 +139,7 @@ class UNet(nn.Module):
             emb = emb + self.label_emb(y)
         h = self.stem(x)
         skips = []
-        for blocks, down in zip(self.down, self.downsample):
+        for blocks, down in zip(self.down, self.downsample, strict=True):
             for block in blocks:
                 h = block(h, emb)
             skips.append(h)
@@ -166,13 +166,18 @@ class SeedNet(nn.Module):
         ch = cfg.channels
         c = cfg.in_channels
         self.encoder = nn.Sequential(
-            nn.Conv2d(c, ch, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(ch, 2 * ch, 3, stride=2, padding=1), nn.ReLU(),  # 28 -> 14
-            nn.Conv2d(2 * ch, 4 * ch, 3, stride=2, padding=1), nn.ReLU(),  # 14 -> 7
+            nn.Conv2d(c, ch, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(ch, 2 * ch, 3, stride=2, padding=1),
+            nn.ReLU(),  # 28 -> 14
+            nn.Conv2d(2 * ch, 4 * ch, 3, stride=2, padding=1),
+            nn.ReLU(),  # 14 -> 7
         )
         self.decoder = nn.Sequential(
-            nn.ConvTranspose2d(4 * ch, 2 * ch, 4, stride=2, padding=1), nn.ReLU(),  # 7 -> 14
-            nn.ConvTranspose2d(2 * ch, ch, 4, stride=2, padding=1), nn.ReLU(),  # 14 -> 28
+            nn.ConvTranspose2d(4 * ch, 2 * ch, 4, stride=2, padding=1),
+            nn.ReLU(),  # 7 -> 14
+            nn.ConvTranspose2d(2 * ch, ch, 4, stride=2, padding=1),
+            nn.ReLU(),  # 14 -> 28
             nn.Conv2d(ch, c, 3, padding=1),
         )
 

@@ -63,9 +63,7 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log
     lo, hi = (x - 1.0 / 255 - mean) * inv_std, (x + 1.0 / 255 - mean) * inv_std
     log_cdf_hi = torch.special.log_ndtr(hi)  # bin (-inf, x + 1/255] at x = -1
     log_one_minus_cdf_lo = torch.special.log_ndtr(-lo)  # bin [x - 1/255, inf) at x = 1
-    return torch.where(
-        x < -0.999, log_cdf_hi, torch.where(x > 0.999, log_one_minus_cdf_lo, _log_ndtr_diff(lo, hi))
-    )
+    return torch.where(x < -0.999, log_cdf_hi, torch.where(x > 0.999, log_one_minus_cdf_lo, _log_ndtr_diff(lo, hi)))
 
 
 def _per_image_bits(nats: torch.Tensor) -> torch.Tensor:
@@ -143,7 +141,7 @@ def nll_bpd(
     prior, decoder, kl = [], [], []
     bar = tqdm(total=len(images), desc="NLL", unit="img", disable=not progress, leave=False)
     for s in range(0, len(images), batch_size):
-        x0 = images[s:s + batch_size].to(device).double().div(127.5).sub(1.0).unsqueeze(1)  # (B, 1, 28, 28)
+        x0 = images[s : s + batch_size].to(device).double().div(127.5).sub(1.0).unsqueeze(1)  # (B, 1, 28, 28)
         b = x0.shape[0]
 
         # 1. Prior L_T = KL(q(x_T | x_0) || N(0, I)), closed form.
@@ -188,8 +186,9 @@ def nll_bpd(
         "timesteps_evaluated": k_used,
         "estimate": "exact" if exact else "stratified",
         "estimate_note": (
-            f"all {num_t} terms" if exact else
-            f"L_0 and L_T exact; L_1..L_{num_t - 1} from {k_used - 1} strata, one random timestep per image "
+            f"all {num_t} terms"
+            if exact
+            else f"L_0 and L_T exact; L_1..L_{num_t - 1} from {k_used - 1} strata, one random timestep per image "
             "in each, weighted by the stratum size (unbiased)"
         ),
         "conditioning": "null label (unconditional p(x))" if getattr(model, "num_classes", 0) else "none",

@@ -221,5 +221,3 @@ def default_steps(sampler: str) -> int:
 
 def model_evaluations(sampler: str, steps: int | None, num_timesteps: int) -> int:
     return num_timesteps if sampler == "ddpm" else (steps or default_steps(sampler))
-
-

@@ -33,7 +33,8 @@ def cosine_betas(timesteps: int, s: float = 0.008) -> torch.Tensor:
 
 def sigmoid_betas(timesteps: int, start: float = -3.0, end: float = 3.0, tau: float = 1.0) -> torch.Tensor:
     """Jabri et al. 2022 (RIN), the sigmoid schedule of alpha_bar:
-    alpha_bar(t) = (sigmoid(end/tau) - sigmoid((t (end - start) + start) / tau)) / (sigmoid(end/tau) - sigmoid(start/tau))."""
+    alpha_bar(t) = (sigmoid(end/tau) - sigmoid((t (end - start) + start) / tau))
+                   / (sigmoid(end/tau) - sigmoid(start/tau))."""
     v_start, v_end = 1 / (1 + math.exp(-start / tau)), 1 / (1 + math.exp(-end / tau))  # float64
 
     def alpha_bar(u):
@@ -102,15 +103,17 @@ class Schedule:
 
         :param x0: [N x C x H x W]; :param t: [N]; :param noise: like x0.
         """
-        return extract(self.sqrt_alphas_cumprod, t, x0.shape) * x0 + extract(
-            self.sqrt_one_minus_alphas_cumprod, t, x0.shape
-        ) * noise
+        return (
+            extract(self.sqrt_alphas_cumprod, t, x0.shape) * x0
+            + extract(self.sqrt_one_minus_alphas_cumprod, t, x0.shape) * noise
+        )
 
     def v_target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x_0 (Salimans & Ho 2022, Sec. 4)."""
-        return extract(self.sqrt_alphas_cumprod, t, x0.shape) * noise - extract(
-            self.sqrt_one_minus_alphas_cumprod, t, x0.shape
-        ) * x0
+        return (
+            extract(self.sqrt_alphas_cumprod, t, x0.shape) * noise
+            - extract(self.sqrt_one_minus_alphas_cumprod, t, x0.shape) * x0
+        )
 
     def eps_and_x0(self, x_t: torch.Tensor, t: torch.Tensor, out: torch.Tensor, prediction: str):
         """Turn a network output (eps or v) into the pair (eps, x_0) that samplers need."""
@@ -128,7 +131,8 @@ class Schedule:
 
     def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
         """Mean and variance of q(x_{t-1} | x_t, x_0), eq. 6-7."""
-        mean = extract(self.posterior_mean_coef1, t, x_t.shape) * x0 + extract(
-            self.posterior_mean_coef2, t, x_t.shape
-        ) * x_t
+        mean = (
+            extract(self.posterior_mean_coef1, t, x_t.shape) * x0
+            + extract(self.posterior_mean_coef2, t, x_t.shape) * x_t
+        )
         return mean, extract(self.posterior_variance, t, x_t.shape)

@@ -41,9 +41,9 @@ from .artifacts import (
 from .config import RunConfig
 from .data import ensure_mnist, load_mnist
 from .errors import UserError
-from .io import atomic_write_json
 from .generate import LoadedRun, default_conditional_nrow, generate, parse_labels
 from .images import loss_figure, save_grid
+from .io import atomic_write_json
 from .losses import diffusion_loss
 from .model import build_model
 from .runtime import DistInfo, broadcast_object, configure_cpu_threads, init_distributed, pick_device
@@ -260,7 +260,9 @@ class Trainer:
             self.ema.load_state_dict(ema_state)
             self.opt.load_state_dict(_unflatten_optimizer(tensors, meta["param_groups"]))
         except (RuntimeError, KeyError, ValueError) as e:
-            raise UserError(f"checkpoint of run {self.run_dir.name} does not match its config: {str(e)[:200]}") from None
+            raise UserError(
+                f"checkpoint of run {self.run_dir.name} does not match its config: {str(e)[:200]}"
+            ) from None
         self.ema.updates = int(meta["ema_updates"])
         torch.set_rng_state(tensors["rng.cpu"])
         if self.device.type == "cuda" and "rng.cuda" in tensors:
@@ -343,7 +345,10 @@ class Trainer:
             while step < self.stop_step:
                 epoch, pos = divmod(step, self.steps_per_epoch)
                 if epoch != order_epoch:
-                    order, order_epoch = _epoch_order(cfg.train.seed, epoch, len(self.images), self.info, self.device), epoch
+                    order, order_epoch = (
+                        _epoch_order(cfg.train.seed, epoch, len(self.images), self.info, self.device),
+                        epoch,
+                    )
                 window_loss += self._train_step(order, pos, step)
                 window_steps += 1
                 step += 1
@@ -376,7 +381,9 @@ class Trainer:
                 seconds = seconds_before + time.perf_counter() - started
                 if step % self.steps_per_epoch == 0 or step % CHECKPOINT_EVERY == 0 or last:
                     self._save_checkpoint(step, loss_value, seconds)
-                if not last and self._should_stop():
+                # Under torchrun the ranks agree on stopping every LOG_EVERY steps (a collective
+                # each step would stall the GPU); alone, the flag is read after every step.
+                if not last and (not self.info.enabled or step % LOG_EVERY == 0) and self._should_stop():
                     self._save_checkpoint(step, loss_value, seconds)
                     interrupted = True
                     break

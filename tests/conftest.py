@@ -55,5 +55,3 @@ def tiny_config(**train) -> RunConfig:
         diffusion=DiffusionConfig(schedule="cosine", timesteps=50),
         train=dataclasses.replace(TrainConfig(), batch_size=16, warmup_steps=4, epochs=1, **train),
     )
-
-

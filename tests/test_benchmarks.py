@@ -16,10 +16,35 @@ def test_bench_speed_writes_json_and_table(tmp_path, data_dir):
     readme = tmp_path / "README.md"
     readme.write_text("before\n<!-- bench:cpu:start -->\nold\n<!-- bench:cpu:end -->\nafter\n")
     cmd = [
-        sys.executable, str(ROOT / "benchmarks" / "bench_speed.py"), "--device", "cpu", "--presets", "default",
-        "--data-dir", str(data_dir), "--batch-size", "8", "--windows", "2", "--window-steps", "2",
-        "--warmup-steps", "2", "--sample-batch", "4", "--sample-seconds", "0.01",
-        "--full-epochs", "--epochs", "1", "--full-samples", "4", "--out", str(out), "--readme", str(readme),
+        sys.executable,
+        str(ROOT / "benchmarks" / "bench_speed.py"),
+        "--device",
+        "cpu",
+        "--presets",
+        "default",
+        "--data-dir",
+        str(data_dir),
+        "--batch-size",
+        "8",
+        "--windows",
+        "2",
+        "--window-steps",
+        "2",
+        "--warmup-steps",
+        "2",
+        "--sample-batch",
+        "4",
+        "--sample-seconds",
+        "0.01",
+        "--full-epochs",
+        "--epochs",
+        "1",
+        "--full-samples",
+        "4",
+        "--out",
+        str(out),
+        "--readme",
+        str(readme),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
@@ -30,11 +55,15 @@ def test_bench_speed_writes_json_and_table(tmp_path, data_dir):
     assert results["machine"]["cores"] >= 1 and results["machine"]["torch"]
     train = results["train"]["default"]
     assert train["batch_size"] == 8 and train["window_steps"] == 2 and len(train["window_images_per_sec"]) == 2
-    for key in ("images_per_sec", "step_ms", "network_ms", "network_share", "checkpoint_ms", "peak_memory_mib"):
+    for key in ("images_per_sec", "step_ms", "network_ms", "network_share", "overhead_ms", "network_share_direct",
+                "checkpoint_ms", "peak_memory_mib"):
         assert train[key] > 0, key
     runs = results["sample"]["default"]["runs"]
     assert [(r["sampler"], r["evaluations"]) for r in runs] == [
-        ("ddim", 20), ("dpmpp-2m", 20), ("ddpm", 1000), ("ddim", 1000)
+        ("ddim", 20),
+        ("dpmpp-2m", 20),
+        ("ddpm", 1000),
+        ("ddim", 1000),
     ]
     assert all(r["images_per_sec"] > 0 and 2 <= r["evaluations_timed"] <= r["evaluations"] for r in runs)
     assert runs[2]["extrapolated"]  # 1000 evaluations do not fit in 0.01 s

@@ -54,7 +54,9 @@ def test_help(command):
 
 
 def test_python_dash_m_help():
-    out = subprocess.run([sys.executable, "-m", "mnist_diffusion", "--help"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "mnist_diffusion", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     for command in ("train", "sample", "visualize-forward", "runs"):
         assert command in out.stdout
@@ -88,8 +90,9 @@ def test_sample_every_sampler_by_run_name(trained, tmp_path, sampler, steps):
     artifacts, run_dir = trained
     args = ["--steps", steps] if steps else []
     out = tmp_path / "g.png"
-    result = invoke("sample", "--run", run_dir.name, "--artifacts-dir", artifacts, "-n", 3, "-o", out,
-                    "--sampler", sampler, *args)
+    result = invoke(
+        "sample", "--run", run_dir.name, "--artifacts-dir", artifacts, "-n", 3, "-o", out, "--sampler", sampler, *args
+    )
     assert result.exit_code == 0, result.output
     assert out.is_file()
 
@@ -97,8 +100,7 @@ def test_sample_every_sampler_by_run_name(trained, tmp_path, sampler, steps):
 def test_sample_trajectory(trained, tmp_path):
     artifacts, run_dir = trained
     traj = tmp_path / "traj.png"
-    result = invoke("sample", "--run", run_dir, "-n", 4, "-o", tmp_path / "g.png", "--trajectory", traj,
-                    "--steps", 10)
+    result = invoke("sample", "--run", run_dir, "-n", 4, "-o", tmp_path / "g.png", "--trajectory", traj, "--steps", 10)
     assert result.exit_code == 0, result.output
     assert Image.open(traj).format == "PNG"
 
@@ -112,8 +114,21 @@ def test_runs_lists_the_run(trained):
 
 def test_visualize_forward(data_dir, tmp_path):
     out = tmp_path / "forward.png"
-    result = invoke("visualize-forward", "-o", out, "--schedule", "linear", "--timesteps", 300, "--digits", 3,
-                    "--columns", 5, "--data-dir", data_dir)
+    result = invoke(
+        "visualize-forward",
+        "-o",
+        out,
+        "--schedule",
+        "linear",
+        "--timesteps",
+        300,
+        "--digits",
+        3,
+        "--columns",
+        5,
+        "--data-dir",
+        data_dir,
+    )
     assert result.exit_code == 0, result.output
     assert Image.open(out).format == "PNG"
 
@@ -145,8 +160,10 @@ def test_bad_sampler_and_steps(trained, tmp_path):
 
 
 def test_negative_epochs(tmp_path, data_dir):
-    assert_one_line_error(invoke("train", "--epochs", -1, "--artifacts-dir", tmp_path, "--data-dir", data_dir),
-                          "epochs must not be negative")
+    assert_one_line_error(
+        invoke("train", "--epochs", -1, "--artifacts-dir", tmp_path, "--data-dir", data_dir),
+        "epochs must not be negative",
+    )
     assert not (tmp_path / "runs").exists()
 
 
@@ -157,12 +174,15 @@ def test_bad_schedule_and_preset(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_cuda(tmp_path, data_dir):
-    assert_one_line_error(invoke("train", "--device", "cuda", "--artifacts-dir", tmp_path, "--data-dir", data_dir),
-                          "no CUDA")
+    assert_one_line_error(
+        invoke("train", "--device", "cuda", "--artifacts-dir", tmp_path, "--data-dir", data_dir), "no CUDA"
+    )
 
 
 def test_missing_data_with_files_only(tmp_path):
-    assert_one_line_error(invoke("data", "download", "--data-dir", tmp_path, "--source", "files"), "could not get MNIST")
+    assert_one_line_error(
+        invoke("data", "download", "--data-dir", tmp_path, "--source", "files"), "could not get MNIST"
+    )
 
 
 def copy_run(run_dir: Path, tmp_path: Path) -> Path:
@@ -208,14 +228,17 @@ def test_unwritable_output(trained, tmp_path):
 
 def test_resume_refuses_config_flags(trained, data_dir):
     artifacts, run_dir = trained
-    result = invoke("train", "--resume", run_dir.name, "--lr", "0.1", "--artifacts-dir", artifacts, "--data-dir", data_dir)
+    result = invoke(
+        "train", "--resume", run_dir.name, "--lr", "0.1", "--artifacts-dir", artifacts, "--data-dir", data_dir
+    )
     assert_one_line_error(result, "--lr")
 
 
 def test_resume_through_the_cli(trained, data_dir, tmp_path):
     run = copy_run(trained[1], tmp_path)
-    result = invoke("train", "--resume", run, "--max-steps", 6, "--artifacts-dir", tmp_path / "artifacts",
-                    "--data-dir", data_dir)
+    result = invoke(
+        "train", "--resume", run, "--max-steps", 6, "--artifacts-dir", tmp_path / "artifacts", "--data-dir", data_dir
+    )
     assert result.exit_code == 0, result.output
     assert json.loads((run / "checkpoint.json").read_text())["step"] == 6
 
@@ -225,9 +248,23 @@ def test_ctrl_c_saves_checkpoint_and_exits_130(tmp_path, data_dir):
     artifacts = tmp_path / "artifacts"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mnist_diffusion", "train", *TINY, "--epochs", "1000", "--data-dir", str(data_dir),
-         "--artifacts-dir", str(artifacts)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "mnist_diffusion",
+            "train",
+            *TINY,
+            "--epochs",
+            "1000",
+            "--data-dir",
+            str(data_dir),
+            "--artifacts-dir",
+            str(artifacts),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     deadline = time.time() + 120
     while time.time() < deadline and not list(artifacts.glob("runs/*/checkpoint.json")):
@@ -239,8 +276,9 @@ def test_ctrl_c_saves_checkpoint_and_exits_130(tmp_path, data_dir):
     (run_dir,) = list((artifacts / "runs").iterdir())
     step = json.loads((run_dir / "checkpoint.json").read_text())["step"]
     assert step >= 32
-    result = invoke("train", "--resume", run_dir.name, "--max-steps", step + 2, "--artifacts-dir", artifacts,
-                    "--data-dir", data_dir)
+    result = invoke(
+        "train", "--resume", run_dir.name, "--max-steps", step + 2, "--artifacts-dir", artifacts, "--data-dir", data_dir
+    )
     assert result.exit_code == 0, result.output
 
 
@@ -250,8 +288,23 @@ def test_ctrl_c_saves_checkpoint_and_exits_130(tmp_path, data_dir):
 def test_eval_writes_eval_json_and_runs_shows_fid(trained, data_dir, tmp_path):
     artifacts, run_dir = trained
     run = copy_run(run_dir, tmp_path)
-    result = runner.invoke(app, ["eval", "--run", str(run), "--n-samples", "20", "--steps", "3",
-                                 "--data-dir", str(data_dir), "--device", "cpu"], terminal_width=200)
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--run",
+            str(run),
+            "--n-samples",
+            "20",
+            "--steps",
+            "3",
+            "--data-dir",
+            str(data_dir),
+            "--device",
+            "cpu",
+        ],
+        terminal_width=200,
+    )
     assert result.exit_code == 0, result.output
     assert "FID" in result.output and "real data" in result.output
     report = json.loads((run / "eval.json").read_text())
@@ -264,8 +317,22 @@ def test_eval_writes_eval_json_and_runs_shows_fid(trained, data_dir, tmp_path):
 def test_eval_scores_outside_samples_as_json(trained, data_dir, tmp_path):
     artifacts, run_dir = trained
     tensor = tmp_path / "s.safetensors"
-    assert invoke("sample", "--artifacts-dir", artifacts, "-n", 12, "-o", tmp_path / "g.png", "--steps", 2,
-                  "--save-tensor", tensor).exit_code == 0
+    assert (
+        invoke(
+            "sample",
+            "--artifacts-dir",
+            artifacts,
+            "-n",
+            12,
+            "-o",
+            tmp_path / "g.png",
+            "--steps",
+            2,
+            "--save-tensor",
+            tensor,
+        ).exit_code
+        == 0
+    )
     result = invoke("eval", "--samples", tensor, "--json", "--data-dir", data_dir, "--device", "cpu")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -279,8 +346,9 @@ def test_eval_refuses_run_and_samples_together(trained, tmp_path):
 
 def test_conditional_run_samples_requested_digits(data_dir, tmp_path):
     artifacts = tmp_path / "artifacts"
-    result = invoke("train", *TINY, "--conditional", "--max-steps", 2, "--data-dir", data_dir,
-                    "--artifacts-dir", artifacts)
+    result = invoke(
+        "train", *TINY, "--conditional", "--max-steps", 2, "--data-dir", data_dir, "--artifacts-dir", artifacts
+    )
     assert result.exit_code == 0, result.output
     for flags in (["--digit", 7], ["--labels", "0,1,2"], []):
         out = tmp_path / "c.png"

@@ -277,12 +277,15 @@ def test_inception_score_two_point_closed_form():
 
 
 def test_histogram_confidence_and_accuracy_hand_example():
-    probs = torch.tensor([
-        [0.95, 0.05] + [0.0] * 8,
-        [0.10, 0.90] + [0.0] * 8,
-        [0.00, 0.20, 0.80] + [0.0] * 7,
-        [0.02] * 9 + [0.82],
-    ], dtype=torch.float64)  # float64 so that the ties with the thresholds below are exact
+    probs = torch.tensor(
+        [
+            [0.95, 0.05] + [0.0] * 8,
+            [0.10, 0.90] + [0.0] * 8,
+            [0.00, 0.20, 0.80] + [0.0] * 7,
+            [0.02] * 9 + [0.82],
+        ],
+        dtype=torch.float64,
+    )  # float64 so that the ties with the thresholds below are exact
     assert metrics.class_histogram(probs) == [1, 1, 1, 0, 0, 0, 0, 0, 0, 1]
     assert metrics.mean_confidence(probs) == pytest.approx((0.95 + 0.90 + 0.80 + 0.82) / 4)
     assert metrics.confident_share(probs) == pytest.approx(0.25)  # 0.9 is not > 0.9
@@ -296,17 +299,19 @@ def test_results_are_json_serialisable():
 
     probs = np.eye(10)[np.arange(40) % 10]
     x = np.random.default_rng(16).standard_normal((40, 5))
-    json.dumps({
-        "fid": metrics.fid(x, x + 1),
-        "kid": metrics.kid(x, x + 1, num_subsets=2, subset_size=10),
-        "pr": metrics.precision_recall(x, x + 1),
-        "dc": metrics.density_coverage(x, x + 1),
-        "is": metrics.inception_score(probs, splits=4),
-        "hist": metrics.class_histogram(probs),
-        "conf": metrics.mean_confidence(probs),
-        "share": metrics.confident_share(probs),
-        "acc": metrics.label_accuracy(probs, np.arange(40) % 10),
-    })
+    json.dumps(
+        {
+            "fid": metrics.fid(x, x + 1),
+            "kid": metrics.kid(x, x + 1, num_subsets=2, subset_size=10),
+            "pr": metrics.precision_recall(x, x + 1),
+            "dc": metrics.density_coverage(x, x + 1),
+            "is": metrics.inception_score(probs, splits=4),
+            "hist": metrics.class_histogram(probs),
+            "conf": metrics.mean_confidence(probs),
+            "share": metrics.confident_share(probs),
+            "acc": metrics.label_accuracy(probs, np.arange(40) % 10),
+        }
+    )
 
 
 def test_probabilities_are_validated():

@@ -57,13 +57,16 @@ def test_discretized_gaussian_matches_normal_cdf():
 def test_discretized_gaussian_sums_to_one_and_stays_finite_in_tails():
     x = torch.arange(256, dtype=torch.float64) / 127.5 - 1  # every pixel value
     for mean, log_scale in ((0.3, -2.0), (-1.0, -5.0), (0.97, -1.0)):
-        ll = discretized_gaussian_log_likelihood(x, torch.tensor(mean, dtype=torch.float64),
-                                                 torch.tensor(log_scale, dtype=torch.float64))
+        ll = discretized_gaussian_log_likelihood(
+            x, torch.tensor(mean, dtype=torch.float64), torch.tensor(log_scale, dtype=torch.float64)
+        )
         assert ll.exp().sum().item() == pytest.approx(1.0, abs=1e-9)
     # A bin hundreds of standard deviations away: tiny, but a finite log-probability.
-    far = discretized_gaussian_log_likelihood(torch.tensor([1.0, 0.5], dtype=torch.float64),
-                                              torch.tensor(-1.0, dtype=torch.float64),
-                                              torch.tensor(math.log(1e-3), dtype=torch.float64))
+    far = discretized_gaussian_log_likelihood(
+        torch.tensor([1.0, 0.5], dtype=torch.float64),
+        torch.tensor(-1.0, dtype=torch.float64),
+        torch.tensor(math.log(1e-3), dtype=torch.float64),
+    )
     assert torch.isfinite(far).all() and (far < -1e4).all()
 
 
@@ -122,8 +125,9 @@ def setup():
 
 def _bpd(model, cfg, schedule, images, k, seed=0):
     run = LoadedRun(Path("."), cfg, model, schedule)
-    return nll_bpd(run, images, batch_size=len(images), generator=torch.Generator().manual_seed(seed),
-                   timesteps_subsample=k)
+    return nll_bpd(
+        run, images, batch_size=len(images), generator=torch.Generator().manual_seed(seed), timesteps_subsample=k
+    )
 
 
 def test_oracle_model_beats_zero_model(setup):

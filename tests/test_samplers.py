@@ -62,7 +62,11 @@ def test_ddim_matches_diffusers(eta, clip, steps):
     sched = schedule("cosine", 100)
     model = FakeNet()
     ours = ddim_sample(
-        Denoiser(model, sched, "eps", clip_x0=clip), SHAPE, steps=steps, eta=eta, generator=torch.Generator().manual_seed(2)
+        Denoiser(model, sched, "eps", clip_x0=clip),
+        SHAPE,
+        steps=steps,
+        eta=eta,
+        generator=torch.Generator().manual_seed(2),
     )
     ref = DDIMScheduler(
         num_train_timesteps=100,
@@ -72,7 +76,9 @@ def test_ddim_matches_diffusers(eta, clip, steps):
         timestep_spacing="trailing",
         prediction_type="epsilon",
     )
-    torch.testing.assert_close(ours, run_reference(ref, model, steps, 2, {"eta": eta, "use_clipped_model_output": True}), atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        ours, run_reference(ref, model, steps, 2, {"eta": eta, "use_clipped_model_output": True}), atol=2e-4, rtol=1e-4
+    )
 
 
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])

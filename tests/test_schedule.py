@@ -67,7 +67,9 @@ def test_posterior_matches_bayes_rule():
         var = 1 / precision
         x0, xt = 0.3, -0.7
         mean = var * (ab_prev.sqrt() * x0 / (1 - ab_prev) + (1 - beta).sqrt() * xt / beta)
-        got_mean, got_var = sched.q_posterior(torch.full((1, 1, 1, 1), x0), torch.full((1, 1, 1, 1), xt), torch.tensor([t]))
+        got_mean, got_var = sched.q_posterior(
+            torch.full((1, 1, 1, 1), x0), torch.full((1, 1, 1, 1), xt), torch.tensor([t])
+        )
         assert float(got_var) == pytest.approx(float(var), rel=1e-5)
         assert float(got_mean) == pytest.approx(float(mean), rel=1e-5, abs=1e-6)
 

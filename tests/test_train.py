@@ -19,8 +19,16 @@ from mnist_diffusion.train import TrainingDiverged, lr_at, train
 
 
 def run(cfg, tmp_path, data_dir, **kw):
-    return train(cfg, data_dir=data_dir, artifacts_dir=tmp_path / "artifacts", run_name=kw.pop("run_name", "t"),
-                 device="cpu", progress=False, log=lambda m: None, **kw)
+    return train(
+        cfg,
+        data_dir=data_dir,
+        artifacts_dir=tmp_path / "artifacts",
+        run_name=kw.pop("run_name", "t"),
+        device="cpu",
+        progress=False,
+        log=lambda m: None,
+        **kw,
+    )
 
 
 def weights(run_dir, name="model.safetensors"):
@@ -30,8 +38,16 @@ def weights(run_dir, name="model.safetensors"):
 def test_run_folder_contents(tmp_path, data_dir):
     result = run(tiny_config(max_steps=6), tmp_path, data_dir)
     files = {p.name for p in result.run_dir.iterdir()}
-    expected = {"config.json", "model.safetensors", "checkpoint.safetensors", "checkpoint.json", "metrics.jsonl",
-                "loss.png", "samples.png", "manifest.json"}
+    expected = {
+        "config.json",
+        "model.safetensors",
+        "checkpoint.safetensors",
+        "checkpoint.json",
+        "metrics.jsonl",
+        "loss.png",
+        "samples.png",
+        "manifest.json",
+    }
     assert expected <= files
     assert not [f for f in files if f.endswith(".tmp")]
     manifest = json.loads((result.run_dir / "manifest.json").read_text())
@@ -61,8 +77,9 @@ def test_resume_is_exact(tmp_path, data_dir):
 
 def test_stop_event_saves_a_checkpoint_that_resumes_exactly(tmp_path, data_dir):
     stop = threading.Event()
-    interrupted = run(tiny_config(max_steps=12), tmp_path / "b", data_dir, stop=stop,
-                      on_step=lambda s: stop.set() if s == 5 else None)
+    interrupted = run(
+        tiny_config(max_steps=12), tmp_path / "b", data_dir, stop=stop, on_step=lambda s: stop.set() if s == 5 else None
+    )
     assert interrupted.interrupted and interrupted.step == 5
     assert not (interrupted.run_dir / "model.safetensors").exists()
     assert json.loads((interrupted.run_dir / "checkpoint.json").read_text())["step"] == 5
@@ -74,7 +91,9 @@ def test_stop_event_saves_a_checkpoint_that_resumes_exactly(tmp_path, data_dir):
 
 def test_resume_keeps_saved_config_and_takes_only_the_budget(tmp_path, data_dir):
     first = run(tiny_config(max_steps=4, lr=1e-3), tmp_path, data_dir)
-    other = dataclasses.replace(tiny_config(max_steps=6), train=dataclasses.replace(tiny_config().train, max_steps=6, lr=5.0))
+    other = dataclasses.replace(
+        tiny_config(max_steps=6), train=dataclasses.replace(tiny_config().train, max_steps=6, lr=5.0)
+    )
     run(other, tmp_path, data_dir, resume=first.run_dir.name)
     saved = json.loads((first.run_dir / "config.json").read_text())
     assert saved["train"]["lr"] == 1e-3
