@@ -221,7 +221,7 @@ def sample(
 ):
     """Draw digits from a trained run and save them as a PNG grid."""
     from .generate import default_conditional_nrow, load_run, parse_labels
-    from .images import default_nrow, save_grid
+    from .images import default_nrow
     from .sample_cmd import sample_to_files
 
     if n < 1:
@@ -246,7 +246,6 @@ def sample(
         trajectory=trajectory,
         batch_size=batch_size,
     )
-    del save_grid
     console.print(f"wrote {output}" + (f" and {save_tensor}" if save_tensor else ""), highlight=False)
 
 

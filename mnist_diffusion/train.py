@@ -177,8 +177,8 @@ class Trainer:
         self.run_dir = run_dir
         self.artifacts_dir = artifacts_dir
         cfg = self.cfg
-        if cfg.diffusion.schedule and Schedule(cfg.diffusion).final_alpha_bar > 1e-3:
-            ab = Schedule(cfg.diffusion).final_alpha_bar
+        ab = Schedule(cfg.diffusion).final_alpha_bar
+        if ab > 1e-3:
             self.log(
                 f"warning: this schedule ends at alpha_bar_T = {ab:.3g} (sqrt = {math.sqrt(ab):.2f}): x_T still holds "
                 "part of the digit, but sampling starts from pure noise. The cosine schedule ends at pure noise."

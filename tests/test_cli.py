@@ -361,3 +361,23 @@ def test_conditional_run_samples_requested_digits(data_dir, tmp_path):
 
 def test_digit_on_unconditional_run(trained):
     assert_one_line_error(invoke("sample", "--artifacts-dir", trained[0], "--digit", 3), "class-conditional")
+
+
+def test_train_warns_when_the_schedule_does_not_reach_pure_noise(data_dir, tmp_path):
+    args = [
+        "--channels",
+        "8",
+        "--batch-size",
+        "16",
+        "--max-steps",
+        1,
+        "--data-dir",
+        data_dir,
+        "--artifacts-dir",
+        tmp_path,
+    ]
+    noisy = invoke("train", *args, "--schedule", "linear", "--timesteps", 300)
+    assert noisy.exit_code == 0, noisy.output
+    assert "warning" in noisy.output and "0.22" in noisy.output
+    clean = invoke("train", *args, "--schedule", "cosine", "--timesteps", 50)
+    assert clean.exit_code == 0 and "warning" not in clean.output
