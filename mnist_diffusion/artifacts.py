@@ -195,6 +195,7 @@ class RunSummary:
     step: int
     final_loss: float | None
     fid: float | None
+    fid_n: int | None  # the N the FID was computed at (FID depends on N)
     finished: bool
 
 
@@ -212,9 +213,10 @@ def summarize_runs(artifacts_dir: str | os.PathLike) -> list[RunSummary]:
         meta = {}
         if (p / CHECKPOINT_META).is_file():
             meta = json.loads((p / CHECKPOINT_META).read_text())
-        fid = None
+        fid = fid_n = None
         if (p / "eval.json").is_file():
-            fid = json.loads((p / "eval.json").read_text()).get("model", {}).get("fid")
+            report = json.loads((p / "eval.json").read_text())
+            fid, fid_n = report.get("model", {}).get("fid"), report.get("n")
         created = dt.datetime.fromtimestamp((p / CONFIG).stat().st_mtime).strftime("%Y-%m-%d %H:%M")
         out.append(
             RunSummary(
@@ -226,6 +228,7 @@ def summarize_runs(artifacts_dir: str | os.PathLike) -> list[RunSummary]:
                 step=int(meta.get("step", 0)),
                 final_loss=meta.get("loss"),
                 fid=fid,
+                fid_n=fid_n,
                 finished=(p / WEIGHTS).is_file(),
             )
         )

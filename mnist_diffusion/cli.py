@@ -308,7 +308,7 @@ def runs(artifacts_dir: ArtifactsDir = DEFAULT_ARTIFACTS_DIR):
             str(s.epochs),
             str(s.step),
             f"{s.final_loss:.4f}" if s.final_loss is not None and math.isfinite(s.final_loss) else "-",
-            f"{s.fid:.2f}" if s.fid is not None else "-",
+            f"{s.fid:.2f} (N={s.fid_n:,})" if s.fid is not None and s.fid_n else "-",
             "done" if s.finished else "resumable" if s.step else "started",
         )
     console.print(table)
