@@ -55,8 +55,16 @@ def test_bench_speed_writes_json_and_table(tmp_path, data_dir):
     assert results["machine"]["cores"] >= 1 and results["machine"]["torch"]
     train = results["train"]["default"]
     assert train["batch_size"] == 8 and train["window_steps"] == 2 and len(train["window_images_per_sec"]) == 2
-    for key in ("images_per_sec", "step_ms", "network_ms", "network_share", "overhead_ms", "network_share_direct",
-                "checkpoint_ms", "peak_memory_mib"):
+    for key in (
+        "images_per_sec",
+        "step_ms",
+        "network_ms",
+        "network_share",
+        "overhead_ms",
+        "network_share_direct",
+        "checkpoint_ms",
+        "peak_memory_mib",
+    ):
         assert train[key] > 0, key
     runs = results["sample"]["default"]["runs"]
     assert [(r["sampler"], r["evaluations"]) for r in runs] == [
