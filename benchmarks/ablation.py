@@ -17,58 +17,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-VARIANTS: dict[str, list[str]] = {  # every variant shares the default UNet, cosine T=1000, warm-up, EMA
-    "eps, batch 128, lr 1e-3": [
-        "--prediction",
-        "eps",
-        "--loss-weighting",
-        "none",
-        "--batch-size",
-        "128",
-        "--lr",
-        "1e-3",
-    ],
-    "eps + min-SNR, batch 128, lr 1e-3": [
-        "--prediction",
-        "eps",
-        "--loss-weighting",
-        "min-snr",
-        "--batch-size",
-        "128",
-        "--lr",
-        "1e-3",
-    ],
-    "eps, batch 64, lr 1e-3": ["--prediction", "eps", "--loss-weighting", "none", "--batch-size", "64", "--lr", "1e-3"],
-    "v + min-SNR, batch 128, lr 1e-3": [
-        "--prediction",
-        "v",
-        "--loss-weighting",
-        "min-snr",
-        "--batch-size",
-        "128",
-        "--lr",
-        "1e-3",
-    ],
-    "v + min-SNR, batch 64, lr 1e-3": [
-        "--prediction",
-        "v",
-        "--loss-weighting",
-        "min-snr",
-        "--batch-size",
-        "64",
-        "--lr",
-        "1e-3",
-    ],
-    "v + min-SNR, batch 64, lr 2e-3 (the default)": [
-        "--prediction",
-        "v",
-        "--loss-weighting",
-        "min-snr",
-        "--batch-size",
-        "64",
-        "--lr",
-        "2e-3",
-    ],
+
+def _flags(prediction: str, weighting: str, batch: int, lr: str) -> list[str]:
+    return ["--prediction", prediction, "--loss-weighting", weighting, "--batch-size", str(batch), "--lr", lr]
+
+
+# Every variant shares the default UNet, cosine T=1000, warm-up and EMA; only these flags differ.
+VARIANTS: dict[str, list[str]] = {
+    "eps, batch 128, lr 1e-3": _flags("eps", "none", 128, "1e-3"),
+    "eps + min-SNR, batch 128, lr 1e-3": _flags("eps", "min-snr", 128, "1e-3"),
+    "eps, batch 64, lr 1e-3": _flags("eps", "none", 64, "1e-3"),
+    "v + min-SNR, batch 128, lr 1e-3": _flags("v", "min-snr", 128, "1e-3"),
+    "v + min-SNR, batch 64, lr 1e-3": _flags("v", "min-snr", 64, "1e-3"),
+    "v + min-SNR, batch 64, lr 2e-3 (the default)": _flags("v", "min-snr", 64, "2e-3"),
 }
 CLI = [sys.executable, "-m", "mnist_diffusion"]
 
