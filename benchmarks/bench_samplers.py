@@ -38,9 +38,11 @@ from mnist_diffusion.samplers import SAMPLERS
 RESULTS = Path(__file__).resolve().parent / "results" / "samplers"  # + .json, .md, .png
 EVALUATIONS = (10, 20, 50, 100, 1000)  # model evaluations per image for DDIM and DPM-Solver++
 FULL_LENGTH = 1000  # rows with this many evaluations or more (or the run's T, if smaller) use --n-1000
-TARGETS = {("dpmpp-2m", 20): 1.10, ("dpmpp-2m", 10): 1.30}  # the most FID / DDPM's FID at the same N
+TARGETS = {
+    (s, e): r for s in ("dpmpp-2m", "dpmpp-2m-sde") for e, r in ((20, 1.10), (10, 1.30))
+}  # the most FID / DDPM's FID at the same N
 RECOMMEND_WITHIN = 1.10  # recommend the cheapest row whose FID is within 10% of the best at its N
-COLORS = {"ddpm": "tab:red", "ddim": "tab:blue", "dpmpp-2m": "tab:green"}
+COLORS = {"ddpm": "tab:red", "ddim": "tab:blue", "dpmpp-2m": "tab:green", "dpmpp-2m-sde": "tab:purple"}
 
 
 @dataclass(frozen=True)
@@ -53,13 +55,14 @@ class Row:
 
 
 def plan_rows(samplers: list[str], evaluations: list[int], num_timesteps: int, n: int, n_1000: int,
-              compare: bool = True) -> list[Row]:  # fmt: skip
+              compare: bool = True, ddpm_first: bool = False) -> list[Row]:  # fmt: skip
     """The rows to measure, cheapest first (a run cut short keeps the most rows).
 
     DDPM runs once, at the run's T. DDIM and DPM-Solver++ run at each count up to T. Rows at
     ``min(FULL_LENGTH, T)`` evaluations or more draw ``n_1000`` samples, the others ``n``; with
     ``compare`` and ``n_1000 < n``, the shorter DDIM/DPM-Solver++ rows are also run at ``n_1000``,
-    so that they have a DDPM row of the same N to compare with.
+    so that they have a DDPM row of the same N to compare with. With ``ddpm_first`` the DDPM row
+    comes first.
     """
     full = min(FULL_LENGTH, num_timesteps)
     rows = []
@@ -69,7 +72,8 @@ def plan_rows(samplers: list[str], evaluations: list[int], num_timesteps: int, n
             rows.append(Row(sampler, e, n_1000 if e >= full else n))
             if compare and "ddpm" in samplers and sampler != "ddpm" and e < full and n_1000 < n:
                 rows.append(Row(sampler, e, n_1000))
-    return sorted(rows, key=lambda r: r.evaluations * r.n)
+    # ``ddpm_first``: the reference that every ratio needs comes first, for a run with a hard time limit.
+    return sorted(rows, key=lambda r: (ddpm_first and r.sampler != "ddpm", r.evaluations * r.n))
 
 
 # --------------------------------------------------------------------------------------- measuring
@@ -276,6 +280,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=",".join(map(str, EVALUATIONS)),
         help="model evaluations for DDIM and DPM-Solver++ (DDPM: always the run's T)",
     )
+    p.add_argument("--ddpm-first", action="store_true",
+                   help="measure the DDPM row first (the reference of every ratio), not cheapest first")  # fmt: skip
     p.add_argument("--samplers", default=",".join(SAMPLERS), help=f"comma-separated, from {', '.join(SAMPLERS)}")
     p.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every row")
     p.add_argument("--guidance", type=float, default=2.0, help="conditional runs: classifier-free guidance scale")
@@ -330,7 +336,8 @@ def main(argv: list[str] | None = None) -> dict:
     run = load_run(resolve_run(args.run, args.artifacts_dir), device)
     real = RealData.from_dir(args.data_dir)  # fail before any sampling if MNIST is missing
     num_timesteps = run.schedule.num_timesteps
-    plan = plan_rows(args.samplers, args.evaluations, num_timesteps, args.n, args.n_1000, args.compare_at_n_1000)
+    plan = plan_rows(args.samplers, args.evaluations, num_timesteps, args.n, args.n_1000, args.compare_at_n_1000,
+                     args.ddpm_first)  # fmt: skip
     skipped = [e for e in args.evaluations if e > num_timesteps]
     if skipped:
         say(f"skipping {', '.join(map(str, skipped))} evaluations: more than the run's T = {num_timesteps}")

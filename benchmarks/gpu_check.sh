@@ -4,7 +4,11 @@
 #   2. smoke: 50 training steps on cuda, then a sample grid from that run,
 #   3. bench_speed.py --device cuda --full-epochs: throughput, network share, memory and the two
 #      targets (the default preset's 5 epochs in < 30 s of training, 10,000 samples in < 5 s),
-#   4. smoke: the same 50 steps with --compile (last: compiling is the slowest step).
+#   4. optional, for trained runs carried along (ARTIFACTS_DIR): `mnistdiff eval` of each run in
+#      EVAL_RUNS at N=EVAL_N (10,000; its eval.json is copied to eval-RUN.json), and
+#      bench_samplers.py for SAMPLER_RUN at N=SAMPLER_N (10,000), DDPM first (samplers.json/.md/.png),
+#   5. smoke: the same 50 steps with --compile (last: compiling is the slowest step).
+# ORDER=quality-first runs step 4 before step 3, for a lease too short for everything.
 # The machine may have no internet: the MNIST files must already be in $DATA_DIR/MNIST/raw
 # (carry data/MNIST/raw along). Writes at most 6 files to ${OUT:-benchmarks/results}; run
 # folders go to a temporary directory. About 4 minutes; every step is cut off at its own limit
@@ -19,6 +23,13 @@ BUDGET_S="${BUDGET_S:-295}"
 COMPILE_BENCH="${COMPILE_BENCH:-0}"  # 1: also run the benchmark with --compile (needs a larger budget)
 SMOKE_STEPS="${SMOKE_STEPS:-50}"
 DEVICE="${DEVICE:-cuda}"  # cpu only to try this script itself out with tiny settings
+ARTIFACTS_DIR="${ARTIFACTS_DIR:-artifacts}"
+read -r -a EVAL_RUNS <<<"${EVAL_RUNS:-}"
+EVAL_N="${EVAL_N:-10000}"
+SAMPLER_RUN="${SAMPLER_RUN:-}"
+SAMPLER_N="${SAMPLER_N:-10000}"
+read -r -a SAMPLER_ARGS <<<"${SAMPLER_ARGS:-}"  # extra flags for bench_samplers.py
+ORDER="${ORDER:-speed-first}"
 read -r -a BENCH_ARGS <<<"${BENCH_ARGS:-}"  # extra flags for bench_speed.py
 mkdir -p "$OUT_DIR"
 LOG="$OUT_DIR/gpu_check.log"
@@ -96,10 +107,38 @@ step "sample a grid" 60 "${MNISTDIFF[@]}" sample -n 64 --device "$DEVICE" --arti
   -o "$OUT_DIR/smoke-grid.png"
 
 # 3. The speed benchmark, with the two targets.
-step "bench_speed --full-epochs" 200 "$PY" benchmarks/bench_speed.py --device "$DEVICE" --full-epochs \
-  --data-dir "$DATA_DIR" --out "$OUT_DIR/speed-$DEVICE.json" ${BENCH_ARGS[@]+"${BENCH_ARGS[@]}"}
+speed_bench() {
+  step "bench_speed --full-epochs" 200 "$PY" benchmarks/bench_speed.py --device "$DEVICE" --full-epochs \
+    --data-dir "$DATA_DIR" --out "$OUT_DIR/speed-$DEVICE.json" ${BENCH_ARGS[@]+"${BENCH_ARGS[@]}"}
+}
 
-# 4. Smoke: the same 50 steps through torch.compile, and a grid from that run.
+# 4. Quality of trained runs: eval at N = EVAL_N, and the sampler table at N = SAMPLER_N.
+quality() {
+  local run
+  for run in ${EVAL_RUNS[@]+"${EVAL_RUNS[@]}"}; do
+    local failed=${#FAILED[@]} dir
+    step "eval $run" 120 "${MNISTDIFF[@]}" eval --run "$run" -n "$EVAL_N" --batch-size 5000 --device "$DEVICE" \
+      --artifacts-dir "$ARTIFACTS_DIR" --data-dir "$DATA_DIR"
+    ((${#FAILED[@]} == failed)) || continue # no eval.json of an earlier eval
+    dir="$("$PY" -c 'import sys; from mnist_diffusion.artifacts import resolve_run; print(resolve_run(*sys.argv[1:]))' \
+      "$run" "$ARTIFACTS_DIR")" && cp "$dir/eval.json" "$OUT_DIR/eval-$(basename "$dir").json" || log "no eval.json for $run"
+  done
+  if [[ -n $SAMPLER_RUN ]]; then
+    step "bench_samplers $SAMPLER_RUN" 240 "$PY" benchmarks/bench_samplers.py --run "$SAMPLER_RUN" --device "$DEVICE" \
+      --n "$SAMPLER_N" --ddpm-first --no-progress --artifacts-dir "$ARTIFACTS_DIR" --data-dir "$DATA_DIR" \
+      --out "$OUT_DIR/samplers" ${SAMPLER_ARGS[@]+"${SAMPLER_ARGS[@]}"}
+  fi
+}
+
+if [[ $ORDER == quality-first ]]; then
+  quality
+  speed_bench
+else
+  speed_bench
+  quality
+fi
+
+# 5. Smoke: the same 50 steps through torch.compile, and a grid from that run.
 step "train $SMOKE_STEPS steps --compile" 150 "${MNISTDIFF[@]}" train --device "$DEVICE" --max-steps "$SMOKE_STEPS" \
   --compile --run-name smoke-compiled --data-dir "$DATA_DIR" --artifacts-dir "$WORK/compiled"
 step "sample a grid (compiled run)" 45 "${MNISTDIFF[@]}" sample -n 64 --device "$DEVICE" \

@@ -21,6 +21,7 @@ from .artifacts import DEFAULT_ARTIFACTS_DIR, resolve_run, summarize_runs
 from .config import PRESETS, RunConfig, validate
 from .data import DEFAULT_DATA_DIR
 from .errors import UserError
+from .samplers import DEFAULT_SAMPLER
 
 app = typer.Typer(
     name="mnistdiff",
@@ -41,9 +42,9 @@ DataDir = Annotated[Path, typer.Option("--data-dir", help="Folder for MNIST (MNI
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")]
 RunArg = Annotated[Optional[str], typer.Option("--run", "-r", help="A run's folder or name (default: the latest run).")]
 Seed = Annotated[int, typer.Option("--seed", min=0, help="Random seed: same seed and flags, same images.")]
-SamplerOpt = Annotated[str, typer.Option("--sampler", help="ddpm (all T steps), ddim or dpmpp-2m.")]
+SamplerOpt = Annotated[str, typer.Option("--sampler", help="ddpm (all T steps), ddim, dpmpp-2m or dpmpp-2m-sde.")]
 StepsOpt = Annotated[
-    Optional[int], typer.Option("--steps", min=1, help="Model evaluations for ddim / dpmpp-2m (default 50 / 20).")
+    Optional[int], typer.Option("--steps", min=1, help="Model evaluations for ddim / dpmpp-2m(-sde) (default 50 / 20).")
 ]
 EtaOpt = Annotated[float, typer.Option("--eta", min=0.0, max=1.0, help="DDIM noise: 0 deterministic, 1 like DDPM.")]
 
@@ -200,7 +201,7 @@ def sample(
     run: RunArg = None,
     n: Annotated[int, typer.Option("-n", "--num-samples", help="How many digits to draw.")] = 8,
     output: Annotated[Path, typer.Option("-o", "--output", help="PNG grid to write.")] = Path("grid.png"),
-    sampler: SamplerOpt = "dpmpp-2m",
+    sampler: SamplerOpt = DEFAULT_SAMPLER,
     steps: StepsOpt = None,
     eta: EtaOpt = 0.0,
     seed: Seed = 0,
@@ -343,8 +344,10 @@ def eval_command(
         Optional[Path],
         typer.Option(help="Score samples made elsewhere: .safetensors, .npy, a folder of PNGs, or a PNG grid."),
     ] = None,
-    n_samples: Annotated[int, typer.Option(min=10, help="Samples to draw and score (FID depends on N).")] = 10_000,
-    sampler: SamplerOpt = "dpmpp-2m",
+    n_samples: Annotated[
+        int, typer.Option("-n", "--n-samples", min=10, help="Samples to draw and score (FID depends on N).")
+    ] = 10_000,
+    sampler: SamplerOpt = DEFAULT_SAMPLER,
     steps: StepsOpt = None,
     eta: EtaOpt = 0.0,
     guidance: Annotated[float, typer.Option(help="Conditional runs: classifier-free guidance scale.")] = 2.0,

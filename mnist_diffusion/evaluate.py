@@ -32,6 +32,7 @@ from .generate import generate, load_run
 from .images import GRID_PADDING
 from .io import atomic_write_json
 from .nll import DEFAULT_NLL_TIMESTEPS, nll_bpd
+from .samplers import DEFAULT_SAMPLER
 
 EVAL_FILE = "eval.json"
 FLOOR_SEED = 0  # fixes which training images form the real-data floor, the same for every evaluation
@@ -203,7 +204,7 @@ def evaluate_run(
     run_dir: str | os.PathLike,
     *,
     n_samples: int = 10_000,
-    sampler: str = "dpmpp-2m",
+    sampler: str = DEFAULT_SAMPLER,
     steps: int | None = None,
     eta: float = 0.0,
     guidance: float = 2.0,

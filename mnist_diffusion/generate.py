@@ -12,7 +12,7 @@ from .artifacts import WEIGHTS, load_config, load_weights_into
 from .config import RunConfig
 from .errors import UserError
 from .model import build_model
-from .samplers import SAMPLERS, Denoiser, sample
+from .samplers import DEFAULT_SAMPLER, SAMPLERS, Denoiser, sample
 from .schedule import Schedule
 
 
@@ -87,7 +87,7 @@ def generate(
     run: LoadedRun,
     n: int,
     *,
-    sampler: str = "dpmpp-2m",
+    sampler: str = DEFAULT_SAMPLER,
     steps: int | None = None,
     eta: float = 0.0,
     seed: int = 0,

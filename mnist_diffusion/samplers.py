@@ -18,8 +18,11 @@ from tqdm.auto import tqdm
 
 from .schedule import Schedule
 
-SamplerName = Literal["ddpm", "ddim", "dpmpp-2m"]
-SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpmpp-2m")
+SamplerName = Literal["ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde"]
+SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde")
+# What sample and eval use unless told: the cheapest setting of the README's sampler table
+# whose FID is within 10% of 1000-step DDPM's.
+DEFAULT_SAMPLER = "dpmpp-2m-sde"
 
 # Called after every step with (step index, timestep, x_t after the step, predicted x_0).
 StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
@@ -146,6 +149,7 @@ def dpmpp_2m_sample(
     shape: tuple[int, ...],
     *,
     steps: int,
+    sde: bool = False,
     generator: torch.Generator,
     device: torch.device | str = "cpu",
     progress: bool = False,
@@ -153,7 +157,13 @@ def dpmpp_2m_sample(
 ) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): a second-order multistep solver of the
     diffusion ODE in log-SNR time with data (x_0) prediction; first order on the first step and
-    on the last step, which lands on sigma = 0 (x = predicted x_0)."""
+    on the last step, which lands on sigma = 0 (x = predicted x_0).
+
+    ``sde=True`` solves the diffusion SDE instead (SDE-DPM-Solver++(2M), Lu et al. 2022,
+    Appendix B): each step decays x_s by e^{-h} more, moves that much further towards x_0, and
+    adds back fresh noise of variance sigma_t^2 (1 - e^{-2h}). The noise corrects earlier errors,
+    which narrows the gap to 1000-step DDPM at 20 to 50 steps.
+    """
     sched = denoiser.schedule
     ab = sched.alphas_cumprod
     timesteps = spaced_timesteps(sched.num_timesteps, steps)
@@ -165,11 +175,12 @@ def dpmpp_2m_sample(
     # 1. Start from pure noise x_T ~ N(0, I).
     x = torch.randn(shape, generator=generator, device=device)
     x0_prev, h_prev = None, None
-    for i, s in enumerate(_progress(timesteps, progress, "dpm++2m")):
+    name = "dpm++2m-sde" if sde else "dpm++2m"
+    for i, s in enumerate(_progress(timesteps, progress, name)):
         # 2. Data prediction D(x_s) at the current time.
         _, x0 = denoiser(x, s)
         if i + 1 == len(timesteps):
-            # 3a. Last step to sigma = 0: alpha = 1, e^{-h} = 0, so x = x_0 (first order).
+            # 3a. Last step to sigma = 0: alpha = 1, e^{-h} = 0 and no noise, so x = x_0 (first order).
             x = x0
         else:
             t = timesteps[i + 1]
@@ -182,8 +193,15 @@ def dpmpp_2m_sample(
                 # 3c. Second order: D = (1 + 1/(2r)) x0_i - 1/(2r) x0_{i-1}, r = h_{i-1} / h_i.
                 r = h_prev / h
                 d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
-            # 4. x_t = (sigma_t / sigma_s) x_s - alpha_t (e^{-h} - 1) D, Algorithm 2.
-            x = (sigma_t / sigma_s) * x - alpha_t * torch.expm1(-h) * d
+            if sde:
+                # 4b. x_t = (sigma_t / sigma_s) e^{-h} x_s + alpha_t (1 - e^{-2h}) D
+                #           + sigma_t sqrt(1 - e^{-2h}) z,  z ~ N(0, I).
+                one_minus = -torch.expm1(-2 * h)
+                z = torch.randn(shape, generator=generator, device=device)
+                x = (sigma_t / sigma_s) * torch.exp(-h) * x + alpha_t * one_minus * d + sigma_t * one_minus.sqrt() * z
+            else:
+                # 4a. x_t = (sigma_t / sigma_s) x_s - alpha_t (e^{-h} - 1) D, Algorithm 2.
+                x = (sigma_t / sigma_s) * x - alpha_t * torch.expm1(-h) * d
             x0_prev, h_prev = x0, h
         if callback is not None:
             callback(i, s, x, x0)
@@ -209,14 +227,14 @@ def sample(
     steps = steps or default_steps(sampler)
     if sampler == "ddim":
         return ddim_sample(denoiser, shape, steps=steps, eta=eta, **common)
-    if sampler == "dpmpp-2m":
-        return dpmpp_2m_sample(denoiser, shape, steps=steps, **common)
+    if sampler in ("dpmpp-2m", "dpmpp-2m-sde"):
+        return dpmpp_2m_sample(denoiser, shape, steps=steps, sde=sampler == "dpmpp-2m-sde", **common)
     raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)} (got {sampler!r})")
 
 
 def default_steps(sampler: str) -> int:
     """Model evaluations used when --steps is not given (see the README's sampler table)."""
-    return {"ddim": 50, "dpmpp-2m": 20}.get(sampler, 0)
+    return {"ddim": 50, "dpmpp-2m": 20, "dpmpp-2m-sde": 20}.get(sampler, 0)
 
 
 def model_evaluations(sampler: str, steps: int | None, num_timesteps: int) -> int:

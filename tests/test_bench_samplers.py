@@ -29,6 +29,10 @@ def test_plan_runs_ddpm_once_at_t_and_uses_n_1000_for_full_length_rows():
     costs = [r.evaluations * r.n for r in plan]
     assert costs == sorted(costs)  # cheapest first
 
+    first = bs.plan_rows(["ddpm", "ddim", "dpmpp-2m"], [10, 20, 1000], 1000, n=10_000, n_1000=2000, ddpm_first=True)
+    assert (first[0].sampler, first[0].evaluations) == ("ddpm", 1000) and set(first) == set(plan)
+    assert [r.evaluations * r.n for r in first[1:]] == sorted(r.evaluations * r.n for r in first[1:])
+
     seed_preset = bs.plan_rows(["ddpm", "dpmpp-2m"], [10, 1000], 300, n=100, n_1000=100, compare=True)
     assert [(r.sampler, r.evaluations, r.n) for r in seed_preset] == [("dpmpp-2m", 10, 100), ("ddpm", 300, 100)]
     no_ddpm = bs.plan_rows(["ddim"], [10, 1000], 1000, n=100, n_1000=20)
@@ -77,7 +81,7 @@ def test_bench_samplers_end_to_end(tmp_path, data_dir):
     rows = {(r["sampler"], r["evaluations"], r["n"]): r for r in results["rows"]}
     assert set(rows) == {
         ("ddpm", 50, 12),
-        *((s, e, n) for s in ("ddim", "dpmpp-2m") for e in (2, 5) for n in (20, 12)),
+        *((s, e, n) for s in ("ddim", "dpmpp-2m", "dpmpp-2m-sde") for e in (2, 5) for n in (20, 12)),
     }  # 100 > T is skipped; the rows at N = 12 compare with DDPM
     assert len(results["plan"]) == len(results["rows"])
     for r in rows.values():

@@ -85,7 +85,7 @@ def test_sample_is_reproducible_and_saves_tensor(trained, tmp_path):
     assert Image.open(a).size == (2 * (6 * 30 + 2), 2 * 32)  # one row of 6 tiles, scale 2
 
 
-@pytest.mark.parametrize("sampler,steps", [("ddpm", None), ("ddim", 5), ("dpmpp-2m", 5)])
+@pytest.mark.parametrize("sampler,steps", [("ddpm", None), ("ddim", 5), ("dpmpp-2m", 5), ("dpmpp-2m-sde", 5)])
 def test_sample_every_sampler_by_run_name(trained, tmp_path, sampler, steps):
     artifacts, run_dir = trained
     args = ["--steps", steps] if steps else []
@@ -294,7 +294,7 @@ def test_eval_writes_eval_json_and_runs_shows_fid(trained, data_dir, tmp_path):
             "eval",
             "--run",
             str(run),
-            "--n-samples",
+            "-n",
             "20",
             "--steps",
             "3",
@@ -309,6 +309,7 @@ def test_eval_writes_eval_json_and_runs_shows_fid(trained, data_dir, tmp_path):
     assert "FID" in result.output and "real data" in result.output
     report = json.loads((run / "eval.json").read_text())
     assert report["n"] == 20 and report["model"]["fid"] > 0 and report["real"]["fid"] >= 0
+    assert report["sampling"]["sampler"] == "dpmpp-2m-sde"  # the README's default
     assert "eval.json" in json.loads((run / "manifest.json").read_text())["files"]
     listing = runner.invoke(app, ["runs", "--artifacts-dir", str(tmp_path / "artifacts")], terminal_width=200)
     assert f"{report['model']['fid']:.2f}" in listing.output

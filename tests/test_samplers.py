@@ -105,6 +105,44 @@ def test_dpmpp_2m_matches_diffusers(prediction, steps):
     torch.testing.assert_close(ours, run_reference(ref, model, steps, 3), atol=5e-4, rtol=1e-3)
 
 
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("steps", [5, 10, 20])
+def test_dpmpp_2m_sde_matches_diffusers(prediction, steps):
+    """SDE-DPM-Solver++(2M): the same noise in (ours draws x_T, then one z per step but the last,
+    where its coefficient is 0), the same states out."""
+    sched = schedule("cosine", 1000)
+    model = FakeNet()
+    ours = dpmpp_2m_sample(
+        Denoiser(model, sched, "eps" if prediction == "epsilon" else "v", clip_x0=False),
+        SHAPE,
+        steps=steps,
+        sde=True,
+        generator=torch.Generator().manual_seed(4),
+    )
+    ref = DPMSolverMultistepScheduler(
+        num_train_timesteps=1000,
+        trained_betas=sched.float64["betas"].numpy(),
+        algorithm_type="sde-dpmsolver++",
+        solver_order=2,
+        prediction_type=prediction,
+        timestep_spacing="trailing",
+        lower_order_final=True,
+        final_sigmas_type="zero",
+    )
+    g = torch.Generator().manual_seed(4)
+    ref.set_timesteps(steps)
+    x = torch.randn(SHAPE, generator=g)
+    for i, t in enumerate(ref.timesteps):
+        noise = torch.randn(SHAPE, generator=g) if i + 1 < steps else torch.zeros(SHAPE)
+        out = model(x, torch.full((SHAPE[0],), int(t), dtype=torch.long))
+        x = ref.step(out, t, x, variance_noise=noise).prev_sample
+    torch.testing.assert_close(ours, x, atol=5e-4, rtol=1e-3)
+    # And it is a different sampler from the ODE one: the noise changes the result.
+    ode = dpmpp_2m_sample(Denoiser(model, sched, "eps", clip_x0=False), SHAPE, steps=steps,
+                          generator=torch.Generator().manual_seed(4))  # fmt: skip
+    assert (ode - ours).abs().max() > 1e-2
+
+
 def test_spaced_timesteps_match_diffusers_trailing():
     for steps in (1, 7, 10, 50, 1000):
         ref = DDIMScheduler(num_train_timesteps=1000, timestep_spacing="trailing")
