@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n", type=int, default=1000, help="samples scored per variant")
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--data-dir", default="data")
+    p.add_argument("--sampler", default="dpmpp-2m", help="sampler of the scoring eval (README: dpmpp-2m)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/ablation"))
     p.add_argument("--only", default="", help="comma-separated variant numbers (1-based) to run")
     args = p.parse_args(argv)
@@ -62,8 +63,8 @@ def main(argv: list[str] | None = None) -> None:
             runs[name] = out.strip().splitlines()[-1]
     rows = []
     for name, run in runs.items():
-        out = subprocess.run([*CLI, "eval", "--run", run, "--n-samples", str(args.n), "--json", "--data-dir",
-                              args.data_dir], capture_output=True, text=True, check=True)  # fmt: skip
+        out = subprocess.run([*CLI, "eval", "--run", run, "-n", str(args.n), "--sampler", args.sampler, "--json",
+                              "--data-dir", args.data_dir], capture_output=True, text=True, check=True)  # fmt: skip
         r = json.loads(out.stdout)
         m = r["model"]
         seconds = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()][-1]

@@ -21,7 +21,7 @@ from .artifacts import DEFAULT_ARTIFACTS_DIR, resolve_run, summarize_runs
 from .config import PRESETS, RunConfig, validate
 from .data import DEFAULT_DATA_DIR
 from .errors import UserError
-from .samplers import DEFAULT_SAMPLER
+from .samplers import DEFAULT_GUIDANCE, DEFAULT_SAMPLER
 
 app = typer.Typer(
     name="mnistdiff",
@@ -47,6 +47,16 @@ StepsOpt = Annotated[
     Optional[int], typer.Option("--steps", min=1, help="Model evaluations for ddim / dpmpp-2m(-sde) (default 50 / 20).")
 ]
 EtaOpt = Annotated[float, typer.Option("--eta", min=0.0, max=1.0, help="DDIM noise: 0 deterministic, 1 like DDPM.")]
+SpacingOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        "--spacing",
+        min=0.1,
+        max=4.0,
+        help="Timestep spacing power p, t_i = T (1 - i/n)^p - 1: 1 even, below 1 more steps at high noise "
+        "(default: the sampler's, see the README).",
+    ),
+]
 
 
 def user_errors(fn):
@@ -204,6 +214,7 @@ def sample(
     sampler: SamplerOpt = DEFAULT_SAMPLER,
     steps: StepsOpt = None,
     eta: EtaOpt = 0.0,
+    spacing: SpacingOpt = None,
     seed: Seed = 0,
     nrow: Annotated[Optional[int], typer.Option(min=1, help="Digits per grid row.")] = None,
     scale: Annotated[int, typer.Option(min=1, max=16, help="Pixel scale of the PNG.")] = 2,
@@ -212,7 +223,7 @@ def sample(
     ] = None,
     digit: Annotated[Optional[int], typer.Option(min=0, max=9, help="Conditional runs: draw this digit.")] = None,
     labels: Annotated[Optional[str], typer.Option(help="Conditional runs: digits to draw, e.g. 0,1,2.")] = None,
-    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale w (1: none).")] = 2.0,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale w (1: none).")] = DEFAULT_GUIDANCE,
     trajectory: Annotated[
         Optional[Path], typer.Option(help="Also write a PNG of the denoising process of the first samples.")
     ] = None,
@@ -238,6 +249,7 @@ def sample(
         sampler=sampler,
         steps=steps,
         eta=eta,
+        spacing=spacing,
         seed=seed,
         labels=label_tensor,
         guidance=guidance,
@@ -350,7 +362,10 @@ def eval_command(
     sampler: SamplerOpt = DEFAULT_SAMPLER,
     steps: StepsOpt = None,
     eta: EtaOpt = 0.0,
-    guidance: Annotated[float, typer.Option(help="Conditional runs: classifier-free guidance scale.")] = 2.0,
+    spacing: SpacingOpt = None,
+    guidance: Annotated[
+        float, typer.Option(help="Conditional runs: classifier-free guidance scale.")
+    ] = DEFAULT_GUIDANCE,
     seed: Seed = 0,
     batch_size: Annotated[int, typer.Option(min=1, help="Samples per forward pass.")] = 500,
     nll: Annotated[bool, typer.Option("--nll", help="Also the NLL bound in bits/dim on test images.")] = False,
@@ -379,7 +394,8 @@ def eval_command(
     else:
         run_dir = resolve_run(run, artifacts_dir)
         result = evaluate_run(
-            run_dir, n_samples=n_samples, sampler=sampler, steps=steps, eta=eta, guidance=guidance, seed=seed,
+            run_dir, n_samples=n_samples, sampler=sampler, steps=steps, eta=eta, spacing=spacing, guidance=guidance,
+            seed=seed,
             batch_size=batch_size, device=torch_device, data_dir=data_dir, nll=nll, nll_images=nll_images,
             progress=progress,
         )  # fmt: skip

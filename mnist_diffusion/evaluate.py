@@ -32,7 +32,7 @@ from .generate import generate, load_run
 from .images import GRID_PADDING
 from .io import atomic_write_json
 from .nll import DEFAULT_NLL_TIMESTEPS, nll_bpd
-from .samplers import DEFAULT_SAMPLER
+from .samplers import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, default_spacing, default_steps
 
 EVAL_FILE = "eval.json"
 FLOOR_SEED = 0  # fixes which training images form the real-data floor, the same for every evaluation
@@ -207,7 +207,8 @@ def evaluate_run(
     sampler: str = DEFAULT_SAMPLER,
     steps: int | None = None,
     eta: float = 0.0,
-    guidance: float = 2.0,
+    spacing: float | None = None,
+    guidance: float = DEFAULT_GUIDANCE,
     seed: int = 0,
     batch_size: int = 500,
     device: str | torch.device = "cpu",
@@ -238,7 +239,7 @@ def evaluate_run(
     start = time.perf_counter()
     labels = torch.arange(n_samples) % 10 if run.conditional else None
     images = generate(
-        run, n_samples, sampler=sampler, steps=steps, eta=eta, seed=seed, labels=labels,
+        run, n_samples, sampler=sampler, steps=steps, eta=eta, spacing=spacing, seed=seed, labels=labels,
         guidance=guidance if run.conditional else 1.0, batch_size=batch_size, progress=progress,
     )  # fmt: skip
     sample_seconds = time.perf_counter() - start
@@ -258,7 +259,9 @@ def evaluate_run(
     result.update(
         run=run_dir.name,
         sampling={
-            "sampler": sampler, "steps": steps, "eta": eta, "seed": seed, "batch_size": batch_size,
+            "sampler": sampler, "steps": steps or default_steps(sampler) or None, "eta": eta,
+            "spacing": None if sampler == "ddpm" else (default_spacing(sampler) if spacing is None else spacing),
+            "seed": seed, "batch_size": batch_size,
             "guidance": guidance if run.conditional else None, "conditional": run.conditional,
             "labels": "i % 10" if run.conditional else None,
         },

@@ -74,13 +74,17 @@ def default_conditional_nrow(n: int) -> int:
     return -(-n // 10)
 
 
-def check_sampler(sampler: str, steps: int | None, eta: float, num_timesteps: int) -> None:
+def check_sampler(
+    sampler: str, steps: int | None, eta: float, num_timesteps: int, spacing: float | None = None
+) -> None:
     if sampler not in SAMPLERS:
         raise UserError(f"--sampler must be one of {', '.join(SAMPLERS)} (got {sampler!r})")
     if steps is not None and not 1 <= steps <= num_timesteps:
         raise UserError(f"--steps must be between 1 and the run's {num_timesteps} timesteps (got {steps})")
     if not 0.0 <= eta <= 1.0:
         raise UserError(f"--eta must be between 0 and 1 (got {eta})")
+    if spacing is not None and not 0.1 <= spacing <= 4.0:
+        raise UserError(f"--spacing must be between 0.1 and 4 (got {spacing})")
 
 
 def generate(
@@ -90,6 +94,7 @@ def generate(
     sampler: str = DEFAULT_SAMPLER,
     steps: int | None = None,
     eta: float = 0.0,
+    spacing: float | None = None,
     seed: int = 0,
     labels: torch.Tensor | None = None,
     guidance: float = 1.0,
@@ -101,7 +106,7 @@ def generate(
     one generator seeded with ``seed``, so the same seed and flags give the same images."""
     if n < 1:
         raise UserError(f"number of samples must be at least 1 (got {n})")
-    check_sampler(sampler, steps, eta, run.schedule.num_timesteps)
+    check_sampler(sampler, steps, eta, run.schedule.num_timesteps, spacing)
     device = next(run.model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     out = []
@@ -115,6 +120,7 @@ def generate(
             sampler=sampler,
             steps=steps,
             eta=eta,
+            spacing=spacing,
             generator=generator,
             device=device,
             progress=progress,

@@ -47,11 +47,13 @@ from .io import atomic_write_json
 from .losses import diffusion_loss
 from .model import build_model
 from .runtime import DistInfo, broadcast_object, configure_cpu_threads, init_distributed, pick_device
+from .samplers import DEFAULT_GUIDANCE
 from .schedule import Schedule
 
 LOG_EVERY = 50  # optimizer steps between metrics.jsonl lines (and loss read-backs on a GPU)
 CHECKPOINT_EVERY = 500  # optimizer steps between checkpoints, besides every epoch's end
-END_GRID = 64  # samples in the grid drawn at the end of training
+END_GRID = 64  # samples in the grid drawn at the end of training, 8 x 8
+END_GRID_CONDITIONAL = 80  # conditional runs: a row of 8 for each digit 0-9
 
 
 class TrainingDiverged(UserError):
@@ -418,9 +420,11 @@ class Trainer:
         loss_figure(read_metrics(self.run_dir), self.run_dir / "loss.png", f"{self.run_dir.name}: training loss")
         ema_model.eval()
         run = LoadedRun(self.run_dir, self.cfg, ema_model, self.schedule)
-        labels = parse_labels(None, None, END_GRID, run.conditional)
-        images = generate(run, END_GRID, seed=self.cfg.train.seed, labels=labels, progress=self.progress)
-        nrow = default_conditional_nrow(END_GRID) if run.conditional else 8
+        n = END_GRID_CONDITIONAL if run.conditional else END_GRID
+        labels = parse_labels(None, None, n, run.conditional)
+        images = generate(run, n, seed=self.cfg.train.seed, labels=labels, guidance=DEFAULT_GUIDANCE,
+                          progress=self.progress)  # fmt: skip
+        nrow = default_conditional_nrow(n) if run.conditional else 8
         save_grid(images, self.run_dir / "samples.png", nrow=nrow, scale=2)
         write_manifest(self.run_dir)
         self.log(f"done: {step} steps in {seconds / 60:.1f} min; weights, loss.png and samples.png in {self.run_dir}")

@@ -143,6 +143,59 @@ def test_dpmpp_2m_sde_matches_diffusers(prediction, steps):
     assert (ode - ours).abs().max() > 1e-2
 
 
+@pytest.mark.parametrize("sde", [False, True])
+@pytest.mark.parametrize("steps,power", [(10, 0.6), (20, 0.5), (8, 2.0)])
+def test_dpmpp_2m_with_a_spacing_power_matches_diffusers_on_the_same_timesteps(sde, steps, power):
+    sched = schedule("cosine", 1000)
+    model = FakeNet()
+    ours = dpmpp_2m_sample(
+        Denoiser(model, sched, "v", clip_x0=False),
+        SHAPE,
+        steps=steps,
+        sde=sde,
+        spacing=power,
+        generator=torch.Generator().manual_seed(5),
+    )
+    ref = DPMSolverMultistepScheduler(
+        num_train_timesteps=1000,
+        trained_betas=sched.float64["betas"].numpy(),
+        algorithm_type="sde-dpmsolver++" if sde else "dpmsolver++",
+        solver_order=2,
+        prediction_type="v_prediction",
+        lower_order_final=True,
+        final_sigmas_type="zero",
+    )
+    ref.set_timesteps(timesteps=spaced_timesteps(1000, steps, power))
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(SHAPE, generator=g)
+    for i, t in enumerate(ref.timesteps):
+        noise = torch.randn(SHAPE, generator=g) if sde and i + 1 < steps else torch.zeros(SHAPE)
+        out = model(x, torch.full((SHAPE[0],), int(t), dtype=torch.long))
+        x = ref.step(out, t, x, variance_noise=noise).prev_sample
+    torch.testing.assert_close(ours, x, atol=5e-4, rtol=1e-3)
+
+
+def test_spaced_timesteps_power_closed_form_and_always_distinct():
+    assert spaced_timesteps(1000, 10, 0.6) == [round(1000 * (1 - i / 10) ** 0.6) - 1 for i in range(10)]
+    assert spaced_timesteps(1000, 4, 2.0) == [999, 561, 249, 61]  # 1000 (3/4)^2 = 562.5 rounds to even
+    for T in (20, 300, 1000):
+        for steps in sorted({1, 2, 10, 50, T // 2, T} & set(range(1, T + 1))):
+            for power in (0.1, 0.5, 1.0, 2.0, 4.0):
+                ts = spaced_timesteps(T, steps, power)
+                assert len(ts) == steps and ts[0] == T - 1 and ts[-1] >= 0
+                assert all(a > b for a, b in zip(ts, ts[1:], strict=False))
+    assert spaced_timesteps(50, 50, 0.3) == list(range(49, -1, -1))  # every step: no choice left
+    with pytest.raises(ValueError):
+        spaced_timesteps(100, 10, 0.0)
+
+
+def test_ddim_walks_the_spaced_timesteps():
+    seen = []
+    ddim_sample(Denoiser(FakeNet(), schedule("cosine", 100), "eps"), SHAPE, steps=7, spacing=0.5,
+                generator=torch.Generator().manual_seed(0), callback=lambda i, t, x, x0: seen.append(t))  # fmt: skip
+    assert seen == spaced_timesteps(100, 7, 0.5)
+
+
 def test_spaced_timesteps_match_diffusers_trailing():
     for steps in (1, 7, 10, 50, 1000):
         ref = DDIMScheduler(num_train_timesteps=1000, timestep_spacing="trailing")

@@ -9,6 +9,7 @@ import threading
 import pytest
 import torch
 from conftest import tiny_config
+from PIL import Image
 from safetensors.torch import load_file
 
 from mnist_diffusion import train as train_module
@@ -170,5 +171,6 @@ def test_conditional_training_runs_and_samples_by_row(tmp_path, data_dir):
     cfg = tiny_config(max_steps=3)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=10))
     result = run(cfg, tmp_path, data_dir)
-    assert (result.run_dir / "samples.png").is_file()
+    grid = Image.open(result.run_dir / "samples.png")
+    assert grid.size == (2 * (8 * 30 + 2), 2 * (10 * 30 + 2))  # a row of 8 per digit 0-9, scale 2
     assert "label_emb.weight" in weights(result.run_dir)
