@@ -33,7 +33,7 @@ from mnist_diffusion.images import save_figure
 from mnist_diffusion.io import atomic_write_bytes, atomic_write_json, sha256_file
 from mnist_diffusion.model import count_parameters
 from mnist_diffusion.runtime import configure_cpu_threads, pick_device
-from mnist_diffusion.samplers import SAMPLERS
+from mnist_diffusion.samplers import SAMPLERS, default_spacing
 
 RESULTS = Path(__file__).resolve().parent / "results" / "samplers"  # + .json, .md, .png
 EVALUATIONS = (10, 20, 50, 100, 1000)  # model evaluations per image for DDIM and DPM-Solver++
@@ -91,7 +91,7 @@ def measure(run: LoadedRun, row: Row, args, real: RealData, device: torch.device
         start = time.perf_counter()
         images = generate(
             run, row.n, sampler=row.sampler, steps=None if row.sampler == "ddpm" else row.evaluations,
-            seed=args.seed, labels=labels, guidance=args.guidance if run.conditional else 1.0,
+            seed=args.seed, labels=labels, guidance=args.guidance if run.conditional else 1.0, spacing=args.spacing,
             batch_size=args.batch_size, callback=lambda *_: bar.update(),
         )  # fmt: skip
         sample_s = time.perf_counter() - start  # generate returns CPU tensors, so a GPU is done
@@ -181,6 +181,12 @@ def ratio_cell(r: dict) -> str:
     return f"{r['fid_vs_ddpm']:.2f} {'✓' if r['meets_target'] else '✗'} (≤ {r['target']:.2f})"
 
 
+def spacing_note(spacing: float | None) -> str:
+    if spacing is not None:
+        return f"{spacing:g}"
+    return "each sampler's default (" + ", ".join(f"{s} {default_spacing(s):g}" for s in SAMPLERS if s != "ddpm") + ")"
+
+
 def markdown(results: dict) -> str:
     m, run, rows = results["machine"], results["run"], results["rows"]
     gpu = f", {m['gpu']}" if m["gpu"] else ""
@@ -194,7 +200,8 @@ def markdown(results: dict) -> str:
         f"Run `{run['name']}`: preset {run['preset']}, {run['arch']}, {run['parameters']:,} parameters, "
         f"T = {run['timesteps']} ({run['schedule']}, {run['prediction']} prediction), {cond}, "
         f"{run['trained_steps'] or '?'} training steps; weights sha256 {run['weights_sha256'][:12]}; "
-        f"sampling batch {results['settings']['batch_size']}, seed {results['settings']['seed']}",
+        f"sampling batch {results['settings']['batch_size']}, seed {results['settings']['seed']}, "
+        f"timestep spacing power {spacing_note(results['settings'].get('spacing'))}",
         "",
         "| sampler | evaluations | N | FID | real-data FID at N | FID / DDPM | KID x 1000 | precision | recall "
         "| sampling s | images/s |",
@@ -285,6 +292,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--samplers", default=",".join(SAMPLERS), help=f"comma-separated, from {', '.join(SAMPLERS)}")
     p.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every row")
     p.add_argument("--guidance", type=float, default=2.0, help="conditional runs: classifier-free guidance scale")
+    p.add_argument("--spacing", type=float, help="timestep spacing power of DDIM / DPM-Solver++ (default: each one's)")
     p.add_argument("--batch-size", type=int, help="samples per forward pass (CPU 256, CUDA 10000)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda if there is one")
     p.add_argument("--out", type=Path, default=RESULTS, help="path stem of the .json, .md and .png to write")

@@ -157,6 +157,8 @@ def test_no_runs_yet(tmp_path):
 def test_bad_sampler_and_steps(trained, tmp_path):
     assert_one_line_error(invoke("sample", "--artifacts-dir", trained[0], "--sampler", "euler"), "--sampler")
     assert_one_line_error(invoke("sample", "--artifacts-dir", trained[0], "--steps", 51), "--steps")
+    bad_spacing = invoke("sample", "--artifacts-dir", trained[0], "--spacing", 0)
+    assert bad_spacing.exit_code == 2 and "--spacing" in bad_spacing.output and "Traceback" not in bad_spacing.output
 
 
 def test_negative_epochs(tmp_path, data_dir):
@@ -310,6 +312,7 @@ def test_eval_writes_eval_json_and_runs_shows_fid(trained, data_dir, tmp_path):
     report = json.loads((run / "eval.json").read_text())
     assert report["n"] == 20 and report["model"]["fid"] > 0 and report["real"]["fid"] >= 0
     assert report["sampling"]["sampler"] == "dpmpp-2m-sde"  # the README's default
+    assert report["sampling"]["steps"] == 3 and report["sampling"]["spacing"] == 0.4
     assert "eval.json" in json.loads((run / "manifest.json").read_text())["files"]
     listing = runner.invoke(app, ["runs", "--artifacts-dir", str(tmp_path / "artifacts")], terminal_width=200)
     assert f"{report['model']['fid']:.2f}" in listing.output
