@@ -461,4 +461,14 @@ def report_table(result: dict[str, Any]) -> Table:
         note = "" if nll["estimate"] == "exact" else f", {nll['timesteps_evaluated']} of {nll['timesteps']} terms"
         table.add_row(f"NLL bits/dim ({nll['n_images']:,} test images{note})",
                       f"{nll['bpd']:.3f} +- {nll['bpd_stderr']:.3f}", "-")  # fmt: skip
+    s = result.get("sampling")
+    if s:  # what was measured: FID depends on the sampler as much as on the weights
+        parts = [f"{s['sampler']}", f"{s['steps']} evaluations" if s["sampler"] != "ddpm" else "all T steps"]
+        if s.get("spacing") is not None:
+            parts.append(f"spacing {s['spacing']:g}")
+        if s.get("eta"):
+            parts.append(f"eta {s['eta']:g}")
+        if s.get("conditional"):
+            parts.append(f"guidance {s['guidance']:g}, labels {s['labels']}")
+        table.caption = f"run {result.get('run', '?')}: " + ", ".join(parts) + f", seed {s['seed']}"
     return table

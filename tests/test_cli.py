@@ -309,6 +309,7 @@ def test_eval_writes_eval_json_and_runs_shows_fid(trained, data_dir, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "FID" in result.output and "real data" in result.output
+    assert "dpmpp-2m-sde, 3 evaluations, spacing 0.4, seed 0" in result.output
     report = json.loads((run / "eval.json").read_text())
     assert report["n"] == 20 and report["model"]["fid"] > 0 and report["real"]["fid"] >= 0
     assert report["sampling"]["sampler"] == "dpmpp-2m-sde"  # the README's default
