@@ -81,98 +81,63 @@ def test_ddim_matches_diffusers(eta, clip, steps):
     )
 
 
-@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
-@pytest.mark.parametrize("steps", [5, 10, 20])
-def test_dpmpp_2m_matches_diffusers(prediction, steps):
+def dpmpp_pair(prediction, steps, *, sde=False, spacing=1.0, seed=3):
+    """Our DPM-Solver++(2M) and diffusers' on the same FakeNet outputs, timesteps and noise: ours
+    draws x_T and then, for the SDE, one z per step but the last (where its coefficient is 0)."""
     sched = schedule("cosine", 1000)
     model = FakeNet()
     ours = dpmpp_2m_sample(
         Denoiser(model, sched, "eps" if prediction == "epsilon" else "v", clip_x0=False),
-        SHAPE,
-        steps=steps,
-        generator=torch.Generator().manual_seed(3),
-    )
-    ref = DPMSolverMultistepScheduler(
-        num_train_timesteps=1000,
-        trained_betas=sched.float64["betas"].numpy(),
-        algorithm_type="dpmsolver++",
-        solver_order=2,
-        prediction_type=prediction,
-        timestep_spacing="trailing",
-        lower_order_final=True,
-        final_sigmas_type="zero",
-    )
-    torch.testing.assert_close(ours, run_reference(ref, model, steps, 3), atol=5e-4, rtol=1e-3)
-
-
-@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
-@pytest.mark.parametrize("steps", [5, 10, 20])
-def test_dpmpp_2m_sde_matches_diffusers(prediction, steps):
-    """SDE-DPM-Solver++(2M): the same noise in (ours draws x_T, then one z per step but the last,
-    where its coefficient is 0), the same states out."""
-    sched = schedule("cosine", 1000)
-    model = FakeNet()
-    ours = dpmpp_2m_sample(
-        Denoiser(model, sched, "eps" if prediction == "epsilon" else "v", clip_x0=False),
-        SHAPE,
-        steps=steps,
-        sde=True,
-        generator=torch.Generator().manual_seed(4),
-    )
-    ref = DPMSolverMultistepScheduler(
-        num_train_timesteps=1000,
-        trained_betas=sched.float64["betas"].numpy(),
-        algorithm_type="sde-dpmsolver++",
-        solver_order=2,
-        prediction_type=prediction,
-        timestep_spacing="trailing",
-        lower_order_final=True,
-        final_sigmas_type="zero",
-    )
-    g = torch.Generator().manual_seed(4)
-    ref.set_timesteps(steps)
-    x = torch.randn(SHAPE, generator=g)
-    for i, t in enumerate(ref.timesteps):
-        noise = torch.randn(SHAPE, generator=g) if i + 1 < steps else torch.zeros(SHAPE)
-        out = model(x, torch.full((SHAPE[0],), int(t), dtype=torch.long))
-        x = ref.step(out, t, x, variance_noise=noise).prev_sample
-    torch.testing.assert_close(ours, x, atol=5e-4, rtol=1e-3)
-    # And it is a different sampler from the ODE one: the noise changes the result.
-    ode = dpmpp_2m_sample(Denoiser(model, sched, "eps", clip_x0=False), SHAPE, steps=steps,
-                          generator=torch.Generator().manual_seed(4))  # fmt: skip
-    assert (ode - ours).abs().max() > 1e-2
-
-
-@pytest.mark.parametrize("sde", [False, True])
-@pytest.mark.parametrize("steps,power", [(10, 0.6), (20, 0.5), (8, 2.0)])
-def test_dpmpp_2m_with_a_spacing_power_matches_diffusers_on_the_same_timesteps(sde, steps, power):
-    sched = schedule("cosine", 1000)
-    model = FakeNet()
-    ours = dpmpp_2m_sample(
-        Denoiser(model, sched, "v", clip_x0=False),
         SHAPE,
         steps=steps,
         sde=sde,
-        spacing=power,
-        generator=torch.Generator().manual_seed(5),
+        spacing=spacing,
+        generator=torch.Generator().manual_seed(seed),
     )
     ref = DPMSolverMultistepScheduler(
         num_train_timesteps=1000,
         trained_betas=sched.float64["betas"].numpy(),
         algorithm_type="sde-dpmsolver++" if sde else "dpmsolver++",
         solver_order=2,
-        prediction_type="v_prediction",
+        prediction_type=prediction,
         lower_order_final=True,
         final_sigmas_type="zero",
     )
-    ref.set_timesteps(timesteps=spaced_timesteps(1000, steps, power))
-    g = torch.Generator().manual_seed(5)
+    ref.set_timesteps(timesteps=spaced_timesteps(1000, steps, spacing))
+    g = torch.Generator().manual_seed(seed)
     x = torch.randn(SHAPE, generator=g)
     for i, t in enumerate(ref.timesteps):
         noise = torch.randn(SHAPE, generator=g) if sde and i + 1 < steps else torch.zeros(SHAPE)
         out = model(x, torch.full((SHAPE[0],), int(t), dtype=torch.long))
         x = ref.step(out, t, x, variance_noise=noise).prev_sample
-    torch.testing.assert_close(ours, x, atol=5e-4, rtol=1e-3)
+    return ours, x
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("steps", [5, 10, 20])
+def test_dpmpp_2m_matches_diffusers(prediction, steps):
+    ours, ref = dpmpp_pair(prediction, steps)
+    torch.testing.assert_close(ours, ref, atol=5e-4, rtol=1e-3)
+    # diffusers' own trailing spacing gives the same timesteps as ours
+    trailing = DPMSolverMultistepScheduler(num_train_timesteps=1000, timestep_spacing="trailing")
+    trailing.set_timesteps(steps)
+    assert trailing.timesteps.tolist() == spaced_timesteps(1000, steps)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("steps", [5, 10, 20])
+def test_dpmpp_2m_sde_matches_diffusers(prediction, steps):
+    ours, ref = dpmpp_pair(prediction, steps, sde=True, seed=4)
+    torch.testing.assert_close(ours, ref, atol=5e-4, rtol=1e-3)
+    ode, _ = dpmpp_pair(prediction, steps, sde=False, seed=4)
+    assert (ode - ours).abs().max() > 1e-2  # a different sampler: the noise changes the result
+
+
+@pytest.mark.parametrize("sde", [False, True])
+@pytest.mark.parametrize("steps,power", [(10, 0.6), (20, 0.5), (8, 2.0)])
+def test_dpmpp_2m_with_a_spacing_power_matches_diffusers_on_the_same_timesteps(sde, steps, power):
+    ours, ref = dpmpp_pair("v_prediction", steps, sde=sde, spacing=power, seed=5)
+    torch.testing.assert_close(ours, ref, atol=5e-4, rtol=1e-3)
 
 
 def test_spaced_timesteps_power_closed_form_and_always_distinct():
