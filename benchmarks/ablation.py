@@ -82,8 +82,10 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(f"| {r['variant']} | {r['fid']:.2f} | {r['floor_fid']:.2f} | {r['precision']:.3f} | "
                      f"{r['recall']:.3f} | {100 * r['confident_share']:.1f}% | {r['class_histogram']} |")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({"epochs": args.epochs, "n": args.n, "rows": rows}, indent=2))
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    args.out.with_name(args.out.name + ".json").write_text(
+        json.dumps({"epochs": args.epochs, "n": args.n, "rows": rows}, indent=2)
+    )
+    args.out.with_name(args.out.name + ".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -335,6 +335,14 @@ def run_info(run: LoadedRun) -> dict:
     }
 
 
+def output_paths(stem: Path) -> dict[str, Path]:
+    """The .json, .md and .png beside ``stem`` ("results/sweep-0.4" keeps its ".4"; a stem given
+    with one of those three extensions loses it)."""
+    if stem.suffix in (".json", ".md", ".png"):
+        stem = stem.with_suffix("")
+    return {ext: stem.with_name(stem.name + ext) for ext in (".json", ".md", ".png")}
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device = pick_device("cuda" if args.device == "auto" and torch.cuda.is_available() else args.device)
@@ -361,16 +369,16 @@ def main(argv: list[str] | None = None) -> dict:
         "rows": [],
         "recommendation": [],
     }
-    out = args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = output_paths(args.out)
+    paths[".json"].parent.mkdir(parents=True, exist_ok=True)
 
     def save() -> str:  # after every row, so a run cut short keeps what it measured
         compare_with_ddpm(results["rows"])
         results["recommendation"] = recommend(results["rows"])
         table = markdown(results)
-        atomic_write_json(out.with_suffix(".json"), results)
-        atomic_write_bytes(out.with_suffix(".md"), table.encode())
-        plot(results, out.with_suffix(".png"))
+        atomic_write_json(paths[".json"], results)
+        atomic_write_bytes(paths[".md"], table.encode())
+        plot(results, paths[".png"])
         return table
 
     cost = sum(r.evaluations * r.n for r in plan)
@@ -387,7 +395,7 @@ def main(argv: list[str] | None = None) -> dict:
                 f"({rate(r['images_per_sec'])} images/s), {r['metric_seconds']:.1f} s scoring"
             )
     except KeyboardInterrupt:
-        say(f"interrupted: {len(results['rows'])} of {len(plan)} rows kept in {out.with_suffix('.json')}")
+        say(f"interrupted: {len(results['rows'])} of {len(plan)} rows kept in {paths['.json']}")
         raise SystemExit(130) from None
     print(table)
     for r in table_order(results["rows"]):
@@ -400,7 +408,7 @@ def main(argv: list[str] | None = None) -> dict:
         say(recommendation_line(rec))
     if args.readme:
         update_readme(args.readme, "samplers", table)
-    say(f"wrote {out.with_suffix('.json')}, .md and .png")
+    say(f"wrote {paths['.json']}, .md and .png")
     return results
 
 

@@ -59,6 +59,11 @@ def test_ratios_targets_and_recommendation_stay_within_one_n():
     assert recs[1]["best"] == {"sampler": "ddpm", "evaluations": 1000, "fid": 10.0}
 
 
+def test_output_paths_keep_dots_in_the_stem():
+    assert bs.output_paths(Path("r/sweep-0.4"))[".json"] == Path("r/sweep-0.4.json")
+    assert bs.output_paths(Path("r/samplers.md")) == {e: Path("r/samplers" + e) for e in (".json", ".md", ".png")}
+
+
 def test_bench_samplers_end_to_end(tmp_path, data_dir):
     train(tiny_config(max_steps=2), data_dir=data_dir, artifacts_dir=tmp_path / "artifacts", run_name="t",
           device="cpu", progress=False, log=lambda m: None)  # fmt: skip
