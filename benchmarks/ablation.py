@@ -1,7 +1,7 @@
 """The default preset's ablation: short runs of the candidate recipes, each scored by `mnistdiff eval`.
 
 Each variant trains --epochs (default 1) through the CLI with the given flags, then is scored
-with N samples (dpmpp-2m, 20 evaluations). Variants run --parallel at a time with one thread
+with N samples (dpmpp-2m, 20 evaluations, even spacing: the sampler the README table used). Variants run --parallel at a time with one thread
 each (on a 2-core CPU two single-thread runs go faster together than one two-thread run).
 
     python benchmarks/ablation.py --epochs 1 --n 1000 --out benchmarks/results/ablation
@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--data-dir", default="data")
     p.add_argument("--sampler", default="dpmpp-2m", help="sampler of the scoring eval (README: dpmpp-2m)")
+    p.add_argument("--spacing", default="1", help="its timestep spacing power (README: 1, the even spacing)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/ablation"))
     p.add_argument("--only", default="", help="comma-separated variant numbers (1-based) to run")
     args = p.parse_args(argv)
@@ -63,8 +64,9 @@ def main(argv: list[str] | None = None) -> None:
             runs[name] = out.strip().splitlines()[-1]
     rows = []
     for name, run in runs.items():
-        out = subprocess.run([*CLI, "eval", "--run", run, "-n", str(args.n), "--sampler", args.sampler, "--json",
-                              "--data-dir", args.data_dir], capture_output=True, text=True, check=True)  # fmt: skip
+        out = subprocess.run([*CLI, "eval", "--run", run, "-n", str(args.n), "--sampler", args.sampler, "--spacing",
+                              args.spacing, "--json", "--data-dir", args.data_dir],
+                             capture_output=True, text=True, check=True)  # fmt: skip
         r = json.loads(out.stdout)
         m = r["model"]
         seconds = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()][-1]
