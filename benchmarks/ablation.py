@@ -1,8 +1,9 @@
 """The default preset's ablation: short runs of the candidate recipes, each scored by `mnistdiff eval`.
 
 Each variant trains --epochs (default 1) through the CLI with the given flags, then is scored
-with N samples (dpmpp-2m, 20 evaluations, even spacing: the sampler the README table used). Variants run --parallel at a time with one thread
-each (on a 2-core CPU two single-thread runs go faster together than one two-thread run).
+with N samples (dpmpp-2m, 20 evaluations, even spacing: the sampler the README table used).
+Variants run --parallel at a time with one thread each (on a 2-core CPU two single-thread runs
+go faster together than one two-thread run).
 
     python benchmarks/ablation.py --epochs 1 --n 1000 --out benchmarks/results/ablation
 """

@@ -21,7 +21,7 @@ from .artifacts import DEFAULT_ARTIFACTS_DIR, resolve_run, summarize_runs
 from .config import PRESETS, RunConfig, validate
 from .data import DEFAULT_DATA_DIR
 from .errors import UserError
-from .samplers import DEFAULT_GUIDANCE, DEFAULT_SAMPLER
+from .samplers import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, SPACING_DEFAULTS
 
 app = typer.Typer(
     name="mnistdiff",
@@ -54,7 +54,7 @@ SpacingOpt = Annotated[
         min=0.1,
         max=4.0,
         help="Timestep spacing power p, t_i = T (1 - i/n)^p - 1: 1 even, below 1 more steps at high noise "
-        "(default: the sampler's, see the README).",
+        f"(default: {', '.join(f'{s} {p:g}' for s, p in SPACING_DEFAULTS.items())}).",
     ),
 ]
 
