@@ -20,7 +20,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
-from bench_speed import DEFAULTS, machine_info, rate, say, sync, update_readme
+from bench_speed import DEFAULTS, machine_info, rate, run_script, say, sync, update_readme
 from matplotlib import ticker
 from tqdm.auto import tqdm
 
@@ -413,8 +413,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main)

@@ -597,9 +597,14 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
-if __name__ == "__main__":
+def run_script(main) -> None:
+    """Run a benchmark's ``main()``: a bad flag or missing input is one line on stderr and exit 2."""
     try:
         main()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    run_script(main)

@@ -21,7 +21,7 @@ from .artifacts import DEFAULT_ARTIFACTS_DIR, resolve_run, summarize_runs
 from .config import PRESETS, RunConfig, validate
 from .data import DEFAULT_DATA_DIR
 from .errors import UserError
-from .samplers import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, SPACING_DEFAULTS
+from .samplers import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, SPACING_DEFAULTS, SPACING_RANGE
 
 app = typer.Typer(
     name="mnistdiff",
@@ -51,8 +51,8 @@ SpacingOpt = Annotated[
     Optional[float],
     typer.Option(
         "--spacing",
-        min=0.1,
-        max=4.0,
+        min=SPACING_RANGE[0],
+        max=SPACING_RANGE[1],
         help="Timestep spacing power p, t_i = T (1 - i/n)^p - 1: 1 even, below 1 more steps at high noise "
         f"(default: {', '.join(f'{s} {p:g}' for s, p in SPACING_DEFAULTS.items())}).",
     ),

@@ -32,7 +32,7 @@ from .generate import generate, load_run
 from .images import GRID_PADDING
 from .io import atomic_write_json
 from .nll import DEFAULT_NLL_TIMESTEPS, nll_bpd
-from .samplers import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, default_spacing, default_steps
+from .samplers import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, resolve_steps_and_spacing
 
 EVAL_FILE = "eval.json"
 FLOOR_SEED = 0  # fixes which training images form the real-data floor, the same for every evaluation
@@ -256,11 +256,11 @@ def evaluate_run(
         result["nll"] = nll_bpd(run, test_images, batch_size=batch_size, generator=generator, progress=progress,
                                 timesteps_subsample=nll_timesteps)  # fmt: skip
 
+    used_steps, used_spacing = resolve_steps_and_spacing(sampler, steps, spacing)
     result.update(
         run=run_dir.name,
         sampling={
-            "sampler": sampler, "steps": steps or default_steps(sampler) or None, "eta": eta,
-            "spacing": None if sampler == "ddpm" else (default_spacing(sampler) if spacing is None else spacing),
+            "sampler": sampler, "steps": used_steps, "eta": eta, "spacing": used_spacing,
             "seed": seed, "batch_size": batch_size,
             "guidance": guidance if run.conditional else None, "conditional": run.conditional,
             "labels": "i % 10" if run.conditional else None,

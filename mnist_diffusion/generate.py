@@ -12,7 +12,7 @@ from .artifacts import WEIGHTS, load_config, load_weights_into
 from .config import RunConfig
 from .errors import UserError
 from .model import build_model
-from .samplers import DEFAULT_SAMPLER, SAMPLERS, Denoiser, sample
+from .samplers import DEFAULT_SAMPLER, SAMPLERS, SPACING_RANGE, Denoiser, sample
 from .schedule import Schedule
 
 
@@ -83,8 +83,9 @@ def check_sampler(
         raise UserError(f"--steps must be between 1 and the run's {num_timesteps} timesteps (got {steps})")
     if not 0.0 <= eta <= 1.0:
         raise UserError(f"--eta must be between 0 and 1 (got {eta})")
-    if spacing is not None and not 0.1 <= spacing <= 4.0:
-        raise UserError(f"--spacing must be between 0.1 and 4 (got {spacing})")
+    low, high = SPACING_RANGE
+    if spacing is not None and not low <= spacing <= high:
+        raise UserError(f"--spacing must be between {low:g} and {high:g} (got {spacing})")
 
 
 def generate(

@@ -179,12 +179,6 @@ class Trainer:
         self.run_dir = run_dir
         self.artifacts_dir = artifacts_dir
         cfg = self.cfg
-        ab = Schedule(cfg.diffusion).final_alpha_bar
-        if ab > 1e-3:
-            self.log(
-                f"warning: this schedule ends at alpha_bar_T = {ab:.3g} (sqrt = {math.sqrt(ab):.2f}): x_T still holds "
-                "part of the digit, but sampling starts from pure noise. The cosine schedule ends at pure noise."
-            )
 
         # Data: the whole training set once, as uint8 on the training device.
         if self.info.is_main:
@@ -202,6 +196,12 @@ class Trainer:
         # Model, EMA, optimizer.
         torch.manual_seed(cfg.train.seed)
         self.schedule = Schedule(cfg.diffusion, self.device)
+        ab = self.schedule.final_alpha_bar
+        if ab > 1e-3:
+            self.log(
+                f"warning: this schedule ends at alpha_bar_T = {ab:.3g} (sqrt = {math.sqrt(ab):.2f}): x_T still holds "
+                "part of the digit, but sampling starts from pure noise. The cosine schedule ends at pure noise."
+            )
         self.model = build_model(cfg.model).to(self.device)
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
