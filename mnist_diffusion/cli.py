@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import torch
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -308,23 +309,28 @@ def runs(artifacts_dir: ArtifactsDir = DEFAULT_ARTIFACTS_DIR):
     if not summaries:
         console.print(f"No runs in {artifacts_dir} yet: start one with `mnistdiff train`.")
         return
-    table = Table(title=f"runs in {artifacts_dir}")
-    for col in ("run", "created", "preset", "epochs", "steps", "final loss", "FID", "status"):
-        table.add_column(
-            col, justify="right" if col in ("epochs", "steps", "final loss", "FID") else "left", no_wrap=col == "run"
-        )
+    table = Table(
+        title=f"runs in {artifacts_dir}", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True
+    )  # fits 80 columns
+    for col in ("run", "created", "preset", "steps", "loss", "FID @ N", "status"):
+        numeric = col in ("steps", "loss", "FID @ N")
+        table.add_column(col, justify="right" if numeric else "left", no_wrap=True)
     for s in summaries:
         table.add_row(
             s.name,
-            s.created,
+            s.created[5:],  # MM-DD HH:MM
             s.preset,
-            str(s.epochs),
             str(s.step),
             f"{s.final_loss:.4f}" if s.final_loss is not None and math.isfinite(s.final_loss) else "-",
-            f"{s.fid:.2f} (N={s.fid_n:,})" if s.fid is not None and s.fid_n else "-",
+            f"{s.fid:.2f} @ {_short_count(s.fid_n)}" if s.fid is not None and s.fid_n else "-",
             "done" if s.finished else "resumable" if s.step else "started",
         )
     console.print(table)
+
+
+def _short_count(n: int) -> str:
+    """10000 -> "10k", 2500 -> "2.5k", 500 -> "500": the N beside a FID in a narrow table."""
+    return f"{n / 1000:g}k" if n >= 1000 else str(n)
 
 
 # --------------------------------------------------------------------------------------- data
@@ -375,8 +381,9 @@ def eval_command(
     artifacts_dir: ArtifactsDir = DEFAULT_ARTIFACTS_DIR,
     data_dir: DataDir = DEFAULT_DATA_DIR,
 ):
-    """Score a run's samples against the MNIST test set (FID, KID, precision/recall, ...), with the
-    same metrics for real training images beside them as the floor."""
+    """Score a run's samples against the MNIST test set (FID, KID, precision/recall, ...).
+
+    The same metrics for N real training images are printed beside them, as the floor."""
     import json
 
     from .data import ensure_mnist

@@ -107,9 +107,10 @@ def test_sample_trajectory(trained, tmp_path):
 
 def test_runs_lists_the_run(trained):
     artifacts, run_dir = trained
-    result = runner.invoke(app, ["runs", "--artifacts-dir", str(artifacts)], terminal_width=200)
+    result = runner.invoke(app, ["runs", "--artifacts-dir", str(artifacts)], terminal_width=80)
     assert result.exit_code == 0, result.output
-    assert run_dir.name in result.output and "done" in result.output
+    assert run_dir.name in result.output and "done" in result.output  # whole, not cut to fit
+    assert max(len(line) for line in result.output.splitlines()) <= 80
 
 
 def test_visualize_forward(data_dir, tmp_path):
@@ -316,7 +317,7 @@ def test_eval_writes_eval_json_and_runs_shows_fid(trained, data_dir, tmp_path):
     assert report["sampling"]["steps"] == 3 and report["sampling"]["spacing"] == 0.4
     assert "eval.json" in json.loads((run / "manifest.json").read_text())["files"]
     listing = runner.invoke(app, ["runs", "--artifacts-dir", str(tmp_path / "artifacts")], terminal_width=200)
-    assert f"{report['model']['fid']:.2f}" in listing.output
+    assert f"{report['model']['fid']:.2f} @ 20" in listing.output
 
 
 def test_eval_scores_outside_samples_as_json(trained, data_dir, tmp_path):
