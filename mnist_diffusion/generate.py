@@ -64,14 +64,17 @@ def parse_labels(digit: int | None, labels: str | None, n: int, conditional: boo
         raise UserError("labels must be digits 0-9")
     if labels or digit is not None:
         seq = [values[i % len(values)] for i in range(n)]
-    else:  # one row per digit: ceil(n / 10) of each, in order (see default_conditional_nrow)
-        seq = [min(i // default_conditional_nrow(n), 9) for i in range(n)]
+    else:  # ceil(n / 10) of each digit, in order: a row per digit (see default_conditional_nrow)
+        per_digit = -(-n // 10)
+        seq = [min(i // per_digit, 9) for i in range(n)]
     return torch.tensor(seq, dtype=torch.long)
 
 
 def default_conditional_nrow(n: int) -> int:
-    """Tiles per row of a conditional run's default grid, one row per digit 0-9."""
-    return -(-n // 10)
+    """Tiles per row of a conditional run's default grid: one row per digit 0-9, or for n <= 10
+    (one of each digit at most) a single row 0, 1, ..., n-1."""
+    per_digit = -(-n // 10)
+    return per_digit if per_digit > 1 else n
 
 
 def check_sampler(

@@ -362,6 +362,9 @@ def test_conditional_run_samples_requested_digits(data_dir, tmp_path):
         assert result.exit_code == 0, result.output
     # the default conditional grid: one row per digit, 2 per row for n=20
     assert Image.open(out).size == (2 * (2 * 30 + 2), 2 * (10 * 30 + 2))
+    result = invoke("sample", "--artifacts-dir", artifacts, "-n", 8, "-o", out, "--steps", 2)
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).size == (2 * (8 * 30 + 2), 2 * 32)  # fewer than 10: one row, digits 0-7
     assert_one_line_error(invoke("sample", "--artifacts-dir", artifacts, "--labels", "1,x"), "--labels")
 
 
