@@ -20,7 +20,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
-from bench_speed import DEFAULTS, machine_info, rate, run_script, say, sync, update_readme
+from bench_speed import DEFAULTS, machine_info, machine_line, rate, run_script, say, sync, update_readme
 from matplotlib import ticker
 from tqdm.auto import tqdm
 
@@ -188,14 +188,10 @@ def spacing_note(spacing: float | None) -> str:
 
 
 def markdown(results: dict) -> str:
-    m, run, rows = results["machine"], results["run"], results["rows"]
-    gpu = f", {m['gpu']}" if m["gpu"] else ""
+    run, rows = results["run"], results["rows"]
     cond = f"conditional, guidance {results['settings']['guidance']}" if run["conditional"] else "unconditional"
     lines = [
-        f"**{m['device'].upper()}**: {m['cpu']} ({m['cores']} cores, {m['torch_threads']} torch threads){gpu}; "
-        f"torch {m['torch']}; mnistdiff {m['mnist_diffusion']}"
-        + (f" at {m['git_commit']}" if m["git_commit"] else "")
-        + f"; {results['date']}  ",
+        machine_line(results),
         f"`{results['command']}`  ",
         f"Run `{run['name']}`: preset {run['preset']}, {run['arch']}, {run['parameters']:,} parameters, "
         f"T = {run['timesteps']} ({run['schedule']}, {run['prediction']} prediction), {cond}, "

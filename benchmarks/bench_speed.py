@@ -426,15 +426,23 @@ def rate(x: float) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:.1f}" if x >= 1 else f"{x:.3g}"
 
 
-def markdown(results: dict) -> str:
+def machine_line(results: dict) -> str:
+    """The first line of a results table: the machine, the versions, the commit and the date."""
     m = results["machine"]
-    memory = "peak GPU MiB" if m["device"] == "cuda" else "peak RSS MiB (so far)"
     gpu = f", {m['gpu']}" if m["gpu"] else ""
-    lines = [
+    return (
         f"**{m['device'].upper()}**: {m['cpu']} ({m['cores']} cores, {m['torch_threads']} torch threads){gpu}; "
         f"torch {m['torch']}; mnistdiff {m['mnist_diffusion']}"
         + (f" at {m['git_commit']}" if m["git_commit"] else "")
-        + f"; {results['date']}  ",
+        + f"; {results['date']}  "
+    )
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    memory = "peak GPU MiB" if m["device"] == "cuda" else "peak RSS MiB (so far)"
+    lines = [
+        machine_line(results),
         f"`{results['command']}`",
         "",
         f"| training | batch | images/s | step ms | network ms | network share | non-network ms | network share "
