@@ -28,7 +28,7 @@ from mnist_diffusion.artifacts import DEFAULT_ARTIFACTS_DIR, WEIGHTS, read_metri
 from mnist_diffusion.data import DEFAULT_DATA_DIR
 from mnist_diffusion.errors import UserError
 from mnist_diffusion.evaluate import MIN_SAMPLES, RealData, evaluate_images
-from mnist_diffusion.generate import LoadedRun, generate, load_run
+from mnist_diffusion.generate import LoadedRun, generate, load_run, resolve_guidance
 from mnist_diffusion.images import save_figure
 from mnist_diffusion.io import atomic_write_bytes, atomic_write_json, sha256_file
 from mnist_diffusion.model import count_parameters
@@ -91,7 +91,7 @@ def measure(run: LoadedRun, row: Row, args, real: RealData, device: torch.device
         start = time.perf_counter()
         images = generate(
             run, row.n, sampler=row.sampler, steps=None if row.sampler == "ddpm" else row.evaluations,
-            seed=args.seed, labels=labels, guidance=args.guidance if run.conditional else 1.0, spacing=args.spacing,
+            seed=args.seed, labels=labels, guidance=args.guidance, spacing=args.spacing,
             batch_size=args.batch_size, callback=lambda *_: bar.update(),
         )  # fmt: skip
         sample_s = time.perf_counter() - start  # generate returns CPU tensors, so a GPU is done
@@ -189,7 +189,10 @@ def spacing_note(spacing: float | None) -> str:
 
 def markdown(results: dict) -> str:
     run, rows = results["run"], results["rows"]
-    cond = f"conditional, guidance {results['settings']['guidance']}" if run["conditional"] else "unconditional"
+    cond = "conditional" if run["conditional"] else "unconditional"
+    if results["settings"]["guidance"] != 1.0:
+        kind = run.get("guide") or "classifier-free"
+        cond += f", {kind if kind == 'autoguidance' else kind + ' guidance'} {results['settings']['guidance']:g}"
     lines = [
         machine_line(results),
         f"`{results['command']}`  ",
@@ -287,7 +290,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="measure the DDPM row first (the reference of every ratio), not cheapest first")  # fmt: skip
     p.add_argument("--samplers", default=",".join(SAMPLERS), help=f"comma-separated, from {', '.join(SAMPLERS)}")
     p.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every row")
-    p.add_argument("--guidance", type=float, default=2.0, help="conditional runs: classifier-free guidance scale")
+    p.add_argument("--guidance", type=float,
+                   help="guidance scale, classifier-free or autoguidance (default: as `sample`; 1: none)")  # fmt: skip
     p.add_argument("--spacing", type=float, help="timestep spacing power of DDIM / DPM-Solver++ (default: each one's)")
     p.add_argument("--batch-size", type=int, help="samples per forward pass (CPU 256, CUDA 10000)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda if there is one")
@@ -326,6 +330,7 @@ def run_info(run: LoadedRun) -> dict:
         "schedule": cfg.diffusion.schedule,
         "prediction": cfg.diffusion.prediction,
         "conditional": run.conditional,
+        "guide": run.guidance_kind,
         "trained_steps": done[-1]["step"] if done else None,
         "weights_sha256": sha256_file(run.path / WEIGHTS),
     }
@@ -346,6 +351,7 @@ def main(argv: list[str] | None = None) -> dict:
         configure_cpu_threads()  # every core, as `mnistdiff` does (OMP_NUM_THREADS wins)
     args.batch_size = args.batch_size or DEFAULTS[device.type].sample_batch
     run = load_run(resolve_run(args.run, args.artifacts_dir), device)
+    args.guidance = resolve_guidance(run, args.guidance)  # None: the run's default, as in `mnistdiff sample`
     real = RealData.from_dir(args.data_dir)  # fail before any sampling if MNIST is missing
     num_timesteps = run.schedule.num_timesteps
     plan = plan_rows(args.samplers, args.evaluations, num_timesteps, args.n, args.n_1000, args.compare_at_n_1000,

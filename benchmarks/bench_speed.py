@@ -4,7 +4,8 @@ share of a training step, and peak memory. `make bench` runs it with no argument
 Training is timed through the real loop, ``Trainer.run()`` on the real data with its logging
 and checkpoints; sampling through the path of ``mnistdiff sample`` (``load_run`` + ``generate``).
 ``--full-epochs`` also trains the default preset's 5 epochs for real and draws 10,000 samples
-(the GPU targets). benchmarks/README.md says what each number means.
+(the GPU targets). Sampling is timed unguided: one network evaluation per step (guidance
+takes two). benchmarks/README.md says what each number means.
 """
 
 from __future__ import annotations
@@ -295,7 +296,7 @@ def bench_network(trainer: Trainer, windows: int, window_steps: int, warmup: int
 
     def step():
         trainer.opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=trainer.bf16):
             loss = diffusion_loss(trainer.net, trainer.schedule, cfg.diffusion, x0, t, noise, y)
         loss.backward()
 
@@ -336,7 +337,7 @@ def time_sampler(run, sampler: str, steps: int, batch: int, budget_s: float, dev
     sync(device)
     start = time.perf_counter()
     try:
-        generate(run, batch, sampler=sampler, steps=steps, seed=0, batch_size=batch, callback=callback)
+        generate(run, batch, sampler=sampler, steps=steps, seed=0, batch_size=batch, guidance=1.0, callback=callback)
         elapsed = time.perf_counter() - start  # generate returns CPU tensors, so the GPU is done
     except _Enough:
         pass
@@ -360,7 +361,7 @@ def bench_sampling(name: str, trainer: Trainer, args, device: torch.device) -> d
     reset_peak_memory(device)
     b = args.sample_batch
     say(f"{name}: sampling, batch {b}")
-    generate(run, b, sampler="ddim", steps=2, batch_size=b)  # warm-up: allocations and kernels
+    generate(run, b, sampler="ddim", steps=2, batch_size=b, guidance=1.0)  # warm-up: allocations and kernels
     rows = []
     for sampler, evals in SAMPLER_RUNS:
         row = time_sampler(run, sampler, min(evals, run.schedule.num_timesteps), b, args.sample_seconds, device)
@@ -391,7 +392,7 @@ def bench_full_epochs(args, device: torch.device, artifacts: Path) -> dict:
     for _ in range(2):  # the first call includes this batch size's allocations, the second does not
         sync(device)
         start = time.perf_counter()
-        generate(run, n, sampler="dpmpp-2m", steps=20, seed=0, batch_size=b)
+        generate(run, n, sampler="dpmpp-2m", steps=20, seed=0, batch_size=b, guidance=1.0)
         times.append(time.perf_counter() - start)
     out = {
         "preset": "default",

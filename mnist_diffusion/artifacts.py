@@ -3,8 +3,9 @@
 A run folder describes itself: ``config.json``, ``model.safetensors`` (EMA weights, with the
 config and package version in its metadata), ``checkpoint.safetensors`` + ``checkpoint.json``
 (everything needed to resume), ``metrics.jsonl``, ``loss.png``, ``samples.png`` and
-``manifest.json`` (sha256 of every file, the package version). ``artifacts/latest`` holds the
-name of the newest run.
+``manifest.json`` (sha256 of every file, the package version); unconditional runs also keep
+``guide.safetensors``, the EMA weights from early in training that autoguidance steers away
+from. ``artifacts/latest`` holds the name of the newest run.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ _RUN_RE = re.compile(r"^(\d{5})-")
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
+GUIDE = "guide.safetensors"
 CHECKPOINT = "checkpoint.safetensors"
 CHECKPOINT_META = "checkpoint.json"
 METRICS = "metrics.jsonl"

@@ -22,6 +22,7 @@ from .artifacts import DEFAULT_ARTIFACTS_DIR, resolve_run, summarize_runs
 from .config import PRESETS, RunConfig, validate
 from .data import DEFAULT_DATA_DIR
 from .errors import UserError
+from .generate import MAX_GUIDANCE
 from .samplers import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, SPACING_DEFAULTS, SPACING_RANGE
 
 app = typer.Typer(
@@ -56,6 +57,17 @@ SpacingOpt = Annotated[
         max=SPACING_RANGE[1],
         help="Timestep spacing power p, t_i = T (1 - i/n)^p - 1: 1 even, below 1 more steps at high noise "
         f"(default: {', '.join(f'{s} {p:g}' for s, p in SPACING_DEFAULTS.items())}).",
+    ),
+]
+PRECISION_HELP = "The network in auto (bf16 where the GPU or CPU has bf16 units, else fp32), fp32 or bf16."
+PrecisionOpt = Annotated[str, typer.Option(help=PRECISION_HELP)]
+GuidanceOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        min=0.0,
+        max=MAX_GUIDANCE,
+        help=f"Guidance scale w (1: none; default {DEFAULT_GUIDANCE:g}): classifier-free for conditional runs, "
+        "autoguidance by the run's early weights (guide.safetensors) for unconditional ones.",
     ),
 ]
 
@@ -146,6 +158,7 @@ def train(
         Optional[str], typer.Option(help="Continue this run; only --epochs and --max-steps may change.")
     ] = None,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the network (GPU).")] = False,
+    precision: Annotated[Optional[str], typer.Option(help=PRECISION_HELP)] = None,
     artifacts_dir: ArtifactsDir = DEFAULT_ARTIFACTS_DIR,
     data_dir: DataDir = DEFAULT_DATA_DIR,
 ):
@@ -155,7 +168,7 @@ def train(
     model_flags = dict(num_classes=10 if conditional else None, channels=channels)
     diffusion_flags = dict(timesteps=timesteps, schedule=schedule, prediction=prediction, loss_weighting=loss_weighting)
     budget_flags = dict(epochs=epochs, max_steps=max_steps)
-    train_flags = dict(batch_size=batch_size, lr=lr, seed=seed)
+    train_flags = dict(batch_size=batch_size, lr=lr, seed=seed, precision=precision)
     if resume is not None:
         given = [k for k, v in {**model_flags, **diffusion_flags, **train_flags}.items() if v is not None]
         if given or preset != "default" or run_name:
@@ -224,7 +237,8 @@ def sample(
     ] = None,
     digit: Annotated[Optional[int], typer.Option(min=0, max=9, help="Conditional runs: draw this digit.")] = None,
     labels: Annotated[Optional[str], typer.Option(help="Conditional runs: digits to draw, e.g. 0,1,2.")] = None,
-    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale w (1: none).")] = DEFAULT_GUIDANCE,
+    guidance: GuidanceOpt = None,
+    precision: PrecisionOpt = "auto",
     trajectory: Annotated[
         Optional[Path], typer.Option(help="Also write a PNG of the denoising process of the first samples.")
     ] = None,
@@ -254,6 +268,7 @@ def sample(
         seed=seed,
         labels=label_tensor,
         guidance=guidance,
+        precision=precision,
         nrow=nrow,
         scale=scale,
         save_tensor=save_tensor,
@@ -369,9 +384,8 @@ def eval_command(
     steps: StepsOpt = None,
     eta: EtaOpt = 0.0,
     spacing: SpacingOpt = None,
-    guidance: Annotated[
-        float, typer.Option(help="Conditional runs: classifier-free guidance scale.")
-    ] = DEFAULT_GUIDANCE,
+    guidance: GuidanceOpt = None,
+    precision: PrecisionOpt = "auto",
     seed: Seed = 0,
     batch_size: Annotated[int, typer.Option(min=1, help="Samples per forward pass.")] = 500,
     nll: Annotated[bool, typer.Option("--nll", help="Also the NLL bound in bits/dim on test images.")] = False,
@@ -402,7 +416,7 @@ def eval_command(
         run_dir = resolve_run(run, artifacts_dir)
         result = evaluate_run(
             run_dir, n_samples=n_samples, sampler=sampler, steps=steps, eta=eta, spacing=spacing, guidance=guidance,
-            seed=seed,
+            precision=precision, seed=seed,
             batch_size=batch_size, device=torch_device, data_dir=data_dir, nll=nll, nll_images=nll_images,
             progress=progress,
         )  # fmt: skip

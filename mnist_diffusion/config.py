@@ -15,6 +15,7 @@ ScheduleName = Literal["linear", "cosine", "sigmoid"]
 Prediction = Literal["eps", "v"]
 LossWeighting = Literal["none", "min-snr"]
 LRSchedule = Literal["constant", "cosine"]
+Precision = Literal["auto", "fp32", "bf16"]
 PresetName = Literal["default", "seed", "large"]
 
 
@@ -52,8 +53,10 @@ class TrainConfig:
     ema_decay: float = 0.999  # EMA of the weights, used for sampling
     ema_warmup: bool = True  # EMA decay min(ema_decay, (1 + step) / (10 + step)) early on
     label_dropout: float = 0.1  # conditional models: share of labels replaced by "null" (CFG)
+    guide_at: float = 0.2  # unconditional: keep the EMA weights at this share of training as the autoguidance guide
     seed: int = 0  # seeds weights, batch order and noise
     max_steps: int = 0  # stop after this many optimizer steps in total (0: no limit)
+    precision: Precision = "auto"  # the network in bf16 autocast ("auto": where the chip has bf16 units) or fp32
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check_choice(d.prediction, Prediction, "prediction")
     _check_choice(d.loss_weighting, LossWeighting, "loss weighting")
     _check_choice(t.lr_schedule, LRSchedule, "lr schedule")
+    _check_choice(t.precision, Precision, "precision")
     checks = [
         (m.channels >= 8 and m.channels % 8 == 0, "channels must be a positive multiple of 8"),
         (
@@ -134,6 +138,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         (t.grad_clip >= 0, "grad clip must not be negative"),
         (0.0 <= t.ema_decay < 1.0, "EMA decay must be in [0, 1)"),
         (0.0 <= t.label_dropout < 1.0, "label dropout must be in [0, 1)"),
+        (0.0 <= t.guide_at < 1.0, "guide_at must be in [0, 1)"),
         (t.max_steps >= 0, "max steps must not be negative"),
         (t.seed >= 0, "seed must not be negative"),
     ]

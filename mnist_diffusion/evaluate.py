@@ -28,11 +28,12 @@ from .artifacts import load_tensors, write_manifest
 from .data import DEFAULT_DATA_DIR, load_mnist
 from .errors import UserError
 from .features import FeatureNet, extract, load_feature_net
-from .generate import generate, load_run
+from .generate import generate, load_run, resolve_guidance
 from .images import GRID_PADDING
 from .io import atomic_write_json
 from .nll import DEFAULT_NLL_TIMESTEPS, nll_bpd
-from .samplers import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, resolve_steps_and_spacing
+from .runtime import use_bf16
+from .samplers import DEFAULT_SAMPLER, resolve_steps_and_spacing
 
 EVAL_FILE = "eval.json"
 FLOOR_SEED = 0  # fixes which training images form the real-data floor, the same for every evaluation
@@ -208,7 +209,8 @@ def evaluate_run(
     steps: int | None = None,
     eta: float = 0.0,
     spacing: float | None = None,
-    guidance: float = DEFAULT_GUIDANCE,
+    guidance: float | None = None,
+    precision: str = "auto",
     seed: int = 0,
     batch_size: int = 500,
     device: str | torch.device = "cpu",
@@ -222,8 +224,9 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Sample ``n_samples`` images from a run, evaluate them, and write ``eval.json`` into the run.
 
-    A class-conditional run samples balanced labels ``i % 10`` with classifier-free guidance
-    ``guidance``. With ``nll``, also the NLL bound (bits/dim) of the first ``nll_images`` test images.
+    A class-conditional run samples balanced labels ``i % 10``. ``guidance`` (classifier-free for
+    conditional runs, autoguidance for unconditional ones with a guide) None: the default of
+    :func:`resolve_guidance`. With ``nll``, also the NLL bound (bits/dim) of the first ``nll_images`` test images.
     :return: the dict written to ``eval.json``: :func:`evaluate_images`'s result plus the sampler
         settings, the NLL and wall times.
     """
@@ -238,9 +241,10 @@ def evaluate_run(
 
     start = time.perf_counter()
     labels = torch.arange(n_samples) % 10 if run.conditional else None
+    guidance = resolve_guidance(run, guidance)
     images = generate(
         run, n_samples, sampler=sampler, steps=steps, eta=eta, spacing=spacing, seed=seed, labels=labels,
-        guidance=guidance if run.conditional else 1.0, batch_size=batch_size, progress=progress,
+        guidance=guidance, precision=precision, batch_size=batch_size, progress=progress,
     )  # fmt: skip
     sample_seconds = time.perf_counter() - start
 
@@ -262,7 +266,9 @@ def evaluate_run(
         sampling={
             "sampler": sampler, "steps": used_steps, "eta": eta, "spacing": used_spacing,
             "seed": seed, "batch_size": batch_size,
-            "guidance": guidance if run.conditional else None, "conditional": run.conditional,
+            "guidance": guidance, "guide": run.guidance_kind if guidance != 1.0 else None,
+            "bf16": use_bf16(precision, device),
+            "conditional": run.conditional,
             "labels": "i % 10" if run.conditional else None,
         },
         seconds={
@@ -468,7 +474,10 @@ def report_table(result: dict[str, Any]) -> Table:
             parts.append(f"spacing {s['spacing']:g}")
         if s.get("eta"):
             parts.append(f"eta {s['eta']:g}")
+        if s.get("guide"):  # "classifier-free guidance 2" or "autoguidance 2"
+            kind = s["guide"] if s["guide"] == "autoguidance" else f"{s['guide']} guidance"
+            parts.append(f"{kind} {s['guidance']:g}")
         if s.get("conditional"):
-            parts.append(f"guidance {s['guidance']:g}, labels {s['labels']}")
+            parts.append(f"labels {s['labels']}")
         table.caption = f"run {result.get('run', '?')}: " + ", ".join(parts) + f", seed {s['seed']}"
     return table

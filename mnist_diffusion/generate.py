@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .artifacts import WEIGHTS, load_config, load_weights_into
+from .artifacts import GUIDE, WEIGHTS, load_config, load_weights_into
 from .config import RunConfig
 from .errors import UserError
 from .model import build_model
-from .samplers import DEFAULT_SAMPLER, SAMPLERS, SPACING_RANGE, Denoiser, sample
+from .runtime import use_bf16
+from .samplers import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, SAMPLERS, SPACING_RANGE, Denoiser, sample
 from .schedule import Schedule
+
+MAX_GUIDANCE = 20.0  # the largest --guidance accepted
 
 
 @dataclass
@@ -22,24 +26,55 @@ class LoadedRun:
     cfg: RunConfig
     model: nn.Module
     schedule: Schedule
+    guide: nn.Module | None = None  # unconditional runs: the early EMA weights autoguidance uses
 
     @property
     def conditional(self) -> bool:
         return self.cfg.model.num_classes > 0
 
+    @property
+    def guidance_kind(self) -> str | None:
+        """What ``--guidance`` steers away from: "classifier-free", "autoguidance" or None."""
+        if self.conditional:
+            return "classifier-free"
+        return "autoguidance" if self.guide is not None else None
+
+
+def _load_network(cfg: RunConfig, path: Path, device: torch.device) -> nn.Module:
+    model = build_model(cfg.model)
+    load_weights_into(model, path)
+    return model.to(device).eval()
+
 
 def load_run(run_dir: Path, device: torch.device) -> LoadedRun:
-    """The run's config and EMA weights, checked against each other, in eval mode on ``device``."""
+    """The run's config and EMA weights (and its autoguidance guide, if it has one), checked
+    against each other, in eval mode on ``device``."""
     cfg = load_config(run_dir)
     if not (run_dir / WEIGHTS).is_file():
         raise UserError(
             f"run {run_dir.name} has no {WEIGHTS} yet (training not finished? "
             f"continue it with `mnistdiff train --resume {run_dir.name}`)"
         )
-    model = build_model(cfg.model)
-    load_weights_into(model, run_dir / WEIGHTS)
-    model.to(device).eval()
-    return LoadedRun(run_dir, cfg, model, Schedule(cfg.diffusion, device))
+    model = _load_network(cfg, run_dir / WEIGHTS, device)
+    guide = None
+    if not cfg.model.num_classes and (run_dir / GUIDE).is_file():
+        guide = _load_network(cfg, run_dir / GUIDE, device)
+    return LoadedRun(run_dir, cfg, model, Schedule(cfg.diffusion, device), guide)
+
+
+def resolve_guidance(run: LoadedRun, guidance: float | None) -> float:
+    """The guidance scale for ``--guidance``: DEFAULT_GUIDANCE if not given, and 1 (none) for a
+    run with nothing to guide with; asking such a run for guidance is a UserError."""
+    if guidance is not None and not (math.isfinite(guidance) and 0.0 <= guidance <= MAX_GUIDANCE):
+        raise UserError(f"--guidance must be between 0 and {MAX_GUIDANCE:g} (got {guidance})")
+    if run.guidance_kind is None:
+        if guidance is not None and guidance != 1.0:
+            raise UserError(
+                f"run {run.path.name} has no guide ({GUIDE}): it was trained unconditionally before autoguidance "
+                "or with guide_at 0; sample it without --guidance"
+            )
+        return 1.0
+    return DEFAULT_GUIDANCE if guidance is None else guidance
 
 
 def parse_labels(digit: int | None, labels: str | None, n: int, conditional: bool) -> torch.Tensor | None:
@@ -101,23 +136,30 @@ def generate(
     spacing: float | None = None,
     seed: int = 0,
     labels: torch.Tensor | None = None,
-    guidance: float = 1.0,
+    guidance: float | None = None,
+    precision: str = "auto",
     batch_size: int = 500,
     progress: bool = False,
     callback=None,
 ) -> torch.Tensor:
     """``n`` samples as [n x 1 x 28 x 28] in [0, 1] on the CPU. Batches are drawn in order from
-    one generator seeded with ``seed``, so the same seed and flags give the same images."""
+    one generator seeded with ``seed``, so the same seed and flags give the same images.
+    ``guidance`` None: :data:`DEFAULT_GUIDANCE` if the run has a guide (see :func:`resolve_guidance`).
+    ``precision`` "auto" runs the network in bf16 where the chip has bf16 units, as training does."""
     if n < 1:
         raise UserError(f"number of samples must be at least 1 (got {n})")
     check_sampler(sampler, steps, eta, run.schedule.num_timesteps, spacing)
+    guidance = resolve_guidance(run, guidance)
     device = next(run.model.parameters()).device
+    bf16 = use_bf16(precision, device)
     generator = torch.Generator(device=device).manual_seed(seed)
     out = []
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)
         batch_labels = labels[start : start + b].to(device) if labels is not None else None
-        denoiser = Denoiser(run.model, run.schedule, run.cfg.diffusion.prediction, batch_labels, guidance)
+        denoiser = Denoiser(
+            run.model, run.schedule, run.cfg.diffusion.prediction, batch_labels, guidance, guide=run.guide, bf16=bf16
+        )
         x = sample(
             denoiser,
             (b, run.cfg.model.in_channels, 28, 28),

@@ -33,6 +33,26 @@ def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     raise UserError(f"--device must be auto, cpu, cuda or mps (got {name!r})")
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bf16 natively: a CUDA GPU that supports it, or a CPU with
+    AVX512-BF16 or AMX instructions. Elsewhere bf16 is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+    return False
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """Whether to run the network in bf16 autocast for ``--precision`` (auto, fp32 or bf16)."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise UserError(f"--precision must be auto, fp32 or bf16 (got {precision!r})")
+    if precision == "bf16" and device.type not in ("cuda", "cpu"):
+        raise UserError(f"--precision bf16 is supported on cuda and cpu, not {device.type}")
+    return precision == "bf16" or (precision == "auto" and native_bf16(device))
+
+
 def configure_cpu_threads(world_size: int = 1) -> int:
     """Use every core this process may run on, shared among the local ranks; returns the count.
     An explicit OMP_NUM_THREADS wins."""

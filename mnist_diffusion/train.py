@@ -25,6 +25,7 @@ from . import __version__
 from .artifacts import (
     CHECKPOINT,
     CHECKPOINT_META,
+    GUIDE,
     WEIGHTS,
     append_metrics,
     create_run_dir,
@@ -41,13 +42,12 @@ from .artifacts import (
 from .config import RunConfig
 from .data import ensure_mnist, load_mnist
 from .errors import UserError
-from .generate import LoadedRun, default_conditional_nrow, generate, parse_labels
+from .generate import default_conditional_nrow, generate, load_run, parse_labels
 from .images import loss_figure, save_grid
 from .io import atomic_write_json
 from .losses import diffusion_loss
 from .model import build_model
-from .runtime import DistInfo, broadcast_object, configure_cpu_threads, init_distributed, pick_device
-from .samplers import DEFAULT_GUIDANCE
+from .runtime import DistInfo, broadcast_object, configure_cpu_threads, init_distributed, pick_device, use_bf16
 from .schedule import Schedule
 
 LOG_EVERY = 50  # optimizer steps between metrics.jsonl lines (and loss read-backs on a GPU)
@@ -192,6 +192,13 @@ class Trainer:
             raise UserError(f"batch size {cfg.train.batch_size} is larger than the {len(images)} training images")
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
         self.stop_step = min(self.total_steps, cfg.train.max_steps) if cfg.train.max_steps else self.total_steps
+        # Unconditional runs keep their EMA weights at this step as the autoguidance guide.
+        guided = cfg.train.guide_at > 0 and not cfg.model.num_classes
+        self.guide_step = max(1, round(cfg.train.guide_at * self.total_steps)) if guided else -1
+
+        self.bf16 = use_bf16(cfg.train.precision, self.device)
+        if self.bf16 and self.device.type == "cpu":
+            self.log("the network runs in bf16 autocast on this CPU (--precision fp32 to keep it in fp32)")
 
         # Model, EMA, optimizer.
         torch.manual_seed(cfg.train.seed)
@@ -302,7 +309,7 @@ class Trainer:
         x0, y, t, noise = self._batch(order, pos, step)
         for group in self.opt.param_groups:
             group["lr"] = lr_at(step, self.cfg, self.total_steps)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             loss = diffusion_loss(self.net, self.schedule, self.cfg.diffusion, x0, t, noise, y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -378,6 +385,8 @@ class Trainer:
                         bar.set_postfix(loss=f"{value:.4f}", epoch=f"{record['epoch']:.2f}")
                         window_loss.zero_()
                         window_steps, window_start = 0, time.perf_counter()
+                if step == self.guide_step and self.info.is_main:  # the weak model of autoguidance
+                    save_tensors(self.run_dir / GUIDE, self.ema.module.state_dict(), weights_metadata(self.cfg))
                 if self.on_step is not None:
                     self.on_step(step)
                 seconds = seconds_before + time.perf_counter() - started
@@ -411,18 +420,16 @@ class Trainer:
             dist.all_gather_object(digests, self._weights_digest())
         if not self.info.is_main:
             return
-        ema_model = self.ema.module
-        save_tensors(self.run_dir / WEIGHTS, ema_model.state_dict(), weights_metadata(self.cfg))
+        save_tensors(self.run_dir / WEIGHTS, self.ema.module.state_dict(), weights_metadata(self.cfg))
         append_metrics(
             self.run_dir,
             {"step": step, "train_seconds": round(seconds, 2), "done": True, "rank_weight_sha256": digests},
         )
         loss_figure(read_metrics(self.run_dir), self.run_dir / "loss.png", f"{self.run_dir.name}: training loss")
-        ema_model.eval()
-        run = LoadedRun(self.run_dir, self.cfg, ema_model, self.schedule)
+        run = load_run(self.run_dir, self.device)  # the weights just saved, and the guide if there is one
         n = END_GRID_CONDITIONAL if run.conditional else END_GRID
         labels = parse_labels(None, None, n, run.conditional)
-        images = generate(run, n, seed=self.cfg.train.seed, labels=labels, guidance=DEFAULT_GUIDANCE,
+        images = generate(run, n, seed=self.cfg.train.seed, labels=labels, precision=self.cfg.train.precision,
                           progress=self.progress)  # fmt: skip
         nrow = default_conditional_nrow(n) if run.conditional else 8
         save_grid(images, self.run_dir / "samples.png", nrow=nrow, scale=2)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from mnist_diffusion.cli import app
@@ -370,6 +370,63 @@ def test_conditional_run_samples_requested_digits(data_dir, tmp_path):
 
 def test_digit_on_unconditional_run(trained):
     assert_one_line_error(invoke("sample", "--artifacts-dir", trained[0], "--digit", 3), "class-conditional")
+
+
+def test_sample_precision(trained, tmp_path):
+    artifacts, run_dir = trained
+    out = {}
+    for name, precision in (("a", "fp32"), ("b", "fp32"), ("c", "bf16")):
+        out[name] = tmp_path / f"{name}.safetensors"
+        result = invoke("sample", "--artifacts-dir", artifacts, "-n", 3, "-o", tmp_path / "g.png", "--steps", 3,
+                        "--precision", precision, "--save-tensor", out[name])  # fmt: skip
+        assert result.exit_code == 0, result.output
+    a, b, c = (load_file(out[k])["samples"] for k in "abc")
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert (a - c).abs().max() < 0.2  # the same samples up to bf16 rounding
+    result = invoke("sample", "--artifacts-dir", artifacts, "-o", tmp_path / "g.png", "--precision", "fp16")
+    assert_one_line_error(result, "--precision")
+
+
+def test_guidance_on_a_run_without_a_guide(trained, tmp_path):
+    # 4 steps stop before guide_at (20% of training): no guide.safetensors, so nothing to guide with
+    artifacts, run_dir = trained
+    assert not (run_dir / "guide.safetensors").exists()
+    out = tmp_path / "g.png"
+    result = invoke("sample", "--artifacts-dir", artifacts, "-n", 2, "-o", out, "--steps", 2, "--guidance", 3)
+    assert_one_line_error(result, "no guide")
+    result = invoke("sample", "--artifacts-dir", artifacts, "-n", 2, "-o", out, "--steps", 2, "--guidance", 1)
+    assert result.exit_code == 0, result.output
+    result = invoke("sample", "--artifacts-dir", artifacts, "--guidance", -1)
+    assert result.exit_code == 2 and "--guidance" in result.output  # Typer's own range check
+
+
+def test_autoguidance_by_the_runs_guide(trained, data_dir, tmp_path):
+    artifacts, run_dir = trained
+    run = copy_run(run_dir, tmp_path)
+    weights = load_file(run / "model.safetensors")
+    (run / "guide.safetensors").write_bytes((run / "model.safetensors").read_bytes())
+    paths = {}
+    for w in (1, 2):  # a guide equal to the model: guidance changes nothing, exactly
+        paths[w] = tmp_path / f"w{w}.safetensors"
+        result = invoke("sample", "--run", run, "-n", 3, "-o", tmp_path / "g.png", "--steps", 3, "--guidance", w,
+                        "--save-tensor", paths[w])  # fmt: skip
+        assert result.exit_code == 0, result.output
+    assert torch.equal(load_file(paths[1])["samples"], load_file(paths[2])["samples"])
+    save_file({k: v + 0.05 * torch.randn_like(v) for k, v in weights.items()}, run / "guide.safetensors")
+    for name, flags in (("default", []), ("w2", ["--guidance", 2]), ("w1", ["--guidance", 1])):
+        paths[name] = tmp_path / f"{name}.safetensors"
+        result = invoke("sample", "--run", run, "-n", 3, "-o", tmp_path / "g.png", "--steps", 3, *flags,
+                        "--save-tensor", paths[name])  # fmt: skip
+        assert result.exit_code == 0, result.output
+    samples = {name: load_file(path)["samples"] for name, path in paths.items() if isinstance(name, str)}
+    assert torch.equal(samples["default"], samples["w2"])  # the default guidance is 2
+    assert not torch.equal(samples["w2"], samples["w1"])
+    result = runner.invoke(app, ["eval", "--run", str(run), "-n", "20", "--steps", "2", "--data-dir", str(data_dir),
+                                 "--device", "cpu"], terminal_width=200)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "spacing 0.4, autoguidance 2, seed 0" in " ".join(result.output.split())  # the table's caption
+    sampling = json.loads((run / "eval.json").read_text())["sampling"]
+    assert sampling["guide"] == "autoguidance" and sampling["guidance"] == 2.0
 
 
 def test_train_warns_when_the_schedule_does_not_reach_pure_noise(data_dir, tmp_path):

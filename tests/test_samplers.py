@@ -186,3 +186,26 @@ def test_guidance_one_equals_conditional_and_zero_equals_unconditional():
     torch.testing.assert_close(uncond, x * 0.1 + 0.1)
     w3 = Denoiser(CondNet(), sched, labels=labels, guidance=3.0, clip_x0=False)(x, 50)[0]
     torch.testing.assert_close(w3, uncond + 3.0 * (cond - uncond))
+
+
+def test_autoguidance_extrapolates_from_the_guide_to_the_model():
+    class Net(nn.Module):
+        def __init__(self, scale):
+            super().__init__()
+            self.scale = scale
+
+        def forward(self, x, t, y=None):
+            assert y is None
+            return x * self.scale + t.float()[:, None, None, None] * 1e-3
+
+    sched = schedule("cosine", 100)
+    x = torch.randn(SHAPE)
+    good, weak = Net(0.1), Net(0.3)
+
+    def eps(w, guide=weak):
+        return Denoiser(good, sched, guidance=w, guide=guide, clip_x0=False)(x, 50)[0]
+
+    torch.testing.assert_close(eps(1.0), x * 0.1 + 0.05)  # w = 1: the model alone
+    torch.testing.assert_close(eps(0.0), x * 0.3 + 0.05)  # w = 0: the guide alone
+    torch.testing.assert_close(eps(2.5), eps(0.0) + 2.5 * (eps(1.0) - eps(0.0)))  # Karras et al. 2024
+    torch.testing.assert_close(eps(2.5, guide=None), eps(1.0))  # no guide: no guidance

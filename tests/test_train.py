@@ -16,6 +16,7 @@ from mnist_diffusion import train as train_module
 from mnist_diffusion.artifacts import load_tensors, write_manifest
 from mnist_diffusion.errors import UserError
 from mnist_diffusion.io import atomic_open, sha256_file
+from mnist_diffusion.runtime import native_bf16, use_bf16
 from mnist_diffusion.train import TrainingDiverged, lr_at, train
 
 
@@ -167,6 +168,40 @@ def test_lr_schedule_warmup_and_cosine():
     assert lr_at(110, cfg, 110) == pytest.approx(0.1)
 
 
+def test_guide_is_the_ema_at_guide_at_and_survives_resume(tmp_path, data_dir):
+    # 32 steps per epoch; guide_at 0.25 of 1 epoch: the EMA weights after step 8
+    cfg = tiny_config(max_steps=8, guide_at=0.25)
+    at_8 = run(cfg, tmp_path / "a", data_dir).run_dir
+    full = run(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=0)), tmp_path / "b", data_dir)
+    half = run(tiny_config(max_steps=12, guide_at=0.25), tmp_path / "c", data_dir)
+    resumed = run(tiny_config(max_steps=0, guide_at=0.25), tmp_path / "c", data_dir, resume=half.run_dir.name)
+    guide = weights(at_8, "model.safetensors")
+    for run_dir in (at_8, full.run_dir, resumed.run_dir):
+        assert weights(run_dir, "guide.safetensors").keys() == guide.keys()
+        for k, v in weights(run_dir, "guide.safetensors").items():
+            assert torch.equal(v, guide[k]), k
+    final = weights(full.run_dir)
+    assert any(not torch.equal(final[k], guide[k]) for k in guide)
+    assert "guide.safetensors" in json.loads((full.run_dir / "manifest.json").read_text())["files"]
+    off = run(tiny_config(max_steps=10, guide_at=0.0), tmp_path / "d", data_dir).run_dir
+    assert not (off / "guide.safetensors").exists()
+
+
+def test_precision_flag_picks_the_arithmetic(tmp_path, data_dir, monkeypatch):
+    cpu = torch.device("cpu")
+    assert use_bf16("bf16", cpu) and not use_bf16("fp32", cpu)
+    assert use_bf16("auto", cpu) == native_bf16(cpu)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert not native_bf16(cpu) and not use_bf16("auto", cpu)  # a laptop CPU without bf16 units: fp32
+    with pytest.raises(UserError, match="--precision"):
+        use_bf16("fp16", cpu)
+    monkeypatch.undo()
+    runs = {p: run(tiny_config(max_steps=3, precision=p), tmp_path / p, data_dir).run_dir for p in ("fp32", "bf16")}
+    a, b = weights(runs["fp32"]), weights(runs["bf16"])
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # bf16 autocast is not fp32
+
+
 def test_conditional_training_runs_and_samples_by_row(tmp_path, data_dir):
     cfg = tiny_config(max_steps=3)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=10))
@@ -174,3 +209,4 @@ def test_conditional_training_runs_and_samples_by_row(tmp_path, data_dir):
     grid = Image.open(result.run_dir / "samples.png")
     assert grid.size == (2 * (8 * 30 + 2), 2 * (10 * 30 + 2))  # a row of 8 per digit 0-9, scale 2
     assert "label_emb.weight" in weights(result.run_dir)
+    assert not (result.run_dir / "guide.safetensors").exists()  # guided by the null label instead
