@@ -131,6 +131,16 @@ def build_config(preset: str, **overrides) -> RunConfig:
         raise UserError(str(e)) from None
 
 
+def _int_tuple(text: str | None, flag: str) -> tuple[int, ...] | None:
+    """ "1,2,6" -> (1, 2, 6); None stays None."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"{flag} takes comma-separated integers, e.g. 1,2,6 (got {text!r})") from None
+
+
 @app.command()
 @user_errors
 def train(
@@ -144,6 +154,9 @@ def train(
     preset: Annotated[str, typer.Option(help="default, seed (the original script) or large.")] = "default",
     channels: Annotated[
         Optional[int], typer.Option(help="UNet base width (a multiple of 8); the preset's if not given.")
+    ] = None,
+    channel_mult: Annotated[
+        Optional[str], typer.Option(help="Width multipliers at 28x28, 14x14 and 7x7, e.g. 1,2,6.")
     ] = None,
     conditional: Annotated[
         bool, typer.Option("--conditional", help="Learn digit labels too (classifier-free guidance).")
@@ -159,16 +172,24 @@ def train(
     ] = None,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the network (GPU).")] = False,
     precision: Annotated[Optional[str], typer.Option(help=PRECISION_HELP)] = None,
+    guide_at: Annotated[
+        Optional[float],
+        typer.Option(help="Unconditional runs: keep the EMA weights at this share of training for autoguidance."),
+    ] = None,
     artifacts_dir: ArtifactsDir = DEFAULT_ARTIFACTS_DIR,
     data_dir: DataDir = DEFAULT_DATA_DIR,
 ):
     """Train a diffusion model into a new run folder (artifacts/runs/NNNNN-NAME)."""
     from .train import train as train_core
 
-    model_flags = dict(num_classes=10 if conditional else None, channels=channels)
+    model_flags = dict(
+        num_classes=10 if conditional else None,
+        channels=channels,
+        channel_mult=_int_tuple(channel_mult, "--channel-mult"),
+    )
     diffusion_flags = dict(timesteps=timesteps, schedule=schedule, prediction=prediction, loss_weighting=loss_weighting)
     budget_flags = dict(epochs=epochs, max_steps=max_steps)
-    train_flags = dict(batch_size=batch_size, lr=lr, seed=seed, precision=precision)
+    train_flags = dict(batch_size=batch_size, lr=lr, seed=seed, precision=precision, guide_at=guide_at)
     if resume is not None:
         given = [k for k, v in {**model_flags, **diffusion_flags, **train_flags}.items() if v is not None]
         if given or preset != "default" or run_name:

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from mnist_diffusion.cli import app
 
 runner = CliRunner()
-TINY = ["--channels", "8", "--batch-size", "16", "--timesteps", "50"]
+TINY = ["--channels", "8", "--channel-mult", "1,2,2", "--batch-size", "16", "--timesteps", "50"]
 
 
 def invoke(*args: str):
@@ -66,6 +66,7 @@ def test_train_writes_a_complete_run(trained):
     artifacts, run_dir = trained
     cfg = json.loads((run_dir / "config.json").read_text())
     assert cfg["model"]["channels"] == 8 and cfg["diffusion"]["timesteps"] == 50
+    assert cfg["model"]["channel_mult"] == [1, 2, 2]
     assert json.loads((run_dir / "checkpoint.json").read_text())["step"] == 4
     assert Image.open(run_dir / "samples.png").format == "PNG"
     assert Image.open(run_dir / "loss.png").format == "PNG"
@@ -168,6 +169,15 @@ def test_negative_epochs(tmp_path, data_dir):
         "epochs must not be negative",
     )
     assert not (tmp_path / "runs").exists()
+
+
+def test_bad_channel_mult_and_guide_at(tmp_path):
+    for flag, value, needle in (
+        ("--channel-mult", "1,x,2", "comma-separated integers"),
+        ("--channel-mult", "1,2", "3 positive entries"),
+        ("--guide-at", "1.5", "guide_at must be in [0, 1)"),
+    ):
+        assert_one_line_error(invoke("train", flag, value, "--artifacts-dir", tmp_path), needle)
 
 
 def test_bad_schedule_and_preset(tmp_path):
