@@ -1,7 +1,8 @@
 """The default preset's ablation: short runs of the candidate recipes, each scored by `mnistdiff eval`.
 
 Each variant trains --epochs (default 1) through the CLI with the given flags, then is scored
-with N samples (dpmpp-2m, 20 evaluations, even spacing: the sampler the README table used).
+with N samples (dpmpp-2m, 20 evaluations, even spacing, no guidance: the sampler the README
+table used). The network is the default preset's as it was then: 16/32/64 channels in fp32.
 Variants run --parallel at a time with one thread each (on a 2-core CPU two single-thread runs
 go faster together than one two-thread run).
 
@@ -23,7 +24,9 @@ def _flags(prediction: str, weighting: str, batch: int, lr: str) -> list[str]:
     return ["--prediction", prediction, "--loss-weighting", weighting, "--batch-size", str(batch), "--lr", lr]
 
 
-# Every variant shares the default UNet, cosine T=1000, warm-up and EMA; only these flags differ.
+# Every variant shares the UNet of the ablation (16/32/64 channels, fp32), cosine T=1000, warm-up
+# and EMA; only these flags differ.
+NETWORK = ["--channel-mult", "1,2,4", "--precision", "fp32"]
 VARIANTS: dict[str, list[str]] = {
     "eps, batch 128, lr 1e-3": _flags("eps", "none", 128, "1e-3"),
     "eps + min-SNR, batch 128, lr 1e-3": _flags("eps", "min-snr", 128, "1e-3"),
@@ -53,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     for start in range(0, len(chosen), args.parallel):
         batch = chosen[start : start + args.parallel]
         procs = [
-            subprocess.Popen([*CLI, "train", "--epochs", str(args.epochs), "--run-name", f"v{start + i}",
+            subprocess.Popen([*CLI, "train", "--epochs", str(args.epochs), "--run-name", f"v{start + i}", *NETWORK,
                               "--artifacts-dir", str(artifacts), "--data-dir", args.data_dir, *VARIANTS[name]],
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
             for i, name in enumerate(batch)
@@ -66,7 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for name, run in runs.items():
         out = subprocess.run([*CLI, "eval", "--run", run, "-n", str(args.n), "--sampler", args.sampler, "--spacing",
-                              args.spacing, "--json", "--data-dir", args.data_dir],
+                              args.spacing, "--guidance", "1", "--precision", "fp32", "--json",
+                              "--data-dir", args.data_dir],
                              capture_output=True, text=True, check=True)  # fmt: skip
         r = json.loads(out.stdout)
         m = r["model"]
