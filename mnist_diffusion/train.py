@@ -198,7 +198,7 @@ class Trainer:
 
         self.bf16 = use_bf16(cfg.train.precision, self.device)
         if self.bf16 and self.device.type == "cpu":
-            self.log("the network runs in bf16 autocast on this CPU (--precision fp32 to keep it in fp32)")
+            self.log("bf16 autocast: this CPU has bf16 units (--precision fp32 turns it off)")
 
         # Model, EMA, optimizer.
         torch.manual_seed(cfg.train.seed)
