@@ -195,7 +195,7 @@ def preset_config(name: str, args) -> RunConfig:
     cfg = PRESETS[name]
     if args.batch_size:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=args.batch_size))
-    return cfg
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=args.precision))
 
 
 def bench_training(name: str, args, device: torch.device, artifacts: Path) -> tuple[dict, Trainer]:
@@ -321,7 +321,9 @@ class _Enough(Exception):
     """Raised from a sampler's step callback once its time budget is spent."""
 
 
-def time_sampler(run, sampler: str, steps: int, batch: int, budget_s: float, device: torch.device) -> dict:
+def time_sampler(
+    run, sampler: str, steps: int, batch: int, budget_s: float, device: torch.device, precision: str = "auto"
+) -> dict:
     """One batch through ``generate``; with a time budget, stop after the step that spends it
     (at least 2 steps) and extrapolate: every step of a sampler costs the same network call."""
     total = model_evaluations(sampler, steps, run.schedule.num_timesteps)
@@ -337,7 +339,17 @@ def time_sampler(run, sampler: str, steps: int, batch: int, budget_s: float, dev
     sync(device)
     start = time.perf_counter()
     try:
-        generate(run, batch, sampler=sampler, steps=steps, seed=0, batch_size=batch, guidance=1.0, callback=callback)
+        generate(
+            run,
+            batch,
+            sampler=sampler,
+            steps=steps,
+            seed=0,
+            batch_size=batch,
+            guidance=1.0,
+            precision=precision,
+            callback=callback,
+        )
         elapsed = time.perf_counter() - start  # generate returns CPU tensors, so the GPU is done
     except _Enough:
         pass
@@ -361,10 +373,13 @@ def bench_sampling(name: str, trainer: Trainer, args, device: torch.device) -> d
     reset_peak_memory(device)
     b = args.sample_batch
     say(f"{name}: sampling, batch {b}")
-    generate(run, b, sampler="ddim", steps=2, batch_size=b, guidance=1.0)  # warm-up: allocations and kernels
+    generate(
+        run, b, sampler="ddim", steps=2, batch_size=b, guidance=1.0, precision=args.precision
+    )  # warm-up: allocations and kernels
     rows = []
     for sampler, evals in SAMPLER_RUNS:
-        row = time_sampler(run, sampler, min(evals, run.schedule.num_timesteps), b, args.sample_seconds, device)
+        steps = min(evals, run.schedule.num_timesteps)
+        row = time_sampler(run, sampler, steps, b, args.sample_seconds, device, args.precision)
         rows.append(row)
         say(
             f"{name}: {sampler} at {row['evaluations']} evaluations: {row['images_per_sec']:.1f} img/s"
@@ -392,7 +407,7 @@ def bench_full_epochs(args, device: torch.device, artifacts: Path) -> dict:
     for _ in range(2):  # the first call includes this batch size's allocations, the second does not
         sync(device)
         start = time.perf_counter()
-        generate(run, n, sampler="dpmpp-2m", steps=20, seed=0, batch_size=b, guidance=1.0)
+        generate(run, n, sampler="dpmpp-2m", steps=20, seed=0, batch_size=b, guidance=1.0, precision=args.precision)
         times.append(time.perf_counter() - start)
     out = {
         "preset": "default",
@@ -530,6 +545,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="time each sampler run at most this long, then extrapolate (0: all of it; CPU 15, CUDA 5)",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the training network, as train --compile")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="as train --precision")
     p.add_argument(
         "--full-epochs",
         action="store_true",
