@@ -90,6 +90,13 @@ def ema_decay_at(num_updates: int, cfg: RunConfig) -> float:
     return decay
 
 
+def fused_adamw(device: torch.device) -> bool:
+    """AdamW's fused kernel: on CUDA, and on the CPU from torch 2.4 (there a step of the default
+    preset's optimizer takes about 1 ms instead of 4)."""
+    major, minor = (int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
+    return device.type == "cuda" or (device.type == "cpu" and (major, minor) >= (2, 4))
+
+
 def make_ema(model: nn.Module, cfg: RunConfig) -> AveragedModel:
     """An exponential moving average of ``model``'s weights (torch.optim.swa_utils)."""
 
@@ -217,7 +224,7 @@ class Trainer:
             self.model.parameters(),
             lr=cfg.train.lr,
             weight_decay=cfg.train.weight_decay,
-            fused=self.device.type == "cuda",
+            fused=fused_adamw(self.device),
         )
         if resume is not None:
             self._load_checkpoint()
