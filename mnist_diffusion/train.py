@@ -454,5 +454,11 @@ def _resume_config(saved: RunConfig, requested: RunConfig) -> RunConfig:
 
 
 def train(cfg: RunConfig, **kwargs) -> TrainResult:
-    """Train a model (or resume one with ``resume=RUN``); see :class:`Trainer` for the options."""
-    return Trainer(cfg, **kwargs).run()
+    """Train a model (or resume one with ``resume=RUN``); see :class:`Trainer` for the options.
+    Under torchrun, leaves the process group it joined, so no rank exits with it still running."""
+    trainer = Trainer(cfg, **kwargs)
+    try:
+        return trainer.run()
+    finally:
+        if trainer.info.enabled and dist.is_initialized():
+            dist.destroy_process_group()
