@@ -26,12 +26,13 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import get_args
 
 import torch
 
 from mnist_diffusion import __version__
 from mnist_diffusion.artifacts import WEIGHTS, read_metrics, save_tensors, weights_metadata
-from mnist_diffusion.config import PRESETS, RunConfig
+from mnist_diffusion.config import PRESETS, Precision, RunConfig
 from mnist_diffusion.data import DEFAULT_DATA_DIR
 from mnist_diffusion.errors import UserError
 from mnist_diffusion.generate import generate, load_run
@@ -545,7 +546,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="time each sampler run at most this long, then extrapolate (0: all of it; CPU 15, CUDA 5)",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the training network, as train --compile")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="as train --precision")
+    p.add_argument("--precision", choices=get_args(Precision), default="auto", help="as train --precision")
     p.add_argument(
         "--full-epochs",
         action="store_true",

@@ -56,9 +56,7 @@ def load_run(run_dir: Path, device: torch.device) -> LoadedRun:
             f"continue it with `mnistdiff train --resume {run_dir.name}`)"
         )
     model = _load_network(cfg, run_dir / WEIGHTS, device)
-    guide = None
-    if not cfg.model.num_classes and (run_dir / GUIDE).is_file():
-        guide = _load_network(cfg, run_dir / GUIDE, device)
+    guide = _load_network(cfg, run_dir / GUIDE, device) if (run_dir / GUIDE).is_file() else None
     return LoadedRun(run_dir, cfg, model, Schedule(cfg.diffusion, device), guide)
 
 
