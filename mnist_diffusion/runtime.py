@@ -48,7 +48,7 @@ def native_bf16(device: torch.device) -> bool:
 def use_bf16(precision: str, device: torch.device) -> bool:
     """Whether to run the network in bf16 autocast for ``--precision`` (auto, fp32 or bf16)."""
     if precision not in get_args(Precision):
-        raise UserError(f"--precision must be {', '.join(get_args(Precision))} (got {precision!r})")
+        raise UserError(f"--precision must be one of {', '.join(get_args(Precision))} (got {precision!r})")
     if precision == "bf16" and device.type not in ("cuda", "cpu"):
         raise UserError(f"--precision bf16 is supported on cuda and cpu, not {device.type}")
     return precision == "bf16" or (precision == "auto" and native_bf16(device))
