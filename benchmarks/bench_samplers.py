@@ -187,12 +187,20 @@ def spacing_note(spacing: float | None) -> str:
     return "each sampler's default (" + ", ".join(f"{s} {default_spacing(s):g}" for s in SAMPLERS if s != "ddpm") + ")"
 
 
+def guidance_label(results: dict) -> str:
+    """ "autoguidance 2", "classifier-free guidance 2", or "" for unguided sampling."""
+    guidance = results["settings"].get("guidance", 1.0)
+    if guidance == 1.0:
+        return ""
+    kind = results["run"].get("guide") or "classifier-free"
+    return f"{kind if kind == 'autoguidance' else kind + ' guidance'} {guidance:g}"
+
+
 def markdown(results: dict) -> str:
     run, rows = results["run"], results["rows"]
     cond = "conditional" if run["conditional"] else "unconditional"
-    if results["settings"]["guidance"] != 1.0:
-        kind = run.get("guide") or "classifier-free"
-        cond += f", {kind if kind == 'autoguidance' else kind + ' guidance'} {results['settings']['guidance']:g}"
+    if guidance_label(results):
+        cond += ", " + guidance_label(results)
     lines = [
         machine_line(results),
         f"`{results['command']}`  ",
@@ -262,7 +270,8 @@ def plot(results: dict, path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
     ax_fid.legend(fontsize=8)
     where = m["gpu"] or m["cpu"]
-    fig.suptitle(f"{run['name']} (T = {run['timesteps']}): samplers on {where}")
+    guided = guidance_label(results)
+    fig.suptitle(f"{run['name']} (T = {run['timesteps']}{', ' + guided if guided else ''}): samplers on {where}")
     save_figure(fig, path)
 
 
