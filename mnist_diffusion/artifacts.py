@@ -5,7 +5,8 @@ config and package version in its metadata), ``checkpoint.safetensors`` + ``chec
 (everything needed to resume), ``metrics.jsonl``, ``loss.png``, ``samples.png`` and
 ``manifest.json`` (sha256 of every file, the package version); unconditional runs also keep
 ``guide.safetensors``, the EMA weights from early in training that autoguidance steers away
-from. ``artifacts/latest`` holds the name of the newest run.
+from, and runs trained on pixel clusters keep ``clusters.safetensors`` (each training image's
+cluster and the clusters' sizes). ``artifacts/latest`` holds the name of the newest run.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ _RUN_RE = re.compile(r"^(\d{5})-")
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 GUIDE = "guide.safetensors"
+CLUSTERS = "clusters.safetensors"
 CHECKPOINT = "checkpoint.safetensors"
 CHECKPOINT_META = "checkpoint.json"
 METRICS = "metrics.jsonl"
