@@ -24,9 +24,9 @@ def _flags(prediction: str, weighting: str, batch: int, lr: str) -> list[str]:
     return ["--prediction", prediction, "--loss-weighting", weighting, "--batch-size", str(batch), "--lr", lr]
 
 
-# Every variant shares the UNet of the ablation (16/32/64 channels, fp32), cosine T=1000, warm-up
-# and EMA; only these flags differ.
-NETWORK = ["--channel-mult", "1,2,4", "--precision", "fp32"]
+# Every variant shares the UNet of the ablation (16/32/64 channels, fp32, no pixel clusters),
+# cosine T=1000, warm-up and EMA; only these flags differ.
+NETWORK = ["--channel-mult", "1,2,4", "--precision", "fp32", "--clusters", "0"]
 VARIANTS: dict[str, list[str]] = {
     "eps, batch 128, lr 1e-3": _flags("eps", "none", 128, "1e-3"),
     "eps + min-SNR, batch 128, lr 1e-3": _flags("eps", "min-snr", 128, "1e-3"),

@@ -23,7 +23,7 @@ from .config import PRESETS, RunConfig, validate
 from .data import DEFAULT_DATA_DIR
 from .errors import UserError
 from .generate import MAX_GUIDANCE
-from .samplers import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, SPACING_DEFAULTS, SPACING_RANGE
+from .samplers import DEFAULT_CLUSTER_GUIDANCE, DEFAULT_GUIDANCE, DEFAULT_SAMPLER, SPACING_DEFAULTS, SPACING_RANGE
 
 app = typer.Typer(
     name="mnistdiff",
@@ -66,8 +66,18 @@ GuidanceOpt = Annotated[
     typer.Option(
         min=0.0,
         max=MAX_GUIDANCE,
-        help=f"Guidance scale w (1: none; default {DEFAULT_GUIDANCE:g}): classifier-free for conditional runs, "
-        "autoguidance by the run's early weights (guide.safetensors) for unconditional ones.",
+        help=f"Guidance scale w (1: none; default {DEFAULT_GUIDANCE:g}): autoguidance by the run's early weights "
+        "(guide.safetensors) where it has them, else classifier-free on its digit labels (--conditional) or "
+        "pixel clusters (--clusters).",
+    ),
+]
+ClusterGuidanceOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        min=0.0,
+        max=MAX_GUIDANCE,
+        help=f"Runs trained on pixel clusters (the default preset): classifier-free guidance s on the cluster on "
+        f"top of autoguidance (1: none; default {DEFAULT_CLUSTER_GUIDANCE:g}).",
     ),
 ]
 
@@ -174,7 +184,13 @@ def train(
     precision: Annotated[Optional[str], typer.Option(help=PRECISION_HELP)] = None,
     guide_at: Annotated[
         Optional[float],
-        typer.Option(help="Unconditional runs: keep the EMA weights at this share of training for autoguidance."),
+        typer.Option(help="Runs without digit labels: keep the EMA weights at this share of training as the "
+                     "autoguidance guide."),
+    ] = None,
+    clusters: Annotated[
+        Optional[int],
+        typer.Option(help="Unconditional runs: learn K k-means clusters of the pixels as labels (no digit labels) "
+                     "and guide with them; 0: autoguidance instead. The default preset uses 40."),
     ] = None,
     artifacts_dir: ArtifactsDir = DEFAULT_ARTIFACTS_DIR,
     data_dir: DataDir = DEFAULT_DATA_DIR,
@@ -182,14 +198,20 @@ def train(
     """Train a diffusion model into a new run folder (artifacts/runs/NNNNN-NAME)."""
     from .train import train as train_core
 
+    if conditional and clusters:
+        raise UserError("--conditional learns the digit labels; --clusters is for unconditional runs (give one)")
+    if conditional:
+        clusters = 0
     model_flags = dict(
-        num_classes=10 if conditional else None,
+        num_classes=10 if conditional else clusters,
         channels=channels,
         channel_mult=_int_tuple(channel_mult, "--channel-mult"),
     )
     diffusion_flags = dict(timesteps=timesteps, schedule=schedule, prediction=prediction, loss_weighting=loss_weighting)
     budget_flags = dict(epochs=epochs, max_steps=max_steps)
-    train_flags = dict(batch_size=batch_size, lr=lr, seed=seed, precision=precision, guide_at=guide_at)
+    train_flags = dict(
+        batch_size=batch_size, lr=lr, seed=seed, precision=precision, guide_at=guide_at, clusters=clusters
+    )
     if resume is not None:
         given = [k for k, v in {**model_flags, **diffusion_flags, **train_flags}.items() if v is not None]
         if given or preset != "default" or run_name:
@@ -259,6 +281,7 @@ def sample(
     digit: Annotated[Optional[int], typer.Option(min=0, max=9, help="Conditional runs: draw this digit.")] = None,
     labels: Annotated[Optional[str], typer.Option(help="Conditional runs: digits to draw, e.g. 0,1,2.")] = None,
     guidance: GuidanceOpt = None,
+    cluster_guidance: ClusterGuidanceOpt = None,
     precision: PrecisionOpt = "auto",
     trajectory: Annotated[
         Optional[Path], typer.Option(help="Also write a PNG of the denoising process of the first samples.")
@@ -289,6 +312,7 @@ def sample(
         seed=seed,
         labels=label_tensor,
         guidance=guidance,
+        cluster_guidance=cluster_guidance,
         precision=precision,
         nrow=nrow,
         scale=scale,
@@ -406,6 +430,7 @@ def eval_command(
     eta: EtaOpt = 0.0,
     spacing: SpacingOpt = None,
     guidance: GuidanceOpt = None,
+    cluster_guidance: ClusterGuidanceOpt = None,
     precision: PrecisionOpt = "auto",
     seed: Seed = 0,
     batch_size: Annotated[int, typer.Option(min=1, help="Samples per forward pass.")] = 500,
@@ -437,7 +462,7 @@ def eval_command(
         run_dir = resolve_run(run, artifacts_dir)
         result = evaluate_run(
             run_dir, n_samples=n_samples, sampler=sampler, steps=steps, eta=eta, spacing=spacing, guidance=guidance,
-            precision=precision, seed=seed,
+            cluster_guidance=cluster_guidance, precision=precision, seed=seed,
             batch_size=batch_size, device=torch_device, data_dir=data_dir, nll=nll, nll_images=nll_images,
             progress=progress,
         )  # fmt: skip

@@ -28,7 +28,7 @@ class ModelConfig:
     num_res_blocks: int = 1  # residual blocks per resolution on the way down (and up)
     attention: bool = True  # self-attention in the 7x7 middle
     dropout: float = 0.0  # dropout inside residual blocks
-    num_classes: int = 0  # 0: unconditional; 10: class-conditional (label embedding + null class)
+    num_classes: int = 0  # label embedding (+ a null class): 10 digits, or TrainConfig.clusters; 0: none
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ class TrainConfig:
     ema_warmup: bool = True  # EMA decay min(ema_decay, (1 + step) / (10 + step)) early on
     label_dropout: float = 0.1  # conditional models: share of labels replaced by "null" (CFG)
     guide_at: float = 0.2  # unconditional: keep the EMA weights at this share of training as the autoguidance guide
+    clusters: int = 0  # unconditional: learn this many k-means clusters of the pixels as labels (clusters.py); 0: none
     seed: int = 0  # seeds weights, batch order and noise
     max_steps: int = 0  # stop after this many optimizer steps in total (0: no limit)
     precision: Precision = "auto"  # the network in bf16 autocast ("auto": where the chip has bf16 units) or fp32
@@ -127,7 +128,12 @@ def validate(cfg: RunConfig) -> RunConfig:
         ),
         (m.num_res_blocks >= 1, "num_res_blocks must be at least 1"),
         (0.0 <= m.dropout < 1.0, "dropout must be in [0, 1)"),
-        (m.num_classes in (0, 10), "num_classes must be 0 (unconditional) or 10"),
+        (t.clusters >= 0, "clusters must not be negative"),
+        (m.arch == "unet" or not m.num_classes, "the seed network takes no labels or clusters (use the unet)"),
+        (
+            m.num_classes == t.clusters if t.clusters else m.num_classes in (0, 10),
+            "num_classes must be 0 (unconditional), 10 (digits) or the number of clusters",
+        ),
         (d.timesteps >= 2, "timesteps must be at least 2"),
         (0.0 < d.beta_start < d.beta_end < 1.0, "need 0 < beta_start < beta_end < 1"),
         (t.epochs >= 0, "epochs must not be negative"),
@@ -164,8 +170,14 @@ SEED = RunConfig(
 # The best quality 5 epochs buy on a 2-core CPU in at most 15 minutes (see README's ablation):
 # an 880k-parameter UNet (16/32/96 channels), cosine schedule, v-prediction with min-SNR
 # weighting, batch 64, AdamW 2e-3 with warm-up and cosine decay, EMA, bf16 where the CPU has
-# bf16 units (what pays for the 96 channels at 7x7), and a guide for autoguidance.
-DEFAULT = RunConfig(preset="default")
+# bf16 units (what pays for the 96 channels at 7x7), 40 k-means clusters of the pixels as
+# self-labels (no digit labels), and a guide for autoguidance.
+DEFAULT_CLUSTERS = 40
+DEFAULT = RunConfig(
+    preset="default",
+    model=ModelConfig(num_classes=DEFAULT_CLUSTERS),
+    train=TrainConfig(clusters=DEFAULT_CLUSTERS),
+)
 
 # A GPU-sized model for the best quality.
 LARGE = RunConfig(

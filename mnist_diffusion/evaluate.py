@@ -28,7 +28,7 @@ from .artifacts import load_tensors, write_manifest
 from .data import DEFAULT_DATA_DIR, load_mnist
 from .errors import UserError
 from .features import FeatureNet, extract, load_feature_net
-from .generate import generate, load_run, resolve_guidance
+from .generate import generate, load_run, resolve_cluster_guidance, resolve_guidance
 from .images import GRID_PADDING
 from .io import atomic_write_json
 from .nll import DEFAULT_NLL_TIMESTEPS, nll_bpd
@@ -210,6 +210,7 @@ def evaluate_run(
     eta: float = 0.0,
     spacing: float | None = None,
     guidance: float | None = None,
+    cluster_guidance: float | None = None,
     precision: str = "auto",
     seed: int = 0,
     batch_size: int = 500,
@@ -224,9 +225,9 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Sample ``n_samples`` images from a run, evaluate them, and write ``eval.json`` into the run.
 
-    A class-conditional run samples balanced labels ``i % 10``. ``guidance`` (classifier-free for
-    conditional runs, autoguidance for unconditional ones with a guide) None: the default of
-    :func:`resolve_guidance`. With ``nll``, also the NLL bound (bits/dim) of the first ``nll_images`` test images.
+    A class-conditional run samples balanced labels ``i % 10``, a clustered one draws clusters by
+    size. ``guidance`` and ``cluster_guidance`` None: the defaults of :func:`resolve_guidance`
+    and :func:`resolve_cluster_guidance`. With ``nll``, also the NLL bound (bits/dim) of the first ``nll_images`` test images.
     :return: the dict written to ``eval.json``: :func:`evaluate_images`'s result plus the sampler
         settings, the NLL and wall times.
     """
@@ -242,9 +243,11 @@ def evaluate_run(
     start = time.perf_counter()
     labels = torch.arange(n_samples) % 10 if run.conditional else None
     guidance = resolve_guidance(run, guidance)
+    cluster_guidance = resolve_cluster_guidance(run, cluster_guidance)
     images = generate(
         run, n_samples, sampler=sampler, steps=steps, eta=eta, spacing=spacing, seed=seed, labels=labels,
-        guidance=guidance, precision=precision, batch_size=batch_size, progress=progress,
+        guidance=guidance, cluster_guidance=cluster_guidance, precision=precision, batch_size=batch_size,
+        progress=progress,
     )  # fmt: skip
     sample_seconds = time.perf_counter() - start
 
@@ -267,9 +270,10 @@ def evaluate_run(
             "sampler": sampler, "steps": used_steps, "eta": eta, "spacing": used_spacing,
             "seed": seed, "batch_size": batch_size,
             "guidance": guidance, "guide": run.guidance_kind if guidance != 1.0 else None,
+            "cluster_guidance": cluster_guidance if cluster_guidance != 1.0 else None,
             "bf16": use_bf16(precision, device),
             "conditional": run.conditional,
-            "labels": "i % 10" if run.conditional else None,
+            "labels": "i % 10" if run.conditional else "drawn from the cluster sizes" if run.clustered else None,
         },
         seconds={
             "sampling": round(sample_seconds, 2),
@@ -477,6 +481,8 @@ def report_table(result: dict[str, Any]) -> Table:
         if s.get("guide"):  # "classifier-free guidance 2" or "autoguidance 2"
             kind = s["guide"] if s["guide"] == "autoguidance" else f"{s['guide']} guidance"
             parts.append(f"{kind} {s['guidance']:g}")
+        if s.get("cluster_guidance"):
+            parts.append(f"cluster guidance {s['cluster_guidance']:g}")
         if s.get("conditional"):
             parts.append(f"labels {s['labels']}")
         table.caption = f"run {result.get('run', '?')}: " + ", ".join(parts) + f", seed {s['seed']}"

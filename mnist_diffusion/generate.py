@@ -10,11 +10,12 @@ import torch
 from torch import nn
 
 from .artifacts import GUIDE, WEIGHTS, load_config, load_weights_into
+from .clusters import draw_clusters, load_clusters
 from .config import RunConfig
 from .errors import UserError
 from .model import build_model
 from .runtime import use_bf16
-from .samplers import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, SAMPLERS, SPACING_RANGE, Denoiser, sample
+from .samplers import DEFAULT_CLUSTER_GUIDANCE, DEFAULT_GUIDANCE, DEFAULT_SAMPLER, SAMPLERS, SPACING_RANGE, Denoiser, sample
 from .schedule import Schedule
 
 MAX_GUIDANCE = 20.0  # the largest --guidance accepted
@@ -27,17 +28,28 @@ class LoadedRun:
     model: nn.Module
     schedule: Schedule
     guide: nn.Module | None = None  # unconditional runs: the early EMA weights autoguidance uses
+    cluster_counts: torch.Tensor | None = None  # runs trained on pixel clusters: their sizes [K]
 
     @property
     def conditional(self) -> bool:
-        return self.cfg.model.num_classes > 0
+        """Conditional on digit labels (``--digit``, ``--labels``); see also ``clustered``."""
+        return self.cfg.model.num_classes > 0 and not self.clustered
+
+    @property
+    def clustered(self) -> bool:
+        """Unconditional, but trained on k-means clusters of the pixels as labels (clusters.py)."""
+        return self.cfg.train.clusters > 0
 
     @property
     def guidance_kind(self) -> str | None:
-        """What ``--guidance`` steers away from: "classifier-free", "autoguidance" or None."""
+        """What ``--guidance`` is: "classifier-free" (on the digits), "autoguidance" (by the guide;
+        a clustered run's guide gets the same cluster), "cluster" (classifier-free on the clusters,
+        for a clustered run without a guide) or None."""
         if self.conditional:
             return "classifier-free"
-        return "autoguidance" if self.guide is not None else None
+        if self.guide is not None:
+            return "autoguidance"
+        return "cluster" if self.clustered else None
 
 
 def _load_network(cfg: RunConfig, path: Path, device: torch.device) -> nn.Module:
@@ -57,7 +69,8 @@ def load_run(run_dir: Path, device: torch.device) -> LoadedRun:
         )
     model = _load_network(cfg, run_dir / WEIGHTS, device)
     guide = _load_network(cfg, run_dir / GUIDE, device) if (run_dir / GUIDE).is_file() else None
-    return LoadedRun(run_dir, cfg, model, Schedule(cfg.diffusion, device), guide)
+    counts = load_clusters(run_dir, cfg.train.clusters)[1] if cfg.train.clusters else None
+    return LoadedRun(run_dir, cfg, model, Schedule(cfg.diffusion, device), guide, counts)
 
 
 def resolve_guidance(run: LoadedRun, guidance: float | None) -> float:
@@ -73,6 +86,22 @@ def resolve_guidance(run: LoadedRun, guidance: float | None) -> float:
             )
         return 1.0
     return DEFAULT_GUIDANCE if guidance is None else guidance
+
+
+def resolve_cluster_guidance(run: LoadedRun, cluster_guidance: float | None) -> float:
+    """The scale s of ``--cluster-guidance``, classifier-free guidance on the clusters on top of
+    autoguidance: DEFAULT_CLUSTER_GUIDANCE if not given for a clustered run with a guide, 1 (none)
+    for any other run, where asking for it is a UserError."""
+    if cluster_guidance is not None and not (math.isfinite(cluster_guidance) and 0.0 <= cluster_guidance <= MAX_GUIDANCE):
+        raise UserError(f"--cluster-guidance must be between 0 and {MAX_GUIDANCE:g} (got {cluster_guidance})")
+    if not (run.clustered and run.guide is not None):
+        if cluster_guidance is not None and cluster_guidance != 1.0:
+            raise UserError(
+                f"--cluster-guidance needs a run trained on pixel clusters with a guide ({GUIDE}); "
+                f"run {run.path.name} has {'no guide' if run.clustered else 'no clusters'}: use --guidance"
+            )
+        return 1.0
+    return DEFAULT_CLUSTER_GUIDANCE if cluster_guidance is None else cluster_guidance
 
 
 def parse_labels(digit: int | None, labels: str | None, n: int, conditional: bool) -> torch.Tensor | None:
@@ -135,6 +164,7 @@ def generate(
     seed: int = 0,
     labels: torch.Tensor | None = None,
     guidance: float | None = None,
+    cluster_guidance: float | None = None,
     precision: str = "auto",
     batch_size: int = 500,
     progress: bool = False,
@@ -142,21 +172,28 @@ def generate(
 ) -> torch.Tensor:
     """``n`` samples as [n x 1 x 28 x 28] in [0, 1] on the CPU. Batches are drawn in order from
     one generator seeded with ``seed``, so the same seed and flags give the same images.
-    ``guidance`` None: :data:`DEFAULT_GUIDANCE` if the run has a guide (see :func:`resolve_guidance`).
+    A run trained on pixel clusters draws each sample's cluster from their training frequencies
+    (first, from the same generator). ``guidance`` None: :data:`DEFAULT_GUIDANCE` if the run can
+    be guided (see :func:`resolve_guidance`), ``cluster_guidance`` likewise
+    (:func:`resolve_cluster_guidance`).
     ``precision`` "auto" runs the network in bf16 where the chip has bf16 units, as training does."""
     if n < 1:
         raise UserError(f"number of samples must be at least 1 (got {n})")
     check_sampler(sampler, steps, eta, run.schedule.num_timesteps, spacing)
     guidance = resolve_guidance(run, guidance)
+    cluster_guidance = resolve_cluster_guidance(run, cluster_guidance)
     device = next(run.model.parameters()).device
     bf16 = use_bf16(precision, device)
     generator = torch.Generator(device=device).manual_seed(seed)
+    if run.clustered and labels is None:
+        labels = draw_clusters(run.cluster_counts.to(device), n, generator)
     out = []
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)
         batch_labels = labels[start : start + b].to(device) if labels is not None else None
         denoiser = Denoiser(
-            run.model, run.schedule, run.cfg.diffusion.prediction, batch_labels, guidance, guide=run.guide, bf16=bf16
+            run.model, run.schedule, run.cfg.diffusion.prediction, batch_labels, guidance, guide=run.guide, bf16=bf16,
+            label_guidance=cluster_guidance,
         )
         x = sample(
             denoiser,

@@ -39,6 +39,7 @@ from .artifacts import (
     weights_metadata,
     write_manifest,
 )
+from .clusters import load_clusters, pixel_clusters, save_clusters
 from .config import RunConfig
 from .data import ensure_mnist, load_mnist
 from .errors import UserError
@@ -193,14 +194,16 @@ class Trainer:
         if self.info.enabled:
             dist.barrier()
         images, labels = load_mnist(data_dir, "train")
+        if cfg.train.clusters:  # self-labels instead of the digits (clusters.py)
+            labels = self._cluster_labels(images, resumed=resume is not None)
         self.images, self.labels = images.to(self.device), labels.to(self.device)  # (N, 28, 28) uint8, (N,)
         self.steps_per_epoch = (len(images) // self.info.world_size) // cfg.train.batch_size
         if self.steps_per_epoch < 1:
             raise UserError(f"batch size {cfg.train.batch_size} is larger than the {len(images)} training images")
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
         self.stop_step = min(self.total_steps, cfg.train.max_steps) if cfg.train.max_steps else self.total_steps
-        # Unconditional runs keep their EMA weights at this step as the autoguidance guide.
-        guided = cfg.train.guide_at > 0 and not cfg.model.num_classes
+        # Runs without digit labels keep their EMA weights at this step as the autoguidance guide.
+        guided = cfg.train.guide_at > 0 and (cfg.train.clusters or not cfg.model.num_classes)
         self.guide_step = max(1, round(cfg.train.guide_at * self.total_steps)) if guided else -1
 
         self.bf16 = use_bf16(cfg.train.precision, self.device)
@@ -231,6 +234,26 @@ class Trainer:
         self.net = DistributedDataParallel(self.model) if self.info.enabled else self.model
         if compile:
             self.net = torch.compile(self.net)
+
+    def _cluster_labels(self, images: torch.Tensor, resumed: bool) -> torch.Tensor:
+        """Each training image's k-means cluster [N]: computed for a new run (the same on every
+        rank) and saved in the run, read back when resuming."""
+        k = self.cfg.train.clusters
+        if resumed:
+            assign = load_clusters(self.run_dir, k)[0]
+            if len(assign) != len(images):
+                raise UserError(
+                    f"run {self.run_dir.name} was clustered on {len(assign)} training images, the data has {len(images)}"
+                )
+            return assign
+        if len(images) < k:
+            raise UserError(f"{k} clusters need at least {k} training images (got {len(images)})")
+        start = time.perf_counter()
+        assign = pixel_clusters(images, k, seed=self.cfg.train.seed)
+        if self.info.is_main:
+            save_clusters(self.run_dir, assign, k)
+        self.log(f"self-labels: {k} k-means clusters of the pixels in {time.perf_counter() - start:.1f} s (no digit labels)")
+        return assign
 
     # ----------------------------------------------------------------------------- checkpoints
 

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from mnist_diffusion.cli import app
+from mnist_diffusion.clusters import save_clusters
 
 runner = CliRunner()
 TINY = ["--channels", "8", "--channel-mult", "1,2,2", "--batch-size", "16", "--timesteps", "50"]
@@ -320,7 +321,8 @@ def test_eval_writes_eval_json_and_runs_shows_fid(trained, data_dir, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "FID" in result.output and "real data" in result.output
-    assert "dpmpp-2m-sde, 3 evaluations, spacing 0.4, seed 0" in result.output
+    # the default preset's run: pixel clusters, and no guide yet after 4 steps
+    assert "dpmpp-2m-sde, 3 evaluations, spacing 0.4, cluster guidance 2, seed 0" in " ".join(result.output.split())
     report = json.loads((run / "eval.json").read_text())
     assert report["n"] == 20 and report["model"]["fid"] > 0 and report["real"]["fid"] >= 0
     assert report["sampling"]["sampler"] == "dpmpp-2m-sde"  # the README's default
@@ -397,13 +399,19 @@ def test_sample_precision(trained, tmp_path):
     assert_one_line_error(result, "--precision")
 
 
-def test_guidance_on_a_run_without_a_guide(trained, tmp_path):
-    # 4 steps stop before guide_at (20% of training): no guide.safetensors, so nothing to guide with
-    artifacts, run_dir = trained
-    assert not (run_dir / "guide.safetensors").exists()
+def test_guidance_on_a_run_without_a_guide(data_dir, tmp_path):
+    # --clusters 0 and 4 steps, before guide_at (20% of training): no guide.safetensors and no clusters
+    artifacts = tmp_path / "artifacts"
+    result = invoke("train", *TINY, "--clusters", 0, "--max-steps", 4, "--data-dir", data_dir, "--artifacts-dir",
+                    artifacts)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (artifacts / "runs").iterdir()
+    assert not (run_dir / "guide.safetensors").exists() and not (run_dir / "clusters.safetensors").exists()
     out = tmp_path / "g.png"
     result = invoke("sample", "--artifacts-dir", artifacts, "-n", 2, "-o", out, "--steps", 2, "--guidance", 3)
     assert_one_line_error(result, "no guide")
+    result = invoke("sample", "--artifacts-dir", artifacts, "-n", 2, "-o", out, "--steps", 2, "--cluster-guidance", 2)
+    assert_one_line_error(result, "--cluster-guidance needs a run trained on pixel clusters")
     result = invoke("sample", "--artifacts-dir", artifacts, "-n", 2, "-o", out, "--steps", 2, "--guidance", 1)
     assert result.exit_code == 0, result.output
     result = invoke("sample", "--artifacts-dir", artifacts, "--guidance", -1)
@@ -411,32 +419,35 @@ def test_guidance_on_a_run_without_a_guide(trained, tmp_path):
 
 
 def test_autoguidance_by_the_runs_guide(trained, data_dir, tmp_path):
+    # the default preset: clusters as labels, autoguidance 2 by the guide plus cluster guidance 1.3
     artifacts, run_dir = trained
     run = copy_run(run_dir, tmp_path)
     weights = load_file(run / "model.safetensors")
     (run / "guide.safetensors").write_bytes((run / "model.safetensors").read_bytes())
     paths = {}
-    for w in (1, 2):  # a guide equal to the model: guidance changes nothing, exactly
+    for w in (1, 2):  # a guide equal to the model: autoguidance changes nothing, exactly
         paths[w] = tmp_path / f"w{w}.safetensors"
         result = invoke("sample", "--run", run, "-n", 3, "-o", tmp_path / "g.png", "--steps", 3, "--guidance", w,
                         "--save-tensor", paths[w])  # fmt: skip
         assert result.exit_code == 0, result.output
     assert torch.equal(load_file(paths[1])["samples"], load_file(paths[2])["samples"])
     save_file({k: v + 0.05 * torch.randn_like(v) for k, v in weights.items()}, run / "guide.safetensors")
-    for name, flags in (("default", []), ("w2", ["--guidance", 2]), ("w1", ["--guidance", 1])):
+    for name, flags in (("default", []), ("w2", ["--guidance", 2, "--cluster-guidance", 1.3]),
+                        ("w1", ["--guidance", 1]), ("s1", ["--cluster-guidance", 1])):  # fmt: skip
         paths[name] = tmp_path / f"{name}.safetensors"
         result = invoke("sample", "--run", run, "-n", 3, "-o", tmp_path / "g.png", "--steps", 3, *flags,
                         "--save-tensor", paths[name])  # fmt: skip
         assert result.exit_code == 0, result.output
     samples = {name: load_file(path)["samples"] for name, path in paths.items() if isinstance(name, str)}
-    assert torch.equal(samples["default"], samples["w2"])  # the default guidance is 2
-    assert not torch.equal(samples["w2"], samples["w1"])
+    assert torch.equal(samples["default"], samples["w2"])  # the defaults are 2 and 1.3
+    assert not torch.equal(samples["w2"], samples["w1"]) and not torch.equal(samples["w2"], samples["s1"])
     result = runner.invoke(app, ["eval", "--run", str(run), "-n", "20", "--steps", "2", "--data-dir", str(data_dir),
                                  "--device", "cpu"], terminal_width=200)  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "spacing 0.4, autoguidance 2, seed 0" in " ".join(result.output.split())  # the table's caption
+    caption = " ".join(result.output.split())
+    assert "spacing 0.4, autoguidance 2, cluster guidance 1.3, seed 0" in caption  # the table's caption
     sampling = json.loads((run / "eval.json").read_text())["sampling"]
-    assert sampling["guide"] == "autoguidance" and sampling["guidance"] == 2.0
+    assert sampling["guide"] == "autoguidance" and sampling["guidance"] == 2.0 and sampling["cluster_guidance"] == 1.3
 
 
 def test_train_warns_when_the_schedule_does_not_reach_pure_noise(data_dir, tmp_path):
@@ -457,3 +468,50 @@ def test_train_warns_when_the_schedule_does_not_reach_pure_noise(data_dir, tmp_p
     assert "warning" in noisy.output and "0.22" in noisy.output
     clean = invoke("train", *args, "--schedule", "cosine", "--timesteps", 50)
     assert clean.exit_code == 0 and "warning" not in clean.output
+
+
+def test_clustered_run_draws_its_clusters_and_guides_with_them(data_dir, tmp_path, monkeypatch):
+    artifacts = tmp_path / "artifacts"
+    flags = ["--data-dir", data_dir, "--artifacts-dir", artifacts]
+    result = invoke("train", *TINY, "--clusters", 3, "--max-steps", 2, *flags)
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (artifacts / "runs").iterdir()
+    assert json.loads((run_dir / "config.json").read_text())["model"]["num_classes"] == 3
+    assert not (run_dir / "guide.safetensors").exists()  # 2 steps stop before guide_at: cluster CFG
+    paths = {}
+    for name, extra in (("a", []), ("b", []), ("w1", ["--guidance", 1])):
+        paths[name] = tmp_path / f"{name}.safetensors"
+        result = invoke("sample", "--artifacts-dir", artifacts, "-n", 6, "-o", tmp_path / "g.png", "--steps", 2,
+                        "--save-tensor", paths[name], *extra)  # fmt: skip
+        assert result.exit_code == 0, result.output
+    samples = {name: load_file(path)["samples"] for name, path in paths.items()}
+    assert torch.equal(samples["a"], samples["b"]) and not torch.equal(samples["a"], samples["w1"])
+    assert_one_line_error(invoke("sample", "--artifacts-dir", artifacts, "--digit", 3), "class-conditional")
+    result = runner.invoke(app, ["eval", "-n", "20", "--steps", "2", "--device", "cpu", *map(str, flags)],
+                           terminal_width=200)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "spacing 0.4, cluster guidance 2, seed 0" in " ".join(result.output.split())
+    sampling = json.loads((run_dir / "eval.json").read_text())["sampling"]
+    assert sampling["guide"] == "cluster" and sampling["labels"] == "drawn from the cluster sizes"
+    assert "label_accuracy" not in json.loads((run_dir / "eval.json").read_text())["model"]  # not digits
+
+    # sampling draws each sample's cluster from the clusters' training sizes
+    from mnist_diffusion import generate as generate_module
+
+    seen = []
+
+    def spy(denoiser, shape, **kw):
+        seen.append(denoiser.labels.clone())
+        return torch.zeros(shape)
+
+    monkeypatch.setattr(generate_module, "sample", spy)
+    save_clusters(run_dir, torch.full((512,), 2), 3)  # every training image in cluster 2
+    run = generate_module.load_run(run_dir, torch.device("cpu"))
+    generate_module.generate(run, 7, steps=2)
+    assert torch.equal(torch.cat(seen), torch.full((7,), 2))
+
+
+def test_conditional_and_clusters_together(tmp_path, data_dir):
+    result = invoke("train", *TINY, "--conditional", "--clusters", 4, "--data-dir", data_dir,
+                    "--artifacts-dir", tmp_path)  # fmt: skip
+    assert_one_line_error(result, "--clusters")

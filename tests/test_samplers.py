@@ -209,3 +209,31 @@ def test_autoguidance_extrapolates_from_the_guide_to_the_model():
     torch.testing.assert_close(eps(0.0), x * 0.3 + 0.05)  # w = 0: the guide alone
     torch.testing.assert_close(eps(2.5), eps(0.0) + 2.5 * (eps(1.0) - eps(0.0)))  # Karras et al. 2024
     torch.testing.assert_close(eps(2.5, guide=None), eps(1.0))  # no guide: no guidance
+
+
+def test_autoguidance_with_labels_plus_classifier_free_guidance():
+    # A clustered run: the guide sees the same labels, and label_guidance s adds (s - 1)(D(x|c) - D(x|0)).
+    class CondNet(nn.Module):
+        num_classes = 4
+
+        def __init__(self, scale):
+            super().__init__()
+            self.scale = scale
+
+        def forward(self, x, t, y):
+            return x * self.scale + y.float()[:, None, None, None] * 0.01
+
+    sched = schedule("cosine", 100)
+    x = torch.randn(SHAPE)
+    labels = torch.tensor([0, 1, 3])
+    good, weak = CondNet(0.1), CondNet(0.3)
+    c = labels.float()[:, None, None, None] * 0.01
+
+    def eps(w, s):
+        return Denoiser(good, sched, labels=labels, guidance=w, guide=weak, label_guidance=s, clip_x0=False)(x, 50)[0]
+
+    cond, weak_cond, null = x * 0.1 + c, x * 0.3 + c, x * 0.1 + 0.04  # D(x|c), D_guide(x|c), D(x|0)
+    torch.testing.assert_close(eps(1.0, 1.0), cond)
+    torch.testing.assert_close(eps(2.0, 1.0), weak_cond + 2.0 * (cond - weak_cond))  # autoguidance alone
+    torch.testing.assert_close(eps(1.0, 1.5), null + 1.5 * (cond - null))  # classifier-free alone
+    torch.testing.assert_close(eps(2.0, 1.3), weak_cond + 2.0 * (cond - weak_cond) + 0.3 * (cond - null))

@@ -14,6 +14,9 @@ from safetensors.torch import load_file
 
 from mnist_diffusion import train as train_module
 from mnist_diffusion.artifacts import load_tensors, write_manifest
+from mnist_diffusion.clusters import load_clusters, pixel_clusters
+from mnist_diffusion.config import RunConfig, validate
+from mnist_diffusion.data import load_mnist
 from mnist_diffusion.errors import UserError
 from mnist_diffusion.io import atomic_open, sha256_file
 from mnist_diffusion.runtime import native_bf16, use_bf16
@@ -210,3 +213,38 @@ def test_conditional_training_runs_and_samples_by_row(tmp_path, data_dir):
     assert grid.size == (2 * (8 * 30 + 2), 2 * (10 * 30 + 2))  # a row of 8 per digit 0-9, scale 2
     assert "label_emb.weight" in weights(result.run_dir)
     assert not (result.run_dir / "guide.safetensors").exists()  # guided by the null label instead
+
+
+def clustered_config(k: int = 4, **train) -> RunConfig:
+    cfg = tiny_config(clusters=k, **train)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=k))
+
+
+def test_clustered_run_learns_the_pixel_clusters_and_resumes_exactly(tmp_path, data_dir):
+    # 32 steps per epoch; the guide is the EMA after step 8 (guide_at 0.25), as for unconditional runs
+    straight = run(clustered_config(max_steps=16, guide_at=0.25), tmp_path / "a", data_dir).run_dir
+    half = run(clustered_config(max_steps=8, guide_at=0.25), tmp_path / "b", data_dir).run_dir
+    resumed = run(clustered_config(max_steps=16, guide_at=0.25), tmp_path / "b", data_dir, resume=half.name).run_dir
+    images, _ = load_mnist(data_dir, "train")
+    assign, counts = load_clusters(straight, 4)
+    assert torch.equal(assign, pixel_clusters(images, 4, seed=0))  # the trainer's labels: k-means, seeded
+    assert counts.sum() == len(images) and (counts > 0).all()
+    for name in ("model.safetensors", "guide.safetensors", "clusters.safetensors"):
+        a, b = weights(straight, name), weights(resumed, name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert "label_emb.weight" in weights(straight) and weights(straight)["label_emb.weight"].shape[0] == 5
+    manifest = json.loads((straight / "manifest.json").read_text())["files"]
+    assert "clusters.safetensors" in manifest
+
+
+def test_clustered_run_needs_as_many_images_as_clusters(tmp_path, data_dir):
+    with pytest.raises(UserError, match="600 clusters need at least 600 training images"):
+        run(clustered_config(k=600, max_steps=1), tmp_path, data_dir)
+
+
+def test_clusters_and_num_classes_must_agree():
+    cfg = clustered_config(k=4)
+    with pytest.raises(ValueError, match="num_classes must be"):
+        validate(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=10)))
+    with pytest.raises(ValueError, match="clusters must not be negative"):
+        validate(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, clusters=-1)))
