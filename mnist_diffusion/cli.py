@@ -184,13 +184,16 @@ def train(
     precision: Annotated[Optional[str], typer.Option(help=PRECISION_HELP)] = None,
     guide_at: Annotated[
         Optional[float],
-        typer.Option(help="Runs without digit labels: keep the EMA weights at this share of training as the "
-                     "autoguidance guide."),
+        typer.Option(
+            help="Runs without digit labels: keep the EMA weights at this share of training as the autoguidance guide."
+        ),
     ] = None,
     clusters: Annotated[
         Optional[int],
-        typer.Option(help="Unconditional runs: learn K k-means clusters of the pixels as labels (no digit labels) "
-                     "and guide with them; 0: autoguidance instead. The default preset uses 40."),
+        typer.Option(
+            help="Unconditional runs: learn K k-means clusters of the pixels as labels (no digit labels) "
+            "to guide with (sample --cluster-guidance); 0: none. The default preset uses 40."
+        ),
     ] = None,
     artifacts_dir: ArtifactsDir = DEFAULT_ARTIFACTS_DIR,
     data_dir: DataDir = DEFAULT_DATA_DIR,

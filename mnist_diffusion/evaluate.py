@@ -227,7 +227,8 @@ def evaluate_run(
 
     A class-conditional run samples balanced labels ``i % 10``, a clustered one draws clusters by
     size. ``guidance`` and ``cluster_guidance`` None: the defaults of :func:`resolve_guidance`
-    and :func:`resolve_cluster_guidance`. With ``nll``, also the NLL bound (bits/dim) of the first ``nll_images`` test images.
+    and :func:`resolve_cluster_guidance`. With ``nll``, also the NLL bound (bits/dim) of the first
+    ``nll_images`` test images.
     :return: the dict written to ``eval.json``: :func:`evaluate_images`'s result plus the sampler
         settings, the NLL and wall times.
     """

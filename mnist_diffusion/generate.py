@@ -15,7 +15,15 @@ from .config import RunConfig
 from .errors import UserError
 from .model import build_model
 from .runtime import use_bf16
-from .samplers import DEFAULT_CLUSTER_GUIDANCE, DEFAULT_GUIDANCE, DEFAULT_SAMPLER, SAMPLERS, SPACING_RANGE, Denoiser, sample
+from .samplers import (
+    DEFAULT_CLUSTER_GUIDANCE,
+    DEFAULT_GUIDANCE,
+    DEFAULT_SAMPLER,
+    SAMPLERS,
+    SPACING_RANGE,
+    Denoiser,
+    sample,
+)
 from .schedule import Schedule
 
 MAX_GUIDANCE = 20.0  # the largest --guidance accepted
@@ -92,7 +100,8 @@ def resolve_cluster_guidance(run: LoadedRun, cluster_guidance: float | None) -> 
     """The scale s of ``--cluster-guidance``, classifier-free guidance on the clusters on top of
     autoguidance: DEFAULT_CLUSTER_GUIDANCE if not given for a clustered run with a guide, 1 (none)
     for any other run, where asking for it is a UserError."""
-    if cluster_guidance is not None and not (math.isfinite(cluster_guidance) and 0.0 <= cluster_guidance <= MAX_GUIDANCE):
+    s = cluster_guidance
+    if s is not None and not (math.isfinite(s) and 0.0 <= s <= MAX_GUIDANCE):
         raise UserError(f"--cluster-guidance must be between 0 and {MAX_GUIDANCE:g} (got {cluster_guidance})")
     if not (run.clustered and run.guide is not None):
         if cluster_guidance is not None and cluster_guidance != 1.0:
@@ -192,7 +201,13 @@ def generate(
         b = min(batch_size, n - start)
         batch_labels = labels[start : start + b].to(device) if labels is not None else None
         denoiser = Denoiser(
-            run.model, run.schedule, run.cfg.diffusion.prediction, batch_labels, guidance, guide=run.guide, bf16=bf16,
+            run.model,
+            run.schedule,
+            run.cfg.diffusion.prediction,
+            batch_labels,
+            guidance,
+            guide=run.guide,
+            bf16=bf16,
             label_guidance=cluster_guidance,
         )
         x = sample(

@@ -243,7 +243,8 @@ class Trainer:
             assign = load_clusters(self.run_dir, k)[0]
             if len(assign) != len(images):
                 raise UserError(
-                    f"run {self.run_dir.name} was clustered on {len(assign)} training images, the data has {len(images)}"
+                    f"run {self.run_dir.name} was clustered on {len(assign)} training images, "
+                    f"the data has {len(images)}"
                 )
             return assign
         if len(images) < k:
@@ -252,7 +253,8 @@ class Trainer:
         assign = pixel_clusters(images, k, seed=self.cfg.train.seed)
         if self.info.is_main:
             save_clusters(self.run_dir, assign, k)
-        self.log(f"self-labels: {k} k-means clusters of the pixels in {time.perf_counter() - start:.1f} s (no digit labels)")
+        seconds = time.perf_counter() - start
+        self.log(f"self-labels: {k} k-means clusters of the pixels in {seconds:.1f} s (no digit labels)")
         return assign
 
     # ----------------------------------------------------------------------------- checkpoints

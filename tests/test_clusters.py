@@ -20,7 +20,7 @@ def blobs(k: int, per: int, dim: int = 5, spread: float = 0.05, seed: int = 0) -
 
 def same_partition(a: torch.Tensor, b: torch.Tensor) -> bool:
     """True if the labelings ``a`` and ``b`` agree up to renaming the clusters."""
-    pairs = set(zip(a.tolist(), b.tolist()))
+    pairs = set(zip(a.tolist(), b.tolist(), strict=True))
     return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
 
 
