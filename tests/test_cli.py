@@ -419,7 +419,7 @@ def test_guidance_on_a_run_without_a_guide(data_dir, tmp_path):
 
 
 def test_autoguidance_by_the_runs_guide(trained, data_dir, tmp_path):
-    # the default preset: clusters as labels, autoguidance 2 by the guide plus cluster guidance 1.3
+    # the default preset: clusters as labels, autoguidance 2 by the guide plus cluster guidance 1.6
     artifacts, run_dir = trained
     run = copy_run(run_dir, tmp_path)
     weights = load_file(run / "model.safetensors")
@@ -432,22 +432,22 @@ def test_autoguidance_by_the_runs_guide(trained, data_dir, tmp_path):
         assert result.exit_code == 0, result.output
     assert torch.equal(load_file(paths[1])["samples"], load_file(paths[2])["samples"])
     save_file({k: v + 0.05 * torch.randn_like(v) for k, v in weights.items()}, run / "guide.safetensors")
-    for name, flags in (("default", []), ("w2", ["--guidance", 2, "--cluster-guidance", 1.3]),
+    for name, flags in (("default", []), ("w2", ["--guidance", 2, "--cluster-guidance", 1.6]),
                         ("w1", ["--guidance", 1]), ("s1", ["--cluster-guidance", 1])):  # fmt: skip
         paths[name] = tmp_path / f"{name}.safetensors"
         result = invoke("sample", "--run", run, "-n", 3, "-o", tmp_path / "g.png", "--steps", 3, *flags,
                         "--save-tensor", paths[name])  # fmt: skip
         assert result.exit_code == 0, result.output
     samples = {name: load_file(path)["samples"] for name, path in paths.items() if isinstance(name, str)}
-    assert torch.equal(samples["default"], samples["w2"])  # the defaults are 2 and 1.3
+    assert torch.equal(samples["default"], samples["w2"])  # the defaults are 2 and 1.6
     assert not torch.equal(samples["w2"], samples["w1"]) and not torch.equal(samples["w2"], samples["s1"])
     result = runner.invoke(app, ["eval", "--run", str(run), "-n", "20", "--steps", "2", "--data-dir", str(data_dir),
                                  "--device", "cpu"], terminal_width=200)  # fmt: skip
     assert result.exit_code == 0, result.output
     caption = " ".join(result.output.split())
-    assert "spacing 0.4, autoguidance 2, cluster guidance 1.3, seed 0" in caption  # the table's caption
+    assert "spacing 0.4, autoguidance 2, cluster guidance 1.6, seed 0" in caption  # the table's caption
     sampling = json.loads((run / "eval.json").read_text())["sampling"]
-    assert sampling["guide"] == "autoguidance" and sampling["guidance"] == 2.0 and sampling["cluster_guidance"] == 1.3
+    assert sampling["guide"] == "autoguidance" and sampling["guidance"] == 2.0 and sampling["cluster_guidance"] == 1.6
 
 
 def test_train_warns_when_the_schedule_does_not_reach_pure_noise(data_dir, tmp_path):
