@@ -61,25 +61,22 @@ SpacingOpt = Annotated[
 ]
 PRECISION_HELP = "The network in auto (bf16 where the GPU or CPU has bf16 units, else fp32), fp32 or bf16."
 PrecisionOpt = Annotated[str, typer.Option(help=PRECISION_HELP)]
-GuidanceOpt = Annotated[
-    Optional[float],
-    typer.Option(
-        min=0.0,
-        max=MAX_GUIDANCE,
-        help=f"Guidance scale w (1: none; default {DEFAULT_GUIDANCE:g}): autoguidance by the run's early weights "
-        "(guide.safetensors) where it has them, else classifier-free on its digit labels (--conditional) or "
-        "pixel clusters (--clusters).",
-    ),
-]
-ClusterGuidanceOpt = Annotated[
-    Optional[float],
-    typer.Option(
-        min=0.0,
-        max=MAX_GUIDANCE,
-        help=f"Runs trained on pixel clusters (the default preset): classifier-free guidance s on the cluster on "
-        f"top of autoguidance (1: none; default {DEFAULT_CLUSTER_GUIDANCE:g}).",
-    ),
-]
+
+
+def _guidance_scale(help: str):
+    """An optional guidance-scale option in [0, MAX_GUIDANCE] (None: the run's default)."""
+    return Annotated[Optional[float], typer.Option(min=0.0, max=MAX_GUIDANCE, help=help)]
+
+
+GuidanceOpt = _guidance_scale(
+    f"Guidance scale w (1: none; default {DEFAULT_GUIDANCE:g}): autoguidance by the run's early weights "
+    "(guide.safetensors) where it has them, else classifier-free on its digit labels (--conditional) or "
+    "pixel clusters (--clusters)."
+)
+ClusterGuidanceOpt = _guidance_scale(
+    f"Runs trained on pixel clusters (the default preset): classifier-free guidance s on the cluster on "
+    f"top of autoguidance (1: none; default {DEFAULT_CLUSTER_GUIDANCE:g})."
+)
 
 
 def user_errors(fn):
