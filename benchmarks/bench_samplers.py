@@ -28,7 +28,7 @@ from mnist_diffusion.artifacts import DEFAULT_ARTIFACTS_DIR, WEIGHTS, read_metri
 from mnist_diffusion.data import DEFAULT_DATA_DIR
 from mnist_diffusion.errors import UserError
 from mnist_diffusion.evaluate import MIN_SAMPLES, RealData, evaluate_images
-from mnist_diffusion.generate import LoadedRun, generate, load_run, resolve_guidance
+from mnist_diffusion.generate import LoadedRun, generate, load_run, resolve_cluster_guidance, resolve_guidance
 from mnist_diffusion.images import save_figure
 from mnist_diffusion.io import atomic_write_bytes, atomic_write_json, sha256_file
 from mnist_diffusion.model import count_parameters
@@ -91,7 +91,8 @@ def measure(run: LoadedRun, row: Row, args, real: RealData, device: torch.device
         start = time.perf_counter()
         images = generate(
             run, row.n, sampler=row.sampler, steps=None if row.sampler == "ddpm" else row.evaluations,
-            seed=args.seed, labels=labels, guidance=args.guidance, spacing=args.spacing,
+            seed=args.seed, labels=labels, guidance=args.guidance, cluster_guidance=args.cluster_guidance,
+            spacing=args.spacing,
             batch_size=args.batch_size, callback=lambda *_: bar.update(),
         )  # fmt: skip
         sample_s = time.perf_counter() - start  # generate returns CPU tensors, so a GPU is done
@@ -188,12 +189,17 @@ def spacing_note(spacing: float | None) -> str:
 
 
 def guidance_label(results: dict) -> str:
-    """ "autoguidance 2", "classifier-free guidance 2", or "" for unguided sampling."""
+    """ "autoguidance 2", "classifier-free guidance 2", "autoguidance 2 + cluster guidance 1.6", or ""
+    for unguided sampling."""
     guidance = results["settings"].get("guidance", 1.0)
-    if guidance == 1.0:
-        return ""
-    kind = results["run"].get("guide") or "classifier-free"
-    return f"{kind if kind == 'autoguidance' else kind + ' guidance'} {guidance:g}"
+    cluster = results["settings"].get("cluster_guidance") or 1.0
+    parts = []
+    if guidance != 1.0:
+        kind = results["run"].get("guide") or "classifier-free"
+        parts.append(f"{kind if kind == 'autoguidance' else kind + ' guidance'} {guidance:g}")
+    if cluster != 1.0:
+        parts.append(f"cluster guidance {cluster:g}")
+    return " + ".join(parts)
 
 
 def markdown(results: dict) -> str:
@@ -301,6 +307,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every row")
     p.add_argument("--guidance", type=float,
                    help="guidance scale, classifier-free or autoguidance (default: as `sample`; 1: none)")  # fmt: skip
+    p.add_argument("--cluster-guidance", type=float,
+                   help="pixel-cluster runs: guidance on the cluster (default: as `sample`; 1: none)")  # fmt: skip
     p.add_argument("--spacing", type=float, help="timestep spacing power of DDIM / DPM-Solver++ (default: each one's)")
     p.add_argument("--batch-size", type=int, help="samples per forward pass (CPU 256, CUDA 10000)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda if there is one")
@@ -361,6 +369,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.batch_size = args.batch_size or DEFAULTS[device.type].sample_batch
     run = load_run(resolve_run(args.run, args.artifacts_dir), device)
     args.guidance = resolve_guidance(run, args.guidance)  # None: the run's default, as in `mnistdiff sample`
+    args.cluster_guidance = resolve_cluster_guidance(run, args.cluster_guidance)
     real = RealData.from_dir(args.data_dir)  # fail before any sampling if MNIST is missing
     num_timesteps = run.schedule.num_timesteps
     plan = plan_rows(args.samplers, args.evaluations, num_timesteps, args.n, args.n_1000, args.compare_at_n_1000,

@@ -64,6 +64,17 @@ def test_output_paths_keep_dots_in_the_stem():
     assert bs.output_paths(Path("r/samplers.md")) == {e: Path("r/samplers" + e) for e in (".json", ".md", ".png")}
 
 
+def test_guidance_label_names_every_guidance_used():
+    def label(guide, guidance, cluster=None):
+        settings = {"guidance": guidance, "cluster_guidance": cluster}
+        return bs.guidance_label({"settings": settings, "run": {"guide": guide}})
+
+    assert label("autoguidance", 2.0, 1.6) == "autoguidance 2 + cluster guidance 1.6"  # the default preset
+    assert label("autoguidance", 2.0, 1.0) == "autoguidance 2"
+    assert label("classifier-free", 2.0) == "classifier-free guidance 2"
+    assert label("autoguidance", 1.0, 1.0) == ""
+
+
 def test_bench_samplers_end_to_end(tmp_path, data_dir):
     train(tiny_config(max_steps=2), data_dir=data_dir, artifacts_dir=tmp_path / "artifacts", run_name="t",
           device="cpu", progress=False, log=lambda m: None)  # fmt: skip
