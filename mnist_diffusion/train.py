@@ -236,25 +236,23 @@ class Trainer:
             self.net = torch.compile(self.net)
 
     def _cluster_labels(self, images: torch.Tensor, resumed: bool) -> torch.Tensor:
-        """Each training image's k-means cluster [N]: computed for a new run (the same on every
-        rank) and saved in the run, read back when resuming."""
+        """Each training image's k-means cluster [N]. A new run's main process computes them and
+        saves them in the run; every other rank, and a resumed run, reads them back from there."""
         k = self.cfg.train.clusters
-        if resumed:
-            assign = load_clusters(self.run_dir, k)[0]
-            if len(assign) != len(images):
-                raise UserError(
-                    f"run {self.run_dir.name} was clustered on {len(assign)} training images, "
-                    f"the data has {len(images)}"
-                )
-            return assign
         if len(images) < k:
             raise UserError(f"{k} clusters need at least {k} training images (got {len(images)})")
-        start = time.perf_counter()
-        assign = pixel_clusters(images, k, seed=self.cfg.train.seed)
-        if self.info.is_main:
-            save_clusters(self.run_dir, assign, k)
-        seconds = time.perf_counter() - start
-        self.log(f"self-labels: {k} k-means clusters of the pixels in {seconds:.1f} s (no digit labels)")
+        if self.info.is_main and not resumed:
+            start = time.perf_counter()
+            save_clusters(self.run_dir, pixel_clusters(images, k, seed=self.cfg.train.seed), k)
+            seconds = time.perf_counter() - start
+            self.log(f"self-labels: {k} k-means clusters of the pixels in {seconds:.1f} s (no digit labels)")
+        if self.info.enabled:
+            dist.barrier()
+        assign = load_clusters(self.run_dir, k)[0]
+        if len(assign) != len(images):
+            raise UserError(
+                f"run {self.run_dir.name} was clustered on {len(assign)} training images, the data has {len(images)}"
+            )
         return assign
 
     # ----------------------------------------------------------------------------- checkpoints
