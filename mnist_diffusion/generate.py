@@ -81,11 +81,15 @@ def load_run(run_dir: Path, device: torch.device) -> LoadedRun:
     return LoadedRun(run_dir, cfg, model, Schedule(cfg.diffusion, device), guide, counts)
 
 
+def _check_scale(flag: str, value: float | None) -> None:
+    if value is not None and not (math.isfinite(value) and 0.0 <= value <= MAX_GUIDANCE):
+        raise UserError(f"{flag} must be between 0 and {MAX_GUIDANCE:g} (got {value})")
+
+
 def resolve_guidance(run: LoadedRun, guidance: float | None) -> float:
     """The guidance scale for ``--guidance``: DEFAULT_GUIDANCE if not given, and 1 (none) for a
     run with nothing to guide with; asking such a run for guidance is a UserError."""
-    if guidance is not None and not (math.isfinite(guidance) and 0.0 <= guidance <= MAX_GUIDANCE):
-        raise UserError(f"--guidance must be between 0 and {MAX_GUIDANCE:g} (got {guidance})")
+    _check_scale("--guidance", guidance)
     if run.guidance_kind is None:
         if guidance is not None and guidance != 1.0:
             raise UserError(
@@ -100,9 +104,7 @@ def resolve_cluster_guidance(run: LoadedRun, cluster_guidance: float | None) -> 
     """The scale s of ``--cluster-guidance``, classifier-free guidance on the clusters on top of
     autoguidance: DEFAULT_CLUSTER_GUIDANCE if not given for a clustered run with a guide, 1 (none)
     for any other run, where asking for it is a UserError."""
-    s = cluster_guidance
-    if s is not None and not (math.isfinite(s) and 0.0 <= s <= MAX_GUIDANCE):
-        raise UserError(f"--cluster-guidance must be between 0 and {MAX_GUIDANCE:g} (got {cluster_guidance})")
+    _check_scale("--cluster-guidance", cluster_guidance)
     if not (run.clustered and run.guide is not None):
         if cluster_guidance is not None and cluster_guidance != 1.0:
             raise UserError(
