@@ -451,11 +451,12 @@ def eval_command(
 
     if samples is not None and run is not None:
         raise UserError("give --run or --samples, not both")
+    images = load_samples(samples) if samples is not None else None  # a bad file fails before any download
     torch_device = _device(device)
     ensure_mnist(data_dir, log=lambda m: err_console.print(m, highlight=False))
     progress = not json_output
-    if samples is not None:
-        result = evaluate_images(load_samples(samples), data_dir=data_dir, seed=seed, device=torch_device,
+    if images is not None:
+        result = evaluate_images(images, data_dir=data_dir, seed=seed, device=torch_device,
                                  progress=progress)  # fmt: skip
         result["samples"] = str(samples)
     else:

@@ -515,3 +515,10 @@ def test_conditional_and_clusters_together(tmp_path, data_dir):
     result = invoke("train", *TINY, "--conditional", "--clusters", 4, "--data-dir", data_dir,
                     "--artifacts-dir", tmp_path)  # fmt: skip
     assert_one_line_error(result, "--clusters")
+
+
+def test_eval_of_a_missing_samples_file_fails_before_fetching_mnist(tmp_path):
+    data = tmp_path / "data"
+    result = invoke("eval", "--samples", tmp_path / "nothere.npy", "--data-dir", data)
+    assert_one_line_error(result, "nothere.npy")
+    assert not data.exists()  # no download was attempted
