@@ -1,5 +1,6 @@
-"""Crash-safe file writing: every file goes to a temporary name in its folder, then is moved
-into place, so a crash never leaves a half-written file under its real name."""
+"""Crash-safe file writing: every file goes to a temporary name in its folder, is fsynced, then
+renamed into place and the folder fsynced, so a crash or a full disk never leaves a half-written
+file under its real name, and a finished write survives a power cut."""
 
 from __future__ import annotations
 
@@ -7,35 +8,67 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
+import secrets
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+# Fault-injection hook for the tests (tests/test_faults.py): "NAME:K" makes the K-th write of a
+# file called NAME stop after its bytes are written, before the rename, print a line to stderr
+# and sleep, so a test can kill the process in the middle of that write. Unset in normal use.
+PAUSE_ENV = "MNISTDIFF_PAUSE_IN_WRITE"
+_pause_counts: dict[str, int] = {}
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """Open a temporary file beside ``path`` for binary writing; on success fsync and rename it
-    to ``path``; on any exception remove it and leave ``path`` as it was."""
+    """Open a temporary file beside ``path`` for binary writing; on success fsync it, rename it to
+    ``path`` and fsync the folder; on any exception remove it and leave ``path`` as it was.
+
+    The temporary file is created with mode 0o666, so the process umask gives it the same
+    permissions as any other new file."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        _maybe_pause(path.name)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    fsync_dir(path.parent)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make a rename or a new entry in ``folder`` durable (POSIX; a no-op where folders cannot be
+    opened, such as Windows)."""
+    if sys.platform == "win32":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _maybe_pause(name: str) -> None:
+    spec = os.environ.get(PAUSE_ENV)
+    if not spec:
+        return
+    target, _, count = spec.partition(":")
+    if target != name:
+        return
+    _pause_counts[name] = _pause_counts.get(name, 0) + 1
+    if _pause_counts[name] == int(count or 1):
+        print(f"paused in the write of {name}", file=sys.stderr, flush=True)
+        time.sleep(3600)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
