@@ -62,23 +62,25 @@ class LoadedRun:
 
 def _load_network(cfg: RunConfig, path: Path, device: torch.device) -> nn.Module:
     model = build_model(cfg.model)
-    load_weights_into(model, path)
+    load_weights_into(model, path, cfg)
     return model.to(device).eval()
 
 
-def load_run(run_dir: Path, device: torch.device) -> LoadedRun:
-    """The run's config and EMA weights (and its autoguidance guide, if it has one), checked
-    against each other, in eval mode on ``device``."""
+def load_run(run_dir: Path, device: torch.device, model: nn.Module | None = None) -> LoadedRun:
+    """The run's config and EMA weights (and its autoguidance guide, if it has one), each weights
+    file checked against ``config.json``, in eval mode on ``device``. ``model``: use this network
+    (already on ``device``) instead of reading ``model.safetensors``."""
     cfg = load_config(run_dir)
-    if not (run_dir / WEIGHTS).is_file():
-        raise UserError(
-            f"run {run_dir.name} has no {WEIGHTS} yet (training not finished? "
-            f"continue it with `mnistdiff train --resume {run_dir.name}`)"
-        )
-    model = _load_network(cfg, run_dir / WEIGHTS, device)
+    if model is None:
+        if not (run_dir / WEIGHTS).is_file():
+            raise UserError(
+                f"run {run_dir.name} has no {WEIGHTS} yet (training not finished? "
+                f"continue it with `mnistdiff train --resume {run_dir.name}`)"
+            )
+        model = _load_network(cfg, run_dir / WEIGHTS, device)
     guide = _load_network(cfg, run_dir / GUIDE, device) if (run_dir / GUIDE).is_file() else None
     counts = load_clusters(run_dir, cfg.train.clusters)[1] if cfg.train.clusters else None
-    return LoadedRun(run_dir, cfg, model, Schedule(cfg.diffusion, device), guide, counts)
+    return LoadedRun(run_dir, cfg, model.eval(), Schedule(cfg.diffusion, device), guide, counts)
 
 
 def _check_scale(flag: str, value: float | None) -> None:
@@ -187,7 +189,8 @@ def generate(
     (first, from the same generator). ``guidance`` None: :data:`DEFAULT_GUIDANCE` if the run can
     be guided (see :func:`resolve_guidance`), ``cluster_guidance`` likewise
     (:func:`resolve_cluster_guidance`).
-    ``precision`` "auto" runs the network in bf16 where the chip has bf16 units, as training does."""
+    ``precision`` "auto" runs the network in bf16 where the chip has bf16 units, as training does.
+    ``callback`` (see :data:`samplers.StepCallback`) is called after every step of the first batch."""
     if n < 1:
         raise UserError(f"number of samples must be at least 1 (got {n})")
     check_sampler(sampler, steps, eta, run.schedule.num_timesteps, spacing)
@@ -199,7 +202,7 @@ def generate(
     if run.clustered and labels is None:
         labels = draw_clusters(run.cluster_counts.to(device), n, generator)
     out = []
-    for start in range(0, n, batch_size):
+    for start in range(0, n, batch_size):  # the callback sees the first batch only
         b = min(batch_size, n - start)
         batch_labels = labels[start : start + b].to(device) if labels is not None else None
         denoiser = Denoiser(
@@ -222,7 +225,7 @@ def generate(
             generator=generator,
             device=device,
             progress=progress,
-            callback=callback,
+            callback=callback if start == 0 else None,
         )
         out.append(((x + 1) / 2).clamp(0, 1).cpu())  # [-1, 1] -> [0, 1]
     return torch.cat(out)

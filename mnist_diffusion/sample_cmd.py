@@ -49,8 +49,8 @@ def sample_to_files(
         total = model_evaluations(sampler, steps, run.schedule.num_timesteps)
         keep = {round(i * (total - 1) / (TRAJECTORY_FRAMES - 1)) for i in range(TRAJECTORY_FRAMES)}
 
-        def callback(i, t, x, x0):
-            if i in keep and len(frames) < TRAJECTORY_FRAMES:  # first batch only
+        def callback(i, t, x, x0):  # called for the first batch only
+            if i in keep:
                 frames.append(((x[:TRAJECTORY_ROWS] + 1) / 2).clamp(0, 1).cpu())
                 frame_labels.append(f"step {i + 1}\nt={t}")
 
