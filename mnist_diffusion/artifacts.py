@@ -11,10 +11,13 @@ cluster and the clusters' sizes). ``artifacts/latest`` holds the name of the new
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import hashlib
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,7 @@ from safetensors.torch import save
 from . import __version__
 from .config import RunConfig
 from .errors import UserError
-from .io import atomic_write_bytes, atomic_write_json, sha256_file
+from .io import atomic_write_bytes, atomic_write_json, fsync_dir, sha256_file
 
 DEFAULT_ARTIFACTS_DIR = Path("artifacts")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -40,6 +43,7 @@ CHECKPOINT = "checkpoint.safetensors"
 CHECKPOINT_META = "checkpoint.json"
 METRICS = "metrics.jsonl"
 MANIFEST = "manifest.json"
+RUN_INFO = "run.json"
 
 
 def runs_dir(artifacts_dir: str | os.PathLike) -> Path:
@@ -47,26 +51,30 @@ def runs_dir(artifacts_dir: str | os.PathLike) -> Path:
 
 
 def create_run_dir(artifacts_dir: str | os.PathLike, name: str) -> Path:
-    """Create ``runs/NNNNN-name`` with the next free number. ``mkdir`` without ``exist_ok`` is
-    atomic, so two processes starting at once never share a folder."""
+    """Create ``runs/NNNNN-name`` with the next free number. The number itself is reserved first,
+    by creating the empty file ``.run-numbers/NNNNN`` with ``O_EXCL``, so two processes starting
+    at once never get the same number, even under different names; numbers are never reused."""
     if not _NAME_RE.match(name):
         raise UserError(f"run name {name!r} must be 1-64 letters, digits, '.', '_' or '-'")
-    root = runs_dir(artifacts_dir)
+    root, numbers = runs_dir(artifacts_dir), Path(artifacts_dir) / ".run-numbers"
     try:
         root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create {root}: {e.strerror}") from None
-    taken = [int(m.group(1)) for p in root.iterdir() if (m := _RUN_RE.match(p.name))]
-    number = max(taken, default=-1) + 1
-    while True:
+        numbers.mkdir(exist_ok=True)
+        taken = [int(m.group(1)) for p in root.iterdir() if (m := _RUN_RE.match(p.name))]
+        taken += [int(p.name) for p in numbers.iterdir() if p.name.isdigit()]
+        number = max(taken, default=-1) + 1
+        while True:
+            try:
+                os.close(os.open(numbers / f"{number:05d}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+                break
+            except FileExistsError:
+                number += 1
         path = root / f"{number:05d}-{name}"
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            number += 1
-        except OSError as e:
-            raise UserError(f"cannot create {path}: {e.strerror}") from None
+        path.mkdir()
+        fsync_dir(root)
+        return path
+    except OSError as e:
+        raise UserError(f"cannot create a run folder in {root}: {e.strerror or e}") from None
 
 
 def set_latest(artifacts_dir: str | os.PathLike, run_dir: Path) -> None:
@@ -94,6 +102,23 @@ def resolve_run(run: str | None, artifacts_dir: str | os.PathLike = DEFAULT_ARTI
     raise UserError(f"unknown run {run!r}: no such folder, and no run of that name in {root} (see `mnistdiff runs`)")
 
 
+def save_run_info(run_dir: Path, parent: dict[str, Any] | None = None) -> None:
+    """``run.json``: how the run was made: the command line, when, the package and torch versions,
+    and for a run that continues another (``train --resume`` with a longer budget) its parent's
+    name and the step it started from."""
+    argv = [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv and sys.argv[0] else []
+    atomic_write_json(
+        run_dir / RUN_INFO,
+        {
+            "command": " ".join(argv),
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "parent": parent,
+            "mnist_diffusion_version": __version__,
+            "torch_version": torch.__version__,
+        },
+    )
+
+
 def save_config(run_dir: Path, cfg: RunConfig) -> None:
     atomic_write_json(run_dir / CONFIG, cfg.to_dict())
 
@@ -110,9 +135,25 @@ def load_config(run_dir: Path) -> RunConfig:
         raise UserError(f"{path} is not a valid config: {e}") from None
 
 
+DIGEST_KEY = "mnistdiff_sha256"  # safetensors metadata: tensors_digest() of the file's tensors and other metadata
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, and the metadata, in a fixed order:
+    what a file written by :func:`save_tensors` carries under ``DIGEST_KEY``."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in metadata.items() if k != DIGEST_KEY}, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Write a safetensors file atomically."""
+    """Write a safetensors file atomically, with a digest of its content in the metadata."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    metadata = dict(metadata or {})
+    metadata[DIGEST_KEY] = tensors_digest(tensors, metadata)
     atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
@@ -122,22 +163,52 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_tensors_and_metadata(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors (copied out of the file, so it is not held open or mapped) and the metadata of
+    a safetensors file. A file that carries a digest (:func:`save_tensors`) must match it."""
     if not path.is_file():
         raise UserError(f"{path} is missing")
     try:
         with safe_open(path, framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+            tensors, metadata = {k: f.get_tensor(k).clone() for k in f.keys()}, dict(f.metadata() or {})
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise UserError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from None
+    if DIGEST_KEY in metadata and tensors_digest(tensors, metadata) != metadata[DIGEST_KEY]:
+        raise UserError(f"{path} does not match the digest it was written with: the file is corrupt")
+    return tensors, metadata
 
 
 def weights_metadata(cfg: RunConfig) -> dict[str, str]:
     return {"config": json.dumps(cfg.to_dict(), sort_keys=True), "mnist_diffusion_version": __version__}
 
 
-def load_weights_into(model: torch.nn.Module, path: Path) -> None:
-    """Load a state dict saved by :func:`save_tensors`, refusing any mismatch with the config."""
-    state = load_tensors(path)
+def check_same_network(path: Path, saved: RunConfig, cfg: RunConfig) -> None:
+    """Refuse weights (or a checkpoint) made for another network or diffusion process than
+    ``cfg``: every model and diffusion field of the config they were saved with must agree."""
+    for section in ("model", "diffusion"):
+        mine, theirs = getattr(cfg, section), getattr(saved, section)
+        for field in dataclasses.fields(mine):
+            if getattr(mine, field.name) != getattr(theirs, field.name):
+                raise UserError(
+                    f"{path} does not match the run's {CONFIG}: it was saved for {section}.{field.name} = "
+                    f"{getattr(theirs, field.name)!r}, the config says {getattr(mine, field.name)!r}"
+                )
+
+
+def saved_config(path: Path, metadata: dict[str, str]) -> RunConfig:
+    """The config a weights file was saved with (its metadata's ``config``)."""
+    try:
+        return RunConfig.from_dict(json.loads(metadata["config"]))
+    except KeyError:
+        raise UserError(f"{path} has no config in its metadata (not written by mnistdiff?)") from None
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{path} has an unreadable config in its metadata: {e}") from None
+
+
+def load_weights_into(model: torch.nn.Module, path: Path, cfg: RunConfig) -> None:
+    """Load a state dict saved by :func:`save_tensors` with :func:`weights_metadata`, refusing
+    weights saved for another config (:func:`check_same_network`) or of other names or shapes."""
+    state, metadata = load_tensors_and_metadata(path)
+    check_same_network(path, saved_config(path, metadata), cfg)
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     bad_shapes = [k for k in set(own) & set(state) if own[k].shape != state[k].shape]
@@ -159,16 +230,30 @@ def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of ``metrics.jsonl``, skipping lines that are not JSON objects (a line cut
+    short by a crash)."""
     path = run_dir / METRICS
     if not path.is_file():
         return []
     records = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
-            continue  # a line cut short by a crash
+            continue
+        if isinstance(record, dict):
+            records.append(record)
     return records
+
+
+def keep_metrics_until(run_dir: Path, step: int, source: Path | None = None) -> None:
+    """Rewrite ``metrics.jsonl`` with only the training records of steps up to ``step`` (from
+    ``source``'s metrics, default the run's own): a run resumed from its checkpoint at ``step``
+    replays the steps after it, and each step must be logged once."""
+    records = read_metrics(source or run_dir)
+    kept = [r for r in records if isinstance(r.get("step"), int) and r["step"] <= step and not r.get("done")]
+    if kept or (run_dir / METRICS).exists():
+        atomic_write_bytes(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in kept).encode())
 
 
 def write_manifest(run_dir: Path) -> None:
@@ -187,6 +272,35 @@ def write_manifest(run_dir: Path) -> None:
             "files": files,
         },
     )
+
+
+def manifest_entry(run_dir: Path, name: str) -> str | None:
+    """The sha256 that the run's manifest records for the file ``name``, or None (no manifest, or
+    a manifest that does not list it or cannot be read)."""
+    try:
+        entry = json.loads((run_dir / MANIFEST).read_text())["files"][name]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return entry if isinstance(entry, str) else None
+
+
+def verify_manifest(run_dir: Path) -> dict[str, str]:
+    """Each file's state against the manifest: "ok", "changed" (another sha256), "missing" (listed,
+    not there) or "unlisted" (there, not listed). Raises UserError for an unreadable manifest."""
+    path = run_dir / MANIFEST
+    try:
+        listed = json.loads(path.read_text())["files"]
+        hashes = {name: entry["sha256"] for name, entry in listed.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"{path} cannot be read: {e}") from None
+    present = {p.name for p in run_dir.iterdir() if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")}
+    status = {name: "missing" for name in hashes if name not in present}
+    for name in sorted(present):
+        if name not in hashes:
+            status[name] = "unlisted"
+        else:
+            status[name] = "ok" if sha256_file(run_dir / name) == hashes[name] else "changed"
+    return status
 
 
 @dataclass
