@@ -36,11 +36,10 @@ from mnist_diffusion.config import PRESETS, Precision, RunConfig
 from mnist_diffusion.data import DEFAULT_DATA_DIR
 from mnist_diffusion.errors import UserError
 from mnist_diffusion.generate import generate, load_run
-from mnist_diffusion.losses import diffusion_loss
 from mnist_diffusion.model import count_parameters
 from mnist_diffusion.runtime import configure_cpu_threads, pick_device
 from mnist_diffusion.samplers import model_evaluations
-from mnist_diffusion.train import CHECKPOINT_EVERY, Trainer, lr_at
+from mnist_diffusion.train import CHECKPOINT_EVERY, Trainer
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SAMPLER_RUNS = (("ddim", 20), ("dpmpp-2m", 20), ("ddpm", 1000), ("ddim", 1000))  # (sampler, model evaluations)
@@ -256,23 +255,37 @@ def bench_training(name: str, args, device: torch.device, artifacts: Path) -> tu
 
 
 def bench_overhead(trainer: Trainer, windows: int, window_steps: int, warmup: int = 2) -> list[float]:
-    """Seconds per step of what a training step does besides the network: batch assembly and
-    noise (``Trainer._batch``), the learning rate, gradient clipping, the AdamW step and the EMA
-    update, on gradients left by one backward pass. One value per window."""
-    device, cfg = trainer.device, trainer.cfg
+    """Seconds per step of what a training step does besides the network: ``Trainer.make_batch``
+    (batch assembly, timesteps, noise) and ``Trainer.update`` (learning rate, clipping, the
+    divergence watch, AdamW, EMA), on the gradients one ``forward_backward`` left. One value per
+    window."""
+    device = trainer.device
     order = torch.randperm(len(trainer.images), device=device)
-    x0, y, t, noise = trainer._batch(order, 0, 0)
-    diffusion_loss(trainer.net, trainer.schedule, cfg.diffusion, x0, t, noise, y).backward()  # every .grad set
+    loss = trainer.forward_backward(trainer.make_batch(order, 0, 0))  # every .grad set
 
     def step(i: int):
-        trainer._batch(order, i % trainer.steps_per_epoch, i)
-        for group in trainer.opt.param_groups:
-            group["lr"] = lr_at(i, cfg, trainer.total_steps)
-        if cfg.train.grad_clip:
-            torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), cfg.train.grad_clip)
-        trainer.opt.step()
-        trainer.ema.update_parameters(trainer.model)
+        trainer.make_batch(order, i % trainer.steps_per_epoch, i)
+        trainer.update(i, loss)
 
+    durations = time_windows(step, device, windows, window_steps, warmup)
+    trainer.opt.zero_grad(set_to_none=True)
+    return durations
+
+
+def bench_network(trainer: Trainer, windows: int, window_steps: int, warmup: int = 2) -> list[float]:
+    """Seconds per step of ``Trainer.forward_backward`` (zero_grad, forward, loss, backward) on one
+    batch of the training shape, with the trainer's network (compiled or not), autocast and memory
+    format: no batch assembly, optimizer, EMA, logging or checkpoints. One value per window."""
+    order = torch.arange(len(trainer.images), device=trainer.device)
+    batch = trainer.make_batch(order, 0, 0)
+    durations = time_windows(lambda i: trainer.forward_backward(batch), trainer.device, windows, window_steps, warmup)
+    trainer.opt.zero_grad(set_to_none=True)
+    return durations
+
+
+def time_windows(step, device: torch.device, windows: int, window_steps: int, warmup: int) -> list[float]:
+    """``step(i)`` for i = 0, 1, ...: ``warmup`` untimed calls, then seconds per call in each of
+    ``windows`` windows of ``window_steps`` calls (the device synchronized at window edges)."""
     for i in range(warmup):
         step(i)
     durations = []
@@ -283,35 +296,6 @@ def bench_overhead(trainer: Trainer, windows: int, window_steps: int, warmup: in
             step(warmup + w * window_steps + i)
         sync(device)
         durations.append((time.perf_counter() - start) / window_steps)
-    trainer.opt.zero_grad(set_to_none=True)
-    return durations
-
-
-def bench_network(trainer: Trainer, windows: int, window_steps: int, warmup: int = 2) -> list[float]:
-    """Seconds per step of zero_grad + forward + loss + backward on one batch of the training
-    shape, with the trainer's network (compiled or not), autocast and memory format: no batch
-    assembly, optimizer, EMA, logging or checkpoints. One value per window."""
-    device, cfg = trainer.device, trainer.cfg
-    order = torch.arange(len(trainer.images), device=device)
-    x0, y, t, noise = trainer._batch(order, 0, 0)  # (B, 1, 28, 28), labels or None, (B,), like x0
-
-    def step():
-        trainer.opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=trainer.bf16):
-            loss = diffusion_loss(trainer.net, trainer.schedule, cfg.diffusion, x0, t, noise, y)
-        loss.backward()
-
-    for _ in range(warmup):
-        step()
-    durations = []
-    for _ in range(windows):
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(window_steps):
-            step()
-        sync(device)
-        durations.append((time.perf_counter() - start) / window_steps)
-    trainer.opt.zero_grad(set_to_none=True)
     return durations
 
 

@@ -175,7 +175,12 @@ def train(
     ] = None,
     run_name: Annotated[Optional[str], typer.Option(help="Name of the run folder (default: the preset).")] = None,
     resume: Annotated[
-        Optional[str], typer.Option(help="Continue this run; only --epochs and --max-steps may change.")
+        Optional[str],
+        typer.Option(
+            help="Continue this run with its saved config. An interrupted run continues in place to its planned end; "
+            "a finished one is left as it is. With another --epochs or --max-steps, a new run starts from this "
+            "one's checkpoint and records it as its parent."
+        ),
     ] = None,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the network (GPU).")] = False,
     precision: Annotated[Optional[str], typer.Option(help=PRECISION_HELP)] = None,
@@ -196,6 +201,7 @@ def train(
     data_dir: DataDir = DEFAULT_DATA_DIR,
 ):
     """Train a diffusion model into a new run folder (artifacts/runs/NNNNN-NAME)."""
+    from .train import plan_resume
     from .train import train as train_core
 
     if conditional and clusters:
@@ -212,6 +218,7 @@ def train(
     train_flags = dict(
         batch_size=batch_size, lr=lr, seed=seed, precision=precision, guide_at=guide_at, clusters=clusters
     )
+    plan = None
     if resume is not None:
         given = [k for k, v in {**model_flags, **diffusion_flags, **train_flags}.items() if v is not None]
         if given or preset != "default" or run_name:
@@ -219,7 +226,15 @@ def train(
                 "--resume continues a run with its own saved config; only --epochs and --max-steps may be given "
                 f"(got {', '.join('--' + k.replace('_', '-') for k in given) or '--preset/--run-name'})"
             )
-        base = build_config("default", **budget_flags)
+        plan = plan_resume(resolve_run(resume, artifacts_dir), **budget_flags)
+        if plan.action == "finished":
+            console.print(
+                f"run {plan.run_dir.name} has finished its plan: nothing to do. To train it further, give a longer "
+                f"budget (--epochs or --max-steps): that writes a new run that starts from this one.",
+                highlight=False,
+            )
+            return
+        base = plan.cfg
     else:
         base = build_config(preset, **model_flags, **diffusion_flags, **budget_flags, **train_flags)
 
@@ -241,7 +256,7 @@ def train(
             artifacts_dir=artifacts_dir,
             run_name=run_name,
             device=device,
-            resume=resume,
+            resume=plan,
             compile=compile,
             log=lambda msg: err_console.print(msg, highlight=False),
             stop=stop,
@@ -250,13 +265,14 @@ def train(
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
     if result.interrupted:
+        where = "" if artifacts_dir == DEFAULT_ARTIFACTS_DIR else f" --artifacts-dir {artifacts_dir}"
         err_console.print(
             f"Interrupted at step {result.step}: checkpoint saved in {result.run_dir}. "
-            f"Continue with: mnistdiff train --resume {result.run_dir.name}",
+            f"Continue with: mnistdiff train --resume {result.run_dir.name}{where}",
             highlight=False,
         )
         raise typer.Exit(130)
-    console.print(str(result.run_dir))
+    console.print(str(result.run_dir), soft_wrap=True, highlight=False)
 
 
 # --------------------------------------------------------------------------------------- sample

@@ -1,18 +1,23 @@
 """The training loop: batches indexed from one uint8 tensor on the device, the diffusion loss,
 AdamW with warm-up and cosine decay, an EMA of the weights, and resumable checkpoints
-(safetensors + JSON) that make 8 steps + resume bit-identical to 16 steps straight."""
+(safetensors + JSON) that make 8 steps + resume bit-identical to 16 steps straight.
+
+Nothing non-finite is ever written: every step records on the device whether its loss or gradient
+norm was finite, and every save first checks that flag and the weights, EMA and optimizer state.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
+import shutil
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -21,31 +26,31 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from . import __version__
 from .artifacts import (
-    CHECKPOINT,
-    CHECKPOINT_META,
+    CLUSTERS,
     GUIDE,
     WEIGHTS,
     append_metrics,
     create_run_dir,
+    keep_metrics_until,
     load_config,
-    load_tensors_and_metadata,
+    manifest_entry,
     read_metrics,
-    resolve_run,
     save_config,
+    save_run_info,
     save_tensors,
     set_latest,
     weights_metadata,
     write_manifest,
 )
+from .checkpoint import Checkpoint, read_checkpoint, restore, save_checkpoint
 from .clusters import load_clusters, pixel_clusters, save_clusters
-from .config import RunConfig
+from .config import RunConfig, validate
 from .data import ensure_mnist, load_mnist
 from .errors import UserError
 from .generate import default_conditional_nrow, generate, load_run, parse_labels
 from .images import loss_figure, save_grid
-from .io import atomic_write_json
+from .io import fsync_dir, sha256_file
 from .losses import diffusion_loss
 from .model import build_model
 from .runtime import DistInfo, broadcast_object, configure_cpu_threads, init_distributed, pick_device, use_bf16
@@ -68,6 +73,66 @@ class TrainResult:
     loss: float | None
     interrupted: bool
     seconds: float
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One training batch: ``x0`` images in [-1, 1] (B, 1, 28, 28), labels ``y`` (B,) or None,
+    timesteps ``t`` (B,) and the noise ``noise`` like x0."""
+
+    x0: torch.Tensor
+    y: torch.Tensor | None
+    t: torch.Tensor
+    noise: torch.Tensor
+
+
+# ------------------------------------------------------------------------------- resume rules
+
+
+@dataclass(frozen=True)
+class ResumePlan:
+    """What ``train --resume RUN`` does (see :func:`plan_resume`)."""
+
+    run_dir: Path  # the run resumed
+    cfg: RunConfig  # the config to train with: the run's own, with the budget asked for
+    action: Literal["continue", "extend", "finished"]
+    checkpoint: Checkpoint | None  # its checkpoint, verified (None when finished: nothing to load)
+
+    @property
+    def step(self) -> int:
+        return self.checkpoint.step if self.checkpoint is not None else -1
+
+
+def is_finished(run_dir: Path) -> bool:
+    """Whether a run reached the end of its plan: its final weights are written and are the ones
+    its manifest lists (the manifest is written last)."""
+    weights = run_dir / WEIGHTS
+    return weights.is_file() and manifest_entry(run_dir, WEIGHTS) == sha256_file(weights)
+
+
+def plan_resume(run_dir: Path, *, epochs: int | None = None, max_steps: int | None = None) -> ResumePlan:
+    """The rules of ``train --resume``, one each:
+
+    - flags not given keep the run's saved values;
+    - the same plan (no budget flag, or the saved values): an interrupted run continues in place
+      to the end its config plans; a finished run is left as it is ("finished", nothing to do);
+    - another budget (``--epochs``, ``--max-steps``): a new run folder that starts from this run's
+      checkpoint and records it as its parent ("extend"), so every folder keeps the result it was
+      created for.
+    """
+    saved = load_config(run_dir)
+    budget = {k: v for k, v in (("epochs", epochs), ("max_steps", max_steps)) if v is not None}
+    try:
+        cfg = validate(dataclasses.replace(saved, train=dataclasses.replace(saved.train, **budget)))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    same_plan = cfg.train == saved.train
+    if same_plan and is_finished(run_dir):
+        return ResumePlan(run_dir, cfg, "finished", None)
+    return ResumePlan(run_dir, cfg, "continue" if same_plan else "extend", read_checkpoint(run_dir, cfg))
+
+
+# ------------------------------------------------------------------------------- schedules
 
 
 def lr_at(step: int, cfg: RunConfig, total_steps: int) -> float:
@@ -123,25 +188,7 @@ def _epoch_order(seed: int, epoch: int, n: int, info: DistInfo, device: torch.de
     return perm[info.rank * shard : (info.rank + 1) * shard].to(device)
 
 
-def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    state = opt.state_dict()
-    tensors = {
-        f"optim.{idx}.{key}": (value if torch.is_tensor(value) else torch.tensor(value))
-        for idx, param_state in state["state"].items()
-        for key, value in param_state.items()
-    }
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in state["param_groups"]]
-    return tensors, groups
-
-
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict]) -> dict:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for name, value in tensors.items():
-        if name.startswith("optim."):
-            _, idx, key = name.split(".", 2)
-            state.setdefault(int(idx), {})[key] = value
-    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in groups]
-    return {"state": state, "param_groups": groups}
+# ------------------------------------------------------------------------------- the trainer
 
 
 class Trainer:
@@ -155,7 +202,7 @@ class Trainer:
         artifacts_dir: Path,
         run_name: str | None,
         device: str,
-        resume: str | None = None,
+        resume: ResumePlan | None = None,
         compile: bool = False,
         progress: bool = True,
         log: Callable[[str], None] = print,
@@ -166,51 +213,107 @@ class Trainer:
         self.device = pick_device(device, self.info.local_rank)
         if self.device.type == "cpu":
             configure_cpu_threads(self.info.world_size)
+        self.cfg = resume.cfg if resume is not None else cfg
         self.log = log if self.info.is_main else (lambda _msg: None)
         self.progress = progress and self.info.is_main
         self.stop = stop or threading.Event()
         self.on_step = on_step
-        self.start_step = 0
+        if resume is not None and resume.checkpoint is None:
+            raise UserError(f"run {resume.run_dir.name} has finished its plan: there is nothing to resume")
+        self.start_step = resume.step if resume is not None else 0
+        self.prior_seconds = float(resume.checkpoint.meta.get("train_seconds", 0.0)) if resume is not None else 0.0
 
+        images, labels = self._load_data(data_dir)
+        self._plan(len(images), resume)
+        self.run_dir = self._open_run_dir(artifacts_dir, run_name, resume)
+        if self.cfg.train.clusters:  # self-labels instead of the digits (clusters.py)
+            labels = self._cluster_labels(images, compute=resume is None)
+        self.images, self.labels = images.to(self.device), labels.to(self.device)  # (N, 28, 28) uint8, (N,)
+        self._build(compile)
         if resume is not None:
-            run_dir = resolve_run(resume, artifacts_dir)
-            saved = load_config(run_dir)
-            self.cfg = _resume_config(saved, cfg)
-        else:
-            self.cfg = cfg
-            run_dir = None
-            if self.info.is_main:
-                run_dir = create_run_dir(artifacts_dir, run_name or cfg.preset)
-                save_config(run_dir, cfg)
-                set_latest(artifacts_dir, run_dir)
-            run_dir = Path(broadcast_object(str(run_dir) if run_dir else None, self.info))
-        self.run_dir = run_dir
-        self.artifacts_dir = artifacts_dir
-        cfg = self.cfg
+            self._restore(resume)
 
-        # Data: the whole training set once, as uint8 on the training device.
+    # ---------------------------------------------------------------------------- set-up steps
+
+    def _load_data(self, data_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole training set: uint8 images (N, 28, 28) and labels (N,), fetched if missing."""
         if self.info.is_main:
             ensure_mnist(data_dir, log=self.log)
         if self.info.enabled:
             dist.barrier()
-        images, labels = load_mnist(data_dir, "train")
-        if cfg.train.clusters:  # self-labels instead of the digits (clusters.py)
-            labels = self._cluster_labels(images, resumed=resume is not None)
-        self.images, self.labels = images.to(self.device), labels.to(self.device)  # (N, 28, 28) uint8, (N,)
-        self.steps_per_epoch = (len(images) // self.info.world_size) // cfg.train.batch_size
-        if self.steps_per_epoch < 1:
-            raise UserError(f"batch size {cfg.train.batch_size} is larger than the {len(images)} training images")
-        self.total_steps = cfg.train.epochs * self.steps_per_epoch
-        self.stop_step = min(self.total_steps, cfg.train.max_steps) if cfg.train.max_steps else self.total_steps
-        # Runs without digit labels keep their EMA weights at this step as the autoguidance guide.
-        guided = cfg.train.guide_at > 0 and (cfg.train.clusters or not cfg.model.num_classes)
-        self.guide_step = max(1, round(cfg.train.guide_at * self.total_steps)) if guided else -1
+        return load_mnist(data_dir, "train")
 
+    def _plan(self, n_images: int, resume: ResumePlan | None) -> None:
+        """Steps per epoch, the planned total (which the learning rate follows), where to stop, and
+        the step whose EMA weights become the autoguidance guide."""
+        t = self.cfg.train
+        self.steps_per_epoch = (n_images // self.info.world_size) // t.batch_size
+        if self.steps_per_epoch < 1:
+            raise UserError(f"batch size {t.batch_size} is larger than the {n_images} training images")
+        self.total_steps = t.epochs * self.steps_per_epoch
+        self.stop_step = min(self.total_steps, t.max_steps) if t.max_steps else self.total_steps
+        # Runs without digit labels keep their EMA weights at this step as the autoguidance guide.
+        guided = t.guide_at > 0 and (t.clusters or not self.cfg.model.num_classes)
+        self.guide_step = max(1, round(t.guide_at * self.total_steps)) if guided else -1
+        if resume is not None and resume.action == "extend" and self.start_step >= self.stop_step:
+            raise UserError(
+                f"run {resume.run_dir.name} is at step {self.start_step}, and the budget asked for ends at step "
+                f"{self.stop_step}: give a larger --epochs or --max-steps to train it further"
+            )
+
+    def _open_run_dir(self, artifacts_dir: Path, run_name: str | None, resume: ResumePlan | None) -> Path:
+        """A new run folder (rank 0 makes it, the others learn its name), or the resumed run's."""
+        run_dir = None
+        if self.info.is_main:
+            if resume is not None and resume.action == "continue":
+                run_dir = resume.run_dir
+                for junk in run_dir.glob(".*.tmp"):  # left by a process killed inside a write
+                    junk.unlink(missing_ok=True)
+                keep_metrics_until(run_dir, self.start_step)  # the steps after it are replayed
+            else:
+                name = run_name or (resume.run_dir.name.split("-", 1)[-1] if resume is not None else self.cfg.preset)
+                run_dir = create_run_dir(artifacts_dir, name)
+                save_config(run_dir, self.cfg)
+                parent = None
+                if resume is not None:  # extend: start from the parent's state, keep its history
+                    parent = {"run": resume.run_dir.name, "step": self.start_step}
+                    for name in (CLUSTERS, GUIDE):
+                        if (resume.run_dir / name).is_file():
+                            shutil.copyfile(resume.run_dir / name, run_dir / name)
+                    keep_metrics_until(run_dir, self.start_step, source=resume.run_dir)
+                save_run_info(run_dir, parent)
+                fsync_dir(run_dir)
+                set_latest(artifacts_dir, run_dir)
+                if resume is not None:
+                    self.log(f"{resume.run_dir.name} continues as {run_dir.name} (from step {self.start_step})")
+        return Path(broadcast_object(str(run_dir), self.info))
+
+    def _cluster_labels(self, images: torch.Tensor, compute: bool) -> torch.Tensor:
+        """Each training image's k-means cluster [N]. A new run's main process computes them and
+        saves them in the run; every other rank, and a resumed run, reads them back from there."""
+        k = self.cfg.train.clusters
+        if len(images) < k:
+            raise UserError(f"{k} clusters need at least {k} training images (got {len(images)})")
+        if self.info.is_main and compute:
+            start = time.perf_counter()
+            save_clusters(self.run_dir, pixel_clusters(images, k, seed=self.cfg.train.seed), k)
+            seconds = time.perf_counter() - start
+            self.log(f"self-labels: {k} k-means clusters of the pixels in {seconds:.1f} s (no digit labels)")
+        if self.info.enabled:
+            dist.barrier()
+        assign = load_clusters(self.run_dir, k)[0]
+        if len(assign) != len(images):
+            raise UserError(
+                f"run {self.run_dir.name} was clustered on {len(assign)} training images, the data has {len(images)}"
+            )
+        return assign
+
+    def _build(self, compile: bool) -> None:
+        """Precision, schedule, model, EMA, optimizer, and the on-device divergence watch."""
+        cfg = self.cfg
         self.bf16 = use_bf16(cfg.train.precision, self.device)
         if self.bf16 and self.device.type == "cpu":
             self.log("bf16 autocast: this CPU has bf16 units (--precision fp32 turns it off)")
-
-        # Model, EMA, optimizer.
         torch.manual_seed(cfg.train.seed)
         self.schedule = Schedule(cfg.diffusion, self.device)
         ab = self.schedule.final_alpha_bar
@@ -229,96 +332,30 @@ class Trainer:
             weight_decay=cfg.train.weight_decay,
             fused=fused_adamw(self.device),
         )
-        if resume is not None:
-            self._load_checkpoint()
         self.net = DistributedDataParallel(self.model) if self.info.enabled else self.model
         if compile:
             self.net = torch.compile(self.net)
+        # The first step (1-based) whose loss or gradient norm was not finite, or -1: kept on the
+        # device and read only at check points, so a GPU step needs no extra sync.
+        self._first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        self._step_number = torch.full((), self.start_step, dtype=torch.long, device=self.device)
 
-    def _cluster_labels(self, images: torch.Tensor, resumed: bool) -> torch.Tensor:
-        """Each training image's k-means cluster [N]. A new run's main process computes them and
-        saves them in the run; every other rank, and a resumed run, reads them back from there."""
-        k = self.cfg.train.clusters
-        if len(images) < k:
-            raise UserError(f"{k} clusters need at least {k} training images (got {len(images)})")
-        if self.info.is_main and not resumed:
-            start = time.perf_counter()
-            save_clusters(self.run_dir, pixel_clusters(images, k, seed=self.cfg.train.seed), k)
-            seconds = time.perf_counter() - start
-            self.log(f"self-labels: {k} k-means clusters of the pixels in {seconds:.1f} s (no digit labels)")
-        if self.info.enabled:
-            dist.barrier()
-        assign = load_clusters(self.run_dir, k)[0]
-        if len(assign) != len(images):
+    def _restore(self, resume: ResumePlan) -> None:
+        ckpt = resume.checkpoint
+        if ckpt.meta["world_size"] != self.info.world_size:
             raise UserError(
-                f"run {self.run_dir.name} was clustered on {len(assign)} training images, the data has {len(images)}"
+                f"run {resume.run_dir.name} was trained by {ckpt.meta['world_size']} process(es); resume it with "
+                f"as many (this is {self.info.world_size})"
             )
-        return assign
+        restore(ckpt, model=self.model, ema=self.ema, opt=self.opt, device=self.device)
+        self.ema.updates = ckpt.meta["ema_updates"]
+        self.log(f"resuming {resume.run_dir.name} from step {self.start_step}")
 
-    # ----------------------------------------------------------------------------- checkpoints
+    # ---------------------------------------------------------------------------- one step
 
-    def _save_checkpoint(self, step: int, loss: float | None, seconds: float) -> None:
-        if not self.info.is_main:
-            return
-        opt_tensors, groups = _flatten_optimizer(self.opt)
-        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
-        tensors.update(opt_tensors)
-        tensors["rng.cpu"] = torch.get_rng_state()
-        if self.device.type == "cuda":
-            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
-        meta = {
-            "step": step,
-            "epoch": step / self.steps_per_epoch,
-            "loss": loss,
-            "ema_updates": self.ema.updates,
-            "param_groups": groups,
-            "world_size": self.info.world_size,
-            "train_seconds": seconds,
-            "mnist_diffusion_version": __version__,
-        }
-        # One file holds tensors and their metadata, so they can never disagree; the JSON beside
-        # it is a copy for people and for `mnistdiff runs`.
-        save_tensors(self.run_dir / CHECKPOINT, tensors, {"checkpoint": json.dumps(meta)})
-        atomic_write_json(self.run_dir / CHECKPOINT_META, meta)
-        write_manifest(self.run_dir)
-
-    def _load_checkpoint(self) -> None:
-        path = self.run_dir / CHECKPOINT
-        if not path.is_file():
-            raise UserError(f"run {self.run_dir.name} has no checkpoint to resume from")
-        tensors, metadata = load_tensors_and_metadata(path)
-        try:
-            meta = json.loads(metadata["checkpoint"])
-        except (KeyError, json.JSONDecodeError):
-            raise UserError(f"{path} has no readable checkpoint metadata") from None
-        model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-        ema_state = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
-        try:
-            self.model.load_state_dict(model_state)
-            self.ema.load_state_dict(ema_state)
-            self.opt.load_state_dict(_unflatten_optimizer(tensors, meta["param_groups"]))
-        except (RuntimeError, KeyError, ValueError) as e:
-            raise UserError(
-                f"checkpoint of run {self.run_dir.name} does not match its config: {str(e)[:200]}"
-            ) from None
-        self.ema.updates = int(meta["ema_updates"])
-        torch.set_rng_state(tensors["rng.cpu"])
-        if self.device.type == "cuda" and "rng.cuda" in tensors:
-            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
-        self.start_step = int(meta["step"])
-        self.prior_seconds = float(meta.get("train_seconds", 0.0))
-        if self.start_step >= self.stop_step:
-            raise UserError(
-                f"run {self.run_dir.name} is already at step {self.start_step} of its budget of {self.stop_step}; "
-                "raise --max-steps or --epochs to continue it"
-            )
-        self.log(f"resuming {self.run_dir.name} from step {self.start_step}")
-
-    # ----------------------------------------------------------------------------- the loop
-
-    def _batch(self, order: torch.Tensor, pos: int, step: int):
-        """Images in [-1, 1] as (B, 1, 28, 28), labels or None, timesteps and noise."""
+    def make_batch(self, order: torch.Tensor, pos: int, step: int) -> Batch:
+        """Batch ``pos`` of an epoch's ``order``, with the timesteps, noise and label dropout of
+        optimizer step ``step`` (from that step's own seed)."""
         cfg = self.cfg
         b = cfg.train.batch_size
         idx = order[pos * b : (pos + 1) * b]
@@ -333,22 +370,62 @@ class Trainer:
             y = self.labels[idx]
             drop = torch.rand(b, generator=g, device=self.device) < cfg.train.label_dropout
             y = torch.where(drop, torch.full_like(y, cfg.model.num_classes), y)  # classifier-free guidance
-        return x0, y, t, noise
+        return Batch(x0, y, t, noise)
 
-    def _train_step(self, order, pos, step) -> torch.Tensor:
-        x0, y, t, noise = self._batch(order, pos, step)
+    def step(self, batch: Batch, step: int) -> torch.Tensor:
+        """One optimizer step (0-based ``step``) on ``batch``: :meth:`forward_backward`, then
+        :meth:`update`. Returns the loss as a device scalar (not synced)."""
+        loss = self.forward_backward(batch)
+        self.update(step, loss)
+        return loss
+
+    def forward_backward(self, batch: Batch) -> torch.Tensor:
+        """The network's half of a step: zero the gradients, forward and loss (in bf16 autocast
+        where enabled), backward. Returns the loss, detached."""
+        self.opt.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            loss = diffusion_loss(self.net, self.schedule, self.cfg.diffusion, batch.x0, batch.t, batch.noise, batch.y)
+        loss.backward()
+        return loss.detach()
+
+    def update(self, step: int, loss: torch.Tensor) -> None:
+        """The rest of a step, on the gradients :meth:`forward_backward` left: the learning rate of
+        step ``step``, gradient clipping, the divergence watch, AdamW and the EMA."""
         for group in self.opt.param_groups:
             group["lr"] = lr_at(step, self.cfg, self.total_steps)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            loss = diffusion_loss(self.net, self.schedule, self.cfg.diffusion, x0, t, noise, y)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.train.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        clip = self.cfg.train.grad_clip or math.inf  # the norm is computed either way: the watch reads it
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self._watch(loss, grad_norm)
         self.opt.step()
         self.ema.update_parameters(self.model)
         self.ema.updates += 1
-        return loss.detach()
+
+    def _watch(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """Remember, on the device, the first step whose loss or gradient norm is not finite."""
+        self._step_number += 1
+        bad = ~(torch.isfinite(loss) & torch.isfinite(grad_norm))
+        self._first_bad = torch.where(bad & (self._first_bad < 0), self._step_number, self._first_bad)
+
+    def check_finite(self, step: int, *, state: bool = False) -> None:
+        """Raise TrainingDiverged if a step so far had a non-finite loss or gradient, or (``state``)
+        any weight, EMA weight or optimizer state is not finite. Called before every write."""
+        first = int(self._first_bad)
+        if first < 0 and state:
+            tensors = [*self.model.parameters(), *self.ema.parameters()]
+            tensors += [v for s in self.opt.state.values() for v in s.values() if torch.is_tensor(v)]
+            if not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+                first = step
+        if first >= 0:
+            raise TrainingDiverged(
+                f"training diverged: the loss or its gradients became NaN or infinite at step {first}. Nothing "
+                f"after that was saved; the last good checkpoint stays in {self.run_dir} (try a lower --lr)"
+            )
+
+    @property
+    def check_every(self) -> int:
+        """Steps between reads of the divergence flag besides the save points: every step on the
+        CPU, where a read costs nothing; every LOG_EVERY steps on a GPU, where it is a sync."""
+        return 1 if self.device.type == "cpu" else LOG_EVERY
 
     def _should_stop(self) -> bool:
         """Ctrl-C on any rank stops every rank at the same step."""
@@ -359,10 +436,37 @@ class Trainer:
             flag = bool(t.item())
         return flag
 
+    # ---------------------------------------------------------------------------- saving
+
+    def _save_checkpoint(self, step: int, loss: float | None, seconds: float) -> None:
+        self.check_finite(step, state=True)
+        if not self.info.is_main:
+            return
+        meta = {
+            "step": step,
+            "epoch": step / self.steps_per_epoch,
+            "steps_per_epoch": self.steps_per_epoch,
+            "stop_step": self.stop_step,
+            "loss": loss,
+            "ema_updates": self.ema.updates,
+            "world_size": self.info.world_size,
+            "train_seconds": seconds,
+        }
+        save_checkpoint(self.run_dir, self.cfg, model=self.model, ema=self.ema, opt=self.opt, meta=meta,
+                        device=self.device)  # fmt: skip
+        write_manifest(self.run_dir)
+
+    def _save_guide(self, step: int) -> None:
+        """The EMA weights now, as the weak model of autoguidance."""
+        self.check_finite(step, state=True)
+        if self.info.is_main:
+            save_tensors(self.run_dir / GUIDE, self.ema.module.state_dict(), weights_metadata(self.cfg))
+
+    # ---------------------------------------------------------------------------- the loop
+
     def run(self) -> TrainResult:
         cfg = self.cfg
         b = cfg.train.batch_size * self.info.world_size
-        seconds_before = getattr(self, "prior_seconds", 0.0)
         bar = tqdm(
             total=self.stop_step * b,
             initial=self.start_step * b,
@@ -377,49 +481,41 @@ class Trainer:
         window_loss = torch.zeros((), device=self.device)
         window_steps, window_start = 0, time.perf_counter()
         loss_value, started = None, time.perf_counter()
-        check_every = 1 if self.device.type == "cpu" else LOG_EVERY
         step = self.start_step
         interrupted = False
         try:
             while step < self.stop_step:
                 epoch, pos = divmod(step, self.steps_per_epoch)
                 if epoch != order_epoch:
-                    order, order_epoch = (
-                        _epoch_order(cfg.train.seed, epoch, len(self.images), self.info, self.device),
-                        epoch,
-                    )
-                window_loss += self._train_step(order, pos, step)
+                    order = _epoch_order(cfg.train.seed, epoch, len(self.images), self.info, self.device)
+                    order_epoch = epoch
+                window_loss += self.step(self.make_batch(order, pos, step), step)
                 window_steps += 1
                 step += 1
                 bar.update(b)
                 last = step == self.stop_step
-                if step % check_every == 0 or step % LOG_EVERY == 0 or last:
-                    value = window_loss.item() / window_steps
-                    if not math.isfinite(value):
-                        raise TrainingDiverged(
-                            f"the loss became {value} at step {step}: training stopped. The last good checkpoint is "
-                            f"kept in {self.run_dir} (try a lower --lr)"
-                        )
-                    if step % LOG_EVERY == 0 or last:
-                        elapsed = time.perf_counter() - window_start
-                        loss_value = value
-                        record = {
-                            "step": step,
-                            "epoch": round(step / self.steps_per_epoch, 4),
-                            "loss": value,
-                            "lr": self.opt.param_groups[0]["lr"],
-                            "images_per_sec": window_steps * b / max(elapsed, 1e-9),
-                        }
-                        if self.info.is_main:
-                            append_metrics(self.run_dir, record)
-                        bar.set_postfix(loss=f"{value:.4f}", epoch=f"{record['epoch']:.2f}")
-                        window_loss.zero_()
-                        window_steps, window_start = 0, time.perf_counter()
-                if step == self.guide_step and self.info.is_main:  # the weak model of autoguidance
-                    save_tensors(self.run_dir / GUIDE, self.ema.module.state_dict(), weights_metadata(self.cfg))
+                if step % self.check_every == 0 or step % LOG_EVERY == 0 or last:
+                    self.check_finite(step)
+                if step % LOG_EVERY == 0 or last:
+                    elapsed = time.perf_counter() - window_start
+                    loss_value = window_loss.item() / window_steps
+                    record = {
+                        "step": step,
+                        "epoch": round(step / self.steps_per_epoch, 4),
+                        "loss": loss_value,
+                        "lr": self.opt.param_groups[0]["lr"],
+                        "images_per_sec": window_steps * b / max(elapsed, 1e-9),
+                    }
+                    if self.info.is_main:
+                        append_metrics(self.run_dir, record)
+                    bar.set_postfix(loss=f"{loss_value:.4f}", epoch=f"{record['epoch']:.2f}")
+                    window_loss.zero_()
+                    window_steps, window_start = 0, time.perf_counter()
+                if step == self.guide_step:  # the weak model of autoguidance
+                    self._save_guide(step)
                 if self.on_step is not None:
                     self.on_step(step)
-                seconds = seconds_before + time.perf_counter() - started
+                seconds = self.prior_seconds + time.perf_counter() - started
                 if step % self.steps_per_epoch == 0 or step % CHECKPOINT_EVERY == 0 or last:
                     self._save_checkpoint(step, loss_value, seconds)
                 # Under torchrun the ranks agree on stopping every LOG_EVERY steps (a collective
@@ -430,7 +526,7 @@ class Trainer:
                     break
         finally:
             bar.close()
-        seconds = seconds_before + time.perf_counter() - started
+        seconds = self.prior_seconds + time.perf_counter() - started
         if not interrupted:
             self._finish(step, loss_value, seconds)
         return TrainResult(self.run_dir, step, loss_value, interrupted, seconds)
@@ -443,45 +539,42 @@ class Trainer:
         return h.hexdigest()
 
     def _finish(self, step: int, loss: float | None, seconds: float) -> None:
-        """Final weights, loss curve, a sample grid and the manifest (rank 0)."""
+        """Loss curve, a sample grid, the final weights and last the manifest (rank 0), so a run
+        whose manifest lists its weights is complete, and one killed before is finished again by
+        ``--resume``, to the same bytes."""
+        self.check_finite(step, state=True)
         digests = [self._weights_digest()]
         if self.info.enabled:  # every rank's weights, so anyone can check they stayed in sync
             digests = [None] * self.info.world_size
             dist.all_gather_object(digests, self._weights_digest())
         if not self.info.is_main:
             return
-        save_tensors(self.run_dir / WEIGHTS, self.ema.module.state_dict(), weights_metadata(self.cfg))
+        keep_metrics_until(self.run_dir, step)  # a finish redone after a crash logs "done" once
         append_metrics(
             self.run_dir,
             {"step": step, "train_seconds": round(seconds, 2), "done": True, "rank_weight_sha256": digests},
         )
         loss_figure(read_metrics(self.run_dir), self.run_dir / "loss.png", f"{self.run_dir.name}: training loss")
-        run = load_run(self.run_dir, self.device)  # the weights just saved, and the guide if there is one
+        run = load_run(self.run_dir, self.device, model=self.ema.module)  # with the guide, if there is one
         n = END_GRID_CONDITIONAL if run.conditional else END_GRID
         labels = parse_labels(None, None, n, run.conditional)
         images = generate(run, n, seed=self.cfg.train.seed, labels=labels, precision=self.cfg.train.precision,
                           progress=self.progress)  # fmt: skip
         nrow = default_conditional_nrow(n) if run.conditional else 8
         save_grid(images, self.run_dir / "samples.png", nrow=nrow, scale=2)
+        save_tensors(self.run_dir / WEIGHTS, self.ema.module.state_dict(), weights_metadata(self.cfg))
         write_manifest(self.run_dir)
         self.log(f"done: {step} steps in {seconds / 60:.1f} min; weights, loss.png and samples.png in {self.run_dir}")
 
 
-BUDGET_FIELDS = ("epochs", "max_steps")
-
-
-def _resume_config(saved: RunConfig, requested: RunConfig) -> RunConfig:
-    """The saved config with only the budget (epochs, max_steps) taken from the request."""
-    train = dataclasses.replace(saved.train, **{f: getattr(requested.train, f) for f in BUDGET_FIELDS})
-    return dataclasses.replace(saved, train=train)
-
-
 def train(cfg: RunConfig, **kwargs) -> TrainResult:
-    """Train a model (or resume one with ``resume=RUN``); see :class:`Trainer` for the options.
-    Under torchrun, leaves the process group it joined, so no rank exits with it still running."""
+    """Train a model (or resume one with ``resume=plan_resume(RUN)``); see :class:`Trainer` for
+    the options. Under torchrun, leaves the process group it joined, so no rank exits with it
+    still running."""
     trainer = Trainer(cfg, **kwargs)
     try:
         return trainer.run()
     finally:
         if trainer.info.enabled and dist.is_initialized():
             dist.destroy_process_group()
+

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from mnist_diffusion.artifacts import load_config, save_tensors, weights_metadata
 from mnist_diffusion.cli import app
 from mnist_diffusion.clusters import save_clusters
 
@@ -249,12 +250,23 @@ def test_resume_refuses_config_flags(trained, data_dir):
 
 
 def test_resume_through_the_cli(trained, data_dir, tmp_path):
-    run = copy_run(trained[1], tmp_path)
-    result = invoke(
-        "train", "--resume", run, "--max-steps", 6, "--artifacts-dir", tmp_path / "artifacts", "--data-dir", data_dir
-    )
+    run = copy_run(trained[1], tmp_path)  # finished: 4 of its 4 steps
+    artifacts = tmp_path / "artifacts"
+    flags = ["--artifacts-dir", artifacts, "--data-dir", data_dir]
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    result = invoke("train", "--resume", run.name, *flags)  # no flags: the same plan, already done
     assert result.exit_code == 0, result.output
-    assert json.loads((run / "checkpoint.json").read_text())["step"] == 6
+    assert "nothing to do" in " ".join(result.output.split())
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # not a byte changed
+    assert [p.name for p in (artifacts / "runs").iterdir()] == [run.name]
+
+    result = invoke("train", "--resume", run, "--max-steps", 6, *flags)  # a longer budget: a new run
+    assert result.exit_code == 0, result.output
+    child = Path(result.stdout.strip().splitlines()[-1])
+    assert child.parent == run.parent and child != run
+    assert json.loads((child / "run.json").read_text())["parent"] == {"run": run.name, "step": 4}
+    assert json.loads((child / "checkpoint.json").read_text())["step"] == 6
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 
 def test_ctrl_c_saves_checkpoint_and_exits_130(tmp_path, data_dir):
@@ -425,13 +437,17 @@ def test_autoguidance_by_the_runs_guide(trained, data_dir, tmp_path):
     weights = load_file(run / "model.safetensors")
     (run / "guide.safetensors").write_bytes((run / "model.safetensors").read_bytes())
     paths = {}
-    for w in (1, 2):  # a guide equal to the model: autoguidance changes nothing, exactly
+    for w in (1, 2):  # a guide equal to the model: autoguidance changes nothing
         paths[w] = tmp_path / f"w{w}.safetensors"
         result = invoke("sample", "--run", run, "-n", 3, "-o", tmp_path / "g.png", "--steps", 3, "--guidance", w,
-                        "--save-tensor", paths[w])  # fmt: skip
+                        "--precision", "fp32", "--save-tensor", paths[w])  # fmt: skip
         assert result.exit_code == 0, result.output
-    assert torch.equal(load_file(paths[1])["samples"], load_file(paths[2])["samples"])
-    save_file({k: v + 0.05 * torch.randn_like(v) for k, v in weights.items()}, run / "guide.safetensors")
+    # Not bit for bit: w = 2 runs the guide on a batch of another shape than the model's, and some
+    # CPUs' kernels round those differently. A wrong formula moves the pixels by far more than 1e-4.
+    unguided, guided = load_file(paths[1])["samples"], load_file(paths[2])["samples"]
+    torch.testing.assert_close(guided, unguided, rtol=0, atol=1e-4)
+    noisy = {k: v + 0.05 * torch.randn_like(v) for k, v in weights.items()}
+    save_tensors(run / "guide.safetensors", noisy, weights_metadata(load_config(run)))
     for name, flags in (("default", []), ("w2", ["--guidance", 2, "--cluster-guidance", 1.6]),
                         ("w1", ["--guidance", 1]), ("s1", ["--cluster-guidance", 1])):  # fmt: skip
         paths[name] = tmp_path / f"{name}.safetensors"

@@ -41,11 +41,13 @@ def test_two_ranks_train_in_sync_and_resume(tmp_path, data_dir):
     meta = json.loads((run_dir / "checkpoint.json").read_text())
     assert meta["world_size"] == 2 and meta["step"] == 4
 
-    out = torchrun("--resume", run_dir.name, "--max-steps", "6", *common)
+    out = torchrun("--resume", run_dir.name, "--max-steps", "6", *common)  # a longer budget: a child run
     assert out.returncode == 0, out.stderr[-3000:]
-    assert len(list((artifacts / "runs").iterdir())) == 1
-    assert json.loads((run_dir / "checkpoint.json").read_text())["step"] == 6
-    digests = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][-1][
+    child = sorted((artifacts / "runs").iterdir())[-1]
+    assert child != run_dir and len(list((artifacts / "runs").iterdir())) == 2
+    assert json.loads((child / "run.json").read_text())["parent"] == {"run": run_dir.name, "step": 4}
+    assert json.loads((child / "checkpoint.json").read_text())["step"] == 6
+    digests = [json.loads(line) for line in (child / "metrics.jsonl").read_text().splitlines()][-1][
         "rank_weight_sha256"
     ]
     assert digests[0] == digests[1]

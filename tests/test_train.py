@@ -1,4 +1,4 @@
-"""The training loop: exact resume, Ctrl-C, divergence, atomic files, the run folder."""
+"""The training loop: exact resume and its rules, Ctrl-C, the divergence guard, the run folder."""
 
 from __future__ import annotations
 
@@ -13,26 +13,48 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from mnist_diffusion import train as train_module
-from mnist_diffusion.artifacts import load_tensors, write_manifest
+from mnist_diffusion.artifacts import resolve_run
 from mnist_diffusion.clusters import load_clusters, pixel_clusters
 from mnist_diffusion.config import RunConfig, validate
 from mnist_diffusion.data import load_mnist
 from mnist_diffusion.errors import UserError
-from mnist_diffusion.io import atomic_open, sha256_file
+from mnist_diffusion.io import sha256_file
 from mnist_diffusion.runtime import native_bf16, use_bf16
-from mnist_diffusion.train import TrainingDiverged, lr_at, train
+from mnist_diffusion.train import TrainingDiverged, lr_at, plan_resume, train
 
 
-def run(cfg, tmp_path, data_dir, **kw):
+def run(cfg, tmp_path, data_dir, *, resume=None, epochs=None, max_steps=None, **kw):
+    """Train ``cfg`` into ``tmp_path/artifacts``, or resume the run ``resume`` there, as
+    ``train --resume RUN [--epochs E] [--max-steps S]`` does."""
+    artifacts = tmp_path / "artifacts"
+    plan = None
+    if resume is not None:
+        plan = plan_resume(resolve_run(str(resume), artifacts), epochs=epochs, max_steps=max_steps)
     return train(
         cfg,
         data_dir=data_dir,
-        artifacts_dir=tmp_path / "artifacts",
+        artifacts_dir=artifacts,
         run_name=kw.pop("run_name", "t"),
         device="cpu",
         progress=False,
         log=lambda m: None,
+        resume=plan,
         **kw,
+    )
+
+
+def folder_bytes(run_dir):
+    """Every file of a run folder, hidden ones included, and its bytes."""
+    return {p.name: p.read_bytes() for p in sorted(run_dir.iterdir())}
+
+
+def all_finite(run_dir) -> bool:
+    """Whether every floating-point tensor of every safetensors file in the folder is finite."""
+    return all(
+        torch.isfinite(v.float()).all()
+        for path in run_dir.glob("*.safetensors")
+        for v in load_file(path).values()
+        if v.is_floating_point()
     )
 
 
@@ -62,103 +84,124 @@ def test_run_folder_contents(tmp_path, data_dir):
     assert result.run_dir.name == "00000-t" and result.step == 6
 
 
-def test_run_folders_are_never_reused(tmp_path, data_dir):
-    a = run(tiny_config(max_steps=1), tmp_path, data_dir).run_dir
-    b = run(tiny_config(max_steps=1), tmp_path, data_dir).run_dir
-    assert a != b and a.name.startswith("00000-") and b.name.startswith("00001-")
-
-
-def test_resume_is_exact(tmp_path, data_dir):
+def test_resume_is_exact_and_a_longer_budget_makes_a_child_run(tmp_path, data_dir):
     straight = run(tiny_config(max_steps=16), tmp_path / "a", data_dir)
     half = run(tiny_config(max_steps=8), tmp_path / "b", data_dir)
-    resumed = run(tiny_config(max_steps=16), tmp_path / "b", data_dir, resume=half.run_dir.name)
-    assert resumed.run_dir == half.run_dir and resumed.step == 16
+    before = folder_bytes(half.run_dir)
+    child = run(None, tmp_path / "b", data_dir, resume=half.run_dir.name, max_steps=16)
+    assert child.run_dir != half.run_dir and child.run_dir.name == "00001-t" and child.step == 16
+    assert folder_bytes(half.run_dir) == before  # the finished run keeps the result it was made for
+    info = json.loads((child.run_dir / "run.json").read_text())
+    assert info["parent"] == {"run": half.run_dir.name, "step": 8}
+    assert json.loads((child.run_dir / "config.json").read_text())["train"]["max_steps"] == 16
     for name in ("model.safetensors", "checkpoint.safetensors"):
-        a, b = weights(straight.run_dir, name), weights(resumed.run_dir, name)
+        a, b = weights(straight.run_dir, name), weights(child.run_dir, name)
         assert a.keys() == b.keys()
         for k in a:
             assert torch.equal(a[k], b[k]), f"{name}:{k} differs after resume"
+    steps = [r["step"] for r in map(json.loads, (child.run_dir / "metrics.jsonl").read_text().splitlines())]
+    assert steps == [8, 16, 16]  # the parent's history, then its own; the last line is "done"
 
 
-def test_stop_event_saves_a_checkpoint_that_resumes_exactly(tmp_path, data_dir):
+def test_flagless_resume_of_an_interrupted_run_ends_where_a_straight_run_ends(tmp_path, data_dir):
+    # saved with a non-default budget: 2 epochs of 32 steps, stopped early at 40
+    cfg = dataclasses.replace(tiny_config(), train=dataclasses.replace(tiny_config().train, epochs=2, max_steps=40))
     stop = threading.Event()
-    interrupted = run(
-        tiny_config(max_steps=12), tmp_path / "b", data_dir, stop=stop, on_step=lambda s: stop.set() if s == 5 else None
-    )
+    interrupted = run(cfg, tmp_path / "b", data_dir, stop=stop, on_step=lambda s: stop.set() if s == 5 else None)
     assert interrupted.interrupted and interrupted.step == 5
     assert not (interrupted.run_dir / "model.safetensors").exists()
     assert json.loads((interrupted.run_dir / "checkpoint.json").read_text())["step"] == 5
-    resumed = run(tiny_config(max_steps=12), tmp_path / "b", data_dir, resume=str(interrupted.run_dir))
-    straight = run(tiny_config(max_steps=12), tmp_path / "a", data_dir)
+    resumed = run(None, tmp_path / "b", data_dir, resume=interrupted.run_dir)  # no budget flags
+    assert resumed.run_dir == interrupted.run_dir and resumed.step == 40
+    straight = run(cfg, tmp_path / "a", data_dir)
     a, b = weights(straight.run_dir), weights(resumed.run_dir)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((resumed.run_dir / "config.json").read_text())["train"]["epochs"] == 2
 
 
 def test_resume_keeps_saved_config_and_takes_only_the_budget(tmp_path, data_dir):
     first = run(tiny_config(max_steps=4, lr=1e-3), tmp_path, data_dir)
-    other = dataclasses.replace(
-        tiny_config(max_steps=6), train=dataclasses.replace(tiny_config().train, max_steps=6, lr=5.0)
-    )
-    run(other, tmp_path, data_dir, resume=first.run_dir.name)
-    saved = json.loads((first.run_dir / "config.json").read_text())
-    assert saved["train"]["lr"] == 1e-3
-    assert json.loads((first.run_dir / "checkpoint.json").read_text())["step"] == 6
+    child = run(None, tmp_path, data_dir, resume=first.run_dir.name, max_steps=6)
+    saved = json.loads((child.run_dir / "config.json").read_text())
+    assert saved["train"]["lr"] == 1e-3 and saved["train"]["max_steps"] == 6
+    assert json.loads((first.run_dir / "config.json").read_text())["train"]["max_steps"] == 4
+    assert json.loads((child.run_dir / "checkpoint.json").read_text())["step"] == 6
 
 
-def test_resume_past_the_budget_is_refused(tmp_path, data_dir):
+def test_a_finished_run_is_never_resumed_in_place(tmp_path, data_dir):
     first = run(tiny_config(max_steps=4), tmp_path, data_dir)
-    with pytest.raises(UserError, match="already at step 4"):
-        run(tiny_config(max_steps=4), tmp_path, data_dir, resume=first.run_dir.name)
+    artifacts = tmp_path / "artifacts"
+    assert plan_resume(first.run_dir).action == "finished"
+    assert plan_resume(first.run_dir, max_steps=4).action == "finished"  # the saved value: the same plan
+    with pytest.raises(UserError, match="finished its plan"):
+        run(None, tmp_path, data_dir, resume=first.run_dir.name)
+    with pytest.raises(UserError, match="is at step 4, and the budget asked for ends at step 3"):
+        run(None, tmp_path, data_dir, resume=first.run_dir.name, max_steps=3)
+    assert [p.name for p in (artifacts / "runs").iterdir()] == [first.run_dir.name]
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir, monkeypatch):
-    first = run(tiny_config(max_steps=4), tmp_path, data_dir)
-    before = load_tensors(first.run_dir / "checkpoint.safetensors")
+def poison(monkeypatch, bad_call: int, *, gradient_only: bool):
+    """Make the loss of the ``bad_call``-th step NaN, or keep it finite and make its gradients
+    infinite (``gradient_only``), as a blown-up update would."""
+
+    class InfiniteGradient(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * float("inf")
+
     real_loss, calls = train_module.diffusion_loss, []
 
     def poisoned(*args, **kwargs):
         calls.append(1)
         loss = real_loss(*args, **kwargs)
-        return loss * float("nan") if len(calls) >= 3 else loss
+        if len(calls) != bad_call:
+            return loss
+        return InfiniteGradient.apply(loss) if gradient_only else loss * float("nan")
 
     monkeypatch.setattr(train_module, "diffusion_loss", poisoned)
-    with pytest.raises(TrainingDiverged, match="nan"):
-        run(tiny_config(max_steps=10), tmp_path, data_dir, resume=first.run_dir.name)
-    after = load_tensors(first.run_dir / "checkpoint.safetensors")
-    assert json.loads((first.run_dir / "checkpoint.json").read_text())["step"] == 4
-    assert all(torch.equal(before[k], after[k]) for k in before)
-    assert all(torch.isfinite(v.float()).all() for v in after.values())
 
 
-def test_atomic_open_leaves_the_old_file_on_a_crash(tmp_path):
-    target = tmp_path / "model.safetensors"
-    target.write_bytes(b"old weights")
-    with pytest.raises(RuntimeError), atomic_open(target) as f:
-        f.write(b"half of the new")
-        raise RuntimeError("power cut")
-    assert target.read_bytes() == b"old weights"
-    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setattr(train_module, "CHECKPOINT_EVERY", 2)
+    poison(monkeypatch, 5, gradient_only=False)
+    with pytest.raises(TrainingDiverged, match="NaN or infinite at step 5"):
+        run(tiny_config(max_steps=10), tmp_path, data_dir)
+    (run_dir,) = (tmp_path / "artifacts" / "runs").iterdir()
+    assert json.loads((run_dir / "checkpoint.json").read_text())["step"] == 4
+    assert all_finite(run_dir) and not (run_dir / "model.safetensors").exists()
 
 
-def test_checkpoint_write_crash_keeps_previous_checkpoint(tmp_path, data_dir, monkeypatch):
-    first = run(tiny_config(max_steps=2), tmp_path, data_dir)
-    before = (first.run_dir / "checkpoint.safetensors").read_bytes()
+@pytest.mark.parametrize("check_every", [1, 50])  # the CPU reads the flag every step, a GPU at save points
+def test_an_infinite_gradient_on_a_checkpoint_step_is_never_saved(tmp_path, data_dir, monkeypatch, check_every):
+    monkeypatch.setattr(train_module, "CHECKPOINT_EVERY", 4)
+    monkeypatch.setattr(train_module.Trainer, "check_every", property(lambda self: check_every))
+    poison(monkeypatch, 8, gradient_only=True)  # the loss stays finite; the weights would not
+    with pytest.raises(TrainingDiverged, match="at step 8"):
+        run(tiny_config(max_steps=12), tmp_path, data_dir)
+    (run_dir,) = (tmp_path / "artifacts" / "runs").iterdir()
+    assert json.loads((run_dir / "checkpoint.json").read_text())["step"] == 4
+    assert all_finite(run_dir)
+    assert sha256_file(run_dir / "checkpoint.safetensors") == json.loads((run_dir / "manifest.json").read_text())[
+        "files"]["checkpoint.safetensors"]["sha256"]  # fmt: skip
 
-    def crash(*a, **k):
-        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(train_module, "atomic_write_json", crash)
-    monkeypatch.setattr("mnist_diffusion.artifacts.save", lambda *a, **k: b"truncated" + crash())
-    with pytest.raises(OSError):
-        run(tiny_config(max_steps=4), tmp_path, data_dir, resume=first.run_dir.name)
-    assert (first.run_dir / "checkpoint.safetensors").read_bytes() == before
+def test_an_infinite_gradient_on_the_guide_step_writes_no_guide(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setattr(train_module.Trainer, "check_every", property(lambda self: 50))  # as on a GPU
+    poison(monkeypatch, 8, gradient_only=True)  # 32 steps per epoch, guide_at 0.25: the guide is step 8
+    with pytest.raises(TrainingDiverged, match="at step 8"):
+        run(tiny_config(max_steps=12, guide_at=0.25), tmp_path, data_dir)
+    (run_dir,) = (tmp_path / "artifacts" / "runs").iterdir()
+    assert not (run_dir / "guide.safetensors").exists() and all_finite(run_dir)
 
 
-def test_manifest_lists_every_file(tmp_path):
-    (tmp_path / "a.txt").write_text("x")
-    write_manifest(tmp_path)
-    manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert set(manifest["files"]) == {"a.txt"} and manifest["mnist_diffusion_version"]
+def test_run_folders_are_never_reused(tmp_path, data_dir):
+    a = run(tiny_config(max_steps=1), tmp_path, data_dir).run_dir
+    b = run(tiny_config(max_steps=1), tmp_path, data_dir).run_dir
+    assert a != b and a.name.startswith("00000-") and b.name.startswith("00001-")
 
 
 def test_lr_schedule_warmup_and_cosine():
@@ -177,7 +220,7 @@ def test_guide_is_the_ema_at_guide_at_and_survives_resume(tmp_path, data_dir):
     at_8 = run(cfg, tmp_path / "a", data_dir).run_dir
     full = run(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=0)), tmp_path / "b", data_dir)
     half = run(tiny_config(max_steps=12, guide_at=0.25), tmp_path / "c", data_dir)
-    resumed = run(tiny_config(max_steps=0, guide_at=0.25), tmp_path / "c", data_dir, resume=half.run_dir.name)
+    resumed = run(None, tmp_path / "c", data_dir, resume=half.run_dir.name, max_steps=0)
     guide = weights(at_8, "model.safetensors")
     for run_dir in (at_8, full.run_dir, resumed.run_dir):
         assert weights(run_dir, "guide.safetensors").keys() == guide.keys()
@@ -224,7 +267,7 @@ def test_clustered_run_learns_the_pixel_clusters_and_resumes_exactly(tmp_path, d
     # 32 steps per epoch; the guide is the EMA after step 8 (guide_at 0.25), as for unconditional runs
     straight = run(clustered_config(max_steps=16, guide_at=0.25), tmp_path / "a", data_dir).run_dir
     half = run(clustered_config(max_steps=8, guide_at=0.25), tmp_path / "b", data_dir).run_dir
-    resumed = run(clustered_config(max_steps=16, guide_at=0.25), tmp_path / "b", data_dir, resume=half.name).run_dir
+    resumed = run(None, tmp_path / "b", data_dir, resume=half.name, max_steps=16).run_dir
     images, _ = load_mnist(data_dir, "train")
     assign, counts = load_clusters(straight, 4)
     assert torch.equal(assign, pixel_clusters(images, 4, seed=0))  # the trainer's labels: k-means, seeded
