@@ -124,10 +124,10 @@ def machine_info(device: torch.device) -> dict:
 
 
 def checkpoints_per_run(total_steps: int, steps_per_epoch: int) -> int:
-    """How many checkpoints Trainer.run saves in an uninterrupted run (every epoch's end, every
-    CHECKPOINT_EVERY steps, and the last step)."""
+    """How many checkpoints Trainer.run saves in an uninterrupted run (the first, before step 1,
+    every epoch's end, every CHECKPOINT_EVERY steps, and the last step)."""
     saved = {s for s in range(1, total_steps + 1) if s % steps_per_epoch == 0 or s % CHECKPOINT_EVERY == 0}
-    return len(saved | {total_steps})
+    return len(saved | {0, total_steps})
 
 
 # --------------------------------------------------------------------------------------- training

@@ -15,6 +15,7 @@ import torch
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
@@ -87,13 +88,12 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            err_console.print(f"[red]Error:[/red] {e}", highlight=False, soft_wrap=True)
+            err_console.print(f"[red]Error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except OSError as e:
-            where = f" {e.filename}" if getattr(e, "filename", None) else ""
-            err_console.print(
-                f"[red]Error:[/red] cannot access{where}: {e.strerror or e}", highlight=False, soft_wrap=True
-            )
+            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+            err_console.print(f"[red]Error:[/red] {escape(where + (e.strerror or str(e)))}", highlight=False,
+                              soft_wrap=True)  # fmt: skip
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err_console.print("Interrupted.")
@@ -197,10 +197,17 @@ def train(
             "to guide with (sample --cluster-guidance); 0: none. The default preset uses 40."
         ),
     ] = None,
+    grid: Annotated[
+        Optional[int],
+        typer.Option(
+            min=0, help="Samples drawn into samples.png at the end (default 64, 80 if --conditional; 0: none)."
+        ),
+    ] = None,
     artifacts_dir: ArtifactsDir = DEFAULT_ARTIFACTS_DIR,
     data_dir: DataDir = DEFAULT_DATA_DIR,
 ):
     """Train a diffusion model into a new run folder (artifacts/runs/NNNNN-NAME)."""
+    from .sample_cmd import end_of_run_grid
     from .train import plan_resume
     from .train import train as train_core
 
@@ -260,6 +267,7 @@ def train(
             compile=compile,
             log=lambda msg: err_console.print(msg, highlight=False),
             stop=stop,
+            on_finish=None if grid == 0 else end_of_run_grid(grid),
         )
     finally:
         if previous is not None:

@@ -264,7 +264,7 @@ def evaluate_run(
         result["nll"] = nll_bpd(run, test_images, batch_size=batch_size, generator=generator, progress=progress,
                                 timesteps_subsample=nll_timesteps)  # fmt: skip
 
-    used_steps, used_spacing = resolve_steps_and_spacing(sampler, steps, spacing)
+    used_steps, used_spacing = resolve_steps_and_spacing(sampler, steps, spacing, run.schedule.num_timesteps)
     result.update(
         run=run_dir.name,
         sampling={

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from .artifacts import save_tensors
 from .errors import UserError
-from .generate import LoadedRun, generate
+from .generate import LoadedRun, default_conditional_nrow, generate, load_run, parse_labels
 from .images import save_grid, trajectory_figure
 from .samplers import model_evaluations
 
+if TYPE_CHECKING:
+    from .train import Trainer
+
 TRAJECTORY_ROWS = 4  # samples shown in a trajectory picture
 TRAJECTORY_FRAMES = 10  # moments shown, evenly spaced over the sampler's steps
+END_GRID = 64  # samples in the grid drawn at the end of training, 8 x 8
+END_GRID_CONDITIONAL = 80  # conditional runs: a row of 8 for each digit 0-9
 
 
 def sample_to_files(
@@ -76,3 +83,20 @@ def sample_to_files(
     if trajectory is not None:
         trajectory_figure(torch.stack(frames), frame_labels, trajectory)
     return images
+
+
+def end_of_run_grid(n: int | None = None) -> Callable[[Trainer], None]:
+    """The trainer's ``on_finish`` hook that draws ``samples.png``: ``n`` samples (default 64; 80,
+    a row of 8 per digit, for a conditional run) of the final EMA weights, with the default sampler
+    and guidance, seeded with the run's seed."""
+
+    def draw(trainer: Trainer) -> None:
+        run = load_run(trainer.run_dir, trainer.device, model=trainer.ema.module)  # with the guide, if any
+        count = n or (END_GRID_CONDITIONAL if run.conditional else END_GRID)
+        labels = parse_labels(None, None, count, run.conditional)
+        images = generate(run, count, seed=trainer.cfg.train.seed, labels=labels,
+                          precision=trainer.cfg.train.precision, progress=trainer.progress)  # fmt: skip
+        nrow = default_conditional_nrow(count) if run.conditional else min(count, 8)
+        save_grid(images, trainer.run_dir / "samples.png", nrow=nrow, scale=2)
+
+    return draw

@@ -276,7 +276,7 @@ def sample(
     common = dict(generator=generator, device=device, progress=progress, callback=callback)
     if sampler == "ddpm":
         return ddpm_sample(denoiser, shape, **common)
-    steps, spacing = resolve_steps_and_spacing(sampler, steps, spacing)
+    steps, spacing = resolve_steps_and_spacing(sampler, steps, spacing, denoiser.schedule.num_timesteps)
     if sampler == "ddim":
         return ddim_sample(denoiser, shape, steps=steps, eta=eta, spacing=spacing, **common)
     if sampler in ("dpmpp-2m", "dpmpp-2m-sde"):
@@ -291,13 +291,13 @@ def default_steps(sampler: str) -> int:
 
 
 def resolve_steps_and_spacing(
-    sampler: str, steps: int | None, spacing: float | None
+    sampler: str, steps: int | None, spacing: float | None, num_timesteps: int
 ) -> tuple[int | None, float | None]:
-    """The (steps, spacing) that ``sample`` uses for these flags: the defaults where not given,
-    and (None, None) for DDPM, which always takes all T steps."""
+    """The (steps, spacing) that ``sample`` uses for these flags: the defaults where not given (the
+    default steps at most T), and (None, None) for DDPM, which always takes all T steps."""
     if sampler == "ddpm":
         return None, None
-    return steps or default_steps(sampler), default_spacing(sampler) if spacing is None else spacing
+    return steps or min(default_steps(sampler), num_timesteps), default_spacing(sampler) if spacing is None else spacing
 
 
 def default_spacing(sampler: str) -> float:

@@ -27,6 +27,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from .artifacts import (
+    CHECKPOINT,
     CLUSTERS,
     GUIDE,
     WEIGHTS,
@@ -48,8 +49,7 @@ from .clusters import load_clusters, pixel_clusters, save_clusters
 from .config import RunConfig, validate
 from .data import ensure_mnist, load_mnist
 from .errors import UserError
-from .generate import default_conditional_nrow, generate, load_run, parse_labels
-from .images import loss_figure, save_grid
+from .images import loss_figure
 from .io import fsync_dir, sha256_file
 from .losses import diffusion_loss
 from .model import build_model
@@ -58,8 +58,6 @@ from .schedule import Schedule
 
 LOG_EVERY = 50  # optimizer steps between metrics.jsonl lines (and loss read-backs on a GPU)
 CHECKPOINT_EVERY = 500  # optimizer steps between checkpoints, besides every epoch's end
-END_GRID = 64  # samples in the grid drawn at the end of training, 8 x 8
-END_GRID_CONDITIONAL = 80  # conditional runs: a row of 8 for each digit 0-9
 
 
 class TrainingDiverged(UserError):
@@ -208,6 +206,7 @@ class Trainer:
         log: Callable[[str], None] = print,
         stop: threading.Event | None = None,
         on_step: Callable[[int], None] | None = None,
+        on_finish: Callable[[Trainer], None] | None = None,
     ):
         self.info = init_distributed(device)
         self.device = pick_device(device, self.info.local_rank)
@@ -217,7 +216,8 @@ class Trainer:
         self.log = log if self.info.is_main else (lambda _msg: None)
         self.progress = progress and self.info.is_main
         self.stop = stop or threading.Event()
-        self.on_step = on_step
+        self.on_step = on_step  # called after every step with its (1-based) number
+        self.on_finish = on_finish  # called at the end, before the final weights: draws the sample grid
         if resume is not None and resume.checkpoint is None:
             raise UserError(f"run {resume.run_dir.name} has finished its plan: there is nothing to resume")
         self.start_step = resume.step if resume is not None else 0
@@ -477,6 +477,8 @@ class Trainer:
             dynamic_ncols=True,
         )
         self.model.train()
+        if not (self.run_dir / CHECKPOINT).is_file():  # a new run (or child) is resumable from its first step
+            self._save_checkpoint(self.start_step, None, self.prior_seconds)
         order, order_epoch = None, -1
         window_loss = torch.zeros((), device=self.device)
         window_steps, window_start = 0, time.perf_counter()
@@ -539,7 +541,7 @@ class Trainer:
         return h.hexdigest()
 
     def _finish(self, step: int, loss: float | None, seconds: float) -> None:
-        """Loss curve, a sample grid, the final weights and last the manifest (rank 0), so a run
+        """Loss curve, ``on_finish`` (the sample grid), the final weights and last the manifest (rank 0), so a run
         whose manifest lists its weights is complete, and one killed before is finished again by
         ``--resume``, to the same bytes."""
         self.check_finite(step, state=True)
@@ -555,16 +557,11 @@ class Trainer:
             {"step": step, "train_seconds": round(seconds, 2), "done": True, "rank_weight_sha256": digests},
         )
         loss_figure(read_metrics(self.run_dir), self.run_dir / "loss.png", f"{self.run_dir.name}: training loss")
-        run = load_run(self.run_dir, self.device, model=self.ema.module)  # with the guide, if there is one
-        n = END_GRID_CONDITIONAL if run.conditional else END_GRID
-        labels = parse_labels(None, None, n, run.conditional)
-        images = generate(run, n, seed=self.cfg.train.seed, labels=labels, precision=self.cfg.train.precision,
-                          progress=self.progress)  # fmt: skip
-        nrow = default_conditional_nrow(n) if run.conditional else 8
-        save_grid(images, self.run_dir / "samples.png", nrow=nrow, scale=2)
+        if self.on_finish is not None:
+            self.on_finish(self)
         save_tensors(self.run_dir / WEIGHTS, self.ema.module.state_dict(), weights_metadata(self.cfg))
         write_manifest(self.run_dir)
-        self.log(f"done: {step} steps in {seconds / 60:.1f} min; weights, loss.png and samples.png in {self.run_dir}")
+        self.log(f"done: {step} steps in {seconds / 60:.1f} min; weights and pictures in {self.run_dir}")
 
 
 def train(cfg: RunConfig, **kwargs) -> TrainResult:

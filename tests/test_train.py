@@ -20,6 +20,7 @@ from mnist_diffusion.data import load_mnist
 from mnist_diffusion.errors import UserError
 from mnist_diffusion.io import sha256_file
 from mnist_diffusion.runtime import native_bf16, use_bf16
+from mnist_diffusion.sample_cmd import end_of_run_grid
 from mnist_diffusion.train import TrainingDiverged, lr_at, plan_resume, train
 
 
@@ -72,7 +73,6 @@ def test_run_folder_contents(tmp_path, data_dir):
         "checkpoint.json",
         "metrics.jsonl",
         "loss.png",
-        "samples.png",
         "manifest.json",
     }
     assert expected <= files
@@ -251,7 +251,7 @@ def test_precision_flag_picks_the_arithmetic(tmp_path, data_dir, monkeypatch):
 def test_conditional_training_runs_and_samples_by_row(tmp_path, data_dir):
     cfg = tiny_config(max_steps=3)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=10))
-    result = run(cfg, tmp_path, data_dir)
+    result = run(cfg, tmp_path, data_dir, on_finish=end_of_run_grid())
     grid = Image.open(result.run_dir / "samples.png")
     assert grid.size == (2 * (8 * 30 + 2), 2 * (10 * 30 + 2))  # a row of 8 per digit 0-9, scale 2
     assert "label_emb.weight" in weights(result.run_dir)
