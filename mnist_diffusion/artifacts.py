@@ -99,14 +99,19 @@ def save_config(run_dir: Path, cfg: RunConfig) -> None:
 
 
 def load_config(run_dir: Path) -> RunConfig:
+    """A run's ``config.json``; a missing, unreadable, malformed or ill-typed one is a one-line UserError."""
     path = run_dir / CONFIG
     try:
-        return RunConfig.from_dict(json.loads(path.read_text()))
+        data = json.loads(path.read_bytes())
     except FileNotFoundError:
         raise UserError(f"{path} is missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, over 4300 digits, nested past the stack
         raise UserError(f"{path} is not valid JSON: {e}") from None
-    except (ValueError, TypeError) as e:
+    try:
+        return RunConfig.from_dict(data)
+    except (ValueError, TypeError, OverflowError) as e:
         raise UserError(f"{path} is not a valid config: {e}") from None
 
 
