@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -352,8 +353,9 @@ def load_samples(path: str | os.PathLike) -> torch.Tensor:
       28-pixel tiles with 2-pixel padding, at any integer upscale. Trailing all-black tiles of the
       last row are taken for the grid's empty slots and dropped.
 
-    Arrays hold ``(N, 28, 28)`` or ``(N, 1, 28, 28)`` values, floats in [0, 1] or uint8. Anything
-    else is a :class:`UserError`.
+    Arrays hold ``(N, 28, 28)`` or ``(N, 1, 28, 28)`` values, floats in [0, 1] or uint8. PNGs may be
+    8- or 16-bit grey, palette or colour with equal channels, opaque. Anything else is a
+    :class:`UserError`.
     """
     path = Path(path)
     if path.is_dir():
@@ -382,19 +384,29 @@ def load_samples(path: str | os.PathLike) -> torch.Tensor:
 
 
 def _read_grey(path: Path) -> np.ndarray:
-    """A PNG as a uint8 ``(H, W)`` array; colour images must have equal channels."""
+    """A PNG as a uint8 ``(H, W)`` array. 16-bit greys are rounded to 8 bits; colour images must
+    have equal channels and no transparent pixels. An image over Pillow's pixel limit
+    (``Image.MAX_IMAGE_PIXELS``) is refused before it is decoded."""
     try:
-        with Image.open(path) as img:
-            if img.format != "PNG":
-                raise UserError(f"{path}: not a PNG file")
-            if img.mode == "L":
-                return np.asarray(img, dtype=np.uint8)
-            rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise UserError(f"{path}: cannot read the image ({e})") from None
-    if not (rgb == rgb[..., :1]).all():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.format != "PNG":
+                    raise UserError(f"{path}: not a PNG file")
+                if img.mode == "L":
+                    return np.asarray(img, dtype=np.uint8)
+                if img.mode.startswith("I"):  # 16-bit grey: I;16, I;16B or I
+                    return np.rint(np.asarray(img, dtype=np.float64) / 257).clip(0, 255).astype(np.uint8)
+                rgba = np.asarray(img.convert("RGBA"), dtype=np.uint8)  # (H, W, 4)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UserError(f"{path}: too large an image (over {Image.MAX_IMAGE_PIXELS:,} pixels)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
+        raise UserError(f"{path}: cannot read the image ({_first_line(e)})") from None
+    if (rgba[..., 3] != 255).any():
+        raise UserError(f"{path}: has transparent pixels; samples must be opaque greyscale")
+    if not (rgba[..., :3] == rgba[..., :1]).all():
         raise UserError(f"{path}: a colour image; samples must be greyscale")
-    return rgb[..., 0]
+    return rgba[..., 0]
 
 
 def _load_png_folder(folder: Path) -> torch.Tensor:
