@@ -15,8 +15,10 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import re
+import reprlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from . import __version__
-from .config import RunConfig
+from .config import INT_LIMIT, RunConfig
 from .errors import UserError
 from .io import atomic_write_bytes, atomic_write_json, fsync_dir, sha256_file
 
@@ -124,14 +126,19 @@ def save_config(run_dir: Path, cfg: RunConfig) -> None:
 
 
 def load_config(run_dir: Path) -> RunConfig:
+    """A run's ``config.json``; a missing, unreadable, malformed or ill-typed one is a one-line UserError."""
     path = run_dir / CONFIG
     try:
-        return RunConfig.from_dict(json.loads(path.read_text()))
+        data = json.loads(path.read_bytes())
     except FileNotFoundError:
         raise UserError(f"{path} is missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, over 4300 digits, nested past the stack
         raise UserError(f"{path} is not valid JSON: {e}") from None
-    except (ValueError, TypeError) as e:
+    try:
+        return RunConfig.from_dict(data)
+    except (ValueError, TypeError, OverflowError) as e:
         raise UserError(f"{path} is not a valid config: {e}") from None
 
 
@@ -308,46 +315,96 @@ class RunSummary:
     name: str
     path: Path
     created: str
-    preset: str
-    epochs: int
-    step: int
+    preset: str | None  # None where config.json is unreadable
+    epochs: int | None  # None where config.json is unreadable
+    step: int | None  # 0 before the first checkpoint; None where checkpoint.json is unreadable
     final_loss: float | None
     fid: float | None
     fid_n: int | None  # the N the FID was computed at (FID depends on N)
     finished: bool
+    problem: str | None = None  # why the run is listed as unreadable: each bad file and what is wrong, one line
 
 
 def summarize_runs(artifacts_dir: str | os.PathLike) -> list[RunSummary]:
-    """One summary per run folder, oldest first; unreadable folders are skipped."""
+    """One summary per run folder, oldest first. A folder whose config.json, checkpoint.json or
+    eval.json is missing, corrupt or ill-typed is listed all the same, with ``problem`` set."""
     root = runs_dir(artifacts_dir)
-    out = []
-    for p in sorted(root.iterdir()) if root.is_dir() else []:
-        if not (_RUN_RE.match(p.name) and (p / CONFIG).is_file()):
-            continue
+    folders = sorted(p for p in root.iterdir() if _RUN_RE.match(p.name) and p.is_dir()) if root.is_dir() else []
+    return [_summarize(p) for p in folders]
+
+
+def _summarize(run_dir: Path) -> RunSummary:
+    summary = RunSummary(
+        name=run_dir.name, path=run_dir, created=_created(run_dir), preset=None, epochs=None, step=None,
+        final_loss=None, fid=None, fid_n=None, finished=(run_dir / WEIGHTS).is_file(),
+    )  # fmt: skip
+    problems = []
+    try:
+        cfg = load_config(run_dir)
+        summary.preset, summary.epochs = cfg.preset, cfg.train.epochs
+    except UserError as e:
+        problems.append(str(e).replace(f"{run_dir}{os.sep}", ""))  # the row names the run already
+    try:
+        meta = _read_json_object(run_dir / CHECKPOINT_META)
+        summary.step = 0 if meta is None else _number(meta, "step", CHECKPOINT_META, integer=True)
+        if meta is not None and meta.get("loss") is not None:
+            summary.final_loss = _number(meta, "loss", CHECKPOINT_META, finite=False)
+    except UserError as e:
+        problems.append(str(e))
+    try:
+        report = _read_json_object(run_dir / "eval.json")
+        if report is not None:
+            model = report.get("model")
+            if not isinstance(model, dict):
+                raise UserError(f"eval.json: model is {reprlib.repr(model)}, expected an object")
+            summary.fid = _number(model, "fid", "eval.json", label="model.fid")
+            summary.fid_n = _number(report, "n", "eval.json", integer=True, minimum=1)
+    except UserError as e:
+        summary.fid = None
+        problems.append(str(e))
+    summary.problem = "; ".join(problems) or None
+    return summary
+
+
+def _created(run_dir: Path) -> str:
+    """When the run began (its config.json's mtime, else the folder's), or "?"."""
+    for path in (run_dir / CONFIG, run_dir):
         try:
-            cfg = load_config(p)
-        except UserError:
+            return dt.datetime.fromtimestamp(path.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+        except (OSError, OverflowError, ValueError):
             continue
-        meta = {}
-        if (p / CHECKPOINT_META).is_file():
-            meta = json.loads((p / CHECKPOINT_META).read_text())
-        fid = fid_n = None
-        if (p / "eval.json").is_file():
-            report = json.loads((p / "eval.json").read_text())
-            fid, fid_n = report.get("model", {}).get("fid"), report.get("n")
-        created = dt.datetime.fromtimestamp((p / CONFIG).stat().st_mtime).strftime("%Y-%m-%d %H:%M")
-        out.append(
-            RunSummary(
-                name=p.name,
-                path=p,
-                created=created,
-                preset=cfg.preset,
-                epochs=cfg.train.epochs,
-                step=int(meta.get("step", 0)),
-                final_loss=meta.get("loss"),
-                fid=fid,
-                fid_n=fid_n,
-                finished=(p / WEIGHTS).is_file(),
-            )
-        )
-    return out
+    return "?"
+
+
+def _read_json_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``; None if there is no such file. A file that cannot be read, is
+    not JSON or holds something other than an object is a UserError naming the file."""
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise UserError(f"{path.name}: cannot read it ({e.strerror or e})") from None
+    except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, over 4300 digits, nested past the stack
+        raise UserError(f"{path.name}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path.name}: holds {type(data).__name__}, expected a JSON object")
+    return data
+
+
+def _number(data: dict[str, Any], key: str, where: str, *, integer: bool = False, finite: bool = True,
+            minimum: int = 0, label: str | None = None) -> Any:  # fmt: skip
+    """``data[key]`` checked: with ``integer`` a whole number from ``minimum`` up that fits in 64
+    bits, else a float (finite with ``finite``). Bools are not numbers. Anything else is a UserError
+    naming ``where`` and ``label`` (default: ``key``)."""
+    value = data.get(key)
+    is_int = isinstance(value, int) and not isinstance(value, bool) and -INT_LIMIT <= value < INT_LIMIT
+    if integer:
+        ok = is_int and value >= minimum
+    else:
+        ok = (is_int or isinstance(value, float)) and (math.isfinite(value) or not finite)
+    if not ok:
+        expected = f"a whole number >= {minimum}" if integer else "a finite number" if finite else "a number"
+        found = f"is {reprlib.repr(value)}" if key in data else "is missing"
+        raise UserError(f"{where}: {label or key} {found}, expected {expected}")
+    return value if integer else float(value)

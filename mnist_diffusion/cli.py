@@ -401,15 +401,18 @@ def runs(artifacts_dir: ArtifactsDir = DEFAULT_ARTIFACTS_DIR):
         table.add_column(col, justify="right" if numeric else "left", no_wrap=True)
     for s in summaries:
         table.add_row(
-            s.name,
-            s.created[5:],  # MM-DD HH:MM
-            s.preset,
-            str(s.step),
+            escape(s.name),
+            s.created[5:] or "?",  # MM-DD HH:MM
+            escape(s.preset or "?"),
+            "?" if s.step is None else str(s.step),
             f"{s.final_loss:.4f}" if s.final_loss is not None and math.isfinite(s.final_loss) else "-",
             f"{s.fid:.2f} @ {_short_count(s.fid_n)}" if s.fid is not None and s.fid_n else "-",
-            "done" if s.finished else "resumable" if s.step else "started",
+            "unreadable" if s.problem else "done" if s.finished else "resumable" if s.step else "started",
         )
     console.print(table)
+    for s in summaries:  # what makes each unreadable run so, one line each
+        if s.problem:
+            console.print(f"{s.name}: {s.problem}", markup=False, highlight=False)
 
 
 def _short_count(n: int) -> str:

@@ -7,6 +7,8 @@ The CLI maps its flags onto these fields; presets are named instances, not dicts
 from __future__ import annotations
 
 import dataclasses
+import math
+import reprlib
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -17,6 +19,8 @@ LossWeighting = Literal["none", "min-snr"]
 LRSchedule = Literal["constant", "cosine"]
 Precision = Literal["auto", "fp32", "bf16"]
 PresetName = Literal["default", "seed", "large"]
+
+INT_LIMIT = 2**63  # every integer of a config fits in 64 bits (torch seeds and sizes)
 
 
 @dataclass(frozen=True)
@@ -75,33 +79,52 @@ class RunConfig:
         """Rebuild a config from :meth:`to_dict` output, refusing unknown or ill-typed fields."""
         if not isinstance(data, dict):
             raise ValueError("config must be a JSON object")
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown config field(s) {reprlib.repr(sorted(unknown))}")
+        preset = data.get("preset", "custom")
+        if not (isinstance(preset, str) and 0 < len(preset) <= 64 and preset.isprintable()):
+            raise ValueError(f"preset must be a name of 1-64 printable characters (got {reprlib.repr(preset)})")
         parts = {}
         for name, sub in (("model", ModelConfig), ("diffusion", DiffusionConfig), ("train", TrainConfig)):
             raw = data.get(name, {})
             if not isinstance(raw, dict):
                 raise ValueError(f"config section {name!r} must be an object")
             parts[name] = _build(sub, raw)
-        return validate(cls(preset=str(data.get("preset", "custom")), **parts))
+        return validate(cls(preset=preset, **parts))
+
+
+def _is_int(value: Any) -> bool:
+    """An integer that fits in 64 bits; JSON's true and false are not integers."""
+    return isinstance(value, int) and not isinstance(value, bool) and -INT_LIMIT <= value < INT_LIMIT
 
 
 def _build(cls: type, raw: dict[str, Any]) -> Any:
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(raw) - set(known)
     if unknown:
-        raise ValueError(f"unknown config field(s) {sorted(unknown)} in {cls.__name__}")
+        raise ValueError(f"unknown config field(s) {reprlib.repr(sorted(unknown))} in {cls.__name__}")
     values = {}
     for name, value in raw.items():
         default = getattr(cls(), name)
-        if isinstance(default, tuple):
-            if not isinstance(value, list | tuple):
-                raise ValueError(f"{cls.__name__}.{name} must be a list")
+        where = f"{cls.__name__}.{name}"
+        if isinstance(default, tuple):  # of ints
+            if not (isinstance(value, list | tuple) and all(_is_int(v) for v in value)):
+                raise ValueError(f"{where} must be a list of integers (got {reprlib.repr(value)})")
             value = tuple(value)
-        elif isinstance(default, bool) and not isinstance(value, bool):
-            raise ValueError(f"{cls.__name__}.{name} must be true or false")
-        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"{where} must be true or false (got {reprlib.repr(value)})")
+        elif isinstance(default, int):
+            if not _is_int(value):
+                raise ValueError(f"{where} must be an integer of at most 64 bits (got {reprlib.repr(value)})")
+        elif isinstance(default, float):
+            if isinstance(value, int) and not isinstance(value, bool) and abs(value) < INT_LIMIT:
+                value = float(value)
+            if not (isinstance(value, float) and math.isfinite(value)):
+                raise ValueError(f"{where} must be a finite number (got {reprlib.repr(value)})")
         elif type(default) is not type(value):
-            raise ValueError(f"{cls.__name__}.{name} must be a {type(default).__name__}")
+            raise ValueError(f"{where} must be a {type(default).__name__} (got {reprlib.repr(value)})")
         values[name] = value
     return cls(**values)
 

@@ -13,9 +13,11 @@ import datetime as dt
 import hashlib
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from tokenize import TokenError
 from typing import Any
 
 import numpy as np
@@ -297,8 +299,11 @@ def evaluate_run(
 def check_images(x: torch.Tensor | np.ndarray, where: str) -> torch.Tensor:
     """Validate sample images and return float32 ``(N, 1, 28, 28)`` in [0, 1].
 
-    Accepts ``(N, 28, 28)`` or ``(N, 1, 28, 28)``, floats in [0, 1] or uint8 in 0..255.
+    Accepts ``(N, 28, 28)`` or ``(N, 1, 28, 28)``, floats of any width or byte order in [0, 1] or
+    uint8 in 0..255. Other integers, bools and every other dtype are refused: their scale is a guess.
     """
+    if isinstance(x, np.ndarray):
+        x = _native(x, where)
     x = torch.as_tensor(x)
     if x.ndim == 3:
         x = x.unsqueeze(1)  # (N, 28, 28) -> (N, 1, 28, 28)
@@ -310,7 +315,10 @@ def check_images(x: torch.Tensor | np.ndarray, where: str) -> torch.Tensor:
         return x.float() / 255
     if not x.is_floating_point():
         raise UserError(f"{where}: expected floats in [0, 1] or uint8 in 0..255, got {x.dtype}")
-    x = x.float()
+    try:
+        x = x.float()
+    except (RuntimeError, NotImplementedError):  # packed types such as float4_e2m1fn_x2 have no conversion
+        raise UserError(f"{where}: cannot convert {x.dtype} to float32; save float32 or uint8 images") from None
     if not torch.isfinite(x).all():
         raise UserError(f"{where}: contains NaN or infinite values")
     lo, hi = float(x.min()), float(x.max())
@@ -318,6 +326,21 @@ def check_images(x: torch.Tensor | np.ndarray, where: str) -> torch.Tensor:
         hint = " (images in [-1, 1]? map them with (x + 1) / 2)" if lo >= -1 - 1e-6 and hi <= 1 + 1e-6 else ""
         raise UserError(f"{where}: values span {lo:.3g}..{hi:.3g}, expected [0, 1]{hint}")
     return x.clamp(0, 1)
+
+
+def _native(x: np.ndarray, where: str) -> np.ndarray:
+    """A numpy array torch can take: floats in native byte order (long doubles as float64), uint8 as
+    it is; any other dtype (other integers, bool, complex, strings, records) is a UserError."""
+    if x.dtype.kind == "f":
+        return x.astype(np.float64 if x.dtype.itemsize > 8 else x.dtype.newbyteorder("="), copy=False)
+    if x.dtype == np.uint8:
+        return x
+    name = "a structured dtype" if x.dtype.names else x.dtype.name
+    raise UserError(f"{where}: expected floats in [0, 1] or uint8 in 0..255, got {name}")
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0]
 
 
 def load_samples(path: str | os.PathLike) -> torch.Tensor:
@@ -330,8 +353,9 @@ def load_samples(path: str | os.PathLike) -> torch.Tensor:
       28-pixel tiles with 2-pixel padding, at any integer upscale. Trailing all-black tiles of the
       last row are taken for the grid's empty slots and dropped.
 
-    Arrays hold ``(N, 28, 28)`` or ``(N, 1, 28, 28)`` values, floats in [0, 1] or uint8. Anything
-    else is a :class:`UserError`.
+    Arrays hold ``(N, 28, 28)`` or ``(N, 1, 28, 28)`` values, floats in [0, 1] or uint8. PNGs may be
+    8- or 16-bit grey, palette or colour with equal channels, opaque. Anything else is a
+    :class:`UserError`.
     """
     path = Path(path)
     if path.is_dir():
@@ -347,8 +371,12 @@ def load_samples(path: str | os.PathLike) -> torch.Tensor:
     if suffix == ".npy":
         try:
             array = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:  # pickled objects, or not an .npy file
-            raise UserError(f"{path}: not a plain numpy array ({str(e).splitlines()[0]})") from None
+        except (ValueError, OSError, EOFError, SyntaxError, TokenError, MemoryError) as e:
+            # pickled objects, not an .npy file, a damaged header, or one claiming more than memory holds
+            raise UserError(f"{path}: not a plain numpy array ({_first_line(e)})") from None
+        if not isinstance(array, np.ndarray):  # np.load opens a zip archive (.npz) whatever its name
+            array.close()
+            raise UserError(f"{path}: an .npz archive of arrays, not one .npy array")
         return check_images(array, str(path))
     if suffix == ".png":
         return _load_grid(path)
@@ -356,19 +384,29 @@ def load_samples(path: str | os.PathLike) -> torch.Tensor:
 
 
 def _read_grey(path: Path) -> np.ndarray:
-    """A PNG as a uint8 ``(H, W)`` array; colour images must have equal channels."""
+    """A PNG as a uint8 ``(H, W)`` array. 16-bit greys are rounded to 8 bits; colour images must
+    have equal channels and no transparent pixels. An image over Pillow's pixel limit
+    (``Image.MAX_IMAGE_PIXELS``) is refused before it is decoded."""
     try:
-        with Image.open(path) as img:
-            if img.format != "PNG":
-                raise UserError(f"{path}: not a PNG file")
-            if img.mode == "L":
-                return np.asarray(img, dtype=np.uint8)
-            rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise UserError(f"{path}: cannot read the image ({e})") from None
-    if not (rgb == rgb[..., :1]).all():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.format != "PNG":
+                    raise UserError(f"{path}: not a PNG file")
+                if img.mode == "L":
+                    return np.asarray(img, dtype=np.uint8)
+                if img.mode.startswith("I"):  # 16-bit grey: I;16, I;16B or I
+                    return np.rint(np.asarray(img, dtype=np.float64) / 257).clip(0, 255).astype(np.uint8)
+                rgba = np.asarray(img.convert("RGBA"), dtype=np.uint8)  # (H, W, 4)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UserError(f"{path}: too large an image (over {Image.MAX_IMAGE_PIXELS:,} pixels)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
+        raise UserError(f"{path}: cannot read the image ({_first_line(e)})") from None
+    if (rgba[..., 3] != 255).any():
+        raise UserError(f"{path}: has transparent pixels; samples must be opaque greyscale")
+    if not (rgba[..., :3] == rgba[..., :1]).all():
         raise UserError(f"{path}: a colour image; samples must be greyscale")
-    return rgb[..., 0]
+    return rgba[..., 0]
 
 
 def _load_png_folder(folder: Path) -> torch.Tensor:
