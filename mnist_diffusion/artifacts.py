@@ -291,6 +291,13 @@ def manifest_entry(run_dir: Path, name: str) -> str | None:
     return entry if isinstance(entry, str) else None
 
 
+def is_finished(run_dir: Path) -> bool:
+    """Whether a run reached the end of its plan: its final weights are written and are the ones
+    its manifest lists (training writes the manifest last)."""
+    weights = run_dir / WEIGHTS
+    return weights.is_file() and manifest_entry(run_dir, WEIGHTS) == sha256_file(weights)
+
+
 def verify_manifest(run_dir: Path) -> dict[str, str]:
     """Each file's state against the manifest: "ok", "changed" (another sha256), "missing" (listed,
     not there) or "unlisted" (there, not listed). Raises UserError for an unreadable manifest."""
@@ -336,7 +343,7 @@ def summarize_runs(artifacts_dir: str | os.PathLike) -> list[RunSummary]:
 def _summarize(run_dir: Path) -> RunSummary:
     summary = RunSummary(
         name=run_dir.name, path=run_dir, created=_created(run_dir), preset=None, epochs=None, step=None,
-        final_loss=None, fid=None, fid_n=None, finished=(run_dir / WEIGHTS).is_file(),
+        final_loss=None, fid=None, fid_n=None, finished=is_finished(run_dir),
     )  # fmt: skip
     problems = []
     try:

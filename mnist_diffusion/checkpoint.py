@@ -151,7 +151,8 @@ def restore(checkpoint: Checkpoint, *, model: nn.Module, ema: nn.Module, opt: to
         ema.load_state_dict(ema_state)
         opt.load_state_dict(unflatten_optimizer(tensors, meta["param_groups"]))
     except (RuntimeError, KeyError, ValueError, TypeError) as e:
-        raise UserError(f"{checkpoint.path} does not match the run's config: {str(e)[:200]}") from None
+        detail = " ".join(str(e).split())  # torch's message spans lines
+        raise UserError(f"{checkpoint.path} does not match the run's config: {detail[:200]}") from None
     torch.set_rng_state(tensors["rng.cpu"])
     if device.type == "cuda" and "rng.cuda" in tensors:
         torch.cuda.set_rng_state(tensors["rng.cuda"], device)

@@ -33,9 +33,9 @@ from .artifacts import (
     WEIGHTS,
     append_metrics,
     create_run_dir,
+    is_finished,
     keep_metrics_until,
     load_config,
-    manifest_entry,
     read_metrics,
     save_config,
     save_run_info,
@@ -50,7 +50,7 @@ from .config import RunConfig, validate
 from .data import ensure_mnist, load_mnist
 from .errors import UserError
 from .images import loss_figure
-from .io import fsync_dir, sha256_file
+from .io import fsync_dir
 from .losses import diffusion_loss
 from .model import build_model
 from .runtime import DistInfo, broadcast_object, configure_cpu_threads, init_distributed, pick_device, use_bf16
@@ -99,13 +99,6 @@ class ResumePlan:
     @property
     def step(self) -> int:
         return self.checkpoint.step if self.checkpoint is not None else -1
-
-
-def is_finished(run_dir: Path) -> bool:
-    """Whether a run reached the end of its plan: its final weights are written and are the ones
-    its manifest lists (the manifest is written last)."""
-    weights = run_dir / WEIGHTS
-    return weights.is_file() and manifest_entry(run_dir, WEIGHTS) == sha256_file(weights)
 
 
 def plan_resume(run_dir: Path, *, epochs: int | None = None, max_steps: int | None = None) -> ResumePlan:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -109,24 +110,38 @@ def straight(tmp_path_factory, data_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def killed(tmp_path_factory, data_dir) -> dict[str, Path]:
-    """Every kill point at once (they share the two cores' time): name -> artifacts folder."""
+    """Every kill point at once (they share the two cores' time), and a run stopped by Ctrl-C
+    twice inside the step-32 checkpoint write: name -> artifacts folder. "full-disk" is a copy of
+    the run killed inside that write, for the full-disk test."""
     procs = {}
-    for name, pause in KILL_POINTS:
+    for name, pause in [*KILL_POINTS, ("ctrl-c-twice", "checkpoint.safetensors:2")]:
         artifacts = tmp_path_factory.mktemp(f"killed-{name}")
         procs[name] = (artifacts, pause, start(artifacts, data_dir, pause))
     try:
-        for artifacts, pause, proc in procs.values():
+        for name, (artifacts, pause, proc) in procs.items():
             if pause:
                 wait_for_pause(proc)
             else:
                 wait_until(lambda a=artifacts: list(a.glob("runs/*/guide.safetensors")), proc)
-            proc.kill()
+            if name != "ctrl-c-twice":
+                proc.kill()
+                continue
+            proc.send_signal(signal.SIGINT)  # the first asks for a checkpoint after this step ...
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGINT)  # ... the second aborts at once, inside the write
+            proc.wait(timeout=120)
+            err = proc.stderr.read()
+            assert proc.returncode == 130, err
+            assert "Traceback" not in err and "Interrupted." in err
     finally:
         for _, _, proc in procs.values():
             proc.kill()
             proc.wait()
             proc.stderr.close()
-    return {name: artifacts for name, (artifacts, _, _) in procs.items()}
+    folders = {name: artifacts for name, (artifacts, _, _) in procs.items()}
+    folders["full-disk"] = tmp_path_factory.mktemp("full-disk") / "artifacts"
+    shutil.copytree(folders["checkpoint"], folders["full-disk"])
+    return folders
 
 
 @pytest.mark.parametrize("point", [name for name, _ in KILL_POINTS])
@@ -144,31 +159,18 @@ def test_a_run_killed_anywhere_resumes_to_the_same_weights(point, killed, straig
     assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
 
 
-def test_ctrl_c_twice_aborts_at_once_and_the_run_still_resumes(tmp_path, data_dir, straight):
-    artifacts = tmp_path / "artifacts"
-    proc = start(artifacts, data_dir, "checkpoint.safetensors:2")  # hold it inside the step-32 checkpoint write
-    wait_for_pause(proc)
-    proc.send_signal(signal.SIGINT)  # the first asks for a checkpoint after this step ...
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)  # ... the second aborts at once, inside the write
-    err = proc.communicate(timeout=120)[1]
-    assert proc.returncode == 130, err
-    assert "Traceback" not in err and "Interrupted." in err
+def test_ctrl_c_twice_aborts_at_once_and_the_run_still_resumes(killed, data_dir, straight):
+    artifacts = killed["ctrl-c-twice"]  # exit 130, no traceback: checked where it was stopped
     run_dir = run_folder(artifacts)
     assert read_checkpoint(run_dir).step == 0  # the aborted write left the previous checkpoint
-    assert not list(run_dir.glob(".*.tmp"))
+    assert not list(run_dir.glob(".*.tmp"))  # and cleaned up after itself
     result = resume(artifacts, data_dir, run_dir)
     assert result.exit_code == 0, result.output
     assert_finished_like(run_dir, straight)
 
 
-def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, data_dir, straight, monkeypatch):
-    artifacts = tmp_path / "artifacts"
-    proc = start(artifacts, data_dir, "checkpoint.safetensors:2")
-    wait_for_pause(proc)
-    proc.kill()
-    proc.wait()
-    proc.stderr.close()
+def test_a_full_disk_keeps_the_previous_checkpoint(killed, data_dir, straight, monkeypatch):
+    artifacts = killed["full-disk"]  # killed inside the step-32 checkpoint write
     run_dir = run_folder(artifacts)
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if not p.name.startswith(".")}
     real_fdopen = os.fdopen
