@@ -223,6 +223,10 @@ def bench_training(name: str, args, device: torch.device, artifacts: Path) -> tu
     network_s = statistics.median(bench_network(trainer, args.windows, clock.window_steps))
     say(f"{name}: everything but the network alone (batch, noise, lr, clipping, AdamW, EMA)")
     overhead_s = statistics.median(bench_overhead(trainer, args.windows, clock.window_steps))
+    say(f"{name}: the divergence guard alone (per step, and the full check before a write)")
+    guard_s = statistics.median(bench_guard(trainer, args.windows, 200))
+    state_check_s = statistics.median(time_windows(lambda i: trainer.check_finite(i, state=True), device,
+                                                   args.windows, 5, warmup=1))  # fmt: skip
     out = {
         "batch_size": batch,
         "parameters": count_parameters(trainer.model),
@@ -245,6 +249,11 @@ def bench_training(name: str, args, device: torch.device, artifacts: Path) -> tu
         "overhead_ms": overhead_s * 1e3,
         "network_share_direct": 1 - (overhead_s + checkpoint_s * per_run / trainer.total_steps) / step_s,
         "network_share_target": NETWORK_SHARE_TARGET,
+        # The guard against non-finite weights: the per-step watch (and on the CPU its read-back),
+        # and the check of every weight, EMA weight and optimizer state before each write.
+        "guard_ms": guard_s * 1e3,
+        "guard_share": guard_s / step_s,
+        "state_check_ms": state_check_s * 1e3,
         "peak_memory_mib": peak_memory_mib(device),
     }
     say(
@@ -270,6 +279,21 @@ def bench_overhead(trainer: Trainer, windows: int, window_steps: int, warmup: in
     durations = time_windows(step, device, windows, window_steps, warmup)
     trainer.opt.zero_grad(set_to_none=True)
     return durations
+
+
+def bench_guard(trainer: Trainer, windows: int, window_steps: int, warmup: int = 2) -> list[float]:
+    """Seconds per step of the divergence guard as ``Trainer.run`` pays it: ``Trainer.watch`` on a
+    loss and a gradient norm, and, every ``check_every`` steps, ``check_finite``'s read of the flag
+    (every step on the CPU). One value per window."""
+    loss = torch.ones((), device=trainer.device)
+    norm = torch.ones((), device=trainer.device)
+
+    def step(i: int):
+        trainer.watch(loss, norm)
+        if i % trainer.check_every == 0:
+            trainer.check_finite(i)
+
+    return time_windows(step, trainer.device, windows, window_steps, warmup)
 
 
 def bench_network(trainer: Trainer, windows: int, window_steps: int, warmup: int = 2) -> list[float]:
@@ -447,8 +471,8 @@ def markdown(results: dict) -> str:
         f"`{results['command']}`",
         "",
         f"| training | batch | images/s | step ms | network ms | network share | non-network ms | network share "
-        f"(1 - non-network / step) | checkpoints ms/step | {memory} |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"(1 - non-network / step) | checkpoints ms/step | guard ms/step (share) | {memory} |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in results["train"].items():
         mark = "✓" if r["network_share_direct"] >= r["network_share_target"] else "✗"
@@ -456,7 +480,7 @@ def markdown(results: dict) -> str:
         lines.append(
             f"| {name} | {r['batch_size']} | {rate(r['images_per_sec'])} | {r['step_ms']:.2f} | {r['network_ms']:.2f} "
             f"| {r['network_share']:.1%} | {r['overhead_ms']:.2f} | {r['network_share_direct']:.1%} {mark} "
-            f"| {ckpt:.3f} | {r['peak_memory_mib']:.0f} |"
+            f"| {ckpt:.3f} | {r['guard_ms']:.3f} ({r['guard_share']:.2%}) | {r['peak_memory_mib']:.0f} |"
         )
     lines += [
         "",

@@ -388,12 +388,12 @@ class Trainer:
             group["lr"] = lr_at(step, self.cfg, self.total_steps)
         clip = self.cfg.train.grad_clip or math.inf  # the norm is computed either way: the watch reads it
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        self._watch(loss, grad_norm)
+        self.watch(loss, grad_norm)
         self.opt.step()
         self.ema.update_parameters(self.model)
         self.ema.updates += 1
 
-    def _watch(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+    def watch(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
         """Remember, on the device, the first step whose loss or gradient norm is not finite."""
         self._step_number += 1
         bad = ~(torch.isfinite(loss) & torch.isfinite(grad_norm))

@@ -63,6 +63,9 @@ def test_bench_speed_writes_json_and_table(tmp_path, data_dir):
         "overhead_ms",
         "network_share_direct",
         "checkpoint_ms",
+        "guard_ms",
+        "guard_share",
+        "state_check_ms",
         "peak_memory_mib",
     ):
         assert train[key] > 0, key
