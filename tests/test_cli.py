@@ -108,6 +108,16 @@ def test_sample_trajectory(trained, tmp_path):
     assert Image.open(traj).format == "PNG"
 
 
+def test_sample_trajectory_of_several_batches(trained, tmp_path):
+    # 6 samples in batches of 5: the trajectory shows the first batch's first samples only
+    artifacts, run_dir = trained
+    traj = tmp_path / "traj.png"
+    result = invoke("sample", "--run", run_dir, "-n", 6, "--batch-size", 5, "--steps", 5, "-o", tmp_path / "g.png",
+                    "--trajectory", traj)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert Image.open(traj).format == "PNG"
+
+
 def test_runs_lists_the_run(trained):
     artifacts, run_dir = trained
     result = runner.invoke(app, ["runs", "--artifacts-dir", str(artifacts)], terminal_width=80)
