@@ -40,7 +40,7 @@ eval: install  ## sample-quality metrics of the latest run (N=10,000)
 	$(BIN)/mnistdiff eval --n-samples $(N) $(if $(RUN),--run $(RUN))
 
 features: data  ## retrain the shipped feature classifier used by eval
-	$(BIN)/python -m mnist_diffusion.features --data-dir data --out mnist_diffusion/assets
+	$(BIN)/python -m mnist_diffusion.evaluation.features --data-dir data --out mnist_diffusion/assets
 
 bench: data  ## training and sampling speed, see benchmarks/
 	$(BIN)/python benchmarks/bench_speed.py

@@ -1,8 +1,8 @@
 """The default preset's ablation: short runs of the candidate recipes, each scored by `mnistdiff eval`.
 
 Each variant trains --epochs (default 1) through the CLI with the given flags, then is scored
-with N samples (dpmpp-2m, 20 evaluations, even spacing, no guidance: the sampler the README
-table used). The network is the default preset's as it was then: 16/32/64 channels in fp32.
+with N samples (dpmpp-2m, 20 evaluations, even spacing, no guidance: the sampler of the ablation
+table in docs/RESULTS.md). The network is pinned to that table's: 16/32/64 channels in fp32.
 Variants run --parallel at a time with one thread each (on a 2-core CPU two single-thread runs
 go faster together than one two-thread run).
 
@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n", type=int, default=1000, help="samples scored per variant")
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--data-dir", default="data")
-    p.add_argument("--sampler", default="dpmpp-2m", help="sampler of the scoring eval (README: dpmpp-2m)")
-    p.add_argument("--spacing", default="1", help="its timestep spacing power (README: 1, the even spacing)")
+    p.add_argument("--sampler", default="dpmpp-2m", help="sampler of the scoring eval (the table's: dpmpp-2m)")
+    p.add_argument("--spacing", default="1", help="its timestep spacing power (the table's: 1, even)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/ablation"))
     p.add_argument("--only", default="", help="comma-separated variant numbers (1-based) to run")
     args = p.parse_args(argv)
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for name, run in runs.items():
         out = subprocess.run([*CLI, "eval", "--run", run, "-n", str(args.n), "--sampler", args.sampler, "--spacing",
-                              args.spacing, "--guidance", "1", "--precision", "fp32", "--json",
+                              args.spacing, "--autoguidance", "1", "--cluster-guidance", "1", "--precision", "fp32", "--json",
                               "--data-dir", args.data_dir],
                              capture_output=True, text=True, check=True)  # fmt: skip
         r = json.loads(out.stdout)

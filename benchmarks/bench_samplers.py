@@ -10,6 +10,7 @@ again after every row, so a run cut short keeps what it measured. benchmarks/REA
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import math
 import shlex
@@ -17,6 +18,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import get_args
 
 import matplotlib.pyplot as plt
 import torch
@@ -24,16 +26,19 @@ from bench_speed import DEFAULTS, machine_info, machine_line, rate, run_script, 
 from matplotlib import ticker
 from tqdm.auto import tqdm
 
-from mnist_diffusion.artifacts import DEFAULT_ARTIFACTS_DIR, WEIGHTS, read_metrics, resolve_run
-from mnist_diffusion.data import DEFAULT_DATA_DIR
+from mnist_diffusion.config import Guidance, SamplerName, SamplingConfig
+from mnist_diffusion.data.mnist import DEFAULT_DATA_DIR
 from mnist_diffusion.errors import UserError
-from mnist_diffusion.evaluate import MIN_SAMPLES, RealData, evaluate_images
-from mnist_diffusion.generate import LoadedRun, generate, load_run, resolve_cluster_guidance, resolve_guidance
-from mnist_diffusion.images import save_figure
+from mnist_diffusion.evaluation.scoring import MIN_SAMPLES, RealData, evaluate_images
 from mnist_diffusion.io import atomic_write_bytes, atomic_write_json, sha256_file
-from mnist_diffusion.model import count_parameters
-from mnist_diffusion.runtime import configure_cpu_threads, pick_device
-from mnist_diffusion.samplers import SAMPLERS, default_spacing
+from mnist_diffusion.nets import count_parameters
+from mnist_diffusion.pictures.figures import save_figure
+from mnist_diffusion.runs.loader import LoadedRun, load_run
+from mnist_diffusion.runs.store import DEFAULT_ARTIFACTS_DIR, WEIGHTS, read_metrics, resolve_run
+from mnist_diffusion.runtime import setup_device
+from mnist_diffusion.sampling.generate import generate, resolve_for
+
+SAMPLERS = get_args(SamplerName)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "samplers"  # + .json, .md, .png
 EVALUATIONS = (10, 20, 50, 100, 1000)  # model evaluations per image for DDIM and DPM-Solver++
@@ -89,12 +94,10 @@ def measure(run: LoadedRun, row: Row, args, real: RealData, device: torch.device
               mininterval=1.0, leave=False) as bar:  # fmt: skip
         sync(device)
         start = time.perf_counter()
-        images = generate(
-            run, row.n, sampler=row.sampler, steps=None if row.sampler == "ddpm" else row.evaluations,
-            seed=args.seed, labels=labels, guidance=args.guidance, cluster_guidance=args.cluster_guidance,
-            spacing=args.spacing,
-            batch_size=args.batch_size, callback=lambda *_: bar.update(),
-        )  # fmt: skip
+        settings = dataclasses.replace(args.sampling, sampler=row.sampler,
+                                       steps=None if row.sampler == "ddpm" else row.evaluations,
+                                       spacing=None if row.sampler == "ddpm" else args.sampling.spacing)  # fmt: skip
+        images = generate(run, row.n, settings, labels=labels, callback=lambda *_: bar.update())
         sample_s = time.perf_counter() - start  # generate returns CPU tensors, so a GPU is done
     start = time.perf_counter()
     result = evaluate_images(images, labels=labels, seed=args.seed, device=device, reference=real)
@@ -119,7 +122,7 @@ def measure(run: LoadedRun, row: Row, args, real: RealData, device: torch.device
 
 def compare_with_ddpm(rows: list[dict]) -> None:
     """Set each row's ``fid_vs_ddpm`` (FID / the DDPM row's FID at the same N, or None) and, where
-    the issue sets one, ``target`` and ``meets_target``."""
+    TARGETS holds one, ``target`` and ``meets_target``."""
     ddpm = {r["n"]: r["fid"] for r in rows if r["sampler"] == "ddpm"}
     for r in rows:
         base = ddpm.get(r["n"])
@@ -183,23 +186,13 @@ def ratio_cell(r: dict) -> str:
 
 
 def spacing_note(spacing: float | None) -> str:
-    if spacing is not None:
-        return f"{spacing:g}"
-    return "each sampler's default (" + ", ".join(f"{s} {default_spacing(s):g}" for s in SAMPLERS if s != "ddpm") + ")"
+    return f"{spacing:g}" if spacing is not None else "none (DDPM only)"
 
 
 def guidance_label(results: dict) -> str:
-    """ "autoguidance 2", "classifier-free guidance 2", "autoguidance 2 + cluster guidance 1.6", or ""
-    for unguided sampling."""
-    guidance = results["settings"].get("guidance", 1.0)
-    cluster = results["settings"].get("cluster_guidance") or 1.0
-    parts = []
-    if guidance != 1.0:
-        kind = results["run"].get("guide") or "classifier-free"
-        parts.append(f"{kind if kind == 'autoguidance' else kind + ' guidance'} {guidance:g}")
-    if cluster != 1.0:
-        parts.append(f"cluster guidance {cluster:g}")
-    return " + ".join(parts)
+    """ "autoguidance 2", "label guidance 2", "autoguidance 2 + cluster guidance 1.6", or "" for
+    unguided sampling: the guidance the rows were drawn with."""
+    return Guidance(**results["settings"]["sampling"]["guidance"]).describe()
 
 
 def markdown(results: dict) -> str:
@@ -214,7 +207,7 @@ def markdown(results: dict) -> str:
         f"T = {run['timesteps']} ({run['schedule']}, {run['prediction']} prediction), {cond}, "
         f"{run['trained_steps'] or '?'} training steps; weights sha256 {run['weights_sha256'][:12]}; "
         f"sampling batch {results['settings']['batch_size']}, seed {results['settings']['seed']}, "
-        f"timestep spacing power {spacing_note(results['settings'].get('spacing'))}",
+        f"timestep spacing power {spacing_note(results['settings']['sampling']['spacing'])}",
         "",
         "| sampler | evaluations | N | FID | real-data FID at N | FID / DDPM | KID x 1000 | precision | recall "
         "| sampling s | images/s |",
@@ -305,11 +298,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="measure the DDPM row first (the reference of every ratio), not cheapest first")  # fmt: skip
     p.add_argument("--samplers", default=",".join(SAMPLERS), help=f"comma-separated, from {', '.join(SAMPLERS)}")
     p.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every row")
-    p.add_argument("--guidance", type=float,
-                   help="guidance scale, classifier-free or autoguidance (default: as `sample`; 1: none)")  # fmt: skip
-    p.add_argument("--cluster-guidance", type=float,
-                   help="pixel-cluster runs: guidance on the cluster (default: as `sample`; 1: none)")  # fmt: skip
-    p.add_argument("--spacing", type=float, help="timestep spacing power of DDIM / DPM-Solver++ (default: each one's)")
+    for flag, kind in (("--autoguidance", "auto"), ("--label-guidance", "labels"), ("--cluster-guidance", "clusters")):
+        default = Guidance.DEFAULTS[kind]
+        p.add_argument(flag, type=float, help=f"as `sample` {flag} (default {default:g} where the run has it; 1: none)")
+    p.add_argument("--spacing", type=float,
+                   help=f"timestep spacing power of DDIM / DPM-Solver++ (default {SamplingConfig.DEFAULT_SPACING:g})")
     p.add_argument("--batch-size", type=int, help="samples per forward pass (CPU 256, CUDA 10000)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda if there is one")
     p.add_argument("--out", type=Path, default=RESULTS, help="path stem of the .json, .md and .png to write")
@@ -347,7 +340,7 @@ def run_info(run: LoadedRun) -> dict:
         "schedule": cfg.diffusion.schedule,
         "prediction": cfg.diffusion.prediction,
         "conditional": run.conditional,
-        "guide": run.guidance_kind,
+        "guidance_kinds": dataclasses.asdict(run.guidance_kinds),
         "trained_steps": done[-1]["step"] if done else None,
         "weights_sha256": sha256_file(run.path / WEIGHTS),
     }
@@ -363,13 +356,12 @@ def output_paths(stem: Path) -> dict[str, Path]:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    device = pick_device("cuda" if args.device == "auto" and torch.cuda.is_available() else args.device)
-    if device.type == "cpu":
-        configure_cpu_threads()  # every core, as `mnistdiff` does (OMP_NUM_THREADS wins)
+    device = setup_device(args.device)
     args.batch_size = args.batch_size or DEFAULTS[device.type].sample_batch
     run = load_run(resolve_run(args.run, args.artifacts_dir), device)
-    args.guidance = resolve_guidance(run, args.guidance)  # None: the run's default, as in `mnistdiff sample`
-    args.cluster_guidance = resolve_cluster_guidance(run, args.cluster_guidance)
+    guidance = Guidance(auto=args.autoguidance, labels=args.label_guidance, clusters=args.cluster_guidance)
+    requested = SamplingConfig(seed=args.seed, spacing=args.spacing, batch_size=args.batch_size, guidance=guidance)
+    args.sampling = resolve_for(run, requested)  # the run's defaults where not given, as `mnistdiff sample`
     real = RealData.from_dir(args.data_dir)  # fail before any sampling if MNIST is missing
     num_timesteps = run.schedule.num_timesteps
     plan = plan_rows(args.samplers, args.evaluations, num_timesteps, args.n, args.n_1000, args.compare_at_n_1000,
@@ -383,7 +375,8 @@ def main(argv: list[str] | None = None) -> dict:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join(["python", *sys.argv]) if argv is None else shlex.join(["bench_samplers.py", *argv]),
         "machine": machine_info(device),
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "settings": {k: (str(v) if isinstance(v, Path) else v.to_dict() if isinstance(v, SamplingConfig) else v)
+                     for k, v in vars(args).items()},  # fmt: skip
         "run": run_info(run),
         "plan": [asdict(r) for r in plan],
         "rows": [],
@@ -403,7 +396,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     cost = sum(r.evaluations * r.n for r in plan)
     say(f"{run.path.name} on {device}: {len(plan)} rows, {cost:,} image-evaluations, batch {args.batch_size}")
-    generate(run, min(args.batch_size, args.n), sampler="ddim", steps=2, batch_size=args.batch_size)  # warm-up
+    generate(run, min(args.batch_size, args.n), dataclasses.replace(args.sampling, sampler="ddim", steps=2))  # warm-up
     try:
         for i, row in enumerate(plan, 1):
             say(f"row {i}/{len(plan)}: {row.sampler} at {row.evaluations} evaluations, N = {row.n:,}")

@@ -31,19 +31,21 @@ from typing import get_args
 import torch
 
 from mnist_diffusion import __version__
-from mnist_diffusion.artifacts import WEIGHTS, read_metrics, save_tensors, weights_metadata
-from mnist_diffusion.config import PRESETS, Precision, RunConfig
-from mnist_diffusion.data import DEFAULT_DATA_DIR
+from mnist_diffusion.config import PRESETS, Guidance, Precision, RunConfig, SamplingConfig
+from mnist_diffusion.data.mnist import DEFAULT_DATA_DIR
 from mnist_diffusion.errors import UserError
-from mnist_diffusion.generate import generate, load_run
-from mnist_diffusion.model import count_parameters
-from mnist_diffusion.runtime import configure_cpu_threads, pick_device
-from mnist_diffusion.samplers import model_evaluations
-from mnist_diffusion.train import CHECKPOINT_EVERY, Trainer
+from mnist_diffusion.io import save_tensors
+from mnist_diffusion.nets import count_parameters
+from mnist_diffusion.runs.loader import load_run
+from mnist_diffusion.runs.store import WEIGHTS, read_metrics, weights_metadata
+from mnist_diffusion.runtime import setup_device
+from mnist_diffusion.sampling.generate import generate
+from mnist_diffusion.training.trainer import CHECKPOINT_EVERY, Trainer
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+UNGUIDED = Guidance(auto=1.0, labels=1.0, clusters=1.0)  # sampling is timed at one network call a step
 SAMPLER_RUNS = (("ddim", 20), ("dpmpp-2m", 20), ("ddpm", 1000), ("ddim", 1000))  # (sampler, model evaluations)
-NETWORK_SHARE_TARGET = 0.95  # share of a training step spent in forward + backward (the issue's target)
+NETWORK_SHARE_TARGET = 0.95  # the target share of a training step spent in forward + backward
 FULL_TRAIN_TARGET_S = 30.0  # --full-epochs on one H100/H200: the default preset's 5 epochs
 FULL_SAMPLE_TARGET_S = 5.0  # --full-epochs on one H100/H200: 10,000 samples at 20 evaluations
 
@@ -330,12 +332,10 @@ class _Enough(Exception):
     """Raised from a sampler's step callback once its time budget is spent."""
 
 
-def time_sampler(
-    run, sampler: str, steps: int, batch: int, budget_s: float, device: torch.device, precision: str = "auto"
-) -> dict:
+def time_sampler(run, settings: SamplingConfig, batch: int, budget_s: float, device: torch.device) -> dict:
     """One batch through ``generate``; with a time budget, stop after the step that spends it
     (at least 2 steps) and extrapolate: every step of a sampler costs the same network call."""
-    total = model_evaluations(sampler, steps, run.schedule.num_timesteps)
+    total = settings.evaluations(run.schedule.num_timesteps)
     done, elapsed = total, 0.0
 
     def callback(i, t, x, x0):
@@ -348,23 +348,13 @@ def time_sampler(
     sync(device)
     start = time.perf_counter()
     try:
-        generate(
-            run,
-            batch,
-            sampler=sampler,
-            steps=steps,
-            seed=0,
-            batch_size=batch,
-            guidance=1.0,
-            precision=precision,
-            callback=callback,
-        )
+        generate(run, batch, dataclasses.replace(settings, batch_size=batch), callback=callback)
         elapsed = time.perf_counter() - start  # generate returns CPU tensors, so the GPU is done
     except _Enough:
         pass
     seconds = elapsed / done * total
     return {
-        "sampler": sampler,
+        "sampler": settings.sampler,
         "evaluations": total,
         "batch": batch,
         "evaluations_timed": done,
@@ -382,13 +372,13 @@ def bench_sampling(name: str, trainer: Trainer, args, device: torch.device) -> d
     reset_peak_memory(device)
     b = args.sample_batch
     say(f"{name}: sampling, batch {b}")
-    generate(
-        run, b, sampler="ddim", steps=2, batch_size=b, guidance=1.0, precision=args.precision
-    )  # warm-up: allocations and kernels
+    unguided = SamplingConfig(guidance=UNGUIDED, precision=args.precision, batch_size=b)
+    generate(run, b, dataclasses.replace(unguided, sampler="ddim", steps=2))  # warm-up: allocations and kernels
     rows = []
     for sampler, evals in SAMPLER_RUNS:
-        steps = min(evals, run.schedule.num_timesteps)
-        row = time_sampler(run, sampler, steps, b, args.sample_seconds, device, args.precision)
+        steps = None if sampler == "ddpm" else min(evals, run.schedule.num_timesteps)
+        row = time_sampler(run, dataclasses.replace(unguided, sampler=sampler, steps=steps), b, args.sample_seconds,
+                           device)  # fmt: skip
         rows.append(row)
         say(
             f"{name}: {sampler} at {row['evaluations']} evaluations: {row['images_per_sec']:.1f} img/s"
@@ -416,7 +406,8 @@ def bench_full_epochs(args, device: torch.device, artifacts: Path) -> dict:
     for _ in range(2):  # the first call includes this batch size's allocations, the second does not
         sync(device)
         start = time.perf_counter()
-        generate(run, n, sampler="dpmpp-2m", steps=20, seed=0, batch_size=b, guidance=1.0, precision=args.precision)
+        generate(run, n, SamplingConfig(sampler="dpmpp-2m", steps=20, batch_size=b, guidance=UNGUIDED,
+                                        precision=args.precision))  # fmt: skip
         times.append(time.perf_counter() - start)
     out = {
         "preset": "default",
@@ -585,9 +576,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    device = pick_device("cuda" if args.device == "auto" and torch.cuda.is_available() else args.device)
-    if device.type == "cpu":
-        configure_cpu_threads()  # every core, as `mnistdiff` does (OMP_NUM_THREADS wins)
+    device = setup_device(args.device)
     defaults = DEFAULTS[device.type]
     for field in dataclasses.fields(DeviceDefaults):
         if getattr(args, field.name) is None:

@@ -120,7 +120,7 @@ quality() {
     step "eval $run" 120 "${MNISTDIFF[@]}" eval --run "$run" -n "$EVAL_N" --batch-size 5000 --device "$DEVICE" \
       --artifacts-dir "$ARTIFACTS_DIR" --data-dir "$DATA_DIR"
     ((${#FAILED[@]} == failed)) || continue # no eval.json of an earlier eval
-    dir="$("$PY" -c 'import sys; from mnist_diffusion.artifacts import resolve_run; print(resolve_run(*sys.argv[1:]))' \
+    dir="$("$PY" -c 'import sys; from mnist_diffusion.runs.store import resolve_run; print(resolve_run(*sys.argv[1:]))' \
       "$run" "$ARTIFACTS_DIR")" && cp "$dir/eval.json" "$OUT_DIR/eval-$(basename "$dir").json" || log "no eval.json for $run"
   done
   if [[ -n $SAMPLER_RUN ]]; then

@@ -1,7 +1,12 @@
 """Every default of the tool, in one place: typed dataclasses with a comment per field.
 
-The CLI maps its flags onto these fields; presets are named instances, not dicts. A run's
-``config.json`` is :meth:`RunConfig.to_dict`, and :meth:`RunConfig.from_dict` rebuilds it.
+- :class:`RunConfig` (model, diffusion process, training) is what a run is trained with; a run's
+  ``config.json`` is :meth:`RunConfig.to_dict`, and :meth:`RunConfig.from_dict` rebuilds it.
+  Presets are named instances; :func:`build_config` applies the flags a user gave.
+- :class:`SamplingConfig` (sampler, steps, spacing, guidance, ...) is how samples are drawn from
+  a run, by every command that draws them.
+
+The CLI maps its flags onto these fields. Nothing here reads files or touches torch.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ import dataclasses
 import math
 import reprlib
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 Arch = Literal["unet", "seed"]
 ScheduleName = Literal["linear", "cosine", "sigmoid"]
@@ -18,7 +23,6 @@ Prediction = Literal["eps", "v"]
 LossWeighting = Literal["none", "min-snr"]
 LRSchedule = Literal["constant", "cosine"]
 Precision = Literal["auto", "fp32", "bf16"]
-PresetName = Literal["default", "seed", "large"]
 
 INT_LIMIT = 2**63  # every integer of a config fits in 64 bits (torch seeds and sizes)
 
@@ -37,7 +41,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DiffusionConfig:
-    schedule: ScheduleName = "cosine"  # beta schedule, see schedule.py
+    schedule: ScheduleName = "cosine"  # beta schedule, see diffusion/schedule.py
     timesteps: int = 1000  # T, the number of forward-process steps
     beta_start: float = 1e-4  # linear schedule only: beta_1
     beta_end: float = 0.02  # linear schedule only: beta_T
@@ -58,7 +62,7 @@ class TrainConfig:
     ema_warmup: bool = True  # EMA decay min(ema_decay, (1 + step) / (10 + step)) early on
     label_dropout: float = 0.1  # conditional models: share of labels replaced by "null" (CFG)
     guide_at: float = 0.2  # unconditional: keep the EMA weights at this share of training as the autoguidance guide
-    clusters: int = 0  # unconditional: learn this many k-means clusters of the pixels as labels (clusters.py); 0: none
+    clusters: int = 0  # unconditional: learn this many k-means clusters of the pixels as labels (data/clusters.py)
     seed: int = 0  # seeds weights, batch order and noise
     max_steps: int = 0  # stop after this many optimizer steps in total (0: no limit)
     precision: Precision = "auto"  # the network in bf16 autocast ("auto": where the chip has bf16 units) or fp32
@@ -190,7 +194,7 @@ SEED = RunConfig(
     ),
 )
 
-# The best quality 5 epochs buy on a 2-core CPU in at most 15 minutes (see README's ablation):
+# The best quality 5 epochs buy on a 2-core CPU with bf16 units in 15 minutes (docs/RESULTS.md):
 # an 880k-parameter UNet (16/32/96 channels), cosine schedule, v-prediction with min-SNR
 # weighting, batch 64, AdamW 2e-3 with warm-up and cosine decay, EMA, bf16 where the CPU has
 # bf16 units (what pays for the 96 channels at 7x7), 40 k-means clusters of the pixels as
@@ -210,3 +214,159 @@ LARGE = RunConfig(
 )
 
 PRESETS: dict[str, RunConfig] = {"default": DEFAULT, "seed": SEED, "large": LARGE}
+
+
+def build_config(preset: str, **overrides: Any) -> RunConfig:
+    """The preset named ``preset`` with every override that is not None applied to the field of
+    that name (in whichever section has it), validated; a bad value is a ValueError."""
+    if preset not in PRESETS:
+        raise ValueError(f"--preset must be one of {', '.join(PRESETS)} (got {preset!r})")
+    cfg = PRESETS[preset]
+    sections = {"model": cfg.model, "diffusion": cfg.diffusion, "train": cfg.train}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        section = next(s for s, obj in sections.items() if key in {f.name for f in dataclasses.fields(obj)})
+        sections[section] = dataclasses.replace(sections[section], **{key: value})
+    return validate(RunConfig(preset=preset, **sections))
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+@dataclass(frozen=True)
+class GuidanceKinds:
+    """What a run can be guided with: the weak model of autoguidance (its ``guide.safetensors``),
+    digit labels (a ``--conditional`` run), pixel clusters (a ``--clusters`` run)."""
+
+    auto: bool = False
+    labels: bool = False
+    clusters: bool = False
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """The guidance scales of a sampling, each named for what it guides with; 1 turns one off,
+    None takes its default where the run can be guided that way.
+
+    With all three, a guided network evaluation is
+    out = D_guide(x|c) + auto (D(x|c) - D_guide(x|c)) + (labels or clusters - 1) (D(x|c) - D(x|null)).
+    """
+
+    auto: float | None = None  # autoguidance by the run's early EMA weights (Karras et al. 2024, eq. 2)
+    labels: float | None = None  # classifier-free on digit labels (Ho & Salimans 2022, eq. 6)
+    clusters: float | None = None  # classifier-free on the pixel clusters (Hu et al. 2023)
+
+    # Each kind's default: the guidance sweeps and class-conditional results in docs/RESULTS.md.
+    DEFAULTS: ClassVar[dict[str, float]] = {"auto": 2.0, "labels": 2.0, "clusters": 1.6}
+    FLAGS: ClassVar[dict[str, str]] = {"auto": "--autoguidance", "labels": "--label-guidance",
+                                       "clusters": "--cluster-guidance"}  # fmt: skip
+    MAX: ClassVar[float] = 20.0  # the largest scale accepted
+
+    def check(self) -> Guidance:
+        """Raise ValueError naming the flag of a scale outside [0, MAX]; return self."""
+        for kind, value in self.scales().items():
+            if value is not None and not (math.isfinite(value) and 0.0 <= value <= self.MAX):
+                raise ValueError(f"{self.FLAGS[kind]} must be between 0 and {self.MAX:g} (got {value})")
+        return self
+
+    def scales(self) -> dict[str, float | None]:
+        return {"auto": self.auto, "labels": self.labels, "clusters": self.clusters}
+
+    def resolve(self, kinds: GuidanceKinds, run: str = "this run") -> Guidance:
+        """Every scale made concrete for a run that can be guided by ``kinds``: its default where
+        not given, 1 (off) for a kind the run lacks; asking a run for a kind it lacks is a
+        ValueError."""
+        self.check()
+        out = {}
+        for kind, value in self.scales().items():
+            if getattr(kinds, kind):
+                out[kind] = self.DEFAULTS[kind] if value is None else value
+            elif value is not None and value != 1.0:
+                raise ValueError(f"{self.FLAGS[kind]} needs {_NEEDS[kind]}; {run} has none")
+            else:
+                out[kind] = 1.0
+        return Guidance(**out)
+
+    @property
+    def label_scale(self) -> float:
+        """The classifier-free scale of a resolved guidance: on the digits or on the clusters (a
+        run has one kind of label at most)."""
+        return self.labels if self.labels != 1.0 else self.clusters
+
+    def describe(self) -> str:
+        """The guidance of a resolved sampling in words, such as "autoguidance 3 + cluster guidance
+        1.2" or "label guidance 2.5"; "" when there is none."""
+        names = {"auto": "autoguidance", "labels": "label guidance", "clusters": "cluster guidance"}
+        return " + ".join(f"{names[k]} {v:g}" for k, v in self.scales().items() if v is not None and v != 1.0)
+
+
+_NEEDS = {
+    "auto": "a run with a guide (guide.safetensors: the EMA weights from early in training)",
+    "labels": "a run trained on digit labels (train --conditional)",
+    "clusters": "a run trained on pixel clusters (train --clusters K)",
+}
+
+SamplerName = Literal["ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde"]
+DEFAULT_STEPS: dict[str, int] = {"ddim": 50, "dpmpp-2m": 20, "dpmpp-2m-sde": 20}  # model evaluations
+SPACING_RANGE = (0.1, 4.0)  # the spacing powers accepted
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How samples are drawn from a run: by `sample`, `eval`, the end-of-run grid and the
+    benchmarks. ``resolve`` makes every field concrete for one run; the resolved value is what
+    ``eval.json`` and ``--save-tensor`` record."""
+
+    sampler: SamplerName = "dpmpp-2m-sde"  # SDE-DPM-Solver++(2M): docs/RESULTS.md, the sampler tables
+    steps: int | None = None  # model evaluations; None: DEFAULT_STEPS (at most T); DDPM always takes all T
+    spacing: float | None = None  # timestep spacing power (samplers.spaced_timesteps); None: DEFAULT_SPACING
+    eta: float = 0.0  # DDIM's noise: 0 deterministic, 1 like DDPM
+    seed: int = 0  # seeds the noise (and a clustered run's clusters): same seed and settings, same images
+    guidance: Guidance = field(default_factory=Guidance)  # the guidance scales
+    precision: Precision = "auto"  # the network in bf16 autocast where the chip has bf16 units, or fp32 / bf16
+    batch_size: int = 500  # samples per network call
+
+    DEFAULT_SPACING: ClassVar[float] = 0.4  # from the spacing sweep in docs/RESULTS.md
+
+    def check(self) -> SamplingConfig:
+        """Raise ValueError with a one-line reason for a field out of range; return self."""
+        _check_choice(self.sampler, SamplerName, "--sampler")
+        _check_choice(self.precision, Precision, "--precision")
+        low, high = SPACING_RANGE
+        checks = [
+            (self.steps is None or self.steps >= 1, f"--steps must be at least 1 (got {self.steps})"),
+            (self.spacing is None or low <= self.spacing <= high,
+             f"--spacing must be between {low:g} and {high:g} (got {self.spacing})"),
+            (0.0 <= self.eta <= 1.0, f"--eta must be between 0 and 1 (got {self.eta})"),
+            (self.seed >= 0, f"--seed must not be negative (got {self.seed})"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1 (got {self.batch_size})"),
+        ]  # fmt: skip
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        self.guidance.check()
+        return self
+
+    def resolve(self, num_timesteps: int, kinds: GuidanceKinds, run: str = "this run") -> SamplingConfig:
+        """The settings used for a run with ``num_timesteps`` steps that can be guided by ``kinds``:
+        the default steps (at most T) and spacing where not given, none for DDPM, and every
+        guidance scale concrete. Steps beyond T are a ValueError."""
+        self.check()
+        if self.steps is not None and self.steps > num_timesteps:
+            raise ValueError(f"--steps must be between 1 and the run's {num_timesteps} timesteps (got {self.steps})")
+        spacing = None if self.sampler == "ddpm" else self.DEFAULT_SPACING if self.spacing is None else self.spacing
+        steps = self._steps(num_timesteps)
+        return dataclasses.replace(self, steps=steps, spacing=spacing, guidance=self.guidance.resolve(kinds, run))
+
+    def _steps(self, num_timesteps: int) -> int | None:
+        if self.sampler == "ddpm":
+            return None
+        return self.steps or min(DEFAULT_STEPS[self.sampler], num_timesteps)
+
+    def evaluations(self, num_timesteps: int) -> int:
+        """Network evaluations (per guided branch) of one sampling with these settings: T for DDPM."""
+        return self._steps(num_timesteps) or num_timesteps
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

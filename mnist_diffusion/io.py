@@ -1,6 +1,11 @@
-"""Crash-safe file writing: every file goes to a temporary name in its folder, is fsynced, then
-renamed into place and the folder fsynced, so a crash or a full disk never leaves a half-written
-file under its real name, and a finished write survives a power cut."""
+"""Files on disk, safely.
+
+- Crash-safe writing: every file goes to a temporary name in its folder, is fsynced, then renamed
+  into place and the folder fsynced, so a crash or a full disk never leaves a half-written file
+  under its real name, and a finished write survives a power cut.
+- Verified tensors: every safetensors file we write carries a digest of its content in its
+  metadata, checked when it is read back.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
+
+from .errors import UserError
 
 # Fault-injection hook for the tests (tests/test_faults.py): "NAME:K" makes the K-th write of a
 # file called NAME stop after its bytes are written, before the rename, print a line to stderr
@@ -88,3 +99,45 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+DIGEST_KEY = "mnistdiff_sha256"  # safetensors metadata: tensors_digest() of the file's tensors and other metadata
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, and the metadata, in a fixed order:
+    what a file written by :func:`save_tensors` carries under ``DIGEST_KEY``."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in metadata.items() if k != DIGEST_KEY}, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file atomically, with a digest of its content in the metadata."""
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    metadata = dict(metadata or {})
+    metadata[DIGEST_KEY] = tensors_digest(tensors, metadata)
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file; a missing, truncated or corrupt file is a one-line UserError."""
+    return load_tensors_and_metadata(path)[0]
+
+
+def load_tensors_and_metadata(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors (copied out of the file, so it is not held open or mapped) and the metadata of
+    a safetensors file. A file that carries a digest (:func:`save_tensors`) must match it."""
+    if not path.is_file():
+        raise UserError(f"{path} is missing")
+    try:
+        with safe_open(path, framework="pt") as f:
+            tensors, metadata = {k: f.get_tensor(k).clone() for k in f.keys()}, dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise UserError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from None
+    if DIGEST_KEY in metadata and tensors_digest(tensors, metadata) != metadata[DIGEST_KEY]:
+        raise UserError(f"{path} does not match the digest it was written with: the file is corrupt")
+    return tensors, metadata

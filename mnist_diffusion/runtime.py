@@ -103,3 +103,13 @@ def broadcast_object(obj, info: DistInfo):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def setup_device(name: str = "auto", info: DistInfo | None = None) -> torch.device:
+    """The device for ``--device`` (under torchrun, this rank's GPU), and on the CPU the thread
+    count: the one set-up every command does before its work."""
+    info = info or DistInfo()
+    device = pick_device(name, info.local_rank)
+    if device.type == "cpu":
+        configure_cpu_threads(info.world_size)
+    return device

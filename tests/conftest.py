@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from mnist_diffusion.config import DiffusionConfig, ModelConfig, RunConfig, TrainConfig
-from mnist_diffusion.data import raw_dir, write_idx_images, write_idx_labels
+from mnist_diffusion.data.mnist import raw_dir, write_idx_images, write_idx_labels
 
 torch.set_num_threads(1)
 

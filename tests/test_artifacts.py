@@ -17,21 +17,19 @@ from conftest import tiny_config
 from safetensors.torch import save_file
 
 from mnist_diffusion import io as io_module
-from mnist_diffusion.artifacts import (
+from mnist_diffusion.errors import UserError
+from mnist_diffusion.io import atomic_open, atomic_write_bytes, load_tensors, save_tensors
+from mnist_diffusion.nets.unet import build_model
+from mnist_diffusion.runs.store import (
     append_metrics,
     create_run_dir,
     keep_metrics_until,
-    load_tensors,
     load_weights_into,
     read_metrics,
-    save_tensors,
     verify_manifest,
     weights_metadata,
     write_manifest,
 )
-from mnist_diffusion.errors import UserError
-from mnist_diffusion.io import atomic_open, atomic_write_bytes
-from mnist_diffusion.model import build_model
 
 
 def test_atomic_open_leaves_the_old_file_on_a_crash(tmp_path):

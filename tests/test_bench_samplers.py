@@ -11,7 +11,7 @@ from pathlib import Path
 
 from conftest import tiny_config
 
-from mnist_diffusion.train import train
+from mnist_diffusion.training.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -65,14 +65,14 @@ def test_output_paths_keep_dots_in_the_stem():
 
 
 def test_guidance_label_names_every_guidance_used():
-    def label(guide, guidance, cluster=None):
-        settings = {"guidance": guidance, "cluster_guidance": cluster}
-        return bs.guidance_label({"settings": settings, "run": {"guide": guide}})
+    def label(auto=1.0, labels=1.0, clusters=1.0):
+        return bs.guidance_label({"settings": {"sampling": {"guidance": dict(auto=auto, labels=labels,
+                                                                             clusters=clusters)}}})  # fmt: skip
 
-    assert label("autoguidance", 2.0, 1.6) == "autoguidance 2 + cluster guidance 1.6"  # the default preset
-    assert label("autoguidance", 2.0, 1.0) == "autoguidance 2"
-    assert label("classifier-free", 2.0) == "classifier-free guidance 2"
-    assert label("autoguidance", 1.0, 1.0) == ""
+    assert label(auto=2.0, clusters=1.6) == "autoguidance 2 + cluster guidance 1.6"  # the default preset
+    assert label(auto=2.0) == "autoguidance 2"
+    assert label(labels=2.0) == "label guidance 2"
+    assert label() == ""
 
 
 def test_bench_samplers_end_to_end(tmp_path, data_dir):

@@ -14,20 +14,20 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from test_readers import corrupted, fuzz, read
 
-from mnist_diffusion.artifacts import (
+from mnist_diffusion.errors import UserError
+from mnist_diffusion.io import save_tensors
+from mnist_diffusion.nets.unet import build_model
+from mnist_diffusion.runs.checkpoint import read_checkpoint, restore
+from mnist_diffusion.runs.store import (
     MANIFEST,
     is_finished,
     keep_metrics_until,
     load_weights_into,
     manifest_entry,
     read_metrics,
-    save_tensors,
     verify_manifest,
 )
-from mnist_diffusion.checkpoint import read_checkpoint, restore
-from mnist_diffusion.errors import UserError
-from mnist_diffusion.model import build_model
-from mnist_diffusion.train import make_ema, train
+from mnist_diffusion.training.trainer import make_ema, train
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8),
@@ -113,7 +113,7 @@ def test_a_checkpoint_without_a_digest_is_checked_against_the_manifest(run_dir, 
     save_file(tensors, run / "checkpoint.safetensors", {"checkpoint": metadata["checkpoint"]})  # as older versions
     with pytest.raises(UserError, match="cannot be verified"):
         read_checkpoint(run)
-    from mnist_diffusion.artifacts import write_manifest
+    from mnist_diffusion.runs.store import write_manifest
 
     write_manifest(run)
     assert read_checkpoint(run).step == 3

@@ -16,9 +16,10 @@ from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from mnist_diffusion.artifacts import load_config, save_tensors, weights_metadata
 from mnist_diffusion.cli import app
-from mnist_diffusion.clusters import save_clusters
+from mnist_diffusion.data.clusters import save_clusters
+from mnist_diffusion.io import save_tensors
+from mnist_diffusion.runs.store import load_config, weights_metadata
 
 runner = CliRunner()
 TINY = ["--channels", "8", "--channel-mult", "1,2,2", "--batch-size", "16", "--timesteps", "50", "--grid", "8"]
@@ -331,7 +332,7 @@ def test_eval_writes_eval_json_and_runs_shows_fid(trained, data_dir, tmp_path):
     assert result.exit_code == 0, result.output
     assert "FID" in result.output and "real data" in result.output
     # the default preset's run: pixel clusters, and no guide yet after 4 steps
-    assert "dpmpp-2m-sde, 3 evaluations, spacing 0.4, cluster guidance 2, seed 0" in " ".join(result.output.split())
+    assert "dpmpp-2m-sde, 3 evaluations, spacing 0.4, cluster guidance 1.6, seed 0" in " ".join(result.output.split())
     report = json.loads((run / "eval.json").read_text())
     assert report["n"] == 20 and report["model"]["fid"] > 0 and report["real"]["fid"] >= 0
     assert report["sampling"]["sampler"] == "dpmpp-2m-sde"  # the README's default
@@ -417,14 +418,17 @@ def test_guidance_on_a_run_without_a_guide(data_dir, tmp_path):
     (run_dir,) = (artifacts / "runs").iterdir()
     assert not (run_dir / "guide.safetensors").exists() and not (run_dir / "clusters.safetensors").exists()
     out = tmp_path / "g.png"
-    result = invoke("sample", "--artifacts-dir", artifacts, "-n", 2, "-o", out, "--steps", 2, "--guidance", 3)
-    assert_one_line_error(result, "no guide")
-    result = invoke("sample", "--artifacts-dir", artifacts, "-n", 2, "-o", out, "--steps", 2, "--cluster-guidance", 2)
-    assert_one_line_error(result, "--cluster-guidance needs a run trained on pixel clusters")
-    result = invoke("sample", "--artifacts-dir", artifacts, "-n", 2, "-o", out, "--steps", 2, "--guidance", 1)
-    assert result.exit_code == 0, result.output
-    result = invoke("sample", "--artifacts-dir", artifacts, "--guidance", -1)
-    assert result.exit_code == 2 and "--guidance" in result.output  # Typer's own range check
+    sample = ["sample", "--artifacts-dir", artifacts, "-n", 2, "-o", out, "--steps", 2]
+    for flag, needle in (("--autoguidance", "--autoguidance needs a run with a guide"),
+                         ("--label-guidance", "--label-guidance needs a run trained on digit labels"),
+                         ("--cluster-guidance", "--cluster-guidance needs a run trained on pixel clusters"),
+                         ("--guidance", "--autoguidance needs a run with a guide")):  # fmt: skip
+        assert_one_line_error(invoke(*sample, flag, 3), needle)
+    for flag in ("--autoguidance", "--label-guidance", "--cluster-guidance", "--guidance"):
+        result = invoke(*sample, flag, 1)  # 1: off, which every run can do
+        assert result.exit_code == 0, result.output
+    result = invoke("sample", "--artifacts-dir", artifacts, "--autoguidance", -1)
+    assert result.exit_code == 2 and "--autoguidance" in result.output  # Typer's own range check
 
 
 def test_autoguidance_by_the_runs_guide(trained, data_dir, tmp_path):
@@ -436,7 +440,7 @@ def test_autoguidance_by_the_runs_guide(trained, data_dir, tmp_path):
     paths = {}
     for w in (1, 2):  # a guide equal to the model: autoguidance changes nothing
         paths[w] = tmp_path / f"w{w}.safetensors"
-        result = invoke("sample", "--run", run, "-n", 3, "-o", tmp_path / "g.png", "--steps", 3, "--guidance", w,
+        result = invoke("sample", "--run", run, "-n", 3, "-o", tmp_path / "g.png", "--steps", 3, "--autoguidance", w,
                         "--precision", "fp32", "--save-tensor", paths[w])  # fmt: skip
         assert result.exit_code == 0, result.output
     # Not bit for bit: w = 2 runs the guide on a batch of another shape than the model's, and some
@@ -445,8 +449,9 @@ def test_autoguidance_by_the_runs_guide(trained, data_dir, tmp_path):
     torch.testing.assert_close(guided, unguided, rtol=0, atol=1e-4)
     noisy = {k: v + 0.05 * torch.randn_like(v) for k, v in weights.items()}
     save_tensors(run / "guide.safetensors", noisy, weights_metadata(load_config(run)))
-    for name, flags in (("default", []), ("w2", ["--guidance", 2, "--cluster-guidance", 1.6]),
-                        ("w1", ["--guidance", 1]), ("s1", ["--cluster-guidance", 1])):  # fmt: skip
+    for name, flags in (("default", []), ("w2", ["--autoguidance", 2, "--cluster-guidance", 1.6]),
+                        ("w1", ["--autoguidance", 1]), ("s1", ["--cluster-guidance", 1]),
+                        ("legacy", ["--guidance", 1])):  # fmt: skip
         paths[name] = tmp_path / f"{name}.safetensors"
         result = invoke("sample", "--run", run, "-n", 3, "-o", tmp_path / "g.png", "--steps", 3, *flags,
                         "--save-tensor", paths[name])  # fmt: skip
@@ -454,13 +459,17 @@ def test_autoguidance_by_the_runs_guide(trained, data_dir, tmp_path):
     samples = {name: load_file(path)["samples"] for name, path in paths.items() if isinstance(name, str)}
     assert torch.equal(samples["default"], samples["w2"])  # the defaults are 2 and 1.6
     assert not torch.equal(samples["w2"], samples["w1"]) and not torch.equal(samples["w2"], samples["s1"])
+    assert torch.equal(samples["legacy"], samples["w1"])  # the deprecated --guidance is autoguidance here
+    legacy = invoke("sample", "--run", run, "-n", 1, "-o", tmp_path / "g.png", "--steps", 1, "--guidance", 1)
+    assert "--guidance is deprecated" in " ".join(legacy.output.split()) and "--autoguidance" in legacy.output
     result = runner.invoke(app, ["eval", "--run", str(run), "-n", "20", "--steps", "2", "--data-dir", str(data_dir),
                                  "--device", "cpu"], terminal_width=200)  # fmt: skip
     assert result.exit_code == 0, result.output
     caption = " ".join(result.output.split())
-    assert "spacing 0.4, autoguidance 2, cluster guidance 1.6, seed 0" in caption  # the table's caption
+    assert "spacing 0.4, autoguidance 2 + cluster guidance 1.6, seed 0" in caption  # the table's caption
     sampling = json.loads((run / "eval.json").read_text())["sampling"]
-    assert sampling["guide"] == "autoguidance" and sampling["guidance"] == 2.0 and sampling["cluster_guidance"] == 1.6
+    assert sampling["guidance"] == {"auto": 2.0, "labels": 1.0, "clusters": 1.6}
+    assert sampling["guidance_text"] == "autoguidance 2 + cluster guidance 1.6"
 
 
 def test_train_warns_when_the_schedule_does_not_reach_pure_noise(data_dir, tmp_path):
@@ -482,7 +491,7 @@ def test_clustered_run_draws_its_clusters_and_guides_with_them(data_dir, tmp_pat
     assert json.loads((run_dir / "config.json").read_text())["model"]["num_classes"] == 3
     assert not (run_dir / "guide.safetensors").exists()  # 2 steps stop before guide_at: cluster CFG
     paths = {}
-    for name, extra in (("a", []), ("b", []), ("w1", ["--guidance", 1])):
+    for name, extra in (("a", []), ("b", []), ("w1", ["--cluster-guidance", 1])):
         paths[name] = tmp_path / f"{name}.safetensors"
         result = invoke("sample", "--artifacts-dir", artifacts, "-n", 6, "-o", tmp_path / "g.png", "--steps", 2,
                         "--save-tensor", paths[name], *extra)  # fmt: skip
@@ -493,24 +502,26 @@ def test_clustered_run_draws_its_clusters_and_guides_with_them(data_dir, tmp_pat
     result = runner.invoke(app, ["eval", "-n", "20", "--steps", "2", "--device", "cpu", *map(str, flags)],
                            terminal_width=200)  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "spacing 0.4, cluster guidance 2, seed 0" in " ".join(result.output.split())
+    assert "spacing 0.4, cluster guidance 1.6, seed 0" in " ".join(result.output.split())
     sampling = json.loads((run_dir / "eval.json").read_text())["sampling"]
-    assert sampling["guide"] == "cluster" and sampling["labels"] == "drawn from the cluster sizes"
+    assert sampling["guidance"]["clusters"] == 1.6 and sampling["labels"] == "drawn from the cluster sizes"
     assert "label_accuracy" not in json.loads((run_dir / "eval.json").read_text())["model"]  # not digits
 
     # sampling draws each sample's cluster from the clusters' training sizes
-    from mnist_diffusion import generate as generate_module
+    from mnist_diffusion.config import SamplingConfig
+    from mnist_diffusion.runs.loader import load_run
+    from mnist_diffusion.sampling import generate as generate_module
 
     seen = []
 
-    def spy(denoiser, shape, **kw):
+    def spy(denoiser, shape, settings, **kw):
         seen.append(denoiser.labels.clone())
         return torch.zeros(shape)
 
     monkeypatch.setattr(generate_module, "sample", spy)
     save_clusters(run_dir, torch.full((512,), 2), 3)  # every training image in cluster 2
-    run = generate_module.load_run(run_dir, torch.device("cpu"))
-    generate_module.generate(run, 7, steps=2)
+    run = load_run(run_dir, torch.device("cpu"))
+    generate_module.generate(run, 7, SamplingConfig(steps=2))
     assert torch.equal(torch.cat(seen), torch.full((7,), 2))
 
 

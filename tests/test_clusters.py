@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mnist_diffusion.clusters import draw_clusters, kmeans, load_clusters, pca_features, pixel_clusters, save_clusters
+from mnist_diffusion.data.clusters import (
+    draw_clusters,
+    kmeans,
+    load_clusters,
+    pca_features,
+    pixel_clusters,
+    save_clusters,
+)
 from mnist_diffusion.errors import UserError
 
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from mnist_diffusion import data
-from mnist_diffusion.data import (
+from mnist_diffusion.data import mnist as data
+from mnist_diffusion.data.mnist import (
     IDX_FILES,
     MnistMissing,
     ensure_mnist,

@@ -1,5 +1,5 @@
-"""Sample-quality evaluation (mnist_diffusion.evaluate) on real digits from tests/fixtures,
-synthetic failures (noise, one digit only), and sample files in every accepted format."""
+"""Sample-quality evaluation (mnist_diffusion.evaluation.scoring) on real digits from
+tests/fixtures, synthetic failures (noise, one digit only), and the eval report table."""
 
 from __future__ import annotations
 
@@ -11,15 +11,16 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_config
-from PIL import Image
 from rich.console import Console
 
-from mnist_diffusion import evaluate
-from mnist_diffusion.artifacts import MANIFEST, save_config, save_tensors, weights_metadata
+from mnist_diffusion.cli.tables import report_table
+from mnist_diffusion.config import SamplingConfig
+from mnist_diffusion.data.mnist import as_unit
 from mnist_diffusion.errors import UserError
-from mnist_diffusion.evaluate import RealData, evaluate_images, evaluate_run, load_samples, report_table
-from mnist_diffusion.images import save_grid
-from mnist_diffusion.model import build_model
+from mnist_diffusion.evaluation.scoring import RealData, evaluate_images, evaluate_run
+from mnist_diffusion.io import save_tensors
+from mnist_diffusion.nets.unet import build_model
+from mnist_diffusion.runs.store import MANIFEST, save_config, weights_metadata
 
 FIXTURE = Path(__file__).parent / "fixtures" / "mnist_small.npz"
 KID_SUBSETS = 10  # the default 100 is slow for a test
@@ -45,10 +46,6 @@ def held_out(fixture_data):
     return fixture_data["train_images"][1000:], fixture_data["train_labels"][1000:]
 
 
-def _unit(images: torch.Tensor) -> torch.Tensor:
-    return images.unsqueeze(1).float() / 255
-
-
 def _eval(images, reference, **kw):
     return evaluate_images(images, data_dir=None, reference=reference, kid_subsets=KID_SUBSETS, **kw)
 
@@ -56,7 +53,7 @@ def _eval(images, reference, **kw):
 @pytest.fixture(scope="module")
 def real_result(reference, held_out):
     images, labels = held_out
-    return _eval(_unit(images), reference, labels=labels)
+    return _eval(as_unit(images), reference, labels=labels)
 
 
 def test_real_images_score_at_the_floor(real_result):
@@ -83,7 +80,7 @@ def test_noise_scores_far_above_the_floor(reference, real_result):
 
 def test_a_single_digit_has_low_recall_and_one_spike(reference, fixture_data, real_result):
     ones = fixture_data["train_images"][fixture_data["train_labels"] == 1]  # about 200 real "1"s
-    result = _eval(_unit(ones), reference)
+    result = _eval(as_unit(ones), reference)
     model, floor = result["model"], result["real"]
     assert result["n"] == result["n_floor"] == len(ones)
     assert model["recall"] < 0.3 < floor["recall"] and model["coverage"] < 0.3 < floor["coverage"]
@@ -94,7 +91,7 @@ def test_a_single_digit_has_low_recall_and_one_spike(reference, fixture_data, re
 
 
 def test_floor_is_cached_and_optional(reference, held_out, real_result):
-    images = _unit(held_out[0])
+    images = as_unit(held_out[0])
     again = _eval(images, reference, labels=held_out[1])
     assert again["real"] == real_result["real"] and again["model"] == real_result["model"]
     no_floor = _eval(images[:50], reference, n_floor=0)
@@ -118,92 +115,11 @@ def test_evaluate_run_writes_eval_json(tmp_path, reference):
     save_config(run_dir, cfg)
     torch.manual_seed(0)
     save_tensors(run_dir / "model.safetensors", build_model(cfg.model).state_dict(), weights_metadata(cfg))
-    result = evaluate_run(run_dir, n_samples=20, sampler="ddim", steps=2, batch_size=10, reference=reference,
-                          nll=True, nll_images=4, nll_timesteps=3, kid_subsets=2)  # fmt: skip
+    result = evaluate_run(run_dir, SamplingConfig(sampler="ddim", steps=2, batch_size=10), n_samples=20,
+                          reference=reference, nll_images=4, nll_timesteps=3, kid_subsets=2)  # fmt: skip
     on_disk = json.loads((run_dir / "eval.json").read_text())
     assert on_disk["model"]["fid"] == pytest.approx(result["model"]["fid"]) and on_disk["n"] == 20
     assert on_disk["sampling"]["sampler"] == "ddim" and on_disk["sampling"]["steps"] == 2
     assert on_disk["nll"]["n_images"] == 4 and on_disk["nll"]["estimate"] == "stratified"
     assert on_disk["nll"]["bpd"] > 0 and on_disk["seconds"]["sampling"] >= 0
     assert "eval.json" in json.loads((run_dir / MANIFEST).read_text())["files"]
-
-
-# ----------------------------------------------------------------------------- load_samples
-
-
-@pytest.fixture(scope="module")
-def digits(fixture_data):
-    """13 real digits as uint8 (13, 28, 28): a grid of them has an incomplete last row."""
-    return fixture_data["test_images"][:13]
-
-
-def test_load_safetensors_round_trip(tmp_path, digits):
-    save_tensors(tmp_path / "a.safetensors", {"samples": _unit(digits), "other": torch.zeros(3)})
-    torch.testing.assert_close(load_samples(tmp_path / "a.safetensors"), _unit(digits))
-    save_tensors(tmp_path / "b.safetensors", {"x": digits})  # the only tensor, uint8 (N, 28, 28)
-    torch.testing.assert_close(load_samples(tmp_path / "b.safetensors"), _unit(digits))
-
-
-def test_load_npy_round_trip(tmp_path, digits):
-    np.save(tmp_path / "a.npy", _unit(digits).numpy())
-    torch.testing.assert_close(load_samples(tmp_path / "a.npy"), _unit(digits))
-    np.save(tmp_path / "b.npy", digits.numpy())
-    torch.testing.assert_close(load_samples(tmp_path / "b.npy"), _unit(digits))
-
-
-def test_load_png_folder_round_trip(tmp_path, digits):
-    for i, d in enumerate(digits):
-        Image.fromarray(d.numpy(), mode="L").save(tmp_path / f"{i:03d}.png")
-    (tmp_path / "notes.txt").write_text("ignored")
-    torch.testing.assert_close(load_samples(tmp_path), _unit(digits))
-
-
-@pytest.mark.parametrize("scale", [1, 2, 3])
-def test_load_png_grid_round_trip(tmp_path, digits, scale):
-    save_grid(_unit(digits), tmp_path / "grid.png", scale=scale)  # 4 x 4 tiles, the last 3 empty
-    torch.testing.assert_close(load_samples(tmp_path / "grid.png"), _unit(digits))
-    save_grid(_unit(digits[:10]), tmp_path / "row.png", nrow=10, scale=scale)
-    torch.testing.assert_close(load_samples(tmp_path / "row.png"), _unit(digits[:10]))
-
-
-def test_load_samples_refuses_bad_input(tmp_path, digits):
-    cases = {}
-    np.save(tmp_path / "pickled.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    cases["pickled.npy"] = "plain numpy"
-    np.save(tmp_path / "shape.npy", np.zeros((4, 32, 32), np.float32))
-    cases["shape.npy"] = "shape"
-    np.save(tmp_path / "signed.npy", _unit(digits).numpy() * 2 - 1)
-    cases["signed.npy"] = r"\(x \+ 1\) / 2"
-    np.save(tmp_path / "ints.npy", digits.numpy().astype(np.int32))
-    cases["ints.npy"] = "uint8"
-    np.save(tmp_path / "nan.npy", np.full((2, 28, 28), np.nan, np.float32))
-    cases["nan.npy"] = "NaN"
-    (tmp_path / "trunc.safetensors").write_bytes(b"\x10\x00\x00\x00garbage")
-    cases["trunc.safetensors"] = "safetensors"
-    Image.fromarray(np.zeros((90, 100), np.uint8), mode="L").save(tmp_path / "odd.png")
-    cases["odd.png"] = "not a grid"
-    (tmp_path / "fake.png").write_bytes(b"not a png at all")
-    cases["fake.png"] = "cannot read"
-    (tmp_path / "samples.pt").write_bytes(b"")
-    cases["samples.pt"] = "unknown sample format"
-    big = tmp_path / "big"
-    big.mkdir()
-    Image.fromarray(np.zeros((56, 56), np.uint8), mode="L").save(big / "0.png")
-    cases["big"] = "28x28"
-    (tmp_path / "empty").mkdir()
-    cases["empty"] = "no .png"
-    cases["missing.npy"] = "no such file"
-    colour = tmp_path / "colour"
-    colour.mkdir()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (28, 28, 3), np.uint8), mode="RGB").save(colour / "0.png")
-    cases["colour"] = "greyscale"
-    for name, message in cases.items():
-        with pytest.raises(UserError, match=message):
-            load_samples(tmp_path / name)
-
-
-def test_grid_scale_detection():
-    assert evaluate.grid_scale(32, 302) == [1]  # one row of 10 tiles
-    assert evaluate.grid_scale(64, 604) == [2]
-    assert evaluate.grid_scale(512, 512) == [16, 1]  # both fit: pixel content decides, largest first
-    assert evaluate.grid_scale(100, 90) == []

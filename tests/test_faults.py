@@ -21,10 +21,10 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from mnist_diffusion import io as io_module
-from mnist_diffusion.artifacts import load_tensors, read_metrics, verify_manifest
-from mnist_diffusion.checkpoint import read_checkpoint
 from mnist_diffusion.cli import app
-from mnist_diffusion.io import PAUSE_ENV
+from mnist_diffusion.io import PAUSE_ENV, load_tensors
+from mnist_diffusion.runs.checkpoint import read_checkpoint
+from mnist_diffusion.runs.store import read_metrics, verify_manifest
 
 runner = CliRunner()
 # A tiny default-preset run: 32 steps per epoch on the 512 fake images; 2 epochs planned, stopped at

@@ -12,16 +12,8 @@ import pytest
 import torch
 
 from mnist_diffusion.errors import UserError
-from mnist_diffusion.features import (
-    ASSETS_DIR,
-    FEATURE_DIM,
-    INFO,
-    WEIGHTS,
-    FeatureNet,
-    extract,
-    load_feature_net,
-    train_feature_net,
-)
+from mnist_diffusion.evaluation.features import ASSETS_DIR, INFO, WEIGHTS, extract, load_feature_net, train_feature_net
+from mnist_diffusion.nets.features import FEATURE_DIM, FeatureNet
 
 FIXTURE = Path(__file__).parent / "fixtures" / "mnist_small.npz"
 

@@ -9,7 +9,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from mnist_diffusion import metrics
+from mnist_diffusion.evaluation import metrics
 
 
 def _random_spd(rng: np.random.Generator, d: int) -> np.ndarray:

@@ -1,9 +1,8 @@
-"""The NLL bound (mnist_diffusion.nll) against torch.distributions and on oracle / null models."""
+"""The NLL bound (mnist_diffusion.diffusion.nll) against torch.distributions and on oracle / null models."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,14 +11,8 @@ from torch import nn
 from torch.distributions import Normal, kl_divergence
 
 from mnist_diffusion.config import DiffusionConfig, RunConfig
-from mnist_diffusion.generate import LoadedRun
-from mnist_diffusion.nll import (
-    discretized_gaussian_log_likelihood,
-    nll_bpd,
-    normal_kl,
-    stratified_timesteps,
-)
-from mnist_diffusion.schedule import Schedule, extract
+from mnist_diffusion.diffusion.nll import discretized_gaussian_log_likelihood, nll_bpd, normal_kl, stratified_timesteps
+from mnist_diffusion.diffusion.schedule import Schedule, extract
 
 T = 20  # a short schedule keeps the end-to-end checks at a few hundred forward passes
 
@@ -124,9 +117,9 @@ def setup():
 
 
 def _bpd(model, cfg, schedule, images, k, seed=0):
-    run = LoadedRun(Path("."), cfg, model, schedule)
     return nll_bpd(
-        run, images, batch_size=len(images), generator=torch.Generator().manual_seed(seed), timesteps_subsample=k
+        model, schedule, images, batch_size=len(images), generator=torch.Generator().manual_seed(seed),
+        timesteps_subsample=k,
     )
 
 

@@ -28,12 +28,13 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 from typer.testing import CliRunner
 
-from mnist_diffusion.artifacts import load_config, load_tensors, summarize_runs
 from mnist_diffusion.cli import app
 from mnist_diffusion.config import RunConfig
 from mnist_diffusion.errors import UserError
-from mnist_diffusion.evaluate import load_samples
-from mnist_diffusion.images import grid_image, save_grid
+from mnist_diffusion.io import load_tensors
+from mnist_diffusion.pictures.grids import grid_image, load_samples, save_grid
+from mnist_diffusion.runs.store import load_config
+from mnist_diffusion.runs.summary import summarize_runs
 
 runner = CliRunner()
 

@@ -5,9 +5,10 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from torch import nn
 
-from mnist_diffusion.config import DiffusionConfig
-from mnist_diffusion.samplers import Denoiser, ddim_sample, ddpm_sample, dpmpp_2m_sample, spaced_timesteps
-from mnist_diffusion.schedule import Schedule
+from mnist_diffusion.config import DiffusionConfig, Guidance
+from mnist_diffusion.diffusion.guidance import Denoiser
+from mnist_diffusion.diffusion.samplers import ddim_sample, ddpm_sample, dpmpp_2m_sample, spaced_timesteps
+from mnist_diffusion.diffusion.schedule import Schedule
 
 SHAPE = (3, 1, 6, 6)
 
@@ -180,11 +181,11 @@ def test_guidance_one_equals_conditional_and_zero_equals_unconditional():
     sched = schedule("cosine", 100)
     x = torch.randn(SHAPE)
     labels = torch.tensor([1, 2, 3])
-    cond = Denoiser(CondNet(), sched, labels=labels, guidance=1.0, clip_x0=False)(x, 50)[0]
-    uncond = Denoiser(CondNet(), sched, labels=labels, guidance=0.0, clip_x0=False)(x, 50)[0]
+    cond = Denoiser(CondNet(), sched, labels=labels, guidance=Guidance(labels=1.0), clip_x0=False)(x, 50)[0]
+    uncond = Denoiser(CondNet(), sched, labels=labels, guidance=Guidance(labels=0.0), clip_x0=False)(x, 50)[0]
     torch.testing.assert_close(cond, x * 0.1 + labels.float()[:, None, None, None] * 0.01)
     torch.testing.assert_close(uncond, x * 0.1 + 0.1)
-    w3 = Denoiser(CondNet(), sched, labels=labels, guidance=3.0, clip_x0=False)(x, 50)[0]
+    w3 = Denoiser(CondNet(), sched, labels=labels, guidance=Guidance(labels=3.0), clip_x0=False)(x, 50)[0]
     torch.testing.assert_close(w3, uncond + 3.0 * (cond - uncond))
 
 
@@ -203,7 +204,7 @@ def test_autoguidance_extrapolates_from_the_guide_to_the_model():
     good, weak = Net(0.1), Net(0.3)
 
     def eps(w, guide=weak):
-        return Denoiser(good, sched, guidance=w, guide=guide, clip_x0=False)(x, 50)[0]
+        return Denoiser(good, sched, guidance=Guidance(auto=w), guide=guide, clip_x0=False)(x, 50)[0]
 
     torch.testing.assert_close(eps(1.0), x * 0.1 + 0.05)  # w = 1: the model alone
     torch.testing.assert_close(eps(0.0), x * 0.3 + 0.05)  # w = 0: the guide alone
@@ -212,7 +213,7 @@ def test_autoguidance_extrapolates_from_the_guide_to_the_model():
 
 
 def test_autoguidance_with_labels_plus_classifier_free_guidance():
-    # A clustered run: the guide sees the same labels, and label_guidance s adds (s - 1)(D(x|c) - D(x|0)).
+    # A clustered run: the guide sees the same labels, and cluster guidance s adds (s - 1)(D(x|c) - D(x|0)).
     class CondNet(nn.Module):
         num_classes = 4
 
@@ -230,7 +231,8 @@ def test_autoguidance_with_labels_plus_classifier_free_guidance():
     c = labels.float()[:, None, None, None] * 0.01
 
     def eps(w, s):
-        return Denoiser(good, sched, labels=labels, guidance=w, guide=weak, label_guidance=s, clip_x0=False)(x, 50)[0]
+        guidance = Guidance(auto=w, clusters=s)
+        return Denoiser(good, sched, labels=labels, guidance=guidance, guide=weak, clip_x0=False)(x, 50)[0]
 
     cond, weak_cond, null = x * 0.1 + c, x * 0.3 + c, x * 0.1 + 0.04  # D(x|c), D_guide(x|c), D(x|0)
     torch.testing.assert_close(eps(1.0, 1.0), cond)

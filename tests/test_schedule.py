@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mnist_diffusion.config import DEFAULT, SEED, DiffusionConfig
-from mnist_diffusion.schedule import Schedule, cosine_betas, extract, linear_betas, sigmoid_betas
+from mnist_diffusion.diffusion.schedule import Schedule, cosine_betas, extract, linear_betas, sigmoid_betas
 
 
 def test_linear_betas_closed_form():

@@ -12,16 +12,17 @@ from conftest import tiny_config
 from PIL import Image
 from safetensors.torch import load_file
 
-from mnist_diffusion import train as train_module
-from mnist_diffusion.artifacts import resolve_run
-from mnist_diffusion.clusters import load_clusters, pixel_clusters
 from mnist_diffusion.config import RunConfig, validate
-from mnist_diffusion.data import load_mnist
+from mnist_diffusion.data.clusters import load_clusters, pixel_clusters
+from mnist_diffusion.data.mnist import load_mnist
 from mnist_diffusion.errors import UserError
 from mnist_diffusion.io import sha256_file
+from mnist_diffusion.runs.store import resolve_run
 from mnist_diffusion.runtime import native_bf16, use_bf16
-from mnist_diffusion.sample_cmd import end_of_run_grid
-from mnist_diffusion.train import TrainingDiverged, lr_at, plan_resume, train
+from mnist_diffusion.sampling.outputs import end_of_run_grid
+from mnist_diffusion.training import trainer as train_module
+from mnist_diffusion.training.plan import plan_resume
+from mnist_diffusion.training.trainer import TrainingDiverged, lr_at, train
 
 
 def run(cfg, tmp_path, data_dir, *, resume=None, epochs=None, max_steps=None, **kw):

@@ -29,10 +29,11 @@ import time
 from typing import Any
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
-from .generate import LoadedRun
-from .schedule import extract
+from . import pixels_to_x0
+from .schedule import Schedule, extract
 
 DEFAULT_NLL_TIMESTEPS = 40  # K: terms of the bound evaluated per image (t = 0 + K - 1 strata)
 _BITS = math.log(2.0)
@@ -94,9 +95,66 @@ def stratified_timesteps(num_timesteps: int, k: int | None, n: int, generator: t
     return t, size.double()
 
 
+class _Bound:
+    """The terms of the bound for one model, in float64, with one generator for all the noise."""
+
+    def __init__(self, model: nn.Module, schedule: Schedule, generator: torch.Generator):
+        self.model, self.schedule, self.generator = model, schedule, generator
+        self.device = next(model.parameters()).device
+        self.tab = {k: v.to(self.device) for k, v in schedule.float64.items()}  # float64 tables, (T,)
+        # log beta_tilde with t = 0 replaced by t = 1 (beta_tilde_0 = 0): the decoder's variance.
+        post = self.tab["posterior_variance"]
+        self.log_var = torch.log(torch.cat([post[1:2], post[1:]]))
+
+    def _at(self, name: str, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        return extract(self.tab[name], t, x0.shape)
+
+    def model_x0(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The model's clipped x_0 for float64 ``x_t`` (B, C, H, W) and timesteps ``t`` (B,)."""
+        x_t32 = x_t.float()
+        out = self.model(x_t32, t).float()
+        return self.schedule.eps_and_x0(x_t32, t, out, self.schedule.cfg.prediction)[1].clamp(-1.0, 1.0).double()
+
+    def noisy(self, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_t ~ q(x_t | x_0) in float64, eq. 4."""
+        g = self.generator
+        noise = torch.randn(x0.shape, generator=g, device=g.device, dtype=torch.float64).to(self.device)
+        return self._at("sqrt_alphas_cumprod", t, x0) * x0 + self._at("sqrt_one_minus_alphas_cumprod", t, x0) * noise
+
+    def prior(self, x0: torch.Tensor) -> torch.Tensor:
+        """1. L_T = KL(q(x_T | x_0) || N(0, I)), closed form; (B,) bits/dim."""
+        last = torch.full((x0.shape[0],), self.schedule.num_timesteps - 1, device=self.device)
+        mean_T = self._at("sqrt_alphas_cumprod", last, x0) * x0
+        logvar_T = torch.log(extract(1.0 - self.tab["alphas_cumprod"], last, x0.shape))
+        return _per_image_bits(normal_kl(mean_T, logvar_T, torch.zeros_like(x0), torch.zeros_like(x0)))
+
+    def decoder(self, x0: torch.Tensor) -> torch.Tensor:
+        """2. L_0 = -log p(x_0 | x_1): the discretized Gaussian at the posterior mean of the model's
+        x_0 (eq. 13); (B,) bits/dim."""
+        zero = torch.zeros(x0.shape[0], dtype=torch.long, device=self.device)
+        x_t = self.noisy(x0, zero)
+        mean_p = self._at("posterior_mean_coef1", zero, x0) * self.model_x0(x_t, zero) + self._at(
+            "posterior_mean_coef2", zero, x0) * x_t  # fmt: skip
+        ll = discretized_gaussian_log_likelihood(x0, mean_p, 0.5 * extract(self.log_var, zero, x0.shape))
+        return _per_image_bits(-ll)
+
+    def kl(self, x0: torch.Tensor, k: int | None) -> torch.Tensor:
+        """3. The sum over t >= 1 of L_t = KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) (eq. 6-7, both
+        with variance beta_tilde_t), from ``k`` terms (:func:`stratified_timesteps`); (B,) bits/dim."""
+        ts, weights = stratified_timesteps(self.schedule.num_timesteps, k, x0.shape[0], self.generator)
+        total = torch.zeros(x0.shape[0], dtype=torch.float64, device=self.device)
+        for t, w in zip(ts.to(self.device), weights.to(self.device), strict=True):
+            x_t = self.noisy(x0, t)
+            coef1, lv = self._at("posterior_mean_coef1", t, x0), extract(self.log_var, t, x0.shape)
+            # The two means share coef2 * x_t, so their difference is coef1 * (x0 - x0_model).
+            total += w * _per_image_bits(normal_kl(coef1 * x0, lv, coef1 * self.model_x0(x_t, t), lv))
+        return total
+
+
 @torch.inference_mode()
 def nll_bpd(
-    run: LoadedRun,
+    model: nn.Module,
+    schedule: Schedule,
     images: torch.Tensor,
     *,
     batch_size: int = 250,
@@ -106,6 +164,7 @@ def nll_bpd(
 ) -> dict[str, Any]:
     """The variational bound on -log p(x_0) in bits per dimension, for real images.
 
+    :param model: the network, in eval mode; its prediction type is ``schedule.cfg.prediction``.
     :param images: uint8 ``(N, 28, 28)`` pixels in 0..255.
     :param generator: draws the noise and the timesteps, on the model's device; seeded with 0 if None.
     :param timesteps_subsample: K, the number of terms evaluated per image (see
@@ -118,69 +177,33 @@ def nll_bpd(
     if images.dtype != torch.uint8 or images.ndim != 3 or tuple(images.shape[1:]) != (28, 28):
         raise ValueError(f"images must be uint8 (N, 28, 28), got {images.dtype} {tuple(images.shape)}")
     start_time = time.perf_counter()
-    model, schedule, prediction = run.model, run.schedule, run.cfg.diffusion.prediction
     device = next(model.parameters()).device
-    generator = generator or torch.Generator(device).manual_seed(0)
-    num_t = schedule.num_timesteps
-    tab = {k: v.to(device) for k, v in schedule.float64.items()}  # float64 tables, (T,)
-    # log beta_tilde with t = 0 replaced by t = 1 (beta_tilde_0 = 0): the decoder's variance.
-    log_var = torch.log(torch.cat([tab["posterior_variance"][1:2], tab["posterior_variance"][1:]]))
-
-    def model_x0(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The model's clipped x_0 for float64 ``x_t`` (B, C, H, W) and timesteps ``t`` (B,)."""
-        x_t32 = x_t.float()
-        out = model(x_t32, t).float()
-        return schedule.eps_and_x0(x_t32, t, out, prediction)[1].clamp(-1.0, 1.0).double()
-
-    def noisy(x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x_t ~ q(x_t | x_0) in float64, eq. 4."""
-        noise = torch.randn(x0.shape, generator=generator, device=generator.device, dtype=torch.float64)
-        return extract(tab["sqrt_alphas_cumprod"], t, x0.shape) * x0 + extract(
-            tab["sqrt_one_minus_alphas_cumprod"], t, x0.shape) * noise.to(device)  # fmt: skip
-
+    bound = _Bound(model, schedule, generator or torch.Generator(device).manual_seed(0))
     prior, decoder, kl = [], [], []
     bar = tqdm(total=len(images), desc="NLL", unit="img", disable=not progress, leave=False)
     for s in range(0, len(images), batch_size):
-        x0 = images[s : s + batch_size].to(device).double().div(127.5).sub(1.0).unsqueeze(1)  # (B, 1, 28, 28)
-        b = x0.shape[0]
-
-        # 1. Prior L_T = KL(q(x_T | x_0) || N(0, I)), closed form.
-        last = torch.full((b,), num_t - 1, device=device)
-        mean_T = extract(tab["sqrt_alphas_cumprod"], last, x0.shape) * x0
-        logvar_T = torch.log(extract(1.0 - tab["alphas_cumprod"], last, x0.shape))
-        prior.append(_per_image_bits(normal_kl(mean_T, logvar_T, torch.zeros_like(x0), torch.zeros_like(x0))))
-
-        # 2. Decoder L_0 = -log p(x_0 | x_1): discretized Gaussian at the posterior mean of the model's x_0.
-        zero = torch.zeros(b, dtype=torch.long, device=device)
-        x_t = noisy(x0, zero)
-        mean_p = extract(tab["posterior_mean_coef1"], zero, x0.shape) * model_x0(x_t, zero) + extract(
-            tab["posterior_mean_coef2"], zero, x0.shape) * x_t  # fmt: skip
-        ll = discretized_gaussian_log_likelihood(x0, mean_p, 0.5 * extract(log_var, zero, x0.shape))
-        decoder.append(_per_image_bits(-ll))
-
-        # 3. L_t, t >= 1: KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)), eq. 6-7, both with variance beta_tilde_t.
-        ts, weights = stratified_timesteps(num_t, timesteps_subsample, b, generator)
-        total = torch.zeros(b, dtype=torch.float64, device=device)
-        for t, w in zip(ts.to(device), weights.to(device), strict=True):
-            x_t = noisy(x0, t)
-            coef1, lv = extract(tab["posterior_mean_coef1"], t, x0.shape), extract(log_var, t, x0.shape)
-            # The two means share coef2 * x_t, so their difference is coef1 * (x0 - x0_model).
-            kl_t = normal_kl(coef1 * x0, lv, coef1 * model_x0(x_t, t), lv)
-            total += w * _per_image_bits(kl_t)
-        kl.append(total)
-        bar.update(b)
+        x0 = pixels_to_x0(images[s : s + batch_size].to(device), torch.float64)  # (B, 1, 28, 28)
+        prior.append(bound.prior(x0))
+        decoder.append(bound.decoder(x0))
+        kl.append(bound.kl(x0, timesteps_subsample))
+        bar.update(x0.shape[0])
     bar.close()
+    terms = tuple(torch.cat(v).cpu() for v in (prior, decoder, kl))
+    return _summary(*terms, schedule.num_timesteps, timesteps_subsample, model, time.perf_counter() - start_time)
 
-    prior_t, decoder_t, kl_t = (torch.cat(v).cpu() for v in (prior, decoder, kl))
-    per_image = prior_t + decoder_t + kl_t  # (N,)
-    k_used = num_t if timesteps_subsample is None or timesteps_subsample >= num_t else timesteps_subsample
+
+def _summary(prior: torch.Tensor, decoder: torch.Tensor, kl: torch.Tensor, num_t: int, k: int | None,
+             model: nn.Module, seconds: float) -> dict[str, Any]:  # fmt: skip
+    """The result of :func:`nll_bpd` from the per-image terms (N,) in bits/dim."""
+    per_image = prior + decoder + kl  # (N,)
+    k_used = num_t if k is None or k >= num_t else k
     exact = k_used == num_t
     return {
         "bpd": float(per_image.mean()),
         "bpd_stderr": float(per_image.std() / math.sqrt(len(per_image))) if len(per_image) > 1 else 0.0,
-        "prior_bpd": float(prior_t.mean()),
-        "decoder_bpd": float(decoder_t.mean()),
-        "kl_bpd": float(kl_t.mean()),
+        "prior_bpd": float(prior.mean()),
+        "decoder_bpd": float(decoder.mean()),
+        "kl_bpd": float(kl.mean()),
         "n_images": len(per_image),
         "timesteps": num_t,
         "timesteps_evaluated": k_used,
@@ -192,5 +215,5 @@ def nll_bpd(
             "in each, weighted by the stratum size (unbiased)"
         ),
         "conditioning": "null label (unconditional p(x))" if getattr(model, "num_classes", 0) else "none",
-        "seconds": round(time.perf_counter() - start_time, 2),
+        "seconds": round(seconds, 2),
     }

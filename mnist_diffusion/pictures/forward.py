@@ -6,10 +6,11 @@ from pathlib import Path
 
 import torch
 
-from .config import DiffusionConfig
-from .data import ensure_mnist, load_mnist
-from .images import forward_figure
-from .schedule import Schedule
+from ..config import DiffusionConfig
+from ..data.mnist import ensure_mnist, load_mnist
+from ..diffusion import pixels_to_x0, x0_to_unit
+from ..diffusion.schedule import Schedule
+from .figures import forward_figure
 
 
 def forward_timesteps(num_timesteps: int, columns: int) -> list[int]:
@@ -25,12 +26,12 @@ def forward_picture(
     images, _ = load_mnist(data_dir, "test")
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(images), generator=g)[:digits]
-    x0 = images[idx].unsqueeze(1).float() / 127.5 - 1  # (R, 1, 28, 28) in [-1, 1]
+    x0 = pixels_to_x0(images[idx])  # (R, 1, 28, 28) in [-1, 1]
     schedule = Schedule(cfg)
     ts = forward_timesteps(cfg.timesteps, columns)
     noise = torch.randn((len(ts), *x0.shape), generator=g)  # (K, R, 1, 28, 28)
     cols = [schedule.q_sample(x0, torch.full((len(x0),), t), noise[k]) for k, t in enumerate(ts)]
-    rows = ((torch.stack(cols, dim=1) + 1) / 2).clamp(0, 1)  # (R, K, 1, 28, 28) in [0, 1]
+    rows = x0_to_unit(torch.stack(cols, dim=1))  # (R, K, 1, 28, 28) in [0, 1]
     ab = schedule.float64["alphas_cumprod"]
     title = f"forward process q(x_t | x_0): {cfg.schedule} schedule, T = {cfg.timesteps}"
     forward_figure(rows, ts, [float(ab[t]) for t in ts], output, title)

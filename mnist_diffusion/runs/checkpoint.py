@@ -17,19 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__
-from .artifacts import (
-    CHECKPOINT,
-    CHECKPOINT_META,
-    DIGEST_KEY,
-    check_same_network,
-    load_tensors_and_metadata,
-    manifest_entry,
-    save_tensors,
-)
-from .config import RunConfig
-from .errors import UserError
-from .io import atomic_write_json, sha256_file
+from .. import __version__
+from ..config import RunConfig
+from ..errors import UserError
+from ..io import DIGEST_KEY, atomic_write_json, load_tensors_and_metadata, save_tensors, sha256_file
+from .store import CHECKPOINT, CHECKPOINT_META, check_same_network, manifest_entry
 
 # Fields of the metadata a resume cannot do without, and their types.
 REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {

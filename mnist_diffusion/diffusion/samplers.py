@@ -1,98 +1,23 @@
 """Samplers: plain functions that turn noise into images, each written as numbered steps that
 cite the equation they implement.
 
-Every sampler takes a :class:`Denoiser` (the network plus the schedule, prediction type,
-labels and guidance), the output shape and an explicit ``torch.Generator``, and returns
-x_0 in [-1, 1] as [N x C x H x W].
+Every sampler takes a :class:`~mnist_diffusion.diffusion.guidance.Denoiser` (the network plus the
+schedule, prediction type, labels and guidance), the output shape and an explicit
+``torch.Generator``, and returns x_0 in [-1, 1] as [N x C x H x W].
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
-from .schedule import Schedule
-
-SamplerName = Literal["ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde"]
-SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde")
-# What sample and eval use unless told: the cheapest setting of the README's sampler table
-# whose FID is within 10% of 1000-step DDPM's.
-DEFAULT_SAMPLER = "dpmpp-2m-sde"
-# Guidance scale w of sample, eval and the grid at the end of training: classifier-free for
-# class-conditional runs (README: 99.9% of the samples are the digit asked for), autoguidance for
-# unconditional ones (README: FID and share of confident digits against w).
-DEFAULT_GUIDANCE = 2.0
-# Runs trained on pixel clusters with a guide (the default preset): classifier-free guidance s on
-# the cluster on top of autoguidance (README: s = 1.6 lifts the share of digits read with
-# confidence past 90% with a margin, for a little FID).
-DEFAULT_CLUSTER_GUIDANCE = 1.6
-# The timestep spacing power of each sampler unless told (1: trailing; see spaced_timesteps).
-# 0.4 from the README's sweep (SDE-DPM-Solver++, N = 2,000) and its N = 10,000 check: at 10 and 20
-# evaluations FID 1.016 and 0.937, against 1.579 and 1.119 with the even (trailing) spacing.
-SPACING_DEFAULTS: dict[str, float] = {"ddim": 0.4, "dpmpp-2m": 0.4, "dpmpp-2m-sde": 0.4}
-SPACING_RANGE = (0.1, 4.0)  # the spacing powers that --spacing accepts
+from ..config import SamplingConfig
+from .guidance import Denoiser
 
 # Called after every step with (step index, timestep, x_t after the step, predicted x_0).
 StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
-
-
-@dataclass
-class Denoiser:
-    """The network seen from a sampler: (x_t, t) -> (eps, x_0).
-
-    ``labels`` ([N] ints) conditions a class-conditional network. With ``guidance`` w != 1 the
-    output D(x|c) is guided, out = D_weak + w (D(x|c) - D_weak), where the weak prediction D_weak is
-    - autoguidance, when there is a ``guide``: that network, a weaker version of the same model
-      with the same labels (here its own EMA weights from early in training; Karras et al. 2024,
-      "Guiding a diffusion model with a bad version of itself", eq. 2);
-    - classifier-free guidance, when there are labels and no guide: the same network with the
-      "null" label, D(x|0) (Ho & Salimans 2022, eq. 6 with w = 1 + their w).
-    With a guide and labels, ``label_guidance`` s != 1 adds classifier-free guidance on top,
-    (s - 1) (D(x|c) - D(x|0)): runs trained on pixel clusters use both.
-    ``clip_x0`` clamps the predicted x_0 to [-1, 1] and recomputes eps from it, as diffusers'
-    ``clip_sample`` does. ``bf16`` runs the network in bf16 autocast (the samplers' arithmetic
-    stays in fp32).
-    """
-
-    model: nn.Module
-    schedule: Schedule
-    prediction: str = "eps"
-    labels: torch.Tensor | None = None
-    guidance: float = 1.0
-    clip_x0: bool = True
-    guide: nn.Module | None = None
-    bf16: bool = False
-    label_guidance: float = 1.0
-
-    def __call__(self, x_t: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        n = x_t.shape[0]
-        tt = torch.full((n,), t, device=x_t.device, dtype=torch.long)
-        autoguided = self.guide is not None and self.guidance != 1.0
-        label_cfg = self.guidance if self.guide is None else self.label_guidance  # the scale on D(x|c) - D(x|0)
-        with torch.autocast(x_t.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            if self.labels is not None and label_cfg != 1.0:  # with and without the labels, in one batch
-                null = torch.full_like(self.labels, self.model.num_classes)
-                both = self.model(torch.cat([x_t, x_t]), torch.cat([tt, tt]), torch.cat([self.labels, null]))
-                cond, uncond = both.float().chunk(2)
-            else:
-                cond, uncond = self.model(x_t, tt, self.labels).float(), None
-            out = cond
-            if autoguided:
-                weak = self.guide(x_t, tt, self.labels).float()
-                out = weak + self.guidance * (cond - weak)
-            if uncond is not None:
-                out = out + (label_cfg - 1.0) * (cond - uncond)  # = uncond + w (cond - uncond) alone
-        eps, x0 = self.schedule.eps_and_x0(x_t, tt, out.float(), self.prediction)
-        if self.clip_x0:
-            x0 = x0.clamp(-1.0, 1.0)
-            a = self.schedule.sqrt_alphas_cumprod[t]
-            eps = (x_t - a * x0) / self.schedule.sqrt_one_minus_alphas_cumprod[t]
-        return eps, x0
 
 
 def spaced_timesteps(num_timesteps: int, steps: int, power: float = 1.0) -> list[int]:
@@ -261,49 +186,21 @@ def dpmpp_2m_sample(
 def sample(
     denoiser: Denoiser,
     shape: tuple[int, ...],
+    settings: SamplingConfig,
     *,
-    sampler: str,
-    steps: int | None,
-    eta: float = 0.0,
-    spacing: float | None = None,
     generator: torch.Generator,
     device: torch.device | str = "cpu",
     progress: bool = False,
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
-    """Dispatch to the sampler named ``sampler``; ``steps`` and ``spacing`` are ignored by DDPM
-    (always all T steps). ``None`` takes :func:`default_steps` and :func:`default_spacing`."""
+    """Run the sampler that ``settings`` (resolved: concrete steps and spacing) names; DDPM always
+    takes all T steps."""
     common = dict(generator=generator, device=device, progress=progress, callback=callback)
-    if sampler == "ddpm":
+    if settings.sampler == "ddpm":
         return ddpm_sample(denoiser, shape, **common)
-    steps, spacing = resolve_steps_and_spacing(sampler, steps, spacing, denoiser.schedule.num_timesteps)
-    if sampler == "ddim":
-        return ddim_sample(denoiser, shape, steps=steps, eta=eta, spacing=spacing, **common)
-    if sampler in ("dpmpp-2m", "dpmpp-2m-sde"):
-        sde = sampler == "dpmpp-2m-sde"
-        return dpmpp_2m_sample(denoiser, shape, steps=steps, sde=sde, spacing=spacing, **common)
-    raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)} (got {sampler!r})")
-
-
-def default_steps(sampler: str) -> int:
-    """Model evaluations used when --steps is not given (see the README's sampler table)."""
-    return {"ddim": 50, "dpmpp-2m": 20, "dpmpp-2m-sde": 20}.get(sampler, 0)
-
-
-def resolve_steps_and_spacing(
-    sampler: str, steps: int | None, spacing: float | None, num_timesteps: int
-) -> tuple[int | None, float | None]:
-    """The (steps, spacing) that ``sample`` uses for these flags: the defaults where not given (the
-    default steps at most T), and (None, None) for DDPM, which always takes all T steps."""
-    if sampler == "ddpm":
-        return None, None
-    return steps or min(default_steps(sampler), num_timesteps), default_spacing(sampler) if spacing is None else spacing
-
-
-def default_spacing(sampler: str) -> float:
-    """The timestep spacing power used when --spacing is not given (see the README's sampler table)."""
-    return SPACING_DEFAULTS.get(sampler, 1.0)
-
-
-def model_evaluations(sampler: str, steps: int | None, num_timesteps: int) -> int:
-    return num_timesteps if sampler == "ddpm" else (steps or default_steps(sampler))
+    if settings.steps is None or settings.spacing is None:
+        raise ValueError("sample() needs resolved settings (SamplingConfig.resolve)")
+    if settings.sampler == "ddim":
+        return ddim_sample(denoiser, shape, steps=settings.steps, eta=settings.eta, spacing=settings.spacing, **common)
+    sde = settings.sampler == "dpmpp-2m-sde"
+    return dpmpp_2m_sample(denoiser, shape, steps=settings.steps, sde=sde, spacing=settings.spacing, **common)

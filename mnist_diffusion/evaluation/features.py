@@ -1,12 +1,12 @@
-"""The MNIST feature network that sample-quality metrics are computed in.
+"""The feature net of the evaluation (:class:`~mnist_diffusion.nets.features.FeatureNet`): its
+shipped weights, how they were trained, and feature extraction.
 
-FID, KID, precision/recall and the rest (see :mod:`mnist_diffusion.metrics`) are distances in the
-feature space of some classifier. For ImageNet that is Inception-v3; for MNIST it is
-:class:`FeatureNet`, a small CNN whose weights ship inside the package (``assets/feature_net.*``),
-so every user's numbers come from the same network and nothing is downloaded.
+FID, KID, precision/recall and the rest (:mod:`.metrics`) are distances in the feature space of
+this small MNIST classifier. Its weights ship inside the package (``assets/feature_net.*``), so
+every user's numbers come from the same network and nothing is downloaded.
 
-Make the weights again with ``python -m mnist_diffusion.features`` (``make features``): a fixed
-seed, about five minutes on two CPU cores, >= 99.3% accuracy on the MNIST test set.
+Make the weights again with ``python -m mnist_diffusion.evaluation.features`` (``make features``):
+a fixed seed, about five minutes on two CPU cores, >= 99.3% accuracy on the MNIST test set.
 """
 
 from __future__ import annotations
@@ -24,65 +24,17 @@ import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load, save
-from torch import nn
 from tqdm.auto import tqdm
 
-from .data import DEFAULT_DATA_DIR, load_mnist
-from .errors import UserError
-from .io import atomic_write_bytes, atomic_write_json
+from ..data.mnist import DEFAULT_DATA_DIR, as_unit, load_mnist
+from ..errors import UserError
+from ..io import atomic_write_bytes, atomic_write_json
+from ..nets import count_parameters
+from ..nets.features import FEATURE_DIM, FeatureNet
 
-ASSETS_DIR = Path(__file__).parent / "assets"
+ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
 WEIGHTS = "feature_net.safetensors"
 INFO = "feature_net.json"
-FEATURE_DIM = 128  # D: length of the penultimate feature vector the metrics use
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # pixel statistics of the MNIST training set, in [0, 1]
-
-
-def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
-    """3x3 conv -> BatchNorm -> ReLU, twice, then 2x2 max-pool: ``(N, c_in, H, W) -> (N, c_out, H/2, W/2)``."""
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
-    )  # fmt: skip
-
-
-class FeatureNet(nn.Module):
-    """A small MNIST classifier: three conv blocks, a D-dim feature layer, a linear classifier.
-
-    Input ``(N, 1, 28, 28)`` images with pixels in [0, 1]; the net normalises them itself.
-    """
-
-    def __init__(self, feature_dim: int = FEATURE_DIM, width: int = 16):
-        super().__init__()
-        self.trunk = nn.Sequential(
-            _conv_block(1, width),  # (N, w, 14, 14)
-            _conv_block(width, 2 * width),  # (N, 2w, 7, 7)
-            _conv_block(2 * width, 4 * width),  # (N, 4w, 3, 3)
-            nn.Flatten(),  # (N, 36w)
-        )
-        self.embed = nn.Sequential(
-            nn.Linear(4 * width * 9, feature_dim, bias=False), nn.BatchNorm1d(feature_dim), nn.ReLU(inplace=True)
-        )
-        self.dropout = nn.Dropout(0.2)
-        self.classifier = nn.Linear(feature_dim, 10)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, 1, 28, 28)`` in [0, 1] -> ``(N, D)`` penultimate features (after the ReLU)."""
-        return self.embed(self.trunk((x - MNIST_MEAN) / MNIST_STD))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, 1, 28, 28)`` in [0, 1] -> ``(N, 10)`` logits."""
-        return self.classifier(self.dropout(self.features(x)))
-
-    def features_and_probs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Both outputs of one pass: ``(N, D)`` features and ``(N, 10)`` softmax probabilities."""
-        f = self.features(x)
-        return f, self.classifier(self.dropout(f)).softmax(dim=1)
-
-
-def num_parameters(net: nn.Module) -> int:
-    return sum(p.numel() for p in net.parameters())
 
 
 # ----------------------------------------------------------------------------- training
@@ -102,11 +54,6 @@ def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def _to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 ``(N, 28, 28)`` -> float32 ``(N, 1, 28, 28)`` in [0, 1]."""
-    return images.unsqueeze(1).float() / 255
-
-
 @torch.inference_mode()
 def accuracy(net: FeatureNet, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
     """Share of ``(N, 1, 28, 28)`` images in [0, 1] whose predicted class is the label."""
@@ -116,6 +63,22 @@ def accuracy(net: FeatureNet, images: torch.Tensor, labels: torch.Tensor, batch_
         for s in range(0, len(images), batch_size)
     )
     return correct / len(images)
+
+
+def _train_epoch(net: FeatureNet, opt, sched, train_x, train_y, batches, generator: torch.Generator) -> None:
+    """One pass over ``batches`` (index tensors into ``train_x`` (N, 1, 28, 28) and ``train_y``),
+    each augmented, with label-smoothed cross-entropy."""
+    net.train()
+    device = next(net.parameters()).device
+    for i, idx in enumerate(batches):
+        x = _augment(train_x[idx], generator).to(device)
+        loss = F.cross_entropy(net(x), train_y[idx].to(device), label_smoothing=0.05)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if i % 50 == 0 and hasattr(batches, "set_postfix"):
+            batches.set_postfix(loss=f"{loss.item():.3f}")
 
 
 def train_feature_net(
@@ -142,7 +105,7 @@ def train_feature_net(
     generator = torch.Generator().manual_seed(seed)
     train_x, train_y = load_mnist(data_dir, "train")
     test_x, test_y = load_mnist(data_dir, "test")
-    train_x, test_x = _to_float(train_x), _to_float(test_x).to(device)  # (N, 1, 28, 28)
+    train_x, test_x = as_unit(train_x), as_unit(test_x).to(device)  # (N, 1, 28, 28)
     test_y = test_y.to(device)
 
     net = FeatureNet().to(device)
@@ -150,19 +113,10 @@ def train_feature_net(
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
     for epoch in range(epochs):
-        net.train()
         order = torch.randperm(len(train_x), generator=generator)
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
-        for i in bar:
-            idx = order[i * batch_size : (i + 1) * batch_size]
-            x = _augment(train_x[idx], generator).to(device)
-            loss = F.cross_entropy(net(x), train_y[idx].to(device), label_smoothing=0.05)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if i % 50 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}")
+        batches = [order[i * batch_size : (i + 1) * batch_size] for i in range(steps_per_epoch)]
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
+        _train_epoch(net, opt, sched, train_x, train_y, bar, generator)
         if progress:
             print(f"epoch {epoch + 1}/{epochs}: test accuracy {accuracy(net, test_x, test_y):.4f}", flush=True)
 
@@ -177,7 +131,7 @@ def train_feature_net(
         "batch_size": batch_size,
         "lr": lr,
         "feature_dim": FEATURE_DIM,
-        "num_parameters": num_parameters(net),
+        "num_parameters": count_parameters(net),
         "sha256": hashlib.sha256(blob).hexdigest(),
         "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(),
@@ -245,7 +199,9 @@ def extract(net: FeatureNet, images: torch.Tensor, batch_size: int = 1000, progr
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mnist_diffusion.features", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m mnist_diffusion.evaluation.features", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="folder holding MNIST/raw")
     parser.add_argument("--out", default=str(ASSETS_DIR), help="folder to write the weights and info into")
     parser.add_argument("--seed", type=int, default=0)

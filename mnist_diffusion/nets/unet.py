@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
+from ..config import ModelConfig
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -188,7 +188,3 @@ class SeedNet(nn.Module):
 def build_model(cfg: ModelConfig) -> nn.Module:
     """The network named by ``cfg.arch``."""
     return {"unet": UNet, "seed": SeedNet}[cfg.arch](cfg)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

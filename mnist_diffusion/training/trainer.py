@@ -8,7 +8,6 @@ norm was finite, and every save first checks that flag and the weights, EMA and 
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 import shutil
@@ -17,44 +16,41 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from .artifacts import (
+from ..config import RunConfig
+from ..data.clusters import CLUSTERS, load_clusters, pixel_clusters, save_clusters
+from ..data.mnist import ensure_mnist, load_mnist
+from ..diffusion import pixels_to_x0
+from ..diffusion.losses import diffusion_loss
+from ..diffusion.schedule import Schedule
+from ..errors import UserError
+from ..io import fsync_dir, save_tensors
+from ..nets.unet import build_model
+from ..pictures.figures import loss_figure
+from ..runs.checkpoint import restore, save_checkpoint
+from ..runs.store import (
     CHECKPOINT,
-    CLUSTERS,
     GUIDE,
     WEIGHTS,
     append_metrics,
     create_run_dir,
-    is_finished,
     keep_metrics_until,
-    load_config,
     read_metrics,
     save_config,
     save_run_info,
-    save_tensors,
     set_latest,
     weights_metadata,
     write_manifest,
 )
-from .checkpoint import Checkpoint, read_checkpoint, restore, save_checkpoint
-from .clusters import load_clusters, pixel_clusters, save_clusters
-from .config import RunConfig, validate
-from .data import ensure_mnist, load_mnist
-from .errors import UserError
-from .images import loss_figure
-from .io import fsync_dir
-from .losses import diffusion_loss
-from .model import build_model
-from .runtime import DistInfo, broadcast_object, configure_cpu_threads, init_distributed, pick_device, use_bf16
-from .schedule import Schedule
+from ..runtime import DistInfo, broadcast_object, init_distributed, setup_device, use_bf16
+from .plan import ResumePlan
+from .recipe import lr_at, make_ema, make_optimizer
 
 LOG_EVERY = 50  # optimizer steps between metrics.jsonl lines (and loss read-backs on a GPU)
 CHECKPOINT_EVERY = 500  # optimizer steps between checkpoints, besides every epoch's end
@@ -62,6 +58,24 @@ CHECKPOINT_EVERY = 500  # optimizer steps between checkpoints, besides every epo
 
 class TrainingDiverged(UserError):
     pass
+
+
+class _Window:
+    """The steps since the last metrics line: their summed loss (on the device) and their time."""
+
+    def __init__(self, loss: torch.Tensor):
+        self.loss, self.steps, self.last_steps, self.start = loss, 0, 0, time.perf_counter()
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.loss += loss
+        self.steps += 1
+
+    def take(self) -> tuple[float, float]:
+        """The mean loss and the seconds of the window (a sync), and a fresh window."""
+        loss, seconds = self.loss.item() / self.steps, time.perf_counter() - self.start
+        self.loss.zero_()
+        self.last_steps, self.steps, self.start = self.steps, 0, time.perf_counter()
+        return loss, seconds
 
 
 @dataclass
@@ -82,88 +96,6 @@ class Batch:
     y: torch.Tensor | None
     t: torch.Tensor
     noise: torch.Tensor
-
-
-# ------------------------------------------------------------------------------- resume rules
-
-
-@dataclass(frozen=True)
-class ResumePlan:
-    """What ``train --resume RUN`` does (see :func:`plan_resume`)."""
-
-    run_dir: Path  # the run resumed
-    cfg: RunConfig  # the config to train with: the run's own, with the budget asked for
-    action: Literal["continue", "extend", "finished"]
-    checkpoint: Checkpoint | None  # its checkpoint, verified (None when finished: nothing to load)
-
-    @property
-    def step(self) -> int:
-        return self.checkpoint.step if self.checkpoint is not None else -1
-
-
-def plan_resume(run_dir: Path, *, epochs: int | None = None, max_steps: int | None = None) -> ResumePlan:
-    """The rules of ``train --resume``, one each:
-
-    - flags not given keep the run's saved values;
-    - the same plan (no budget flag, or the saved values): an interrupted run continues in place
-      to the end its config plans; a finished run is left as it is ("finished", nothing to do);
-    - another budget (``--epochs``, ``--max-steps``): a new run folder that starts from this run's
-      checkpoint and records it as its parent ("extend"), so every folder keeps the result it was
-      created for.
-    """
-    saved = load_config(run_dir)
-    budget = {k: v for k, v in (("epochs", epochs), ("max_steps", max_steps)) if v is not None}
-    try:
-        cfg = validate(dataclasses.replace(saved, train=dataclasses.replace(saved.train, **budget)))
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    same_plan = cfg.train == saved.train
-    if same_plan and is_finished(run_dir):
-        return ResumePlan(run_dir, cfg, "finished", None)
-    return ResumePlan(run_dir, cfg, "continue" if same_plan else "extend", read_checkpoint(run_dir, cfg))
-
-
-# ------------------------------------------------------------------------------- schedules
-
-
-def lr_at(step: int, cfg: RunConfig, total_steps: int) -> float:
-    """Linear warm-up over ``warmup_steps``, then constant or cosine decay to 10% of lr at
-    ``total_steps`` (the planned epochs; ``max_steps`` only stops early, so resuming with a
-    larger budget replays the same schedule)."""
-    t = cfg.train
-    if t.warmup_steps and step < t.warmup_steps:
-        return t.lr * (step + 1) / t.warmup_steps
-    if t.lr_schedule == "constant":
-        return t.lr
-    progress = min(1.0, (step - t.warmup_steps) / max(1, total_steps - t.warmup_steps))
-    return t.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def ema_decay_at(num_updates: int, cfg: RunConfig) -> float:
-    """The EMA decay for the next update; with ema_warmup, min(decay, (1 + n) / (10 + n))."""
-    decay = cfg.train.ema_decay
-    if cfg.train.ema_warmup:
-        decay = min(decay, (1 + num_updates) / (10 + num_updates))
-    return decay
-
-
-def fused_adamw(device: torch.device) -> bool:
-    """AdamW's fused kernel: on CUDA, and on the CPU from torch 2.4 (there a step of the default
-    preset's optimizer takes about 1 ms instead of 4)."""
-    major, minor = (int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
-    return device.type == "cuda" or (device.type == "cpu" and (major, minor) >= (2, 4))
-
-
-def make_ema(model: nn.Module, cfg: RunConfig) -> AveragedModel:
-    """An exponential moving average of ``model``'s weights (torch.optim.swa_utils)."""
-
-    def ema_update(ema_params, params, num_averaged):
-        decay = ema_decay_at(ema.updates, cfg)
-        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
-
-    ema = AveragedModel(model, multi_avg_fn=ema_update, use_buffers=True)
-    ema.updates = 0  # optimizer steps averaged so far, a Python int so reading it never syncs
-    return ema
 
 
 def _step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
@@ -199,18 +131,16 @@ class Trainer:
         log: Callable[[str], None] = print,
         stop: threading.Event | None = None,
         on_step: Callable[[int], None] | None = None,
-        on_finish: Callable[[Trainer], None] | None = None,
+        on_finish: Callable[[Path, nn.Module, bool], None] | None = None,
     ):
         self.info = init_distributed(device)
-        self.device = pick_device(device, self.info.local_rank)
-        if self.device.type == "cpu":
-            configure_cpu_threads(self.info.world_size)
+        self.device = setup_device(device, self.info)
         self.cfg = resume.cfg if resume is not None else cfg
         self.log = log if self.info.is_main else (lambda _msg: None)
         self.progress = progress and self.info.is_main
         self.stop = stop or threading.Event()
         self.on_step = on_step  # called after every step with its (1-based) number
-        self.on_finish = on_finish  # called at the end, before the final weights: draws the sample grid
+        self.on_finish = on_finish  # (run_dir, EMA network, progress) at the end, before the weights: the grid
         if resume is not None and resume.checkpoint is None:
             raise UserError(f"run {resume.run_dir.name} has finished its plan: there is nothing to resume")
         self.start_step = resume.step if resume is not None else 0
@@ -319,18 +249,14 @@ class Trainer:
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = make_ema(self.model, cfg)
-        self.opt = torch.optim.AdamW(
-            self.model.parameters(),
-            lr=cfg.train.lr,
-            weight_decay=cfg.train.weight_decay,
-            fused=fused_adamw(self.device),
-        )
+        self.opt = make_optimizer(self.model, cfg, self.device)
         self.net = DistributedDataParallel(self.model) if self.info.enabled else self.model
         if compile:
             self.net = torch.compile(self.net)
         # The first step (1-based) whose loss or gradient norm was not finite, or -1: kept on the
         # device and read only at check points, so a GPU step needs no extra sync.
         self._first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        self._order: tuple[int, torch.Tensor] | None = None  # (epoch, its batch order), see batch_for
         self._step_number = torch.full((), self.start_step, dtype=torch.long, device=self.device)
 
     def _restore(self, resume: ResumePlan) -> None:
@@ -352,7 +278,7 @@ class Trainer:
         cfg = self.cfg
         b = cfg.train.batch_size
         idx = order[pos * b : (pos + 1) * b]
-        x0 = self.images[idx].unsqueeze(1).float().div_(127.5).sub_(1.0)  # (B, 1, 28, 28)
+        x0 = pixels_to_x0(self.images[idx])  # (B, 1, 28, 28) in [-1, 1]
         if self.device.type == "cuda":
             x0 = x0.contiguous(memory_format=torch.channels_last)
         g = _step_generator(cfg.train.seed, step, self.info.rank, self.device)
@@ -420,8 +346,12 @@ class Trainer:
         CPU, where a read costs nothing; every LOG_EVERY steps on a GPU, where it is a sync."""
         return 1 if self.device.type == "cpu" else LOG_EVERY
 
-    def _should_stop(self) -> bool:
-        """Ctrl-C on any rank stops every rank at the same step."""
+    def _should_stop(self, step: int) -> bool:
+        """Whether to stop after ``step``: Ctrl-C on any rank stops every rank at the same step.
+        Under torchrun the ranks agree every LOG_EVERY steps (a collective each step would stall
+        the GPU); alone, the flag is read after every step."""
+        if self.info.enabled and step % LOG_EVERY:
+            return False
         flag = self.stop.is_set()
         if self.info.enabled:
             t = torch.tensor([float(flag)], device=self.device)
@@ -458,73 +388,63 @@ class Trainer:
     # ---------------------------------------------------------------------------- the loop
 
     def run(self) -> TrainResult:
-        cfg = self.cfg
-        b = cfg.train.batch_size * self.info.world_size
-        bar = tqdm(
-            total=self.stop_step * b,
-            initial=self.start_step * b,
-            unit="img",
-            unit_scale=True,
-            desc=f"train {self.run_dir.name}",
-            disable=not self.progress,
-            dynamic_ncols=True,
-        )
+        """Train from the start (or the checkpoint's) step to the planned stop, logging every
+        LOG_EVERY steps, saving the guide and the checkpoints on their steps, and stopping early,
+        with a checkpoint, when ``stop`` is set (Ctrl-C)."""
+        b = self.cfg.train.batch_size * self.info.world_size
+        bar = tqdm(total=self.stop_step * b, initial=self.start_step * b, unit="img", unit_scale=True,
+                   desc=f"train {self.run_dir.name}", disable=not self.progress, dynamic_ncols=True)  # fmt: skip
         self.model.train()
         if not (self.run_dir / CHECKPOINT).is_file():  # a new run (or child) is resumable from its first step
             self._save_checkpoint(self.start_step, None, self.prior_seconds)
-        order, order_epoch = None, -1
-        window_loss = torch.zeros((), device=self.device)
-        window_steps, window_start = 0, time.perf_counter()
-        loss_value, started = None, time.perf_counter()
-        step = self.start_step
-        interrupted = False
+        window = _Window(torch.zeros((), device=self.device))
+        step, loss, interrupted, started = self.start_step, None, False, time.perf_counter()
         try:
-            while step < self.stop_step:
-                epoch, pos = divmod(step, self.steps_per_epoch)
-                if epoch != order_epoch:
-                    order = _epoch_order(cfg.train.seed, epoch, len(self.images), self.info, self.device)
-                    order_epoch = epoch
-                window_loss += self.step(self.make_batch(order, pos, step), step)
-                window_steps += 1
+            while step < self.stop_step and not interrupted:
+                window.add(self.step(self.batch_for(step), step))
                 step += 1
                 bar.update(b)
                 last = step == self.stop_step
                 if step % self.check_every == 0 or step % LOG_EVERY == 0 or last:
                     self.check_finite(step)
                 if step % LOG_EVERY == 0 or last:
-                    elapsed = time.perf_counter() - window_start
-                    loss_value = window_loss.item() / window_steps
-                    record = {
-                        "step": step,
-                        "epoch": round(step / self.steps_per_epoch, 4),
-                        "loss": loss_value,
-                        "lr": self.opt.param_groups[0]["lr"],
-                        "images_per_sec": window_steps * b / max(elapsed, 1e-9),
-                    }
-                    if self.info.is_main:
-                        append_metrics(self.run_dir, record)
-                    bar.set_postfix(loss=f"{loss_value:.4f}", epoch=f"{record['epoch']:.2f}")
-                    window_loss.zero_()
-                    window_steps, window_start = 0, time.perf_counter()
+                    loss = self._log(step, window, b, bar)
                 if step == self.guide_step:  # the weak model of autoguidance
                     self._save_guide(step)
                 if self.on_step is not None:
                     self.on_step(step)
                 seconds = self.prior_seconds + time.perf_counter() - started
-                if step % self.steps_per_epoch == 0 or step % CHECKPOINT_EVERY == 0 or last:
-                    self._save_checkpoint(step, loss_value, seconds)
-                # Under torchrun the ranks agree on stopping every LOG_EVERY steps (a collective
-                # each step would stall the GPU); alone, the flag is read after every step.
-                if not last and (not self.info.enabled or step % LOG_EVERY == 0) and self._should_stop():
-                    self._save_checkpoint(step, loss_value, seconds)
-                    interrupted = True
-                    break
+                interrupted = not last and self._should_stop(step)
+                if step % self.steps_per_epoch == 0 or step % CHECKPOINT_EVERY == 0 or last or interrupted:
+                    self._save_checkpoint(step, loss, seconds)
         finally:
             bar.close()
         seconds = self.prior_seconds + time.perf_counter() - started
         if not interrupted:
-            self._finish(step, loss_value, seconds)
-        return TrainResult(self.run_dir, step, loss_value, interrupted, seconds)
+            self._finish(step, loss, seconds)
+        return TrainResult(self.run_dir, step, loss, interrupted, seconds)
+
+    def batch_for(self, step: int) -> Batch:
+        """The batch of optimizer step ``step`` (0-based): its place in its epoch's order."""
+        epoch, pos = divmod(step, self.steps_per_epoch)
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, _epoch_order(self.cfg.train.seed, epoch, len(self.images), self.info, self.device))
+        return self.make_batch(self._order[1], pos, step)
+
+    def _log(self, step: int, window: _Window, images_per_step: int, bar) -> float:
+        """A metrics.jsonl line for the steps since the last one; returns their mean loss."""
+        loss, seconds = window.take()
+        record = {
+            "step": step,
+            "epoch": round(step / self.steps_per_epoch, 4),
+            "loss": loss,
+            "lr": self.opt.param_groups[0]["lr"],
+            "images_per_sec": window.last_steps * images_per_step / max(seconds, 1e-9),
+        }
+        if self.info.is_main:
+            append_metrics(self.run_dir, record)
+        bar.set_postfix(loss=f"{loss:.4f}", epoch=f"{record['epoch']:.2f}")
+        return loss
 
     def _weights_digest(self) -> str:
         h = hashlib.sha256()
@@ -551,7 +471,7 @@ class Trainer:
         )
         loss_figure(read_metrics(self.run_dir), self.run_dir / "loss.png", f"{self.run_dir.name}: training loss")
         if self.on_finish is not None:
-            self.on_finish(self)
+            self.on_finish(self.run_dir, self.ema.module, self.progress)
         save_tensors(self.run_dir / WEIGHTS, self.ema.module.state_dict(), weights_metadata(self.cfg))
         write_manifest(self.run_dir)
         self.log(f"done: {step} steps in {seconds / 60:.1f} min; weights and pictures in {self.run_dir}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import DiffusionConfig
+from ..config import DiffusionConfig
 from .schedule import Schedule
 
 

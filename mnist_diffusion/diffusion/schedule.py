@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from .config import DiffusionConfig
+from ..config import DiffusionConfig
 
 
 def linear_betas(timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""Pictures: sample grids (torchvision's grid utilities, saved as PNG), the forward-process
-figure, the loss curve and denoising trajectories."""
+"""Figures drawn with matplotlib and saved as PNG: the forward process, the loss curve and
+denoising trajectories."""
 
 from __future__ import annotations
 
@@ -12,37 +12,10 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
-from .io import atomic_write_bytes  # noqa: E402
-
-GRID_PADDING = 2  # pixels between tiles, also used to read grids back (eval --samples)
-
-
-def default_nrow(n: int) -> int:
-    """Tiles per row: one row for up to 10 images, else a near-square grid."""
-    return n if n <= 10 else math.ceil(math.sqrt(n))
-
-
-def grid_image(images: torch.Tensor, nrow: int | None = None, scale: int = 1) -> Image.Image:
-    """A greyscale PIL image of [N x 1 x H x W] images in [0, 1], tiled ``nrow`` to a row,
-    each pixel repeated ``scale`` times in both directions."""
-    grid = make_grid(images.float().clamp(0, 1).cpu(), nrow=nrow or default_nrow(len(images)), padding=GRID_PADDING)
-    pixels = grid[0].mul(255).round().to(torch.uint8)  # (H', W'), make_grid repeats to 3 channels
-    if scale > 1:
-        pixels = pixels.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
-    return Image.fromarray(pixels.numpy(), mode="L")
-
-
-def save_png(image: Image.Image, path: str | Path) -> None:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, scale: int = 1) -> None:
-    save_png(grid_image(images, nrow, scale), path)
+from ..io import atomic_write_bytes  # noqa: E402
+from .grids import GRID_PADDING  # noqa: E402
 
 
 def save_figure(fig, path: str | Path) -> None:

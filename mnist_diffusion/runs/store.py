@@ -13,25 +13,19 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import json
-import math
 import os
 import re
-import reprlib
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save
 
-from . import __version__
-from .config import INT_LIMIT, RunConfig
-from .errors import UserError
-from .io import atomic_write_bytes, atomic_write_json, fsync_dir, sha256_file
+from .. import __version__
+from ..config import RunConfig
+from ..errors import UserError
+from ..io import atomic_write_bytes, atomic_write_json, fsync_dir, load_tensors_and_metadata, sha256_file
 
 DEFAULT_ARTIFACTS_DIR = Path("artifacts")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -40,7 +34,6 @@ _RUN_RE = re.compile(r"^(\d{5})-")
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 GUIDE = "guide.safetensors"
-CLUSTERS = "clusters.safetensors"
 CHECKPOINT = "checkpoint.safetensors"
 CHECKPOINT_META = "checkpoint.json"
 METRICS = "metrics.jsonl"
@@ -140,48 +133,6 @@ def load_config(run_dir: Path) -> RunConfig:
         return RunConfig.from_dict(data)
     except (ValueError, TypeError, OverflowError) as e:
         raise UserError(f"{path} is not a valid config: {e}") from None
-
-
-DIGEST_KEY = "mnistdiff_sha256"  # safetensors metadata: tensors_digest() of the file's tensors and other metadata
-
-
-def tensors_digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
-    """sha256 over every tensor's name, dtype, shape and bytes, and the metadata, in a fixed order:
-    what a file written by :func:`save_tensors` carries under ``DIGEST_KEY``."""
-    h = hashlib.sha256(json.dumps({k: v for k, v in metadata.items() if k != DIGEST_KEY}, sort_keys=True).encode())
-    for name in sorted(tensors):
-        t = tensors[name].detach().to("cpu").contiguous()
-        h.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Write a safetensors file atomically, with a digest of its content in the metadata."""
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    metadata = dict(metadata or {})
-    metadata[DIGEST_KEY] = tensors_digest(tensors, metadata)
-    atomic_write_bytes(path, save(tensors, metadata=metadata))
-
-
-def load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """Read a safetensors file; a missing, truncated or corrupt file is a one-line UserError."""
-    return load_tensors_and_metadata(path)[0]
-
-
-def load_tensors_and_metadata(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The tensors (copied out of the file, so it is not held open or mapped) and the metadata of
-    a safetensors file. A file that carries a digest (:func:`save_tensors`) must match it."""
-    if not path.is_file():
-        raise UserError(f"{path} is missing")
-    try:
-        with safe_open(path, framework="pt") as f:
-            tensors, metadata = {k: f.get_tensor(k).clone() for k in f.keys()}, dict(f.metadata() or {})
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise UserError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from None
-    if DIGEST_KEY in metadata and tensors_digest(tensors, metadata) != metadata[DIGEST_KEY]:
-        raise UserError(f"{path} does not match the digest it was written with: the file is corrupt")
-    return tensors, metadata
 
 
 def weights_metadata(cfg: RunConfig) -> dict[str, str]:
@@ -315,103 +266,3 @@ def verify_manifest(run_dir: Path) -> dict[str, str]:
         else:
             status[name] = "ok" if sha256_file(run_dir / name) == hashes[name] else "changed"
     return status
-
-
-@dataclass
-class RunSummary:
-    name: str
-    path: Path
-    created: str
-    preset: str | None  # None where config.json is unreadable
-    epochs: int | None  # None where config.json is unreadable
-    step: int | None  # 0 before the first checkpoint; None where checkpoint.json is unreadable
-    final_loss: float | None
-    fid: float | None
-    fid_n: int | None  # the N the FID was computed at (FID depends on N)
-    finished: bool
-    problem: str | None = None  # why the run is listed as unreadable: each bad file and what is wrong, one line
-
-
-def summarize_runs(artifacts_dir: str | os.PathLike) -> list[RunSummary]:
-    """One summary per run folder, oldest first. A folder whose config.json, checkpoint.json or
-    eval.json is missing, corrupt or ill-typed is listed all the same, with ``problem`` set."""
-    root = runs_dir(artifacts_dir)
-    folders = sorted(p for p in root.iterdir() if _RUN_RE.match(p.name) and p.is_dir()) if root.is_dir() else []
-    return [_summarize(p) for p in folders]
-
-
-def _summarize(run_dir: Path) -> RunSummary:
-    summary = RunSummary(
-        name=run_dir.name, path=run_dir, created=_created(run_dir), preset=None, epochs=None, step=None,
-        final_loss=None, fid=None, fid_n=None, finished=is_finished(run_dir),
-    )  # fmt: skip
-    problems = []
-    try:
-        cfg = load_config(run_dir)
-        summary.preset, summary.epochs = cfg.preset, cfg.train.epochs
-    except UserError as e:
-        problems.append(str(e).replace(f"{run_dir}{os.sep}", ""))  # the row names the run already
-    try:
-        meta = _read_json_object(run_dir / CHECKPOINT_META)
-        summary.step = 0 if meta is None else _number(meta, "step", CHECKPOINT_META, integer=True)
-        if meta is not None and meta.get("loss") is not None:
-            summary.final_loss = _number(meta, "loss", CHECKPOINT_META, finite=False)
-    except UserError as e:
-        problems.append(str(e))
-    try:
-        report = _read_json_object(run_dir / "eval.json")
-        if report is not None:
-            model = report.get("model")
-            if not isinstance(model, dict):
-                raise UserError(f"eval.json: model is {reprlib.repr(model)}, expected an object")
-            summary.fid = _number(model, "fid", "eval.json", label="model.fid")
-            summary.fid_n = _number(report, "n", "eval.json", integer=True, minimum=1)
-    except UserError as e:
-        summary.fid = None
-        problems.append(str(e))
-    summary.problem = "; ".join(problems) or None
-    return summary
-
-
-def _created(run_dir: Path) -> str:
-    """When the run began (its config.json's mtime, else the folder's), or "?"."""
-    for path in (run_dir / CONFIG, run_dir):
-        try:
-            return dt.datetime.fromtimestamp(path.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
-        except (OSError, OverflowError, ValueError):
-            continue
-    return "?"
-
-
-def _read_json_object(path: Path) -> dict[str, Any] | None:
-    """The JSON object in ``path``; None if there is no such file. A file that cannot be read, is
-    not JSON or holds something other than an object is a UserError naming the file."""
-    try:
-        data = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        raise UserError(f"{path.name}: cannot read it ({e.strerror or e})") from None
-    except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, over 4300 digits, nested past the stack
-        raise UserError(f"{path.name}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path.name}: holds {type(data).__name__}, expected a JSON object")
-    return data
-
-
-def _number(data: dict[str, Any], key: str, where: str, *, integer: bool = False, finite: bool = True,
-            minimum: int = 0, label: str | None = None) -> Any:  # fmt: skip
-    """``data[key]`` checked: with ``integer`` a whole number from ``minimum`` up that fits in 64
-    bits, else a float (finite with ``finite``). Bools are not numbers. Anything else is a UserError
-    naming ``where`` and ``label`` (default: ``key``)."""
-    value = data.get(key)
-    is_int = isinstance(value, int) and not isinstance(value, bool) and -INT_LIMIT <= value < INT_LIMIT
-    if integer:
-        ok = is_int and value >= minimum
-    else:
-        ok = (is_int or isinstance(value, float)) and (math.isfinite(value) or not finite)
-    if not ok:
-        expected = f"a whole number >= {minimum}" if integer else "a finite number" if finite else "a number"
-        found = f"is {reprlib.repr(value)}" if key in data else "is missing"
-        raise UserError(f"{where}: {label or key} {found}, expected {expected}")
-    return value if integer else float(value)

@@ -1,0 +1,64 @@
+"""`mnistdiff eval`: sample quality of a run, or of samples made elsewhere."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..data.mnist import DEFAULT_DATA_DIR, ensure_mnist
+from ..errors import UserError
+from ..evaluation.scoring import evaluate_images, evaluate_run
+from ..pictures.grids import load_samples
+from ..runs.loader import guidance_kinds_of
+from ..runs.store import DEFAULT_ARTIFACTS_DIR, resolve_run
+from ..runtime import setup_device
+from .app import app, console, say, user_errors
+from .options import ArtifactsDir, DataDir, Device, RunArg, SamplingRequest, sampling_options
+from .tables import report_table
+
+
+@app.command("eval")
+@user_errors
+@sampling_options
+def eval_command(
+    run: RunArg = None,
+    samples: Annotated[Optional[Path], typer.Option(
+        help="Score samples made elsewhere: .safetensors, .npy, a folder of PNGs, or a PNG grid.")] = None,
+    n_samples: Annotated[int, typer.Option(
+        "-n", "--n-samples", min=10, help="Samples to draw and score (FID depends on N).")] = 10_000,
+    nll: Annotated[bool, typer.Option("--nll", help="Also the NLL bound in bits/dim on test images.")] = False,
+    nll_images: Annotated[int, typer.Option(min=1, help="Test images for --nll.")] = 1000,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of a table.")] = False,
+    device: Device = "auto",
+    artifacts_dir: ArtifactsDir = DEFAULT_ARTIFACTS_DIR,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    sampling: SamplingRequest = None,
+):  # fmt: skip
+    """Score a run's samples against the MNIST test set (FID, KID, precision/recall, ...).
+
+    The same metrics for N real training images are printed beside them, as the floor.
+    Example: mnistdiff eval -n 2000 --steps 10"""
+    if samples is not None and run is not None:
+        raise UserError("give --run or --samples, not both")
+    images = load_samples(samples) if samples is not None else None  # a bad file fails before any download
+    torch_device = setup_device(device)
+    ensure_mnist(data_dir, log=say)
+    progress = not json_output
+    if images is not None:
+        result = evaluate_images(images, data_dir=data_dir, seed=sampling.settings.seed, device=torch_device,
+                                 progress=progress)  # fmt: skip
+        result["samples"] = str(samples)
+    else:
+        run_dir = resolve_run(run, artifacts_dir)
+        settings = sampling.for_run(guidance_kinds_of(run_dir))
+        result = evaluate_run(run_dir, settings, n_samples=n_samples, device=torch_device, data_dir=data_dir,
+                              nll_images=nll_images if nll else 0, progress=progress)  # fmt: skip
+    if json_output:
+        console.print_json(json.dumps(result))
+    else:
+        console.print(report_table(result))
+        if samples is None:
+            console.print(f"saved {run_dir / 'eval.json'}", highlight=False, markup=False)

@@ -1,0 +1,106 @@
+"""Options shared by several commands, each defined once: where runs and data live, the device,
+and every sampling setting (:func:`sampling_options`), whose defaults and checks live in
+:class:`~mnist_diffusion.config.SamplingConfig`."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import typing
+from pathlib import Path
+from typing import Annotated, Optional, get_args
+
+import typer
+
+from ..config import DEFAULT_STEPS, SPACING_RANGE, Guidance, GuidanceKinds, SamplerName, SamplingConfig
+from .app import checked, say
+
+ArtifactsDir = Annotated[Path, typer.Option("--artifacts-dir", help="Folder holding runs/ and latest.")]
+DataDir = Annotated[Path, typer.Option("--data-dir", help="Folder for MNIST (MNIST/raw/*-ubyte).")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")]
+RunArg = Annotated[Optional[str], typer.Option("--run", "-r", help="A run's folder or name (default: the latest run).")]
+PRECISION_HELP = "The network in auto (bf16 where the GPU or CPU has bf16 units, else fp32), fp32 or bf16."
+
+_DEFAULTS = SamplingConfig()
+PANEL = "Sampling"  # the --help section of the sampling options
+_STEPS = ", ".join(f"{name} {steps}" for name, steps in DEFAULT_STEPS.items())
+
+
+def _option(kind, flag: str, help: str, **limits):
+    """A sampling flag's type: ``kind`` with its Typer option, in the "Sampling" part of --help."""
+    return Annotated[kind, typer.Option(flag, help=help, rich_help_panel=PANEL, **limits)]
+
+
+def _scale(flag: str, help: str):
+    return _option(Optional[float], flag, help, min=0.0, max=Guidance.MAX)
+
+
+# name -> (type with its Typer option, default): the flags of SamplingConfig's fields
+SAMPLING_OPTIONS = {
+    "sampler": (_option(str, "--sampler", f"{', '.join(get_args(SamplerName))}."), _DEFAULTS.sampler),
+    "steps": (_option(Optional[int], "--steps", f"Model evaluations (default: {_STEPS}; ddpm always takes all T).",
+                      min=1), None),
+    "spacing": (_option(Optional[float], "--spacing", "Timestep spacing power p, t_i = T (1 - i/n)^p - 1: 1 even, "
+                        f"below 1 more steps at high noise (default {SamplingConfig.DEFAULT_SPACING:g}).",
+                        min=SPACING_RANGE[0], max=SPACING_RANGE[1]), None),
+    "eta": (_option(float, "--eta", "DDIM noise: 0 deterministic, 1 like DDPM.", min=0.0, max=1.0), _DEFAULTS.eta),
+    "seed": (_option(int, "--seed", "Random seed: same seed and flags, same images.", min=0), _DEFAULTS.seed),
+    "autoguidance": (_scale("--autoguidance", "Autoguidance scale: extrapolate away from the run's early weights "
+                            f"(runs with a guide; default {Guidance.DEFAULTS['auto']:g}, 1: off)."), None),
+    "label_guidance": (_scale("--label-guidance", "Classifier-free guidance on the digit (--conditional runs; "
+                              f"default {Guidance.DEFAULTS['labels']:g}, 1: off)."), None),
+    "cluster_guidance": (_scale("--cluster-guidance", "Classifier-free guidance on the pixel cluster (--clusters "
+                                f"runs, the default preset; default {Guidance.DEFAULTS['clusters']:g}, 1: off)."),
+                         None),
+    "guidance": (_scale("--guidance", "Deprecated: --autoguidance, --label-guidance or --cluster-guidance, "
+                        "whichever the run has (autoguidance first)."), None),
+    "precision": (_option(str, "--precision", PRECISION_HELP), _DEFAULTS.precision),
+    "batch_size": (_option(int, "--batch-size", "Samples per forward pass.", min=1), _DEFAULTS.batch_size),
+}  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingRequest:
+    """The sampling flags of a command: the settings, and the deprecated ``--guidance`` if given,
+    which only a loaded run can place (:meth:`for_run`)."""
+
+    settings: SamplingConfig
+    legacy_guidance: float | None = None
+
+    def for_run(self, kinds: GuidanceKinds) -> SamplingConfig:
+        """The settings, with ``--guidance`` read as the first kind the run can be guided with."""
+        if self.legacy_guidance is None:
+            return self.settings
+        kind = next((k for k in ("auto", "labels", "clusters") if getattr(kinds, k)), "auto")
+        flag = Guidance.FLAGS[kind]
+        say(f"warning: --guidance is deprecated and will be removed in the next release; for this run it means {flag}")
+        given = self.settings.guidance
+        if getattr(given, kind) is not None:
+            return self.settings
+        return dataclasses.replace(self.settings, guidance=dataclasses.replace(given, **{kind: self.legacy_guidance}))
+
+
+def sampling_options(command):
+    """Give a Typer command every sampling flag; it receives them as ``sampling: SamplingRequest``,
+    checked (a bad value is one ``Error:`` line before any work)."""
+    hints = typing.get_type_hints(command, include_extras=True)
+    own = [p.replace(annotation=hints[p.name]) for p in inspect.signature(command).parameters.values()
+           if p.name != "sampling"]  # fmt: skip
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+             for name, (annotation, default) in SAMPLING_OPTIONS.items()]  # fmt: skip
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        flags = {name: kwargs.pop(name) for name in SAMPLING_OPTIONS}
+        guidance = Guidance(auto=flags.pop("autoguidance"), labels=flags.pop("label_guidance"),
+                            clusters=flags.pop("cluster_guidance"))  # fmt: skip
+        legacy = flags.pop("guidance")
+        settings = checked(SamplingConfig(**flags, guidance=guidance).check)
+        return command(**kwargs, sampling=SamplingRequest(settings, legacy))
+
+    params = own + added
+    wrapper.__signature__ = inspect.Signature(params)
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    del wrapper.__wrapped__  # Typer reads the signature above, not the command's own
+    return wrapper

@@ -1,0 +1,52 @@
+"""`mnistdiff sample`: digits from a trained run as a PNG grid (and a tensor, and a trajectory)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import UserError
+from ..pictures.grids import default_nrow
+from ..runs.loader import load_run
+from ..runs.store import DEFAULT_ARTIFACTS_DIR, resolve_run
+from ..runtime import setup_device
+from ..sampling.generate import default_conditional_nrow, parse_labels
+from ..sampling.outputs import sample_to_files
+from .app import app, console, user_errors
+from .options import ArtifactsDir, Device, RunArg, SamplingRequest, sampling_options
+
+
+@app.command()
+@user_errors
+@sampling_options
+def sample(
+    run: RunArg = None,
+    n: Annotated[int, typer.Option("-n", "--num-samples", help="How many digits to draw.")] = 8,
+    output: Annotated[Path, typer.Option("-o", "--output", help="PNG grid to write.")] = Path("grid.png"),
+    nrow: Annotated[Optional[int], typer.Option(min=1, help="Digits per grid row.")] = None,
+    scale: Annotated[int, typer.Option(min=1, max=16, help="Pixel scale of the PNG.")] = 2,
+    save_tensor: Annotated[Optional[Path], typer.Option(
+        help="Also write the samples (N, 1, 28, 28) in [0, 1] as safetensors, with the settings in its metadata.")
+    ] = None,
+    digit: Annotated[Optional[int], typer.Option(min=0, max=9, help="Conditional runs: draw this digit.")] = None,
+    labels: Annotated[Optional[str], typer.Option(help="Conditional runs: digits to draw, e.g. 0,1,2.")] = None,
+    trajectory: Annotated[Optional[Path], typer.Option(
+        help="Also write a PNG of the denoising process of the first samples.")] = None,
+    device: Device = "auto",
+    artifacts_dir: ArtifactsDir = DEFAULT_ARTIFACTS_DIR,
+    sampling: SamplingRequest = None,
+):  # fmt: skip
+    """Draw digits from a trained run and save them as a PNG grid.
+
+    Example: mnistdiff sample -n 64 -o grid.png --steps 10"""
+    if n < 1:
+        raise UserError(f"-n must be at least 1 (got {n})")
+    loaded = load_run(resolve_run(run, artifacts_dir), setup_device(device))
+    label_tensor = parse_labels(digit, labels, n, loaded.conditional)
+    if nrow is None:
+        nrow = default_conditional_nrow(n) if loaded.conditional and digit is None and not labels else default_nrow(n)
+    sample_to_files(loaded, n, output, sampling.for_run(loaded.guidance_kinds), labels=label_tensor, nrow=nrow,
+                    scale=scale, save_tensor=save_tensor, trajectory=trajectory)  # fmt: skip
+    console.print(f"wrote {output}" + (f" and {save_tensor}" if save_tensor else ""), highlight=False, markup=False)

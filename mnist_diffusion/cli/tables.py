@@ -1,0 +1,102 @@
+"""Rich tables of the CLI: the runs listing and the eval report."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rich import box
+from rich.markup import escape
+from rich.table import Table
+
+from ..runs.summary import RunSummary
+
+
+def runs_table(summaries: list[RunSummary], title: str) -> Table:
+    """One row per run: name, created, preset, steps, last loss, FID at its N, status; fits 80 columns."""
+    table = Table(title=escape(title), box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for col in ("run", "created", "preset", "steps", "loss", "FID @ N", "status"):
+        numeric = col in ("steps", "loss", "FID @ N")
+        table.add_column(col, justify="right" if numeric else "left", no_wrap=True)
+    for s in summaries:
+        table.add_row(
+            escape(s.name),
+            s.created[5:] or "?",  # MM-DD HH:MM
+            escape(s.preset or "?"),
+            "?" if s.step is None else str(s.step),
+            f"{s.final_loss:.4f}" if s.final_loss is not None and math.isfinite(s.final_loss) else "-",
+            f"{s.fid:.2f} @ {_short_count(s.fid_n)}" if s.fid is not None and s.fid_n else "-",
+            "unreadable" if s.problem else "done" if s.finished else "resumable" if s.step else "started",
+        )
+    return table
+
+
+def _short_count(n: int) -> str:
+    """10000 -> "10k", 2500 -> "2.5k", 800 -> "800": the N beside a FID in a narrow table."""
+    return f"{n / 1000:g}k" if n >= 1000 else str(n)
+
+
+_ROWS = [  # (key, label, format)
+    ("fid", "FID (lower is better)", "{:.3f}"),
+    ("kid_mean", "KID x 1000 (lower is better)", "kid"),
+    ("precision", "precision (fidelity)", "{:.3f}"),
+    ("recall", "recall (diversity)", "{:.3f}"),
+    ("density", "density", "{:.3f}"),
+    ("coverage", "coverage", "{:.3f}"),
+    ("inception_score", "inception score (max 10)", "{:.3f}"),
+    ("mean_confidence", "mean classifier confidence", "{:.3f}"),
+    ("confident_share", "share with confidence > 0.9", "{:.3f}"),
+    ("label_accuracy", "label accuracy", "{:.3f}"),
+    ("class_histogram", "class histogram (0-9)", "hist"),
+]
+
+
+def _format(values: dict[str, Any] | None, key: str, fmt: str) -> str:
+    if not values or values.get(key) is None:
+        return "-"
+    if fmt == "kid":
+        return f"{1000 * values['kid_mean']:.3f} +- {1000 * values['kid_std']:.3f}"
+    if fmt == "hist":
+        return " ".join(str(c) for c in values[key])
+    return fmt.format(values[key])
+
+
+def report_table(result: dict[str, Any]) -> Table:
+    """A rich table of :func:`evaluate_images` / :func:`evaluate_run` output: one row per metric,
+    the model's value beside the real-data floor."""
+    net = result["feature_net"]
+    table = Table(
+        title=f"Sample quality, N = {result['n']:,} samples vs {result['n_reference']:,} MNIST test images "
+        f"(feature net test accuracy {100 * net['accuracy']:.2f}%)"
+    )
+    table.add_column("metric")
+    table.add_column("model", justify="right")
+    table.add_column(f"real data (N = {result.get('n_floor', 0):,} train)", justify="right")
+    for key, label, fmt in _ROWS:
+        if key == "label_accuracy" and key not in result["model"]:
+            continue
+        table.add_row(label, _format(result["model"], key, fmt), _format(result.get("real"), key, fmt))
+    nll = result.get("nll")
+    if nll:
+        note = "" if nll["estimate"] == "exact" else f", {nll['timesteps_evaluated']} of {nll['timesteps']} terms"
+        table.add_row(f"NLL bits/dim ({nll['n_images']:,} test images{note})",
+                      f"{nll['bpd']:.3f} +- {nll['bpd_stderr']:.3f}", "-")  # fmt: skip
+    s = result.get("sampling")
+    if s:  # what was measured: FID depends on the sampler as much as on the weights
+        table.caption = f"run {escape(str(result.get('run', '?')))}: {sampling_caption(s)}"
+    return table
+
+
+def sampling_caption(s: dict[str, Any]) -> str:
+    """The settings of an ``eval.json`` in words, such as "dpmpp-2m-sde, 20 evaluations, spacing
+    0.5, autoguidance 3, seed 0"."""
+    parts = [str(s["sampler"]), "all T steps" if s["sampler"] == "ddpm" else f"{s['steps']} evaluations"]
+    if s.get("spacing") is not None:
+        parts.append(f"spacing {s['spacing']:g}")
+    if s.get("eta"):
+        parts.append(f"eta {s['eta']:g}")
+    if s.get("guidance_text"):
+        parts.append(s["guidance_text"])
+    if s.get("labels") == "i % 10":
+        parts.append("labels i % 10")
+    return ", ".join(parts) + f", seed {s['seed']}"

@@ -1,0 +1,133 @@
+"""`mnistdiff train`: flags onto a RunConfig (or a resume plan), then the trainer, with Ctrl-C
+turned into a checkpoint."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Annotated, Optional
+
+import typer
+
+from ..config import build_config
+from ..data.mnist import DEFAULT_DATA_DIR
+from ..errors import UserError
+from ..runs.store import DEFAULT_ARTIFACTS_DIR, resolve_run
+from ..sampling.outputs import end_of_run_grid
+from ..training.plan import plan_resume
+from ..training.trainer import TrainResult
+from ..training.trainer import train as train_core
+from .app import app, checked, console, err_console, say, user_errors
+from .options import PRECISION_HELP, ArtifactsDir, DataDir, Device
+
+RESUME_HELP = (
+    "Continue this run with its saved config. An interrupted run continues in place to its planned end; a finished "
+    "one is left as it is. With another --epochs or --max-steps, a new run starts from this one's checkpoint and "
+    "records it as its parent."
+)
+
+
+def _flag(help: str, *names: str, **kw):
+    return typer.Option(*names, help=help, **kw)
+
+
+@app.command()
+@user_errors
+def train(
+    epochs: Annotated[Optional[int], _flag("Passes over the 60,000 training images.")] = None,
+    batch_size: Annotated[Optional[int], _flag("Images per optimizer step.")] = None,
+    lr: Annotated[Optional[float], _flag("Peak learning rate (AdamW).")] = None,
+    timesteps: Annotated[Optional[int], _flag("T, the number of diffusion steps.")] = None,
+    schedule: Annotated[Optional[str], _flag("Noise schedule: linear, cosine or sigmoid.")] = None,
+    prediction: Annotated[Optional[str], _flag("Network target: eps (noise) or v.")] = None,
+    loss_weighting: Annotated[Optional[str], _flag("none, or min-snr (Hang et al. 2023, gamma 5).")] = None,
+    preset: Annotated[str, _flag("default, seed (the original script) or large.")] = "default",
+    channels: Annotated[Optional[int], _flag("UNet base width (a multiple of 8); the preset's if not given.")] = None,
+    channel_mult: Annotated[Optional[str], _flag("Width multipliers at 28x28, 14x14 and 7x7, e.g. 1,2,6.")] = None,
+    conditional: Annotated[bool, _flag("Learn digit labels too (sample --label-guidance).", "--conditional")] = False,
+    clusters: Annotated[Optional[int], _flag(
+        "Unconditional runs: learn K k-means clusters of the pixels as labels (no digit labels) to guide with "
+        "(sample --cluster-guidance); 0: none. The default preset uses 40.")] = None,
+    guide_at: Annotated[Optional[float], _flag(
+        "Runs without digit labels: keep the EMA weights at this share of training as the autoguidance guide.")] = None,
+    seed: Annotated[Optional[int], _flag("Seeds weights, batch order and noise.")] = None,
+    max_steps: Annotated[Optional[int], _flag("Stop at this many optimizer steps in total (0: no limit).")] = None,
+    precision: Annotated[Optional[str], _flag(PRECISION_HELP)] = None,
+    run_name: Annotated[Optional[str], _flag("Name of the run folder (default: the preset).")] = None,
+    resume: Annotated[Optional[str], _flag(RESUME_HELP)] = None,
+    grid: Annotated[Optional[int], _flag(
+        "Samples drawn into samples.png at the end (default 64, 80 if --conditional; 0: none).", min=0)] = None,
+    compile: Annotated[bool, _flag("torch.compile the network (GPU).", "--compile")] = False,
+    device: Device = "auto",
+    artifacts_dir: ArtifactsDir = DEFAULT_ARTIFACTS_DIR,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+):  # fmt: skip
+    """Train a diffusion model into a new run folder (artifacts/runs/NNNNN-NAME).
+
+    Every flag left out comes from the preset; with --resume, from the run."""
+    if conditional and clusters:
+        raise UserError("--conditional learns the digit labels; --clusters is for unconditional runs (give one)")
+    config_flags = dict(
+        num_classes=10 if conditional else clusters, channels=channels, channel_mult=_int_tuple(channel_mult),
+        timesteps=timesteps, schedule=schedule, prediction=prediction, loss_weighting=loss_weighting,
+        batch_size=batch_size, lr=lr, seed=seed, precision=precision, guide_at=guide_at,
+        clusters=0 if conditional else clusters,
+    )  # fmt: skip
+    budget = dict(epochs=epochs, max_steps=max_steps)
+    plan = None
+    if resume is not None:
+        given = [f"--{k.replace('_', '-')}" for k, v in config_flags.items() if v is not None]
+        if given or preset != "default" or run_name:
+            raise UserError(
+                "--resume continues a run with its own saved config; only --epochs and --max-steps may be given "
+                f"(got {', '.join(given) or '--preset/--run-name'})"
+            )
+        plan = plan_resume(resolve_run(resume, artifacts_dir), **budget)
+        if plan.action == "finished":
+            console.print(f"run {plan.run_dir.name} has finished its plan: nothing to do. To train it further, give "
+                          "a longer budget (--epochs or --max-steps): that writes a new run that starts from this "
+                          "one.", highlight=False)  # fmt: skip
+            return
+    cfg = plan.cfg if plan is not None else checked(build_config, preset, **config_flags, **budget)
+    result = _with_ctrl_c(
+        lambda stop: train_core(cfg, data_dir=data_dir, artifacts_dir=artifacts_dir, run_name=run_name, device=device,
+                                resume=plan, compile=compile, log=say, stop=stop,
+                                on_finish=None if grid == 0 else end_of_run_grid(grid))  # fmt: skip
+    )
+    if result.interrupted:
+        where = "" if artifacts_dir == DEFAULT_ARTIFACTS_DIR else f" --artifacts-dir {artifacts_dir}"
+        say(f"Interrupted at step {result.step}: checkpoint saved in {result.run_dir}. "
+            f"Continue with: mnistdiff train --resume {result.run_dir.name}{where}")  # fmt: skip
+        raise typer.Exit(130)
+    console.print(str(result.run_dir), soft_wrap=True, highlight=False, markup=False)
+
+
+def _with_ctrl_c(run) -> TrainResult:
+    """``run(stop)``, where the first Ctrl-C sets ``stop`` (the trainer then saves a checkpoint
+    after the current step) and a second one aborts at once."""
+    stop = threading.Event()
+
+    def on_sigint(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        err_console.print("\n[yellow]Stopping after this step and saving a checkpoint (Ctrl-C again to abort).")
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_sigint) if main_thread else None
+    try:
+        return run(stop)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _int_tuple(text: str | None) -> tuple[int, ...] | None:
+    """ "1,2,6" -> (1, 2, 6); None stays None."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"--channel-mult takes comma-separated integers, e.g. 1,2,6 (got {text!r})") from None
+

@@ -1,0 +1,3 @@
+"""Pictures: sample grids written as PNG and read back (:mod:`.grids`), figures drawn with
+matplotlib (:mod:`.figures`), and the forward-process picture of `visualize-forward`
+(:mod:`.forward`)."""

@@ -1,0 +1,98 @@
+"""Samples from a loaded run: the labels a request asks for, and :func:`generate`, the one place
+the network is called to draw images (by `sample`, `eval`, the end-of-run grid and the benchmarks).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import SamplingConfig
+from ..data.clusters import draw_clusters
+from ..diffusion import x0_to_unit
+from ..diffusion.guidance import Denoiser
+from ..diffusion.samplers import StepCallback, sample
+from ..errors import UserError
+from ..runs.loader import LoadedRun
+from ..runtime import use_bf16
+
+
+def resolve_for(run: LoadedRun, sampling: SamplingConfig) -> SamplingConfig:
+    """``sampling`` made concrete for ``run`` (:meth:`SamplingConfig.resolve`); a setting the run
+    cannot take is a one-line UserError."""
+    try:
+        return sampling.resolve(run.schedule.num_timesteps, run.guidance_kinds, f"run {run.path.name}")
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def parse_labels(digit: int | None, labels: str | None, n: int, conditional: bool) -> torch.Tensor | None:
+    """The class labels for ``n`` samples from ``--digit`` / ``--labels`` (comma-separated,
+    repeated to length n); a conditional run with neither gets rows of 0..9."""
+    if (digit is not None or labels) and not conditional:
+        raise UserError("--digit/--labels need a class-conditional run (train it with --conditional)")
+    if not conditional:
+        return None
+    if digit is not None and labels:
+        raise UserError("give --digit or --labels, not both")
+    if digit is not None:
+        values = [digit]
+    elif labels:
+        try:
+            values = [int(v) for v in labels.split(",") if v.strip()]
+        except ValueError:
+            raise UserError(f"--labels must be comma-separated digits 0-9 (got {labels!r})") from None
+    else:
+        values = list(range(10))
+    if not values or any(not 0 <= v <= 9 for v in values):
+        raise UserError("labels must be digits 0-9")
+    if labels or digit is not None:
+        seq = [values[i % len(values)] for i in range(n)]
+    else:  # ceil(n / 10) of each digit, in order: a row per digit (see default_conditional_nrow)
+        per_digit = -(-n // 10)
+        seq = [min(i // per_digit, 9) for i in range(n)]
+    return torch.tensor(seq, dtype=torch.long)
+
+
+def default_conditional_nrow(n: int) -> int:
+    """Tiles per row of a conditional run's default grid: one row per digit 0-9, or for n <= 10
+    (one of each digit at most) a single row 0, 1, ..., n-1."""
+    per_digit = -(-n // 10)
+    return per_digit if per_digit > 1 else n
+
+
+def generate(
+    run: LoadedRun,
+    n: int,
+    sampling: SamplingConfig = SamplingConfig(),
+    *,
+    labels: torch.Tensor | None = None,
+    progress: bool = False,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """``n`` samples as [n x 1 x 28 x 28] in [0, 1] on the CPU, drawn with ``sampling`` (resolved
+    for the run here if it is not yet). Batches of ``sampling.batch_size`` are drawn in order from
+    one generator seeded with ``sampling.seed``, so the same seed and settings give the same images.
+
+    :param labels: [n] digits for a conditional run (see :func:`parse_labels`); a run trained on
+        pixel clusters draws each sample's cluster from their training frequencies instead (first,
+        from the same generator).
+    :param callback: called after every step of the first batch (:data:`StepCallback`).
+    """
+    if n < 1:
+        raise UserError(f"number of samples must be at least 1 (got {n})")
+    settings = resolve_for(run, sampling)
+    device = run.device
+    bf16 = use_bf16(settings.precision, device)
+    generator = torch.Generator(device=device).manual_seed(settings.seed)
+    if run.clustered and labels is None:
+        labels = draw_clusters(run.cluster_counts.to(device), n, generator)
+    out = []
+    for start in range(0, n, settings.batch_size):  # the callback sees the first batch only
+        b = min(settings.batch_size, n - start)
+        batch_labels = labels[start : start + b].to(device) if labels is not None else None
+        denoiser = Denoiser(run.model, run.schedule, run.cfg.diffusion.prediction, batch_labels, settings.guidance,
+                            guide=run.guide, bf16=bf16)  # fmt: skip
+        x = sample(denoiser, (b, run.cfg.model.in_channels, 28, 28), settings, generator=generator, device=device,
+                   progress=progress, callback=callback if start == 0 else None)  # fmt: skip
+        out.append(x0_to_unit(x).cpu())
+    return torch.cat(out)

@@ -1,0 +1,85 @@
+"""Samples on disk: the core of `mnistdiff sample` (a PNG grid, the raw tensor, a trajectory
+picture) and the grid drawn at the end of training."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import SamplingConfig
+from ..diffusion import x0_to_unit
+from ..errors import UserError
+from ..io import save_tensors
+from ..pictures.figures import trajectory_figure
+from ..pictures.grids import save_grid
+from ..runs.loader import LoadedRun, load_run
+from .generate import default_conditional_nrow, generate, parse_labels, resolve_for
+
+TRAJECTORY_ROWS = 4  # samples shown in a trajectory picture
+TRAJECTORY_FRAMES = 10  # moments shown, evenly spaced over the sampler's steps
+END_GRID = 64  # samples in the grid drawn at the end of training, 8 x 8
+END_GRID_CONDITIONAL = 80  # conditional runs: a row of 8 for each digit 0-9
+
+
+def sample_to_files(
+    run: LoadedRun,
+    n: int,
+    output: Path,
+    sampling: SamplingConfig = SamplingConfig(),
+    *,
+    labels: torch.Tensor | None = None,
+    nrow: int | None = None,
+    scale: int = 2,
+    save_tensor: Path | None = None,
+    trajectory: Path | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Draw ``n`` samples and write them as a PNG grid (and optionally as safetensors, with the
+    resolved settings in its metadata, and as a trajectory picture of the first samples).
+    Returns the samples, [n x 1 x 28 x 28] in [0, 1]."""
+    for path in (output, save_tensor, trajectory):
+        if path is not None and path.parent and not path.parent.is_dir():
+            raise UserError(f"cannot write {path}: the folder {path.parent} does not exist")
+    settings = resolve_for(run, sampling)
+    frames: list[torch.Tensor] = []
+    frame_labels: list[str] = []
+    callback = None
+    if trajectory is not None:
+        total = settings.evaluations(run.schedule.num_timesteps)
+        keep = {round(i * (total - 1) / (TRAJECTORY_FRAMES - 1)) for i in range(TRAJECTORY_FRAMES)}
+
+        def callback(i, t, x, x0):  # called for the first batch only
+            if i in keep:
+                frames.append(x0_to_unit(x[:TRAJECTORY_ROWS]).cpu())
+                frame_labels.append(f"step {i + 1}\nt={t}")
+
+    images = generate(run, n, settings, labels=labels, progress=progress, callback=callback)
+    save_grid(images, output, nrow=nrow, scale=scale)
+    if save_tensor is not None:
+        metadata = {"run": run.path.name, "sampling": json.dumps(settings.to_dict(), sort_keys=True)}
+        save_tensors(save_tensor, {"samples": images}, metadata)
+    if trajectory is not None:
+        trajectory_figure(torch.stack(frames), frame_labels, trajectory)
+    return images
+
+
+def end_of_run_grid(n: int | None = None) -> Callable[[Path, nn.Module, bool], None]:
+    """The trainer's ``on_finish`` hook that draws ``samples.png`` into the run folder: ``n``
+    samples (default 64; 80, a row of 8 per digit, for a conditional run) of the final EMA weights,
+    with the default sampling settings and the run's seed."""
+
+    def draw(run_dir: Path, model: nn.Module, progress: bool) -> None:
+        run = load_run(run_dir, next(model.parameters()).device, model=model)  # with the guide, if any
+        count = n or (END_GRID_CONDITIONAL if run.conditional else END_GRID)
+        labels = parse_labels(None, None, count, run.conditional)
+        settings = dataclasses.replace(SamplingConfig(), seed=run.cfg.train.seed, precision=run.cfg.train.precision)
+        images = generate(run, count, settings, labels=labels, progress=progress)
+        nrow = default_conditional_nrow(count) if run.conditional else min(count, 8)
+        save_grid(images, run_dir / "samples.png", nrow=nrow, scale=2)
+
+    return draw

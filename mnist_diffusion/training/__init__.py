@@ -1,0 +1,1 @@
+"""Training: the loop (:mod:`.trainer`) and the rules for resuming a run (:mod:`.plan`)."""

@@ -1,0 +1,60 @@
+"""The optimization recipe: AdamW, its learning-rate schedule, and the EMA of the weights."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+
+from ..config import RunConfig
+
+
+def lr_at(step: int, cfg: RunConfig, total_steps: int) -> float:
+    """Linear warm-up over ``warmup_steps``, then constant or cosine decay to 10% of lr at
+    ``total_steps`` (the planned epochs; ``max_steps`` only stops early, so resuming with a
+    larger budget replays the same schedule)."""
+    t = cfg.train
+    if t.warmup_steps and step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    if t.lr_schedule == "constant":
+        return t.lr
+    progress = min(1.0, (step - t.warmup_steps) / max(1, total_steps - t.warmup_steps))
+    return t.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def ema_decay_at(num_updates: int, cfg: RunConfig) -> float:
+    """The EMA decay for the next update; with ema_warmup, min(decay, (1 + n) / (10 + n))."""
+    decay = cfg.train.ema_decay
+    if cfg.train.ema_warmup:
+        decay = min(decay, (1 + num_updates) / (10 + num_updates))
+    return decay
+
+
+def fused_adamw(device: torch.device) -> bool:
+    """AdamW's fused kernel: on CUDA, and on the CPU from torch 2.4 (there a step of the default
+    preset's optimizer takes about 1 ms instead of 4)."""
+    major, minor = (int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
+    return device.type == "cuda" or (device.type == "cpu" and (major, minor) >= (2, 4))
+
+
+def make_ema(model: nn.Module, cfg: RunConfig) -> AveragedModel:
+    """An exponential moving average of ``model``'s weights (torch.optim.swa_utils)."""
+
+    def ema_update(ema_params, params, num_averaged):
+        decay = ema_decay_at(ema.updates, cfg)
+        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+
+    ema = AveragedModel(model, multi_avg_fn=ema_update, use_buffers=True)
+    ema.updates = 0  # optimizer steps averaged so far, a Python int so reading it never syncs
+    return ema
+
+
+
+
+def make_optimizer(model: nn.Module, cfg: RunConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over ``model``'s weights with the config's learning rate and weight decay."""
+    return torch.optim.AdamW(
+        model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=fused_adamw(device)
+    )

@@ -1,0 +1,102 @@
+"""Sample grids both ways (mnist_diffusion.pictures.grids): PNG grids written and read back, and
+sample files in every accepted format, on real digits from tests/fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mnist_diffusion.data.mnist import as_unit as _unit
+from mnist_diffusion.errors import UserError
+from mnist_diffusion.io import save_tensors
+from mnist_diffusion.pictures.grids import grid_scale, load_samples, save_grid
+
+FIXTURE = Path(__file__).parent / "fixtures" / "mnist_small.npz"
+
+
+@pytest.fixture(scope="module")
+def fixture_data():
+    d = np.load(FIXTURE, allow_pickle=False)
+    return {k: torch.from_numpy(v) for k, v in d.items()}
+
+
+@pytest.fixture(scope="module")
+def digits(fixture_data):
+    """13 real digits as uint8 (13, 28, 28): a grid of them has an incomplete last row."""
+    return fixture_data["test_images"][:13]
+
+
+def test_load_safetensors_round_trip(tmp_path, digits):
+    save_tensors(tmp_path / "a.safetensors", {"samples": _unit(digits), "other": torch.zeros(3)})
+    torch.testing.assert_close(load_samples(tmp_path / "a.safetensors"), _unit(digits))
+    save_tensors(tmp_path / "b.safetensors", {"x": digits})  # the only tensor, uint8 (N, 28, 28)
+    torch.testing.assert_close(load_samples(tmp_path / "b.safetensors"), _unit(digits))
+
+
+def test_load_npy_round_trip(tmp_path, digits):
+    np.save(tmp_path / "a.npy", _unit(digits).numpy())
+    torch.testing.assert_close(load_samples(tmp_path / "a.npy"), _unit(digits))
+    np.save(tmp_path / "b.npy", digits.numpy())
+    torch.testing.assert_close(load_samples(tmp_path / "b.npy"), _unit(digits))
+
+
+def test_load_png_folder_round_trip(tmp_path, digits):
+    for i, d in enumerate(digits):
+        Image.fromarray(d.numpy(), mode="L").save(tmp_path / f"{i:03d}.png")
+    (tmp_path / "notes.txt").write_text("ignored")
+    torch.testing.assert_close(load_samples(tmp_path), _unit(digits))
+
+
+@pytest.mark.parametrize("scale", [1, 2, 3])
+def test_load_png_grid_round_trip(tmp_path, digits, scale):
+    save_grid(_unit(digits), tmp_path / "grid.png", scale=scale)  # 4 x 4 tiles, the last 3 empty
+    torch.testing.assert_close(load_samples(tmp_path / "grid.png"), _unit(digits))
+    save_grid(_unit(digits[:10]), tmp_path / "row.png", nrow=10, scale=scale)
+    torch.testing.assert_close(load_samples(tmp_path / "row.png"), _unit(digits[:10]))
+
+
+def test_load_samples_refuses_bad_input(tmp_path, digits):
+    cases = {}
+    np.save(tmp_path / "pickled.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    cases["pickled.npy"] = "plain numpy"
+    np.save(tmp_path / "shape.npy", np.zeros((4, 32, 32), np.float32))
+    cases["shape.npy"] = "shape"
+    np.save(tmp_path / "signed.npy", _unit(digits).numpy() * 2 - 1)
+    cases["signed.npy"] = r"\(x \+ 1\) / 2"
+    np.save(tmp_path / "ints.npy", digits.numpy().astype(np.int32))
+    cases["ints.npy"] = "uint8"
+    np.save(tmp_path / "nan.npy", np.full((2, 28, 28), np.nan, np.float32))
+    cases["nan.npy"] = "NaN"
+    (tmp_path / "trunc.safetensors").write_bytes(b"\x10\x00\x00\x00garbage")
+    cases["trunc.safetensors"] = "safetensors"
+    Image.fromarray(np.zeros((90, 100), np.uint8), mode="L").save(tmp_path / "odd.png")
+    cases["odd.png"] = "not a grid"
+    (tmp_path / "fake.png").write_bytes(b"not a png at all")
+    cases["fake.png"] = "cannot read"
+    (tmp_path / "samples.pt").write_bytes(b"")
+    cases["samples.pt"] = "unknown sample format"
+    big = tmp_path / "big"
+    big.mkdir()
+    Image.fromarray(np.zeros((56, 56), np.uint8), mode="L").save(big / "0.png")
+    cases["big"] = "28x28"
+    (tmp_path / "empty").mkdir()
+    cases["empty"] = "no .png"
+    cases["missing.npy"] = "no such file"
+    colour = tmp_path / "colour"
+    colour.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (28, 28, 3), np.uint8), mode="RGB").save(colour / "0.png")
+    cases["colour"] = "greyscale"
+    for name, message in cases.items():
+        with pytest.raises(UserError, match=message):
+            load_samples(tmp_path / name)
+
+
+def test_grid_scale_detection():
+    assert grid_scale(32, 302) == [1]  # one row of 10 tiles
+    assert grid_scale(64, 604) == [2]
+    assert grid_scale(512, 512) == [16, 1]  # both fit: pixel content decides, largest first
+    assert grid_scale(100, 90) == []
