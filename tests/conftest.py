@@ -55,3 +55,24 @@ def tiny_config(**train) -> RunConfig:
         diffusion=DiffusionConfig(schedule="cosine", timesteps=50),
         train=dataclasses.replace(TrainConfig(), batch_size=16, warmup_steps=4, epochs=1, **train),
     )
+
+
+# The tiny model of the CLI tests and of every shared tiny run.
+TINY_FLAGS = ["--channels", "8", "--channel-mult", "1,2,2", "--batch-size", "16", "--timesteps", "50", "--grid", "8"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, data_dir) -> tuple[Path, Path]:
+    """A tiny default-preset run (40 pixel clusters, no guide yet) trained through the CLI for 4
+    steps: (artifacts folder, run folder). Shared by several test files: read it, or copy it first."""
+    from typer.testing import CliRunner
+
+    from mnist_diffusion.cli import app
+
+    artifacts = tmp_path_factory.mktemp("tiny-run")
+    result = CliRunner().invoke(app, ["train", *TINY_FLAGS, "--max-steps", "4", "--data-dir", str(data_dir),
+                                      "--artifacts-dir", str(artifacts)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (artifacts / "runs").iterdir()
+    assert (run_dir / "model.safetensors").is_file()
+    return artifacts, run_dir

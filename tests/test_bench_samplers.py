@@ -9,10 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import tiny_config
-
-from mnist_diffusion.training.trainer import train
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench_samplers as bs  # noqa: E402
@@ -75,14 +71,14 @@ def test_guidance_label_names_every_guidance_used():
     assert label() == ""
 
 
-def test_bench_samplers_end_to_end(tmp_path, data_dir):
-    train(tiny_config(max_steps=2), data_dir=data_dir, artifacts_dir=tmp_path / "artifacts", run_name="t",
-          device="cpu", progress=False, log=lambda m: None)  # fmt: skip
+def test_bench_samplers_end_to_end(tmp_path, data_dir, tiny_run):
+    artifacts, run_dir = tiny_run
     out = tmp_path / "results" / "samplers"
     readme = tmp_path / "README.md"
     readme.write_text("before\n<!-- bench:samplers:start -->\nold\n<!-- bench:samplers:end -->\nafter\n")
     cmd = [
-        sys.executable, str(ROOT / "benchmarks" / "bench_samplers.py"), "--artifacts-dir", str(tmp_path / "artifacts"),
+        sys.executable, str(ROOT / "benchmarks" / "bench_samplers.py"), "--artifacts-dir", str(artifacts),
+        "--cluster-guidance", "1",
         "--data-dir", str(data_dir), "--device", "cpu", "--n", "20", "--n-1000", "12", "--evaluations", "2,5,100",
         "--batch-size", "8", "--out", str(out), "--readme", str(readme), "--no-progress",
     ]  # fmt: skip
@@ -93,7 +89,7 @@ def test_bench_samplers_end_to_end(tmp_path, data_dir):
     results = json.loads(out.with_suffix(".json").read_text())
     assert {"date", "command", "machine", "settings", "run", "plan", "rows", "recommendation"} <= set(results)
     assert results["machine"]["cores"] >= 1 and results["run"]["timesteps"] == 50
-    assert results["run"]["name"].endswith("-t") and results["run"]["trained_steps"] == 2
+    assert results["run"]["name"] == run_dir.name and results["run"]["trained_steps"] == 4
     rows = {(r["sampler"], r["evaluations"], r["n"]): r for r in results["rows"]}
     assert set(rows) == {
         ("ddpm", 50, 12),

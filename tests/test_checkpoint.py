@@ -22,12 +22,13 @@ from mnist_diffusion.runs.store import (
     MANIFEST,
     is_finished,
     keep_metrics_until,
+    load_config,
     load_weights_into,
     manifest_entry,
     read_metrics,
     verify_manifest,
 )
-from mnist_diffusion.training.trainer import make_ema, train
+from mnist_diffusion.training.trainer import make_ema
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8),
@@ -37,12 +38,9 @@ JSON_VALUES = st.recursive(
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, data_dir):
-    """A tiny finished run: 3 steps, so the checkpoint holds AdamW's state for every parameter."""
-    artifacts = tmp_path_factory.mktemp("artifacts")
-    result = train(tiny_config(max_steps=3), data_dir=data_dir, artifacts_dir=artifacts, run_name="c", device="cpu",
-                   progress=False, log=lambda m: None)  # fmt: skip
-    return result.run_dir
+def run_dir(tiny_run):
+    """A tiny finished run (conftest's): 4 steps, so the checkpoint holds AdamW's state for every parameter."""
+    return tiny_run[1]
 
 
 def copy_of(run_dir, tmp_path):
@@ -62,7 +60,7 @@ def rewrite(run_dir, tensors, meta):
 
 
 def restore_into_fresh_modules(run_dir):
-    cfg = tiny_config()
+    cfg = load_config(run_dir)
     model = build_model(cfg.model)
     ema = make_ema(model, cfg)
     opt = torch.optim.AdamW(model.parameters())
@@ -116,7 +114,7 @@ def test_a_checkpoint_without_a_digest_is_checked_against_the_manifest(run_dir, 
     from mnist_diffusion.runs.store import write_manifest
 
     write_manifest(run)
-    assert read_checkpoint(run).step == 3
+    assert read_checkpoint(run).step == 4
 
 
 def test_fuzz_checkpoint_bytes(run_dir, tmp_path):

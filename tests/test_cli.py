@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_FLAGS
 from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
@@ -22,7 +23,7 @@ from mnist_diffusion.io import save_tensors
 from mnist_diffusion.runs.store import load_config, weights_metadata
 
 runner = CliRunner()
-TINY = ["--channels", "8", "--channel-mult", "1,2,2", "--batch-size", "16", "--timesteps", "50", "--grid", "8"]
+TINY = TINY_FLAGS
 
 
 def invoke(*args: str):
@@ -39,14 +40,9 @@ def assert_one_line_error(result, *needles: str):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, data_dir):
-    """A tiny run trained through the CLI: (artifacts dir, run folder)."""
-    artifacts = tmp_path_factory.mktemp("artifacts")
-    result = invoke("train", *TINY, "--max-steps", "4", "--data-dir", data_dir, "--artifacts-dir", artifacts)
-    assert result.exit_code == 0, result.output
-    run_dir = Path(result.stdout.strip().splitlines()[-1])
-    assert run_dir.is_dir() and (run_dir / "model.safetensors").is_file()
-    return artifacts, run_dir
+def trained(tiny_run):
+    """A tiny run trained through the CLI (conftest's ``tiny_run``): (artifacts dir, run folder)."""
+    return tiny_run
 
 
 @pytest.mark.parametrize("command", [[], ["train"], ["sample"], ["visualize-forward"], ["runs"], ["data", "download"]])

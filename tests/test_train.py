@@ -17,12 +17,13 @@ from mnist_diffusion.data.clusters import load_clusters, pixel_clusters
 from mnist_diffusion.data.mnist import load_mnist
 from mnist_diffusion.errors import UserError
 from mnist_diffusion.io import sha256_file
+from mnist_diffusion.runs.checkpoint import flatten_optimizer
 from mnist_diffusion.runs.store import resolve_run
 from mnist_diffusion.runtime import native_bf16, use_bf16
 from mnist_diffusion.sampling.outputs import end_of_run_grid
 from mnist_diffusion.training import trainer as train_module
 from mnist_diffusion.training.plan import plan_resume
-from mnist_diffusion.training.trainer import TrainingDiverged, lr_at, train
+from mnist_diffusion.training.trainer import Trainer, TrainingDiverged, lr_at, train
 
 
 def run(cfg, tmp_path, data_dir, *, resume=None, epochs=None, max_steps=None, **kw):
@@ -203,6 +204,26 @@ def test_run_folders_are_never_reused(tmp_path, data_dir):
     a = run(tiny_config(max_steps=1), tmp_path, data_dir).run_dir
     b = run(tiny_config(max_steps=1), tmp_path, data_dir).run_dir
     assert a != b and a.name.startswith("00000-") and b.name.startswith("00001-")
+
+
+def test_a_step_is_forward_backward_then_update(tmp_path, data_dir):
+    # The benchmarks time the two halves of a step apart (Trainer's public API): together they are the step.
+    def trainer(name):
+        return Trainer(tiny_config(max_steps=3), data_dir=data_dir, artifacts_dir=tmp_path / name, run_name="t",
+                       device="cpu", progress=False, log=lambda m: None)  # fmt: skip
+
+    whole, halves = trainer("a"), trainer("b")
+    for i in range(3):
+        batch = whole.batch_for(i)
+        loss = whole.step(batch, i)
+        assert torch.equal(halves.forward_backward(batch), loss)
+        halves.update(i, loss)
+    def state(t):
+        return {**t.model.state_dict(), **t.ema.state_dict(), **flatten_optimizer(t.opt)[0]}
+
+    a, b = state(whole), state(halves)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert whole.ema.updates == halves.ema.updates == 3
 
 
 def test_lr_schedule_warmup_and_cosine():

@@ -1,5 +1,6 @@
-"""Run storage: crash-safe writes, run numbers under concurrency, digests, weights checked against
-config.json, the manifest and the metrics log."""
+"""Run storage and safe files (mnist_diffusion.runs.store, mnist_diffusion.io): crash-safe writes,
+run numbers under concurrency, digests, weights checked against config.json, the manifest and the
+metrics log."""
 
 from __future__ import annotations
 
