@@ -15,6 +15,7 @@ import dataclasses
 import math
 import reprlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args
 
 Arch = Literal["unet", "seed"]
@@ -25,6 +26,8 @@ LRSchedule = Literal["constant", "cosine"]
 Precision = Literal["auto", "fp32", "bf16"]
 
 INT_LIMIT = 2**63  # every integer of a config fits in 64 bits (torch seeds and sizes)
+DEFAULT_DATA_DIR = Path("data")  # where MNIST lives: data/MNIST/raw/*-ubyte, as torchvision lays it out
+DEFAULT_ARTIFACTS_DIR = Path("artifacts")  # where runs live: artifacts/runs/NNNNN-NAME, artifacts/latest
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from PIL import Image
 from mnist_diffusion.data.mnist import as_unit as _unit
 from mnist_diffusion.errors import UserError
 from mnist_diffusion.io import save_tensors
-from mnist_diffusion.pictures.grids import grid_scale, load_samples, save_grid
+from mnist_diffusion.pictures.grids import grid_scale, load_samples, save_grid, tile
 
 FIXTURE = Path(__file__).parent / "fixtures" / "mnist_small.npz"
 
@@ -100,3 +100,16 @@ def test_grid_scale_detection():
     assert grid_scale(64, 604) == [2]
     assert grid_scale(512, 512) == [16, 1]  # both fit: pixel content decides, largest first
     assert grid_scale(100, 90) == []
+
+
+@pytest.mark.parametrize("n,nrow", [(1, 8), (2, 8), (6, 6), (13, 4), (10, 3), (64, 8), (7, 1)])
+@pytest.mark.parametrize("pad_value", [0.0, 1.0])
+def test_tile_lays_out_a_grid_as_torchvision_does(n, nrow, pad_value):
+    from torchvision.utils import make_grid  # the reference layout
+
+    images = torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(n))
+    ours = tile(images, nrow, pad_value=pad_value)
+    reference = make_grid(images, nrow=nrow, padding=2, pad_value=pad_value)
+    if n == 1:  # make_grid returns a lone image unpadded; tile pads it like any other
+        reference = torch.nn.functional.pad(images[0], (2, 2, 2, 2), value=pad_value)
+    assert torch.equal(ours, reference[0])

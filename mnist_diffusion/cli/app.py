@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 from typing import Annotated
 
-import torch
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -64,6 +63,8 @@ def checked(make, *args, **kwargs):
 
 def _version(value: bool):
     if value:
+        import torch
+
         console.print(f"mnistdiff {__version__} (torch {torch.__version__})")
         raise typer.Exit()
 

@@ -8,16 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..data.mnist import DEFAULT_DATA_DIR, ensure_mnist
+from ..config import DEFAULT_ARTIFACTS_DIR, DEFAULT_DATA_DIR
 from ..errors import UserError
-from ..evaluation.scoring import evaluate_images, evaluate_run
-from ..pictures.grids import load_samples
-from ..runs.loader import guidance_kinds_of
-from ..runs.store import DEFAULT_ARTIFACTS_DIR, resolve_run
-from ..runtime import setup_device
 from .app import app, console, say, user_errors
 from .options import ArtifactsDir, DataDir, Device, RunArg, SamplingRequest, sampling_options
-from .tables import report_table
 
 
 @app.command("eval")
@@ -41,6 +35,14 @@ def eval_command(
 
     The same metrics for N real training images are printed beside them, as the floor.
     Example: mnistdiff eval -n 2000 --steps 10"""
+    from ..data.mnist import ensure_mnist
+    from ..evaluation.scoring import evaluate_images, evaluate_run
+    from ..pictures.grids import load_samples
+    from ..runs.loader import guidance_kinds_of
+    from ..runs.store import resolve_run
+    from ..runtime import setup_device
+    from .tables import report_table
+
     if samples is not None and run is not None:
         raise UserError("give --run or --samples, not both")
     images = load_samples(samples) if samples is not None else None  # a bad file fails before any download

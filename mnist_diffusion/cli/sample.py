@@ -7,13 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..config import DEFAULT_ARTIFACTS_DIR
 from ..errors import UserError
-from ..pictures.grids import default_nrow
-from ..runs.loader import load_run
-from ..runs.store import DEFAULT_ARTIFACTS_DIR, resolve_run
-from ..runtime import setup_device
-from ..sampling.generate import default_conditional_nrow, parse_labels
-from ..sampling.outputs import sample_to_files
 from .app import app, console, user_errors
 from .options import ArtifactsDir, Device, RunArg, SamplingRequest, sampling_options
 
@@ -41,6 +36,13 @@ def sample(
     """Draw digits from a trained run and save them as a PNG grid.
 
     Example: mnistdiff sample -n 64 -o grid.png --steps 10"""
+    from ..pictures.grids import default_nrow
+    from ..runs.loader import load_run
+    from ..runs.store import resolve_run
+    from ..runtime import setup_device
+    from ..sampling.generate import default_conditional_nrow, parse_labels
+    from ..sampling.outputs import sample_to_files
+
     if n < 1:
         raise UserError(f"-n must be at least 1 (got {n})")
     loaded = load_run(resolve_run(run, artifacts_dir), setup_device(device))

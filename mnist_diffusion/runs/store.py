@@ -23,11 +23,10 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..config import RunConfig
+from ..config import DEFAULT_ARTIFACTS_DIR, RunConfig
 from ..errors import UserError
 from ..io import atomic_write_bytes, atomic_write_json, fsync_dir, load_tensors_and_metadata, sha256_file
 
-DEFAULT_ARTIFACTS_DIR = Path("artifacts")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _RUN_RE = re.compile(r"^(\d{5})-")
 
