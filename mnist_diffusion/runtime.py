@@ -31,7 +31,7 @@ def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
         return torch.device("mps")
     if name == "cpu":
         return torch.device("cpu")
-    raise UserError(f"--device must be auto, cpu, cuda or mps (got {name!r})")
+    raise UserError(f"--device must be one of {', '.join(get_args(DeviceName))} (got {name!r})")
 
 
 def native_bf16(device: torch.device) -> bool:

@@ -76,3 +76,39 @@ def tiny_run(tmp_path_factory, data_dir) -> tuple[Path, Path]:
     (run_dir,) = (artifacts / "runs").iterdir()
     assert (run_dir / "model.safetensors").is_file()
     return artifacts, run_dir
+
+
+FIXTURE = Path(__file__).parent / "fixtures" / "mnist_small.npz"
+
+
+@pytest.fixture(scope="session")
+def fixture_data() -> dict[str, torch.Tensor]:
+    """Real MNIST digits shipped with the tests (tests/fixtures/README.md): test_images (1,000),
+    train_images (2,000), uint8 (N, 28, 28), and their labels."""
+    d = np.load(FIXTURE, allow_pickle=False)
+    return {k: torch.from_numpy(v) for k, v in d.items()}
+
+
+def full_disk(monkeypatch) -> None:
+    """From now on every crash-safe write fails as on a full disk (ENOSPC)."""
+    from mnist_diffusion import io as io_module
+
+    real_fdopen = os.fdopen
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(io_module.os, "fdopen", lambda fd, mode: FullDisk(real_fdopen(fd, mode)))

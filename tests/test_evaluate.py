@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from conftest import tiny_config
@@ -22,14 +20,7 @@ from mnist_diffusion.io import save_tensors
 from mnist_diffusion.nets.unet import build_model
 from mnist_diffusion.runs.store import MANIFEST, save_config, weights_metadata
 
-FIXTURE = Path(__file__).parent / "fixtures" / "mnist_small.npz"
 KID_SUBSETS = 10  # the default 100 is slow for a test
-
-
-@pytest.fixture(scope="module")
-def fixture_data():
-    d = np.load(FIXTURE, allow_pickle=False)
-    return {k: torch.from_numpy(v) for k, v in d.items()}
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import full_disk
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from mnist_diffusion import io as io_module
 from mnist_diffusion.cli import app
 from mnist_diffusion.io import PAUSE_ENV, load_tensors
 from mnist_diffusion.runs.checkpoint import read_checkpoint
@@ -173,25 +173,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint(killed, data_dir, straight, m
     artifacts = killed["full-disk"]  # killed inside the step-32 checkpoint write
     run_dir = run_folder(artifacts)
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if not p.name.startswith(".")}
-    real_fdopen = os.fdopen
-
-    class FullDisk:  # the disk fills up: every write of a new file fails
-        def __init__(self, f):
-            self.f = f
-
-        def write(self, data):
-            raise OSError(28, "No space left on device")
-
-        def __getattr__(self, name):
-            return getattr(self.f, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-    monkeypatch.setattr(io_module.os, "fdopen", lambda fd, mode: FullDisk(real_fdopen(fd, mode)))
+    full_disk(monkeypatch)
     result = resume(artifacts, data_dir, run_dir)
     assert result.exit_code == 1 and "Traceback" not in result.output
     lines = [line for line in result.output.splitlines() if line.strip()]

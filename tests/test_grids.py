@@ -3,8 +3,6 @@ sample files in every accepted format, on real digits from tests/fixtures."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -14,14 +12,6 @@ from mnist_diffusion.data.mnist import as_unit as _unit
 from mnist_diffusion.errors import UserError
 from mnist_diffusion.io import save_tensors
 from mnist_diffusion.pictures.grids import grid_scale, load_samples, save_grid, tile
-
-FIXTURE = Path(__file__).parent / "fixtures" / "mnist_small.npz"
-
-
-@pytest.fixture(scope="module")
-def fixture_data():
-    d = np.load(FIXTURE, allow_pickle=False)
-    return {k: torch.from_numpy(v) for k, v in d.items()}
 
 
 @pytest.fixture(scope="module")

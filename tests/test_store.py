@@ -14,7 +14,7 @@ import threading
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import full_disk, tiny_config
 from safetensors.torch import save_file
 
 from mnist_diffusion import io as io_module
@@ -65,25 +65,7 @@ def test_atomic_open_fsyncs_the_folder_after_the_rename(tmp_path, monkeypatch):
 def test_a_full_disk_leaves_the_previous_file_and_no_temporary_one(tmp_path, monkeypatch):
     target = tmp_path / "checkpoint.safetensors"
     target.write_bytes(b"the last good checkpoint")
-    real_fdopen = os.fdopen
-
-    class FullDisk:
-        def __init__(self, f):
-            self.f = f
-
-        def write(self, data):
-            raise OSError(28, "No space left on device")
-
-        def __getattr__(self, name):
-            return getattr(self.f, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-    monkeypatch.setattr(io_module.os, "fdopen", lambda fd, mode: FullDisk(real_fdopen(fd, mode)))
+    full_disk(monkeypatch)
     with pytest.raises(OSError, match="No space left"):
         atomic_write_bytes(target, b"new" * 1000)
     assert target.read_bytes() == b"the last good checkpoint"
