@@ -13,9 +13,10 @@ import math
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
@@ -78,6 +79,19 @@ class _Window:
         return loss, seconds
 
 
+class Monitor(Protocol):
+    """Something that watches a run as it trains (samples or scores it every N steps, writes
+    TensorBoard events): called after every optimizer step, on every rank, with the step's 1-based
+    number. It must leave the trainer's state and random number generators as it found them, so a
+    run with monitors trains the same weights as one without."""
+
+    def after_step(self, trainer: Trainer, step: int) -> dict[str, float] | None:
+        """Figures to log for this step (a metrics.jsonl line, and the progress bar), or None."""
+
+    def close(self) -> None:
+        """The run stopped (finished, interrupted or failed)."""
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -132,6 +146,7 @@ class Trainer:
         stop: threading.Event | None = None,
         on_step: Callable[[int], None] | None = None,
         on_finish: Callable[[Path, nn.Module, bool], None] | None = None,
+        monitors: Sequence[Monitor] = (),
     ):
         self.info = init_distributed(device)
         self.device = setup_device(device, self.info)
@@ -141,6 +156,7 @@ class Trainer:
         self.stop = stop or threading.Event()
         self.on_step = on_step  # called after every step with its (1-based) number
         self.on_finish = on_finish  # (run_dir, EMA network, progress) at the end, before the weights: the grid
+        self.monitors = list(monitors)  # watch the run as it trains (see Monitor)
         if resume is not None and resume.checkpoint is None:
             raise UserError(f"run {resume.run_dir.name} has finished its plan: there is nothing to resume")
         self.start_step = resume.step if resume is not None else 0
@@ -257,6 +273,7 @@ class Trainer:
         # device and read only at check points, so a GPU step needs no extra sync.
         self._first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
         self._order: tuple[int, torch.Tensor] | None = None  # (epoch, its batch order), see batch_for
+        self._shown: dict[str, str] = {}  # what the progress bar shows beside the images/s
         self._step_number = torch.full((), self.start_step, dtype=torch.long, device=self.device)
 
     def _restore(self, resume: ResumePlan) -> None:
@@ -413,12 +430,16 @@ class Trainer:
                     self._save_guide(step)
                 if self.on_step is not None:
                     self.on_step(step)
+                for monitor in self.monitors:
+                    self._log_extra(step, monitor.after_step(self, step), bar)
                 seconds = self.prior_seconds + time.perf_counter() - started
                 interrupted = not last and self._should_stop(step)
                 if step % self.steps_per_epoch == 0 or step % CHECKPOINT_EVERY == 0 or last or interrupted:
                     self._save_checkpoint(step, loss, seconds)
         finally:
             bar.close()
+            for monitor in self.monitors:
+                monitor.close()
         seconds = self.prior_seconds + time.perf_counter() - started
         if not interrupted:
             self._finish(step, loss, seconds)
@@ -430,6 +451,15 @@ class Trainer:
         if self._order is None or self._order[0] != epoch:
             self._order = (epoch, _epoch_order(self.cfg.train.seed, epoch, len(self.images), self.info, self.device))
         return self.make_batch(self._order[1], pos, step)
+
+    def _log_extra(self, step: int, record: dict[str, float] | None, bar) -> None:
+        """A monitor's figures of ``step``: a metrics.jsonl line, and the progress bar's postfix."""
+        if not record:
+            return
+        if self.info.is_main:
+            append_metrics(self.run_dir, {"step": step, **record})
+        self._shown.update({k: f"{v:.4g}" for k, v in record.items()})
+        bar.set_postfix(self._shown)
 
     def _log(self, step: int, window: _Window, images_per_step: int, bar) -> float:
         """A metrics.jsonl line for the steps since the last one; returns their mean loss."""
@@ -443,7 +473,8 @@ class Trainer:
         }
         if self.info.is_main:
             append_metrics(self.run_dir, record)
-        bar.set_postfix(loss=f"{loss:.4f}", epoch=f"{record['epoch']:.2f}")
+        self._shown.update(loss=f"{loss:.4f}", epoch=f"{record['epoch']:.2f}")
+        bar.set_postfix(self._shown)
         return loss
 
     def _weights_digest(self) -> str:
