@@ -26,7 +26,7 @@ def runs_table(summaries: list[RunSummary], title: str) -> Table:
             "?" if s.step is None else str(s.step),
             f"{s.final_loss:.4f}" if s.final_loss is not None and math.isfinite(s.final_loss) else "-",
             f"{s.fid:.2f} @ {_short_count(s.fid_n)}" if s.fid is not None and s.fid_n else "-",
-            "unreadable" if s.problem else "done" if s.finished else "resumable" if s.step else "started",
+            s.status,
         )
     return table
 

@@ -7,6 +7,10 @@ config and package version in its metadata), ``checkpoint.safetensors`` + ``chec
 ``guide.safetensors``, the EMA weights from early in training that autoguidance steers away
 from, and runs trained on pixel clusters keep ``clusters.safetensors`` (each training image's
 cluster and the clusters' sizes). ``artifacts/latest`` holds the name of the newest run.
+
+``report.html`` is a view of the other files, written again at will (`mnistdiff report`), so the
+manifest leaves it out; so are the folders ``progress/`` (sample grids taken while training) and
+``tensorboard/`` (its event files), as the manifest lists the files at the top of the folder.
 """
 
 from __future__ import annotations
@@ -38,6 +42,14 @@ CHECKPOINT_META = "checkpoint.json"
 METRICS = "metrics.jsonl"
 MANIFEST = "manifest.json"
 RUN_INFO = "run.json"
+REPORT = "report.html"
+PROGRESS = "progress"  # folder of the sample grids taken while training (train --sample-every)
+_NOT_LISTED = (MANIFEST, REPORT)  # files of a run folder that its manifest leaves out
+
+
+def progress_grid(step: int) -> str:
+    """The name in ``progress/`` of the sample grid taken after optimizer step ``step``."""
+    return f"samples-{step:08d}.png"
 
 
 def runs_dir(artifacts_dir: str | os.PathLike) -> Path:
@@ -214,11 +226,11 @@ def keep_metrics_until(run_dir: Path, step: int, source: Path | None = None) -> 
 
 
 def write_manifest(run_dir: Path) -> None:
-    """sha256 and size of every file in the run folder, and the package version."""
+    """sha256 and size of every file in the run folder (but the report), and the package version."""
     files = {
         p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
         for p in sorted(run_dir.iterdir())
-        if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")
+        if p.is_file() and p.name not in _NOT_LISTED and not p.name.startswith(".")
     }
     atomic_write_json(
         run_dir / MANIFEST,
@@ -257,7 +269,7 @@ def verify_manifest(run_dir: Path) -> dict[str, str]:
         hashes = {name: entry["sha256"] for name, entry in listed.items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise UserError(f"{path} cannot be read: {e}") from None
-    present = {p.name for p in run_dir.iterdir() if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")}
+    present = {p.name for p in run_dir.iterdir() if p.is_file() and p.name not in _NOT_LISTED and p.name[:1] != "."}
     status = {name: "missing" for name in hashes if name not in present}
     for name in sorted(present):
         if name not in hashes:

@@ -31,16 +31,23 @@ class RunSummary:
     finished: bool
     problem: str | None = None  # why the run is listed as unreadable: each bad file and what is wrong, one line
 
+    @property
+    def status(self) -> str:
+        """unreadable, done (its final weights are in its manifest), resumable (a checkpoint past
+        step 0) or started."""
+        return "unreadable" if self.problem else "done" if self.finished else "resumable" if self.step else "started"
+
 
 def summarize_runs(artifacts_dir: str | os.PathLike) -> list[RunSummary]:
     """One summary per run folder, oldest first. A folder whose config.json, checkpoint.json or
     eval.json is missing, corrupt or ill-typed is listed all the same, with ``problem`` set."""
     root = runs_dir(artifacts_dir)
     folders = sorted(p for p in root.iterdir() if _RUN_RE.match(p.name) and p.is_dir()) if root.is_dir() else []
-    return [_summarize(p) for p in folders]
+    return [summarize_run(p) for p in folders]
 
 
-def _summarize(run_dir: Path) -> RunSummary:
+def summarize_run(run_dir: Path) -> RunSummary:
+    """The summary of one run folder (see :func:`summarize_runs`)."""
     summary = RunSummary(
         name=run_dir.name, path=run_dir, created=_created(run_dir), preset=None, epochs=None, step=None,
         final_loss=None, fid=None, fid_n=None, finished=is_finished(run_dir),
