@@ -177,6 +177,20 @@ def evaluate_images(
     return result
 
 
+def fid_of(images: torch.Tensor, *, data_dir: str | os.PathLike | None = DEFAULT_DATA_DIR,
+           device: str | torch.device = "cpu") -> float:  # fmt: skip
+    """The FID alone of ``images`` ``(N, 1, 28, 28)`` in [0, 1] against the MNIST test set, with the
+    feature net and reference features :func:`evaluate_images` uses (and caches): what `train
+    --eval-every` logs, without the other metrics' cost (KID alone takes longer than the FID)."""
+    images = check_images(images, "images")
+    if len(images) < MIN_SAMPLES:
+        raise UserError(f"need at least {MIN_SAMPLES} images to evaluate, got {len(images)}")
+    net, _ = feature_net(device)
+    ref_feats, _ = real_reference(data_dir, net)
+    feats, _ = extract(net, images)
+    return metrics.fid(ref_feats, feats)
+
+
 def real_floor(real: RealData, key: str, net: FeatureNet, n: int, seed: int, kid_subsets: int, with_labels: bool
                ) -> tuple[dict[str, Any], int]:  # fmt: skip
     """The metrics of ``n`` real training images (the first ``n`` of a permutation seeded with

@@ -17,11 +17,17 @@ from ..io import atomic_write_bytes  # noqa: E402
 from .grids import GRID_PADDING, tile  # noqa: E402
 
 
-def save_figure(fig, path: str | Path) -> None:
+def figure_png(fig, dpi: int = 110, *, tight: bool = True) -> bytes:
+    """The figure as PNG bytes, closed; without the software version in the metadata, so the same
+    figure gives the same bytes. ``tight`` crops it to what is drawn (which draws it twice)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight" if tight else None, metadata={"Software": None})
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def save_figure(fig, path: str | Path) -> None:
+    atomic_write_bytes(path, figure_png(fig))
 
 
 def forward_figure(
@@ -62,9 +68,14 @@ def loss_figure(records: list[dict], path: str | Path, title: str) -> None:
     save_figure(fig, path)
 
 
-def trajectory_figure(frames: torch.Tensor, labels: list[str], path: str | Path, scale: int = 2) -> None:
+def trajectory_figure(frames: torch.Tensor, labels: list[str], path: str | Path) -> None:
+    """Denoising trajectories as a PNG file (see :func:`trajectory_plot`)."""
+    save_figure(trajectory_plot(frames, labels), path)
+
+
+def trajectory_plot(frames: torch.Tensor, labels: list[str]):
     """Denoising trajectories: ``frames`` is [K x N x 1 x H x W] in [0, 1] (K moments, N
-    samples); one row per sample, columns left to right from noise to image."""
+    samples); one row per sample, columns left to right from noise to image. Returns the figure."""
     k, n = frames.shape[:2]
     rows = frames.transpose(0, 1).reshape(n * k, *frames.shape[2:])  # (N*K, 1, H, W), row-major per sample
     grid = tile(rows.clamp(0, 1), nrow=k, pad_value=1.0)
@@ -76,4 +87,4 @@ def trajectory_figure(frames: torch.Tensor, labels: list[str], path: str | Path,
     ax.xaxis.tick_top()
     ax.set_yticks([])
     ax.set_title("denoising trajectory: one row per sample, from noise (left) to image (right)", fontsize=9, pad=20)
-    save_figure(fig, path)
+    return fig

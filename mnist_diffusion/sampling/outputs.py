@@ -13,6 +13,7 @@ from torch import nn
 
 from ..config import SamplingConfig
 from ..diffusion import x0_to_unit
+from ..diffusion.samplers import StepCallback
 from ..errors import UserError
 from ..io import save_tensors
 from ..pictures.figures import trajectory_figure
@@ -48,16 +49,7 @@ def sample_to_files(
     settings = resolve_for(run, sampling)
     frames: list[torch.Tensor] = []
     frame_labels: list[str] = []
-    callback = None
-    if trajectory is not None:
-        total = settings.evaluations(run.schedule.num_timesteps)
-        keep = {round(i * (total - 1) / (TRAJECTORY_FRAMES - 1)) for i in range(TRAJECTORY_FRAMES)}
-
-        def callback(i, t, x, x0):  # called for the first batch only
-            if i in keep:
-                frames.append(x0_to_unit(x[:TRAJECTORY_ROWS]).cpu())
-                frame_labels.append(f"step {i + 1}\nt={t}")
-
+    callback = _trajectory_recorder(run, settings, frames, frame_labels) if trajectory is not None else None
     images = generate(run, n, settings, labels=labels, progress=progress, callback=callback)
     save_grid(images, output, nrow=nrow, scale=scale)
     if save_tensor is not None:
@@ -66,6 +58,35 @@ def sample_to_files(
     if trajectory is not None:
         trajectory_figure(torch.stack(frames), frame_labels, trajectory)
     return images
+
+
+def _trajectory_recorder(run: LoadedRun, settings: SamplingConfig, frames: list[torch.Tensor],
+                         frame_labels: list[str]) -> StepCallback:  # fmt: skip
+    """A sampler callback that appends TRAJECTORY_FRAMES moments, evenly spaced over the steps, of
+    the first TRAJECTORY_ROWS samples to ``frames`` (each [rows x 1 x 28 x 28] in [0, 1]) and their
+    captions to ``frame_labels``."""
+    total = settings.evaluations(run.schedule.num_timesteps)
+    keep = {round(i * (total - 1) / (TRAJECTORY_FRAMES - 1)) for i in range(TRAJECTORY_FRAMES)}
+
+    def callback(i, t, x, x0):  # called for the first batch only
+        if i in keep:
+            frames.append(x0_to_unit(x[:TRAJECTORY_ROWS]).cpu())
+            frame_labels.append(f"step {i + 1}\nt={t}")
+
+    return callback
+
+
+def trajectory(run: LoadedRun, sampling: SamplingConfig = SamplingConfig()) -> tuple[torch.Tensor, list[str]]:
+    """The denoising trajectory of TRAJECTORY_ROWS samples (for a conditional run, the digits 0, 1,
+    2, ...): frames [K x N x 1 x 28 x 28] in [0, 1] and a caption per moment, for
+    :func:`~mnist_diffusion.pictures.figures.trajectory_plot`."""
+    settings = resolve_for(run, sampling)
+    frames: list[torch.Tensor] = []
+    frame_labels: list[str] = []
+    labels = parse_labels(None, None, TRAJECTORY_ROWS, run.conditional)
+    generate(run, TRAJECTORY_ROWS, settings, labels=labels, callback=_trajectory_recorder(run, settings, frames,
+                                                                                          frame_labels))  # fmt: skip
+    return torch.stack(frames), frame_labels
 
 
 def end_of_run_grid(n: int | None = None) -> Callable[[Path, nn.Module, bool], None]:
