@@ -86,7 +86,8 @@ class Monitor(Protocol):
     run with monitors trains the same weights as one without."""
 
     def after_step(self, trainer: Trainer, step: int) -> dict[str, float] | None:
-        """Figures to log for this step (a metrics.jsonl line, and the progress bar), or None."""
+        """Figures to log for this step (a metrics.jsonl line; the first is also shown in the
+        progress bar), or None."""
 
     def close(self) -> None:
         """The run stopped (finished, interrupted or failed)."""
@@ -453,12 +454,13 @@ class Trainer:
         return self.make_batch(self._order[1], pos, step)
 
     def _log_extra(self, step: int, record: dict[str, float] | None, bar) -> None:
-        """A monitor's figures of ``step``: a metrics.jsonl line, and the progress bar's postfix."""
+        """A monitor's figures of ``step``: a metrics.jsonl line, and its first in the progress bar."""
         if not record:
             return
         if self.info.is_main:
             append_metrics(self.run_dir, {"step": step, **record})
-        self._shown.update({k: f"{v:.4g}" for k, v in record.items()})
+        name, value = next(iter(record.items()))  # the headline (FID), not its cost
+        self._shown[name] = f"{value:.4g}"
         bar.set_postfix(self._shown)
 
     def _log(self, step: int, window: _Window, images_per_step: int, bar) -> float:
