@@ -12,6 +12,7 @@ The package in layers; a module imports only from the layers above its own:
 - ``runs``: run folders, checkpoints, the run loader.
 - ``training``, ``sampling``: the training loop and its resume rules; samples from a run.
 - ``evaluation``: metrics, the feature net, scoring.
+- ``monitors``: watchers of a training run (sample grids and FID every N steps, TensorBoard).
 - ``cli``: the Typer app, thin commands over the functions above.
 """
 

@@ -1,0 +1,124 @@
+"""`train --sample-every` and `train --eval-every`: the EMA weights sampled (and scored) while the
+run trains, from a fixed seed, so the grids and FIDs of two steps differ only by the weights.
+
+Both are :class:`~mnist_diffusion.training.trainer.Monitor`\\ s and leave training exactly as it
+was: they sample with their own ``torch.Generator``, put the EMA network in eval mode and back,
+and restore the global random states, so a run trains the same weights, bit for bit, with them
+or without them. Only rank 0 samples under torchrun. They sample without autoguidance (the guide
+does not exist for the first 20% of training), with the run's label or cluster guidance: a FID
+logged here is comparable with another FID logged here, not with `mnistdiff eval`'s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from ..config import EVAL_SAMPLES, SamplingConfig
+from ..data.clusters import load_clusters
+from ..evaluation.scoring import feature_net, fid_of, real_reference
+from ..pictures.grids import save_grid
+from ..runs.loader import LoadedRun
+from ..runs.store import PROGRESS, progress_grid
+from ..sampling.generate import generate
+from ..training.trainer import Trainer
+
+GRID_SAMPLES = 16  # samples in a progress grid, 4 x 4
+GRID_ROW = 4
+
+
+@contextlib.contextmanager
+def untouched(trainer: Trainer):
+    """The EMA network in eval mode for the block, then back in its mode, and the global random
+    states (the CPU's, and the GPU's) as they were before it."""
+    net = trainer.ema.module
+    was_training = net.training
+    devices = [trainer.device] if trainer.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        net.eval()
+        try:
+            yield
+        finally:
+            net.train(was_training)
+
+
+class _Sampler:
+    """Draws n samples of a training run's EMA weights with the default sampler, from ``seed``."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed = n, seed
+        self._counts: torch.Tensor | None = None  # a clustered run's cluster sizes [K], read once
+
+    def draw(self, trainer: Trainer) -> torch.Tensor:
+        """[n x 1 x 28 x 28] in [0, 1] on the CPU; a conditional run's labels are i % 10."""
+        cfg = trainer.cfg
+        if cfg.train.clusters and self._counts is None:
+            self._counts = load_clusters(trainer.run_dir, cfg.train.clusters)[1]
+        run = LoadedRun(trainer.run_dir, cfg, trainer.ema.module, trainer.schedule, None, self._counts)
+        labels = torch.arange(self.n) % 10 if run.conditional else None
+        settings = SamplingConfig(seed=self.seed, precision=cfg.train.precision)
+        with untouched(trainer):
+            return generate(run, self.n, settings, labels=labels)
+
+
+class SampleMonitor:
+    """`train --sample-every N`: after every N-th step, a grid of GRID_SAMPLES samples into
+    ``progress/samples-SSSSSSSS.png`` (S the step), the same seed every time."""
+
+    def __init__(self, every: int, *, n: int = GRID_SAMPLES, seed: int = 0):
+        self.every = every
+        self.sampler = _Sampler(n, seed)
+        self.last: tuple[int, torch.Tensor] | None = None  # (step, images) of the newest grid
+
+    def after_step(self, trainer: Trainer, step: int) -> None:
+        if step % self.every or not trainer.info.is_main:
+            return None
+        images = self.sampler.draw(trainer)
+        folder = trainer.run_dir / PROGRESS
+        folder.mkdir(exist_ok=True)
+        save_grid(images, folder / progress_grid(step), nrow=GRID_ROW)
+        self.last = (step, images)
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+class FidMonitor:
+    """`train --eval-every N`: after every N-th step, the FID of ``n`` samples (the same seed every
+    time) against the MNIST test set in the shipped feature net's space (``scoring.fid_of``: eval's
+    feature net and reference features, loaded once), logged with its cost:
+    ``{"fid", "fid_n", "fid_seconds", "fid_images_per_sec"}`` (sampling and scoring), and on the
+    first call ``fid_setup_seconds``, the one-time load of the test set's features."""
+
+    def __init__(self, every: int, data_dir: str | os.PathLike, *, n: int = EVAL_SAMPLES, seed: int = 0):
+        self.every, self.data_dir = every, Path(data_dir)
+        self.sampler = _Sampler(n, seed)
+        self._ready = False
+
+    def after_step(self, trainer: Trainer, step: int) -> dict[str, float] | None:
+        if step % self.every or not trainer.info.is_main:
+            return None
+        setup = None
+        if not self._ready:  # the reference features, loaded once per process
+            start = time.perf_counter()
+            with untouched(trainer):
+                real_reference(self.data_dir, feature_net(trainer.device)[0])
+            self._ready, setup = True, time.perf_counter() - start
+        start = time.perf_counter()
+        images = self.sampler.draw(trainer)
+        with untouched(trainer):
+            fid = fid_of(images, data_dir=self.data_dir, device=trainer.device)
+        seconds = time.perf_counter() - start
+        record = {"fid": fid, "fid_n": self.sampler.n, "fid_seconds": round(seconds, 3),
+                  "fid_images_per_sec": round(self.sampler.n / seconds, 1)}  # fmt: skip
+        if setup is not None:
+            record["fid_setup_seconds"] = round(setup, 3)
+        return record
+
+    def close(self) -> None:
+        pass
