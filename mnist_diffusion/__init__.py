@@ -13,6 +13,7 @@ The package in layers; a module imports only from the layers above its own:
 - ``training``, ``sampling``: the training loop and its resume rules; samples from a run.
 - ``evaluation``: metrics, the feature net, scoring.
 - ``monitors``: watchers of a training run (sample grids and FID every N steps, TensorBoard).
+- ``report``: report.html of a run and index.html of all runs, self-contained pages.
 - ``cli``: the Typer app, thin commands over the functions above.
 """
 

@@ -40,11 +40,20 @@ def visualize_forward(
 
 @app.command()
 @user_errors
-def runs(artifacts_dir: ArtifactsDir = DEFAULT_ARTIFACTS_DIR):
+def runs(
+    artifacts_dir: ArtifactsDir = DEFAULT_ARTIFACTS_DIR,
+    html: Annotated[bool, typer.Option("--html", help=(
+        "Also write index.html into the artifacts folder: a row per run with a thumbnail of its samples and a link "
+        "to its report, sortable by any column."))] = False,
+):  # fmt: skip
     """List the runs in the artifacts folder."""
     from ..runs.summary import summarize_runs
     from .tables import runs_table
 
+    if html:
+        from ..report.index import write_index
+
+        console.print(f"wrote {write_index(artifacts_dir)}", highlight=False, markup=False, soft_wrap=True)
     summaries = summarize_runs(artifacts_dir)
     if not summaries:
         console.print(f"No runs in {artifacts_dir} yet: start one with `mnistdiff train`.", markup=False)

@@ -3,6 +3,7 @@ turned into a checkpoint."""
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from pathlib import Path
@@ -118,6 +119,7 @@ def train(
         say(f"Interrupted at step {result.step}: checkpoint saved in {result.run_dir}. "
             f"Continue with: mnistdiff train --resume {result.run_dir.name}{where}")  # fmt: skip
         raise typer.Exit(130)
+    _write_report(result.run_dir)
     console.print(str(result.run_dir), soft_wrap=True, highlight=False, markup=False)
 
 
@@ -133,6 +135,19 @@ def _monitors(sample_every: int, eval_every: int, eval_samples: int, tensorboard
 
         monitors.append(TensorBoardMonitor(grids))
     return monitors
+
+
+def _write_report(run_dir: Path) -> None:
+    """report.html of the finished run (rank 0 only): a failure is one warning line, never a failed run."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    from ..report.run_report import write_report
+
+    try:
+        say(f"report: {write_report(run_dir)}")
+    except Exception as e:  # the run is trained and saved: its report is not worth failing it
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        say(f"warning: the run is saved, but its report could not be written: {reason}")
 
 
 def _with_ctrl_c(run):

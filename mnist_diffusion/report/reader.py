@@ -1,0 +1,119 @@
+"""A run folder as the report reads it: every file read leniently, and what is missing or cannot
+be read noted in one line each, so a damaged run still gets a report that says so."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..config import RunConfig
+from ..errors import UserError
+from ..evaluation.scoring import EVAL_FILE
+from ..runs.store import CHECKPOINT_META, CONFIG, METRICS, PROGRESS, RUN_INFO, load_config, read_metrics
+from ..runs.summary import RunSummary, summarize_run
+from .charts import number
+from .html import png_size
+
+SAMPLES = "samples.png"  # the end-of-run grid (sampling/outputs.py)
+
+
+class RunFiles:
+    """The files of one run folder, read once: ``None`` for each that is missing or unreadable,
+    with the reason in ``problems``."""
+
+    def __init__(self, run_dir: Path):
+        self.dir = run_dir
+        self.problems: list[str] = []
+        self.summary: RunSummary = summarize_run(run_dir)
+        self.info = self.json(RUN_INFO)
+        self.cfg = self._config()
+        self.checkpoint = self.json(CHECKPOINT_META)
+        self.eval = self.json(EVAL_FILE, optional=True)
+        self.records = self._metrics()
+
+    def note(self, problem: str) -> None:
+        self.problems.append(problem.replace(f"{self.dir}{os.sep}", ""))  # the report names the run already
+
+    def json(self, name: str, *, optional: bool = False) -> dict[str, Any] | None:
+        """The JSON object in the file ``name``; None (and a note, unless ``optional`` and absent)
+        if it is missing, unreadable, not JSON or not an object."""
+        try:
+            data = json.loads((self.dir / name).read_bytes())
+        except FileNotFoundError:
+            if not optional:
+                self.note(f"{name} is missing")
+            return None
+        except OSError as e:
+            self.note(f"{name} cannot be read ({e.strerror or e})")
+            return None
+        except (ValueError, RecursionError) as e:
+            self.note(f"{name} is not valid JSON ({e})")
+            return None
+        if not isinstance(data, dict):
+            self.note(f"{name} holds {type(data).__name__}, not a JSON object")
+            return None
+        return data
+
+    def png(self, path: Path, *, optional: bool = False) -> bytes | None:
+        """The bytes of a PNG that decodes; None (and a note, unless ``optional`` and absent) else."""
+        name = path.relative_to(self.dir).as_posix()
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            if not optional:
+                self.note(f"{name} is missing")
+            return None
+        except OSError as e:
+            self.note(f"{name} cannot be read ({e.strerror or e})")
+            return None
+        if png_size(data) is None:
+            self.note(f"{name} is not a readable PNG image")
+            return None
+        return data
+
+    def _config(self) -> RunConfig | None:
+        if not (self.dir / CONFIG).exists():
+            self.note(f"{CONFIG} is missing")
+            return None
+        try:
+            return load_config(self.dir)
+        except UserError as e:
+            self.note(str(e))
+            return None
+
+    def _metrics(self) -> list[dict[str, Any]]:
+        path = self.dir / METRICS
+        if not path.is_file():
+            self.note(f"{METRICS} is missing")
+            return []
+        records = read_metrics(self.dir)
+        try:
+            lines = sum(1 for line in path.read_text(errors="replace").splitlines() if line.strip())
+        except OSError as e:
+            self.note(f"{METRICS} cannot be read ({e.strerror or e})")
+            return []
+        if lines > len(records):
+            self.note(f"{METRICS}: {lines - len(records)} of its {lines} lines are not JSON objects (skipped)")
+        return records
+
+    def meta(self, key: str) -> float | None:
+        """A number of checkpoint.json, or None."""
+        return number(self.checkpoint.get(key)) if self.checkpoint else None
+
+    @property
+    def total_steps(self) -> int | None:
+        """The steps the run's epochs plan (the learning rate follows them), from checkpoint.json."""
+        per_epoch = self.meta("steps_per_epoch")
+        return int(per_epoch) * self.cfg.train.epochs if per_epoch and self.cfg else None
+
+    def progress_grids(self) -> list[tuple[int, Path]]:
+        """(step, path) of every grid in ``progress/`` (train --sample-every), by step."""
+        folder = self.dir / PROGRESS
+        found = []
+        for path in sorted(folder.glob("samples-*.png")) if folder.is_dir() else []:
+            step = path.stem.removeprefix("samples-")
+            if step.isdigit():
+                found.append((int(step), path))
+        return sorted(found)

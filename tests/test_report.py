@@ -1,0 +1,147 @@
+"""`mnistdiff report` and `mnistdiff runs --html`: every section, every embedded string escaped,
+the same bytes when written twice, and damaged runs reported for what they lack."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from mnist_diffusion.cli import app
+from mnist_diffusion.report.run_report import SECTIONS, run_report
+from mnist_diffusion.runs.store import verify_manifest
+
+runner = CliRunner()
+HOSTILE = "<script>alert('x')</script>"
+
+
+@pytest.fixture
+def artifacts(tiny_run, tmp_path):
+    """A copy of the shared tiny run's artifacts folder: (artifacts, run folder)."""
+    copy = tmp_path / "artifacts"
+    shutil.copytree(tiny_run[0], copy)
+    return copy, copy / "runs" / tiny_run[1].name
+
+
+def report(run_dir, artifacts) -> str:
+    result = runner.invoke(app, ["report", "--run", str(run_dir), "--artifacts-dir", str(artifacts)])
+    assert result.exit_code == 0, result.output
+    return (run_dir / "report.html").read_text()
+
+
+def fetches(page: str) -> list[str]:
+    """Every URL the page would fetch or link to outside itself (data: URIs and anchors aside)."""
+    urls = re.findall(r'(?:src|href)="([^"]*)"', page) + re.findall(r"url\(([^)]*)\)", page)
+    return [u for u in urls if not u.startswith(("data:image/png;base64,", "#"))]
+
+
+def test_train_writes_the_report_and_it_holds_every_section(artifacts):
+    artifacts, run_dir = artifacts
+    page = (run_dir / "report.html").read_text()  # written by `train` at the end of the run
+    for anchor, heading, _ in SECTIONS:
+        assert f'<section id="{anchor}"><h2>{heading}</h2>' in page
+    command = json.loads((run_dir / "run.json").read_text())["command"]  # under pytest, pytest's command line
+    for text in (f"<pre><code>{html.escape(command)}</code></pre>", "model.channel_mult", 'class="diff"',
+                 "CPU bf16 units", "torch threads", "samples.png: drawn at the end", "denoising trajectory",
+                 "40 k-means clusters", "Not evaluated yet", "model.safetensors", "No samples taken during training"):
+        assert text in page, text
+    assert page.count("data:image/png;base64,") == 3  # the curves, samples.png, the trajectory
+    assert fetches(page) == [] and "<script" not in page
+    assert set(verify_manifest(run_dir).values()) == {"ok"}  # the report is no file of the manifest
+
+
+def test_the_report_is_the_same_bytes_when_written_twice(artifacts):
+    artifacts, run_dir = artifacts
+    first = report(run_dir, artifacts)
+    assert report(run_dir, artifacts) == first
+    assert first == (run_dir / "report.html").read_text()
+
+
+def test_every_string_from_the_run_is_escaped(artifacts, data_dir):
+    artifacts, run_dir = artifacts
+    result = runner.invoke(app, ["eval", "--run", str(run_dir), "-n", "10", "--steps", "2", "--data-dir",
+                                 str(data_dir), "--artifacts-dir", str(artifacts)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    info = json.loads((run_dir / "run.json").read_text())
+    info.update(command=f"mnistdiff train {HOSTILE}", created=HOSTILE, parent={"run": HOSTILE, "step": HOSTILE})
+    (run_dir / "run.json").write_text(json.dumps(info))
+    config = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**config, "preset": HOSTILE}))  # printable: a valid config
+    scores = json.loads((run_dir / "eval.json").read_text())
+    scores["sampling"][HOSTILE] = HOSTILE
+    scores.update(date=HOSTILE, device=HOSTILE)
+    (run_dir / "eval.json").write_text(json.dumps(scores))
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 5, "loss": HOSTILE, "fid": HOSTILE}) + "\n" + HOSTILE + "\n")
+    hostile_dir = run_dir.rename(run_dir.parent / f"00009-{HOSTILE.replace('/', '|')}")
+    page = report(hostile_dir, artifacts)
+    assert "<script" not in page and "'x'" not in page
+    assert page.count("&lt;script&gt;alert(&#x27;x&#x27;)&lt;") >= 8  # each one shown as text
+    assert fetches(page) == [f"../{HOSTILE}/report.html".replace("<", "&lt;").replace(">", "&gt;")
+                             .replace("'", "&#x27;")]  # the parent's link, escaped  # fmt: skip
+    assert "FID (lower is better)" in page and "class histogram" in page
+
+
+def test_a_damaged_run_gets_a_report_that_says_what_is_missing(artifacts):
+    artifacts, run_dir = artifacts
+    for name in ("samples.png", "model.safetensors"):
+        (run_dir / name).unlink()
+    (run_dir / "eval.json").write_text("{not json")
+    (run_dir / "clusters.safetensors").write_bytes(b"garbage")
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write('{"step": 9, "loss": 0.1\n')  # cut short by a crash
+    page = report(run_dir, artifacts)
+    start = page.index('class="problems"')
+    problems = page[start : page.index("</div>", start)]
+    for text in ("samples.png: listed in the manifest, but missing", "model.safetensors: listed in the manifest",
+                 "eval.json is not valid JSON", "metrics.jsonl: 1 of its 3 lines are not JSON objects",
+                 "clusters.safetensors: changed since the manifest", "clusters.safetensors is"):  # fmt: skip
+        assert text in problems, text
+    assert "No trajectory: run" in page and "has no model.safetensors yet" in page
+
+    (run_dir / "config.json").write_text('{"preset": "default", "model": ')
+    for name in ("run.json", "checkpoint.json", "metrics.jsonl", "manifest.json"):
+        (run_dir / name).unlink()
+    page = report(run_dir, artifacts)
+    for text in ("config.json is not valid JSON", "run.json is missing", "checkpoint.json is missing",
+                 "metrics.jsonl is missing", "manifest.json cannot be read", "The config cannot be shown",
+                 "No training figures"):  # fmt: skip
+        assert text in page, text
+
+
+def test_report_of_an_unknown_run_is_one_line(artifacts):
+    artifacts, _ = artifacts
+    result = runner.invoke(app, ["report", "--run", "nope", "--artifacts-dir", str(artifacts)])
+    assert result.exit_code == 1 and result.output.startswith("Error: unknown run 'nope'")
+
+
+def test_runs_html_lists_every_run_unreadable_ones_too(artifacts):
+    artifacts, run_dir = artifacts
+    broken = run_dir.parent / "00007-broken"
+    broken.mkdir()
+    (broken / "config.json").write_text(f'{{"preset": "{HOSTILE}"')
+    result = runner.invoke(app, ["runs", "--html", "--artifacts-dir", str(artifacts)])
+    assert result.exit_code == 0, result.output
+    page = (artifacts / "index.html").read_text()
+    rows = re.findall(r'<tr data-run="([^"]+)">', page)
+    assert rows == [run_dir.name, "00007-broken"]
+    assert f'href="runs/{run_dir.name}/report.html"' in page
+    assert "no report yet: mnistdiff report --run 00007-broken" in page
+    assert "unreadable" in page and "config.json is not valid JSON" in page
+    assert page.count("<script") == 1 and HOSTILE not in page  # the sort script, nothing from the runs
+    assert fetches(page) == [f"runs/{run_dir.name}/report.html"]
+    assert page.count("data:image/png;base64,") == 1  # the one thumbnail: the broken run has no samples
+
+
+def test_runs_html_in_a_missing_folder_is_one_line(tmp_path):
+    result = runner.invoke(app, ["runs", "--html", "--artifacts-dir", str(tmp_path / "none")])
+    assert result.exit_code == 1 and result.output.startswith("Error: no artifacts folder")
+
+
+def test_run_report_names_the_run(artifacts):
+    _, run_dir = artifacts
+    assert f"<h1>{run_dir.name}</h1>" in run_report(run_dir)
