@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +22,8 @@ from mnist_diffusion.monitors.progress import FidMonitor, SampleMonitor
 from mnist_diffusion.runs.store import append_metrics, read_metrics, resolve_run
 from mnist_diffusion.training.plan import plan_resume
 from mnist_diffusion.training.trainer import Trainer, train
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(cfg, artifacts, data_dir, *, resume=None, **kw):
@@ -125,3 +130,15 @@ def test_tensorboard_gets_every_figure_and_the_grids(tmp_path, data_dir):
     assert [e.step for e in events.Scalars("fid")] == [4] and [e.step for e in events.Scalars("loss")] == [4]
     assert [e.step for e in events.Images("samples")] == [2, 4]
     assert json.loads((result.run_dir / "checkpoint.json").read_text())["step"] == 4
+
+
+def test_bench_monitors_prices_both_monitors(tmp_path, data_dir):
+    out = tmp_path / "monitors.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_monitors.py"), "--device", "cpu", "--data-dir",
+           str(data_dir), "--steps", "1", "--calls", "1", "--eval-samples", "10", "--out", str(out)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)  # a hang guard
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())["result"]
+    assert result["step_ms"] > 0 and result["grid"]["every"] == 500 and result["fid"]["calls_per_run"] == 0
+    assert "| progress grid (16 samples) |" in out.with_suffix(".md").read_text()

@@ -145,3 +145,22 @@ def test_runs_html_in_a_missing_folder_is_one_line(tmp_path):
 def test_run_report_names_the_run(artifacts):
     _, run_dir = artifacts
     assert f"<h1>{run_dir.name}</h1>" in run_report(run_dir)
+
+
+def test_a_report_that_cannot_be_written_is_a_warning_not_a_failed_training(tmp_path, data_dir, monkeypatch):
+    from conftest import TINY_FLAGS
+
+    from mnist_diffusion.report import run_report as module
+
+    def fail(run_dir):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(module, "write_report", fail)
+    result = runner.invoke(app, ["train", *TINY_FLAGS, "--max-steps", "2", "--data-dir", str(data_dir),
+                                 "--artifacts-dir", str(tmp_path)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert (run_dir / "model.safetensors").is_file() and not (run_dir / "report.html").exists()
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: the run is saved, but its report could not be written: [Errno 28] No space left "
+                        "on device"]  # fmt: skip
