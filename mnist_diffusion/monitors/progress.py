@@ -1,7 +1,7 @@
 """`train --sample-every` and `train --eval-every`: the EMA weights sampled (and scored) while the
 run trains, from a fixed seed, so the grids and FIDs of two steps differ only by the weights.
 
-Both are :class:`~mnist_diffusion.training.trainer.Monitor`\\ s and leave training exactly as it
+Both are the trainer's ``Monitor`` (training/trainer.py) and leave training exactly as it
 was: they sample with their own ``torch.Generator``, put the EMA network in eval mode and back,
 and restore the global random states, so a run trains the same weights, bit for bit, with them
 or without them. Only rank 0 samples under torchrun. They sample without autoguidance (the guide
