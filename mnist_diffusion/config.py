@@ -23,7 +23,7 @@ ScheduleName = Literal["linear", "cosine", "sigmoid"]
 Prediction = Literal["eps", "v"]
 LossWeighting = Literal["none", "min-snr"]
 LRSchedule = Literal["constant", "cosine"]
-Precision = Literal["auto", "fp32", "bf16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 INT_LIMIT = 2**63  # every integer of a config fits in 64 bits (torch seeds and sizes)
 DEFAULT_DATA_DIR = Path("data")  # where MNIST lives: data/MNIST/raw/*-ubyte, as torchvision lays it out
@@ -68,7 +68,7 @@ class TrainConfig:
     clusters: int = 0  # unconditional: learn this many k-means clusters of the pixels as labels (data/clusters.py)
     seed: int = 0  # seeds weights, batch order and noise
     max_steps: int = 0  # stop after this many optimizer steps in total (0: no limit)
-    precision: Precision = "auto"  # the network in bf16 autocast ("auto": where the chip has bf16 units) or fp32
+    precision: Precision = "auto"  # the network's autocast: "auto" (bf16 where native, else fp32), fp32, bf16, fp16
 
 
 @dataclass(frozen=True)
@@ -327,7 +327,7 @@ class SamplingConfig:
     eta: float = 0.0  # DDIM's noise: 0 deterministic, 1 like DDPM
     seed: int = 0  # seeds the noise (and a clustered run's clusters): same seed and settings, same images
     guidance: Guidance = field(default_factory=Guidance)  # the guidance scales
-    precision: Precision = "auto"  # the network in bf16 autocast where the chip has bf16 units, or fp32 / bf16
+    precision: Precision = "auto"  # as TrainConfig.precision (runtime.autocast_dtype)
     batch_size: int = 500  # samples per network call
 
     DEFAULT_SPACING: ClassVar[float] = 0.4  # from the spacing sweep in docs/RESULTS.md

@@ -19,7 +19,6 @@ from mnist_diffusion.errors import UserError
 from mnist_diffusion.io import sha256_file
 from mnist_diffusion.runs.checkpoint import flatten_optimizer
 from mnist_diffusion.runs.store import resolve_run
-from mnist_diffusion.runtime import native_bf16, use_bf16
 from mnist_diffusion.sampling.outputs import end_of_run_grid
 from mnist_diffusion.training import trainer as train_module
 from mnist_diffusion.training.plan import plan_resume
@@ -255,19 +254,28 @@ def test_guide_is_the_ema_at_guide_at_and_survives_resume(tmp_path, data_dir):
     assert not (off / "guide.safetensors").exists()
 
 
-def test_precision_flag_picks_the_arithmetic(tmp_path, data_dir, monkeypatch):
-    cpu = torch.device("cpu")
-    assert use_bf16("bf16", cpu) and not use_bf16("fp32", cpu)
-    assert use_bf16("auto", cpu) == native_bf16(cpu)
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    assert not native_bf16(cpu) and not use_bf16("auto", cpu)  # a laptop CPU without bf16 units: fp32
-    with pytest.raises(UserError, match="--precision"):
-        use_bf16("fp16", cpu)
-    monkeypatch.undo()
+def test_precision_flag_picks_the_arithmetic(tmp_path, data_dir):
+    # which device gets which precision: tests/test_runtime.py; here, that the trainer follows it
     runs = {p: run(tiny_config(max_steps=3, precision=p), tmp_path / p, data_dir).run_dir for p in ("fp32", "bf16")}
     a, b = weights(runs["fp32"]), weights(runs["bf16"])
     assert any(not torch.equal(a[k], b[k]) for k in a)  # bf16 autocast is not fp32
+
+
+def test_fp16_scales_the_loss_and_resumes_exactly(tmp_path, data_dir, monkeypatch):
+    # fp16 is for CUDA; the same code path runs on the CPU when the precision check lets it
+    monkeypatch.setattr(train_module, "autocast_dtype", lambda precision, device: torch.float16)
+    straight = run(tiny_config(max_steps=6, precision="fp16"), tmp_path / "a", data_dir).run_dir
+    meta = json.loads((straight / "checkpoint.json").read_text())
+    assert meta["grad_scaler"]["scale"] > 0  # the loss scaler's state is part of the checkpoint
+    stop = threading.Event()
+    half = run(tiny_config(max_steps=6, precision="fp16"), tmp_path / "b", data_dir, stop=stop,
+               on_step=lambda s: stop.set() if s == 3 else None)  # fmt: skip
+    resumed = run(None, tmp_path / "b", data_dir, resume=half.run_dir)
+    a, b = weights(straight), weights(resumed.run_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    monkeypatch.undo()
+    fp32 = weights(run(tiny_config(max_steps=6, precision="fp32"), tmp_path / "c", data_dir).run_dir)
+    assert any(not torch.equal(a[k], fp32[k]) for k in a)  # it did run in fp16
 
 
 def test_conditional_training_runs_and_samples_by_row(tmp_path, data_dir):

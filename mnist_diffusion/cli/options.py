@@ -20,7 +20,8 @@ ArtifactsDir = Annotated[Path, typer.Option("--artifacts-dir", help="Folder hold
 DataDir = Annotated[Path, typer.Option("--data-dir", help="Folder for MNIST (MNIST/raw/*-ubyte).")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")]
 RunArg = Annotated[Optional[str], typer.Option("--run", "-r", help="A run's folder or name (default: the latest run).")]
-PRECISION_HELP = "The network in auto (bf16 where the GPU or CPU has bf16 units, else fp32), fp32 or bf16."
+PRECISION_HELP = ("The network in auto (bf16 on CPUs with AVX512-BF16/AMX and NVIDIA GPUs from Ampere on, else "
+                  "fp32), fp32, bf16, or fp16 (CUDA).")
 
 _DEFAULTS = SamplingConfig()
 PANEL = "Sampling"  # the --help section of the sampling options

@@ -13,7 +13,7 @@ from ..diffusion.guidance import Denoiser
 from ..diffusion.samplers import StepCallback, sample
 from ..errors import UserError
 from ..runs.loader import LoadedRun
-from ..runtime import use_bf16
+from ..runtime import autocast_dtype
 
 
 def resolve_for(run: LoadedRun, sampling: SamplingConfig) -> SamplingConfig:
@@ -82,7 +82,7 @@ def generate(
         raise UserError(f"number of samples must be at least 1 (got {n})")
     settings = resolve_for(run, sampling)
     device = run.device
-    bf16 = use_bf16(settings.precision, device)
+    dtype = autocast_dtype(settings.precision, device)
     generator = torch.Generator(device=device).manual_seed(settings.seed)
     if run.clustered and labels is None:
         labels = draw_clusters(run.cluster_counts.to(device), n, generator)
@@ -91,7 +91,7 @@ def generate(
         b = min(settings.batch_size, n - start)
         batch_labels = labels[start : start + b].to(device) if labels is not None else None
         denoiser = Denoiser(run.model, run.schedule, run.cfg.diffusion.prediction, batch_labels, settings.guidance,
-                            guide=run.guide, bf16=bf16)  # fmt: skip
+                            guide=run.guide, autocast=dtype)  # fmt: skip
         x = sample(denoiser, (b, run.cfg.model.in_channels, 28, 28), settings, generator=generator, device=device,
                    progress=progress, callback=callback if start == 0 else None)  # fmt: skip
         out.append(x0_to_unit(x).cpu())

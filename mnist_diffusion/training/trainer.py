@@ -49,7 +49,7 @@ from ..runs.store import (
     weights_metadata,
     write_manifest,
 )
-from ..runtime import DistInfo, broadcast_object, init_distributed, setup_device, use_bf16
+from ..runtime import DistInfo, autocast, autocast_dtype, broadcast_object, init_distributed, setup_device
 from .plan import ResumePlan
 from .recipe import lr_at, make_ema, make_optimizer
 
@@ -250,9 +250,11 @@ class Trainer:
     def _build(self, compile: bool) -> None:
         """Precision, schedule, model, EMA, optimizer, and the on-device divergence watch."""
         cfg = self.cfg
-        self.bf16 = use_bf16(cfg.train.precision, self.device)
-        if self.bf16 and self.device.type == "cpu":
+        self.autocast = autocast_dtype(cfg.train.precision, self.device)
+        if self.autocast == torch.bfloat16 and self.device.type == "cpu":
             self.log("bf16 autocast: this CPU has bf16 units (--precision fp32 turns it off)")
+        # fp16 needs its loss scaled so small gradients survive; bf16 and fp32 do not (a no-op then).
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast == torch.float16)
         torch.manual_seed(cfg.train.seed)
         self.schedule = Schedule(cfg.diffusion, self.device)
         ab = self.schedule.final_alpha_bar
@@ -285,6 +287,8 @@ class Trainer:
             )
         restore(ckpt, model=self.model, ema=self.ema, opt=self.opt, device=self.device)
         self.ema.updates = ckpt.meta["ema_updates"]
+        if self.scaler.is_enabled() and isinstance(ckpt.meta.get("grad_scaler"), dict):
+            self.scaler.load_state_dict(ckpt.meta["grad_scaler"])
         self.log(f"resuming {resume.run_dir.name} from step {self.start_step}")
 
     # ---------------------------------------------------------------------------- one step
@@ -316,12 +320,12 @@ class Trainer:
         return loss
 
     def forward_backward(self, batch: Batch) -> torch.Tensor:
-        """The network's half of a step: zero the gradients, forward and loss (in bf16 autocast
-        where enabled), backward. Returns the loss, detached."""
+        """The network's half of a step: zero the gradients, forward and loss (under the
+        precision's autocast), backward (of the scaled loss in fp16). Returns the loss, detached."""
         self.opt.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+        with autocast(self.device, self.autocast):
             loss = diffusion_loss(self.net, self.schedule, self.cfg.diffusion, batch.x0, batch.t, batch.noise, batch.y)
-        loss.backward()
+        self.scaler.scale(loss).backward()
         return loss.detach()
 
     def update(self, step: int, loss: torch.Tensor) -> None:
@@ -329,17 +333,22 @@ class Trainer:
         step ``step``, gradient clipping, the divergence watch, AdamW and the EMA."""
         for group in self.opt.param_groups:
             group["lr"] = lr_at(step, self.cfg, self.total_steps)
+        self.scaler.unscale_(self.opt)  # fp16: the true gradients, for clipping and the watch
         clip = self.cfg.train.grad_clip or math.inf  # the norm is computed either way: the watch reads it
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         self.watch(loss, grad_norm)
-        self.opt.step()
+        self.scaler.step(self.opt)  # fp16: skips a step whose gradients overflowed, and lowers the scale
+        self.scaler.update()
         self.ema.update_parameters(self.model)
         self.ema.updates += 1
 
     def watch(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
-        """Remember, on the device, the first step whose loss or gradient norm is not finite."""
+        """Remember, on the device, the first step whose loss or gradient norm is not finite (in
+        fp16 an overflowing gradient is the loss scaler's business: it skips that step)."""
         self._step_number += 1
-        bad = ~(torch.isfinite(loss) & torch.isfinite(grad_norm))
+        bad = ~torch.isfinite(loss)
+        if not self.scaler.is_enabled():
+            bad |= ~torch.isfinite(grad_norm)
         self._first_bad = torch.where(bad & (self._first_bad < 0), self._step_number, self._first_bad)
 
     def check_finite(self, step: int, *, state: bool = False) -> None:
@@ -392,6 +401,8 @@ class Trainer:
             "world_size": self.info.world_size,
             "train_seconds": seconds,
         }
+        if self.scaler.is_enabled():
+            meta["grad_scaler"] = self.scaler.state_dict()
         save_checkpoint(self.run_dir, self.cfg, model=self.model, ema=self.ema, opt=self.opt, meta=meta,
                         device=self.device)  # fmt: skip
         write_manifest(self.run_dir)
