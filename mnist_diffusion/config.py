@@ -67,6 +67,7 @@ class TrainConfig:
     guide_at: float = 0.2  # unconditional: keep the EMA weights at this share of training as the autoguidance guide
     clusters: int = 0  # unconditional: learn this many k-means clusters of the pixels as labels (data/clusters.py)
     seed: int = 0  # seeds weights, batch order and noise
+    steps: int = 0  # the plan: optimizer steps in all (0: epochs x steps per epoch); the lr and guide follow it
     max_steps: int = 0  # stop after this many optimizer steps in total (0: no limit)
     precision: Precision = "auto"  # the network's autocast: "auto" (bf16 where native, else fp32), fp32, bf16, fp16
 
@@ -175,6 +176,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         (0.0 <= t.ema_decay < 1.0, "EMA decay must be in [0, 1)"),
         (0.0 <= t.label_dropout < 1.0, "label dropout must be in [0, 1)"),
         (0.0 <= t.guide_at < 1.0, "guide_at must be in [0, 1)"),
+        (t.steps >= 0, "steps must not be negative"),
         (t.max_steps >= 0, "max steps must not be negative"),
         (t.seed >= 0, "seed must not be negative"),
     ]

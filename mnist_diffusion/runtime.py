@@ -1,10 +1,18 @@
-"""Where the work runs: device choice, CPU threads, and torch.distributed set-up."""
+"""Where the work runs: the device and what it is (model, vector units, measured matrix rate),
+the precision it computes in, CPU threads, the memory allocator, and torch.distributed set-up."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import os
-from dataclasses import dataclass
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Literal, get_args
 
 import torch
@@ -141,9 +149,134 @@ def broadcast_object(obj, info: DistInfo):
 
 def setup_device(name: str = "auto", info: DistInfo | None = None) -> torch.device:
     """The device for ``--device`` (under torchrun, this rank's GPU), and on the CPU the thread
-    count: the one set-up every command does before its work."""
+    count and the memory allocator: the one set-up every command does before its work."""
     info = info or DistInfo()
     device = pick_device(name, info.local_rank)
     if device.type == "cpu":
         configure_cpu_threads(info.world_size)
+        tune_allocator()
     return device
+
+
+# glibc's mallopt parameters (malloc.h) and the values mnistdiff sets: keep freed memory in the
+# process instead of handing it back to the system after every operation, and serve the network's
+# activation buffers from the heap rather than fresh mmap'ed pages, which are zero-filled and
+# page-faulted in again at every use (docs/RESULTS.md: the allocator's effect on sampling and training).
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+ALLOCATOR_SETTINGS = {M_TRIM_THRESHOLD: 2**30, M_TOP_PAD: 2**29, M_MMAP_THRESHOLD: 2**25}
+
+
+@functools.cache
+def tune_allocator() -> bool:
+    """Set glibc malloc's trim threshold, top pad and mmap threshold (:data:`ALLOCATOR_SETTINGS`)
+    through ``mallopt``, once per process, unless the user set MALLOC_* variables of their own.
+    Returns whether it did: elsewhere (macOS, Windows, musl) it is a no-op."""
+    if not sys.platform.startswith("linux") or any(k.startswith("MALLOC_") for k in os.environ):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return all(mallopt(param, value) == 1 for param, value in ALLOCATOR_SETTINGS.items())
+
+
+# --------------------------------------------------------------------------------------- the machine
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What a run runs on, as `train`'s first line and the benchmarks report it."""
+
+    device: str  # cpu, cuda or mps
+    cpu: str  # the CPU's model name
+    vector_units: tuple[str, ...]  # of AVX2, AVX-512, AVX512-BF16, AMX (x86), NEON (Arm)
+    bf16_units: bool  # the CPU computes bf16 natively (AVX512-BF16 or AMX)
+    cores: int  # CPU cores this process may run on
+    threads: int  # torch's CPU threads
+    gpu: str | None  # the GPU's name and memory, if the device is one
+    capability: str | None  # CUDA compute capability, such as "9.0"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        """ "AMD EPYC (2 cores, 2 threads; AVX2; no bf16 units)", or the GPU's description."""
+        units = ", ".join(self.vector_units) or "no AVX"
+        cpu = f"{self.cpu} ({self.cores} cores, {self.threads} threads; {units}; " + (
+            "bf16 units)" if self.bf16_units else "no bf16 units)")
+        return f"{self.gpu} (compute capability {self.capability}); CPU {cpu}" if self.gpu else cpu
+
+
+def describe_machine(device: torch.device) -> Machine:
+    """The machine behind ``device``: the CPU's model and vector units, cores and threads, the GPU."""
+    flags = _cpu_flags()
+    names = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_bf16": "AVX512-BF16", "amx_tile": "AMX", "asimd": "NEON"}
+    units = tuple(name for flag, name in names.items() if flag in flags)
+    if not units and platform.machine().lower() in ("arm64", "aarch64"):
+        units = ("NEON",)
+    gpu = capability = None
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        gpu, capability = f"{props.name} ({props.total_memory / 2**30:.0f} GiB)", f"{props.major}.{props.minor}"
+    elif device.type == "mps":
+        gpu = "Apple GPU (MPS)"
+    return Machine(device.type, _cpu_model(), units, cpu_has_bf16(), _usable_cores(), torch.get_num_threads(), gpu,
+                   capability)  # fmt: skip
+
+
+def _usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _cpu_info() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _cpu_flags() -> set[str]:
+    for line in _cpu_info().splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def _cpu_model() -> str:
+    for line in _cpu_info().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    if sys.platform == "darwin":
+        try:
+            cmd = ["sysctl", "-n", "machdep.cpu.brand_string"]
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=5)
+            if out.stdout.strip():
+                return out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+@functools.cache
+def matmul_rate(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048) -> float:
+    """The measured rate, in GFLOP/s, of an n x n matrix product in ``dtype`` on ``device``: the
+    yardstick the training step's speed is given against (the median of 3 timed products)."""
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    times = []
+    for i in range(4):  # the first is a warm-up
+        _sync(device)
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        if i:
+            times.append(time.perf_counter() - start)
+    return 2 * n**3 / sorted(times)[1] / 1e9
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()

@@ -8,9 +8,12 @@ norm was finite, and every save first checks that flag and the weights, EMA and 
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import math
 import shutil
+import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -46,15 +49,29 @@ from ..runs.store import (
     save_config,
     save_run_info,
     set_latest,
+    update_run_info,
     weights_metadata,
     write_manifest,
 )
-from ..runtime import DistInfo, autocast, autocast_dtype, broadcast_object, init_distributed, setup_device
+from ..runtime import (
+    DistInfo,
+    autocast,
+    autocast_dtype,
+    broadcast_object,
+    describe_machine,
+    init_distributed,
+    matmul_rate,
+    precision_name,
+    setup_device,
+)
 from .plan import ResumePlan
 from .recipe import lr_at, make_ema, make_optimizer
+from .speed import describe_speed, duration, step_flops_per_image
 
 LOG_EVERY = 50  # optimizer steps between metrics.jsonl lines (and loss read-backs on a GPU)
 CHECKPOINT_EVERY = 500  # optimizer steps between checkpoints, besides every epoch's end
+ESTIMATE_AFTER = 12  # steps after which `train` says how long the rest will take
+BUDGET_MARGIN = 0.03  # share of a time budget left for checkpoints and logging
 
 
 class TrainingDiverged(UserError):
@@ -147,6 +164,7 @@ class Trainer:
         on_step: Callable[[int], None] | None = None,
         on_finish: Callable[[Path, nn.Module, bool], None] | None = None,
         monitors: Sequence[Monitor] = (),
+        time_budget: float | None = None,
     ):
         self.info = init_distributed(device)
         self.device = setup_device(device, self.info)
@@ -157,6 +175,7 @@ class Trainer:
         self.on_step = on_step  # called after every step with its (1-based) number
         self.on_finish = on_finish  # (run_dir, EMA network, progress) at the end, before the weights: the grid
         self.monitors = list(monitors)  # watch the run as it trains (see Monitor)
+        self.time_budget = time_budget  # seconds for the training loop: plan the steps to fit, and stop on time
         if resume is not None and resume.checkpoint is None:
             raise UserError(f"run {resume.run_dir.name} has finished its plan: there is nothing to resume")
         self.start_step = resume.step if resume is not None else 0
@@ -183,22 +202,27 @@ class Trainer:
         return load_mnist(data_dir, "train")
 
     def _plan(self, n_images: int, resume: ResumePlan | None) -> None:
-        """Steps per epoch, the planned total (which the learning rate follows), where to stop, and
-        the step whose EMA weights become the autoguidance guide."""
+        """Steps per epoch, and the plan's steps (:meth:`_plan_steps`)."""
         t = self.cfg.train
         self.steps_per_epoch = (n_images // self.info.world_size) // t.batch_size
         if self.steps_per_epoch < 1:
             raise UserError(f"batch size {t.batch_size} is larger than the {n_images} training images")
-        self.total_steps = t.epochs * self.steps_per_epoch
+        self._plan_steps()
+        if resume is not None and resume.action == "extend" and self.start_step >= self.stop_step:
+            raise UserError(
+                f"run {resume.run_dir.name} is at step {self.start_step}, and the budget asked for ends at step "
+                f"{self.stop_step}: give a larger --epochs, --steps or --max-steps to train it further"
+            )
+
+    def _plan_steps(self) -> None:
+        """The planned total (which the learning rate follows), where to stop, and the step whose
+        EMA weights become the autoguidance guide."""
+        t = self.cfg.train
+        self.total_steps = t.steps or t.epochs * self.steps_per_epoch
         self.stop_step = min(self.total_steps, t.max_steps) if t.max_steps else self.total_steps
         # Runs without digit labels keep their EMA weights at this step as the autoguidance guide.
         guided = t.guide_at > 0 and (t.clusters or not self.cfg.model.num_classes)
         self.guide_step = max(1, round(t.guide_at * self.total_steps)) if guided else -1
-        if resume is not None and resume.action == "extend" and self.start_step >= self.stop_step:
-            raise UserError(
-                f"run {resume.run_dir.name} is at step {self.start_step}, and the budget asked for ends at step "
-                f"{self.stop_step}: give a larger --epochs or --max-steps to train it further"
-            )
 
     def _open_run_dir(self, artifacts_dir: Path, run_name: str | None, resume: ResumePlan | None) -> Path:
         """A new run folder (rank 0 makes it, the others learn its name), or the resumed run's."""
@@ -253,6 +277,10 @@ class Trainer:
         self.autocast = autocast_dtype(cfg.train.precision, self.device)
         if self.autocast == torch.bfloat16 and self.device.type == "cpu":
             self.log("bf16 autocast: this CPU has bf16 units (--precision fp32 turns it off)")
+        if self.progress:  # what this machine is and can do, for the estimate that follows the first steps
+            rate = matmul_rate(self.device, self.autocast or torch.float32)
+            self.log(f"{describe_machine(self.device).line()}; {precision_name(self.autocast)} matrix rate "
+                     f"{rate:.0f} GFLOP/s; a training step is {step_flops_per_image(cfg) / 1e6:.0f} MFLOP per image")
         # fp16 needs its loss scaled so small gradients survive; bf16 and fp32 do not (a no-op then).
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast == torch.float16)
         torch.manual_seed(cfg.train.seed)
@@ -372,19 +400,6 @@ class Trainer:
         CPU, where a read costs nothing; every LOG_EVERY steps on a GPU, where it is a sync."""
         return 1 if self.device.type == "cpu" else LOG_EVERY
 
-    def _should_stop(self, step: int) -> bool:
-        """Whether to stop after ``step``: Ctrl-C on any rank stops every rank at the same step.
-        Under torchrun the ranks agree every LOG_EVERY steps (a collective each step would stall
-        the GPU); alone, the flag is read after every step."""
-        if self.info.enabled and step % LOG_EVERY:
-            return False
-        flag = self.stop.is_set()
-        if self.info.enabled:
-            t = torch.tensor([float(flag)], device=self.device)
-            dist.all_reduce(t)
-            flag = bool(t.item())
-        return flag
-
     # ---------------------------------------------------------------------------- saving
 
     def _save_checkpoint(self, step: int, loss: float | None, seconds: float) -> None:
@@ -418,11 +433,14 @@ class Trainer:
     def run(self) -> TrainResult:
         """Train from the start (or the checkpoint's) step to the planned stop, logging every
         LOG_EVERY steps, saving the guide and the checkpoints on their steps, and stopping early,
-        with a checkpoint, when ``stop`` is set (Ctrl-C)."""
+        with a checkpoint, when ``stop`` is set (Ctrl-C). With a time budget, first plan the steps
+        to fit it (:meth:`_fit_budget`), and end the run where the budget runs out."""
+        self.model.train()
+        if self.time_budget and self.start_step == 0:
+            self._fit_budget()
         b = self.cfg.train.batch_size * self.info.world_size
         bar = tqdm(total=self.stop_step * b, initial=self.start_step * b, unit="img", unit_scale=True,
                    desc=f"train {self.run_dir.name}", disable=not self.progress, dynamic_ncols=True)  # fmt: skip
-        self.model.train()
         if not (self.run_dir / CHECKPOINT).is_file():  # a new run (or child) is resumable from its first step
             self._save_checkpoint(self.start_step, None, self.prior_seconds)
         window = _Window(torch.zeros((), device=self.device))
@@ -432,6 +450,9 @@ class Trainer:
                 window.add(self.step(self.batch_for(step), step))
                 step += 1
                 bar.update(b)
+                self._estimate(step, started)
+                if step < self.stop_step and self._agree(self._out_of_time(started), step):
+                    self._end_early(step)  # the budget is spent: this is the last step
                 last = step == self.stop_step
                 if step % self.check_every == 0 or step % LOG_EVERY == 0 or last:
                     self.check_finite(step)
@@ -444,7 +465,7 @@ class Trainer:
                 for monitor in self.monitors:
                     self._log_extra(step, monitor.after_step(self, step), bar)
                 seconds = self.prior_seconds + time.perf_counter() - started
-                interrupted = not last and self._should_stop(step)
+                interrupted = not last and self._agree(self.stop.is_set(), step)
                 if step % self.steps_per_epoch == 0 or step % CHECKPOINT_EVERY == 0 or last or interrupted:
                     self._save_checkpoint(step, loss, seconds)
         finally:
@@ -455,6 +476,80 @@ class Trainer:
         if not interrupted:
             self._finish(step, loss, seconds)
         return TrainResult(self.run_dir, step, loss, interrupted, seconds)
+
+    # ---------------------------------------------------------------------------- time
+
+    def _fit_budget(self) -> None:
+        """Plan the steps that fit the time budget at this machine's pace, measured on a scratch
+        copy of the run's first steps (so the run trains as ``--steps N`` would, bit for bit), and
+        record the plan in config.json and run.json."""
+        rate = self._scratch_seconds_per_step()
+        planned = max(1, int(self.time_budget * (1 - BUDGET_MARGIN) / rate))
+        planned = broadcast_object(planned, self.info)  # rank 0's measurement decides for all
+        self.cfg = dataclasses.replace(self.cfg, train=dataclasses.replace(self.cfg.train, steps=planned))
+        self._plan_steps()
+        images_per_sec = self.cfg.train.batch_size * self.info.world_size / rate
+        if self.info.is_main:
+            save_config(self.run_dir, self.cfg)
+            plan = {"seconds": self.time_budget, "planned_steps": planned, "images_per_sec": round(images_per_sec, 1)}
+            update_run_info(self.run_dir, time_budget=plan)
+        self.log(f"time budget {duration(self.time_budget)}: {planned:,} steps at {images_per_sec:,.0f} images/s; "
+                 f"`mnistdiff train --steps {planned}` trains this plan again on any machine")  # fmt: skip
+
+    def _scratch_seconds_per_step(self, steps: int = 12) -> float:
+        """Seconds per optimizer step of this run on this machine: ``steps`` of its own first steps
+        (the first two untimed), after which every weight, optimizer state, EMA, random state and
+        counter is put back as it was."""
+        saved = [copy.deepcopy(m.state_dict()) for m in (self.model, self.ema, self.opt, self.scaler)]
+        rng, counters = torch.get_rng_state(), (self.ema.updates, self._step_number.clone(), self._first_bad.clone())
+        times = []
+        for i in range(steps):
+            start = time.perf_counter()
+            float(self.step(self.batch_for(self.start_step + i), self.start_step + i))  # a sync
+            times.append(time.perf_counter() - start)
+        for module, state in zip((self.model, self.ema, self.opt, self.scaler), saved, strict=True):
+            module.load_state_dict(state)
+        torch.set_rng_state(rng)
+        self.ema.updates, self._step_number, self._first_bad = counters
+        return statistics.median(times[2:])
+
+    def _out_of_time(self, started: float) -> bool:
+        return bool(self.time_budget) and time.perf_counter() - started >= self.time_budget
+
+    def _end_early(self, step: int) -> None:
+        """The time budget ran out: end the run after ``step``, recorded as its max_steps, so the
+        plan and where it stopped both stay in config.json."""
+        self.cfg = dataclasses.replace(self.cfg, train=dataclasses.replace(self.cfg.train, max_steps=step))
+        self._plan_steps()
+        if self.info.is_main:
+            save_config(self.run_dir, self.cfg)
+        self.log(f"time budget spent: the run ends at step {step:,} of the {self.total_steps:,} planned")
+
+    def _estimate(self, step: int, started: float) -> None:
+        """After the first steps, say how long the rest will take at this pace, on this machine."""
+        done = step - self.start_step
+        if done == 2:
+            self._pace_start = time.perf_counter()  # the first steps warm caches up: time from here
+        if done != ESTIMATE_AFTER or self.stop_step - step < ESTIMATE_AFTER:
+            return
+        seconds_per_step = (time.perf_counter() - self._pace_start) / (ESTIMATE_AFTER - 2)
+        images_per_sec = self.cfg.train.batch_size * self.info.world_size / seconds_per_step
+        left = (self.stop_step - step) * seconds_per_step
+        speed = describe_speed(images_per_sec / self.info.world_size, step_flops_per_image(self.cfg),
+                               matmul_rate(self.device, self.autocast or torch.float32))  # fmt: skip
+        hint = "; --time-budget 10m for a shorter run" if left > 900 and not self.time_budget else ""
+        self.log(f"{self.stop_step - step:,} steps to go: about {duration(left)} at {speed}{hint}")
+
+    def _agree(self, flag: bool, step: int) -> bool:
+        """``flag`` on any rank, for every rank. Under torchrun the ranks agree every LOG_EVERY
+        steps (a collective each step would stall the GPU); alone, at every step."""
+        if not self.info.enabled:
+            return flag
+        if step % LOG_EVERY:
+            return False
+        t = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(t)
+        return bool(t.item())
 
     def batch_for(self, step: int) -> Batch:
         """The batch of optimizer step ``step`` (0-based): its place in its epoch's order."""
