@@ -169,9 +169,11 @@ ALLOCATOR_SETTINGS = {M_TRIM_THRESHOLD: 2**30, M_TOP_PAD: 2**29, M_MMAP_THRESHOL
 @functools.cache
 def tune_allocator() -> bool:
     """Set glibc malloc's trim threshold, top pad and mmap threshold (:data:`ALLOCATOR_SETTINGS`)
-    through ``mallopt``, once per process, unless the user set MALLOC_* variables of their own.
-    Returns whether it did: elsewhere (macOS, Windows, musl) it is a no-op."""
-    if not sys.platform.startswith("linux") or any(k.startswith("MALLOC_") for k in os.environ):
+    through ``mallopt``, once per process, unless the user set MALLOC_* variables of their own or
+    MNISTDIFF_ALLOCATOR=system. Returns whether it did: elsewhere (macOS, Windows, musl) a no-op."""
+    if os.environ.get("MNISTDIFF_ALLOCATOR") == "system" or any(k.startswith("MALLOC_") for k in os.environ):
+        return False
+    if not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL(None)
