@@ -70,6 +70,7 @@ class TrainConfig:
     steps: int = 0  # the plan: optimizer steps in all (0: epochs x steps per epoch); the lr and guide follow it
     max_steps: int = 0  # stop after this many optimizer steps in total (0: no limit)
     precision: Precision = "auto"  # the network's autocast: "auto" (bf16 where native, else fp32), fp32, bf16, fp16
+    step_on_device: bool = False  # the step as device ops on counter-hashed noise (training/graphs.py): --cuda-graphs
 
 
 @dataclass(frozen=True)
@@ -331,6 +332,7 @@ class SamplingConfig:
     guidance: Guidance = field(default_factory=Guidance)  # the guidance scales
     precision: Precision = "auto"  # as TrainConfig.precision (runtime.autocast_dtype)
     batch_size: int = 500  # samples per network call
+    cuda_graphs: bool = False  # CUDA: each network call replayed from a CUDA graph, one per batch shape
 
     DEFAULT_SPACING: ClassVar[float] = 0.4  # from the spacing sweep in docs/RESULTS.md
 

@@ -268,16 +268,17 @@ def matmul_rate(device: torch.device, dtype: torch.dtype = torch.float32, n: int
     a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
     times = []
     for i in range(4):  # the first is a warm-up
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         a @ b
-        _sync(device)
+        sync(device)
         if i:
             times.append(time.perf_counter() - start)
     return 2 * n**3 / sorted(times)[1] / 1e9
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device to finish its queued work (a no-op on the CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device.type == "mps":

@@ -58,6 +58,8 @@ SAMPLING_OPTIONS = {
                         "whichever the run has (autoguidance first)."), None),
     "precision": (_option(str, "--precision", PRECISION_HELP), _DEFAULTS.precision),
     "batch_size": (_option(int, "--batch-size", "Samples per forward pass.", min=1), _DEFAULTS.batch_size),
+    "cuda_graphs": (_option(bool, "--cuda-graphs", "CUDA: replay each network call from a CUDA graph."),
+                    _DEFAULTS.cuda_graphs),
 }  # fmt: skip
 
 

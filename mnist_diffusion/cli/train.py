@@ -61,6 +61,9 @@ def train(
     grid: Annotated[Optional[int], _flag(
         "Samples drawn into samples.png at the end (default 64, 80 if --conditional; 0: none).", min=0)] = None,
     compile: Annotated[bool, _flag("torch.compile the network (GPU).", "--compile")] = False,
+    cuda_graphs: Annotated[bool, _flag(
+        "CUDA: the whole training step as one CUDA graph, replayed (noise hashed from the step on the device; "
+        "recorded in the config, so resume follows).", "--cuda-graphs")] = False,
     device: Device = "auto",
     artifacts_dir: ArtifactsDir = DEFAULT_ARTIFACTS_DIR,
     data_dir: DataDir = DEFAULT_DATA_DIR,
@@ -77,7 +80,7 @@ def train(
         num_classes=10 if conditional else clusters, channels=channels, channel_mult=_int_tuple(channel_mult),
         timesteps=timesteps, schedule=schedule, prediction=prediction, loss_weighting=loss_weighting,
         batch_size=batch_size, lr=lr, seed=seed, precision=precision, guide_at=guide_at,
-        clusters=0 if conditional else clusters,
+        clusters=0 if conditional else clusters, step_on_device=True if cuda_graphs else None,
     )  # fmt: skip
     budget = dict(epochs=epochs, steps=steps, max_steps=max_steps)
     seconds = parse_duration(time_budget) if time_budget is not None else None
@@ -97,6 +100,7 @@ def train(
     result = _with_ctrl_c(
         lambda stop: train_core(cfg, data_dir=data_dir, artifacts_dir=artifacts_dir, run_name=run_name, device=device,
                                 resume=plan, compile=compile, log=say, stop=stop, time_budget=seconds,
+                                cuda_graphs=cuda_graphs or None,
                                 on_finish=None if grid == 0 else end_of_run_grid(grid))  # fmt: skip
     )
     if result.interrupted:

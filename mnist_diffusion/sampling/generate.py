@@ -14,6 +14,7 @@ from ..diffusion.samplers import StepCallback, sample
 from ..errors import UserError
 from ..runs.loader import LoadedRun
 from ..runtime import autocast_dtype
+from ..training.graphs import GraphedForward
 
 
 def resolve_for(run: LoadedRun, sampling: SamplingConfig) -> SamplingConfig:
@@ -83,6 +84,11 @@ def generate(
     settings = resolve_for(run, sampling)
     device = run.device
     dtype = autocast_dtype(settings.precision, device)
+    model, guide = run.model, run.guide
+    if settings.cuda_graphs:
+        if device.type != "cuda":
+            raise UserError(f"--cuda-graphs needs a CUDA GPU (this run is on {device.type})")
+        model, guide = GraphedForward(model), guide and GraphedForward(guide)
     generator = torch.Generator(device=device).manual_seed(settings.seed)
     if run.clustered and labels is None:
         labels = draw_clusters(run.cluster_counts.to(device), n, generator)
@@ -90,8 +96,8 @@ def generate(
     for start in range(0, n, settings.batch_size):  # the callback sees the first batch only
         b = min(settings.batch_size, n - start)
         batch_labels = labels[start : start + b].to(device) if labels is not None else None
-        denoiser = Denoiser(run.model, run.schedule, run.cfg.diffusion.prediction, batch_labels, settings.guidance,
-                            guide=run.guide, autocast=dtype)  # fmt: skip
+        denoiser = Denoiser(model, run.schedule, run.cfg.diffusion.prediction, batch_labels, settings.guidance,
+                            guide=guide, autocast=dtype)  # fmt: skip
         x = sample(denoiser, (b, run.cfg.model.in_channels, 28, 28), settings, generator=generator, device=device,
                    progress=progress, callback=callback if start == 0 else None)  # fmt: skip
         out.append(x0_to_unit(x).cpu())

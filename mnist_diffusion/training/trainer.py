@@ -8,7 +8,6 @@ norm was finite, and every save first checks that flag and the weights, EMA and 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import math
@@ -63,7 +62,9 @@ from ..runtime import (
     matmul_rate,
     precision_name,
     setup_device,
+    sync,
 )
+from .graphs import DeviceStep, GraphStep
 from .plan import ResumePlan
 from .recipe import lr_at, make_ema, make_optimizer
 from .speed import describe_speed, duration, step_flops_per_image
@@ -84,8 +85,10 @@ class _Window:
     def __init__(self, loss: torch.Tensor):
         self.loss, self.steps, self.last_steps, self.start = loss, 0, 0, time.perf_counter()
 
-    def add(self, loss: torch.Tensor) -> None:
-        self.loss += loss
+    def add(self, loss: torch.Tensor | None) -> None:
+        """Count a step, and add its loss (None: the device step added it to the same tensor)."""
+        if loss is not None:
+            self.loss += loss
         self.steps += 1
 
     def take(self) -> tuple[float, float]:
@@ -94,6 +97,17 @@ class _Window:
         self.loss.zero_()
         self.last_steps, self.steps, self.start = self.steps, 0, time.perf_counter()
         return loss, seconds
+
+
+@dataclass
+class Snapshot:
+    """A copy of a trainer's state (Trainer.snapshot): each tensor with its value, and the rest."""
+
+    values: list[tuple[torch.Tensor, torch.Tensor]]
+    cpu_rng: torch.Tensor
+    cuda_rng: torch.Tensor | None
+    ema_updates: int
+    scaler: dict
 
 
 class Monitor(Protocol):
@@ -165,9 +179,12 @@ class Trainer:
         on_finish: Callable[[Path, nn.Module, bool], None] | None = None,
         monitors: Sequence[Monitor] = (),
         time_budget: float | None = None,
+        cuda_graphs: bool | None = None,
     ):
         self.info = init_distributed(device)
         self.device = setup_device(device, self.info)
+        if cuda_graphs and self.device.type != "cuda":
+            raise UserError(f"--cuda-graphs needs a CUDA GPU (this run is on {self.device.type})")
         self.cfg = resume.cfg if resume is not None else cfg
         self.log = log if self.info.is_main else (lambda _msg: None)
         self.progress = progress and self.info.is_main
@@ -190,6 +207,17 @@ class Trainer:
         self._build(compile)
         if resume is not None:
             self._restore(resume)
+        # The step as device operations (training/graphs.py), captured as a CUDA graph where asked.
+        self._device_step = DeviceStep(self) if self.cfg.train.step_on_device else None
+        self._graph: GraphStep | None = None
+        self._device_at: int | None = None  # the step the device step's buffers point at
+        if cuda_graphs is None:  # a run whose step is on the device replays it as a graph wherever it can
+            cuda_graphs = self.device.type == "cuda"
+        eager_only = self.info.enabled or self.cfg.model.dropout or self.autocast == torch.float16
+        if cuda_graphs and self._device_step is not None and eager_only:
+            self.log("CUDA graphs are not used under torchrun, with dropout or in fp16: eager steps instead")
+            cuda_graphs = False
+        self.cuda_graphs = cuda_graphs and self._device_step is not None
 
     # ---------------------------------------------------------------------------- set-up steps
 
@@ -340,6 +368,26 @@ class Trainer:
             y = torch.where(drop, torch.full_like(y, cfg.model.num_classes), y)  # classifier-free guidance
         return Batch(x0, y, t, noise)
 
+    def advance(self, step: int) -> torch.Tensor | None:
+        """Take optimizer step ``step`` (0-based) the way this run takes its steps: the eager
+        recipe (returns the loss), or the step on the device, replayed as a CUDA graph where one
+        was captured (its loss goes to the device step's accumulator: returns None)."""
+        if self._device_step is None:
+            return self.step(self.batch_for(step), step)
+        if self._device_at != step or step % self.steps_per_epoch == 0:  # a jump, or a new epoch's order
+            self._point_device_step(step)
+        self._device_step.prepare(step)
+        (self._graph or self._device_step)()
+        self._device_at = step + 1
+        self.ema.updates += 1
+        return None
+
+    def _point_device_step(self, step: int) -> None:
+        """Set the device step's buffers to step ``step`` and its epoch's batch order."""
+        self.batch_for(step)  # makes the epoch's order
+        self._device_step.set(step, self._order[1])
+        self._device_at = step
+
     def step(self, batch: Batch, step: int) -> torch.Tensor:
         """One optimizer step (0-based ``step``) on ``batch``: :meth:`forward_backward`, then
         :meth:`update`. Returns the loss as a device scalar (not synced)."""
@@ -377,7 +425,7 @@ class Trainer:
         bad = ~torch.isfinite(loss)
         if not self.scaler.is_enabled():
             bad |= ~torch.isfinite(grad_norm)
-        self._first_bad = torch.where(bad & (self._first_bad < 0), self._step_number, self._first_bad)
+        self._first_bad.copy_(torch.where(bad & (self._first_bad < 0), self._step_number, self._first_bad))
 
     def check_finite(self, step: int, *, state: bool = False) -> None:
         """Raise TrainingDiverged if a step so far had a non-finite loss or gradient, or (``state``)
@@ -436,6 +484,10 @@ class Trainer:
         with a checkpoint, when ``stop`` is set (Ctrl-C). With a time budget, first plan the steps
         to fit it (:meth:`_fit_budget`), and end the run where the budget runs out."""
         self.model.train()
+        if self.cuda_graphs and self._graph is None:
+            self._point_device_step(self.start_step)
+            self._graph = GraphStep(self._device_step)
+            self.log("CUDA graphs: the training step is captured once and replayed")
         if self.time_budget and self.start_step == 0:
             self._fit_budget()
         b = self.cfg.train.batch_size * self.info.world_size
@@ -443,11 +495,11 @@ class Trainer:
                    desc=f"train {self.run_dir.name}", disable=not self.progress, dynamic_ncols=True)  # fmt: skip
         if not (self.run_dir / CHECKPOINT).is_file():  # a new run (or child) is resumable from its first step
             self._save_checkpoint(self.start_step, None, self.prior_seconds)
-        window = _Window(torch.zeros((), device=self.device))
+        window = _Window(self._device_step.loss_sum if self._device_step else torch.zeros((), device=self.device))
         step, loss, interrupted, started = self.start_step, None, False, time.perf_counter()
         try:
             while step < self.stop_step and not interrupted:
-                window.add(self.step(self.batch_for(step), step))
+                window.add(self.advance(step))
                 step += 1
                 bar.update(b)
                 self._estimate(step, started)
@@ -498,20 +550,48 @@ class Trainer:
 
     def _scratch_seconds_per_step(self, steps: int = 12) -> float:
         """Seconds per optimizer step of this run on this machine: ``steps`` of its own first steps
-        (the first two untimed), after which every weight, optimizer state, EMA, random state and
-        counter is put back as it was."""
-        saved = [copy.deepcopy(m.state_dict()) for m in (self.model, self.ema, self.opt, self.scaler)]
-        rng, counters = torch.get_rng_state(), (self.ema.updates, self._step_number.clone(), self._first_bad.clone())
+        (the first two untimed), after which everything is put back as it was (:meth:`snapshot`)."""
+        saved = self.snapshot()
         times = []
         for i in range(steps):
             start = time.perf_counter()
-            float(self.step(self.batch_for(self.start_step + i), self.start_step + i))  # a sync
+            self.advance(self.start_step + i)
+            sync(self.device)
             times.append(time.perf_counter() - start)
-        for module, state in zip((self.model, self.ema, self.opt, self.scaler), saved, strict=True):
-            module.load_state_dict(state)
-        torch.set_rng_state(rng)
-        self.ema.updates, self._step_number, self._first_bad = counters
+        self.restore_snapshot(saved)
         return statistics.median(times[2:])
+
+    def snapshot(self) -> Snapshot:
+        """Everything a training step changes, copied: weights, EMA, optimizer and loss-scaler
+        state, the step's device buffers, the divergence watch, the random states."""
+        values = [(x, x.detach().clone()) for x in self._state_tensors()]
+        cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return Snapshot(values, torch.get_rng_state(), cuda_rng, self.ema.updates, self.scaler.state_dict())
+
+    def restore_snapshot(self, snap: Snapshot) -> None:
+        """Put a :meth:`snapshot` back, in place (a captured CUDA graph holds these very tensors);
+        optimizer state created since is reset to AdamW's initial zeros."""
+        kept = {id(x) for x, _ in snap.values}
+        with torch.no_grad():
+            for x, value in snap.values:
+                x.copy_(value)
+            for x in self._state_tensors():
+                if id(x) not in kept:
+                    x.zero_()
+        torch.set_rng_state(snap.cpu_rng)
+        if snap.cuda_rng is not None:
+            torch.cuda.set_rng_state(snap.cuda_rng, self.device)
+        self.ema.updates = snap.ema_updates
+        self.scaler.load_state_dict(snap.scaler)
+
+    def _state_tensors(self) -> list[torch.Tensor]:
+        opt_state = [v for state in self.opt.state.values() for v in state.values() if torch.is_tensor(v)]
+        own = [self._step_number, self._first_bad]
+        if self._device_step is not None:
+            d = self._device_step
+            own += [d.step, d.order, d.loss_sum, d.ema_weight, d.lr]
+        return [*self.model.parameters(), *self.model.buffers(), *self.ema.parameters(), *self.ema.buffers(),
+                *opt_state, *own]  # fmt: skip
 
     def _out_of_time(self, started: float) -> bool:
         return bool(self.time_budget) and time.perf_counter() - started >= self.time_budget
@@ -574,7 +654,7 @@ class Trainer:
             "step": step,
             "epoch": round(step / self.steps_per_epoch, 4),
             "loss": loss,
-            "lr": self.opt.param_groups[0]["lr"],
+            "lr": float(self.opt.param_groups[0]["lr"]),  # a tensor for the step on the device
             "images_per_sec": window.last_steps * images_per_step / max(seconds, 1e-9),
         }
         if self.info.is_main:
