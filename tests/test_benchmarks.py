@@ -78,13 +78,14 @@ def test_bench_speed_writes_json_and_table(tmp_path, data_dir):
     ]
     assert all(r["images_per_sec"] > 0 and 2 <= r["evaluations_timed"] <= r["evaluations"] for r in runs)
     assert runs[2]["extrapolated"]  # 1000 evaluations do not fit in 0.01 s
-    full = results["full_epochs"]
+    assert list(results["full_epochs"]) == ["eager"]  # the CPU has no CUDA graphs
+    full = results["full_epochs"]["eager"]
     assert full["epochs"] == 1 and full["steps"] == 512 // 8 and full["train_seconds"] > 0
     assert full["samples"] == 4 and full["sample_seconds"] > 0
     assert results["peak_memory"]["mib"] > 0
 
     table = out.with_suffix(".md").read_text()
-    assert "| default | 8 |" in table and "dpmpp-2m" in table and "full run" in table
+    assert "| default | 8 |" in table and "dpmpp-2m" in table and "full run (eager)" in table
     assert table in proc.stdout
     text = readme.read_text()
     assert text.startswith("before\n<!-- bench:cpu:start -->\n") and text.endswith("<!-- bench:cpu:end -->\nafter\n")
