@@ -4,6 +4,7 @@ run, the animated GIFs, the input pictures, and the commands with their one-line
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from typer.testing import CliRunner
 
 from mnist_diffusion.cli import app
 from mnist_diffusion.config import DiffusionConfig, SamplingConfig
+from mnist_diffusion.data.clusters import draw_clusters
 from mnist_diffusion.data.mnist import as_unit, load_mnist
 from mnist_diffusion.diffusion.editing import ddim_invert, repaint, repaint_schedule, slerp
 from mnist_diffusion.diffusion.guidance import Denoiser
@@ -28,7 +30,7 @@ from mnist_diffusion.errors import UserError
 from mnist_diffusion.pictures.animation import save_gif
 from mnist_diffusion.pictures.inputs import parse_mask, read_digit
 from mnist_diffusion.runs.loader import load_run
-from mnist_diffusion.sampling.editing import inpaint, interpolate, invert, reconstruct, sdedit
+from mnist_diffusion.sampling.editing import edit_labels, inpaint, interpolate, invert, reconstruct, sdedit
 from mnist_diffusion.sampling.generate import generate
 
 runner = CliRunner()
@@ -201,6 +203,18 @@ def test_interpolation_starts_and_ends_at_its_ends_samples(run, digits):
     assert walk.shape == (3, 1, 28, 28)
 
 
+def test_labels_follow_sample_digit_on_a_conditional_run_clusters_drawn_as_generate_draws(run):
+    conditional = dataclasses.replace(run, cfg=dataclasses.replace(run.cfg, model=dataclasses.replace(
+        run.cfg.model, num_classes=10), train=dataclasses.replace(run.cfg.train, clusters=0)))  # fmt: skip
+    assert conditional.conditional and not conditional.clustered
+    assert edit_labels(conditional, 3, 7, torch.Generator()).tolist() == [7, 7, 7]
+    assert edit_labels(conditional, 3, None, torch.Generator()) is None  # the unconditional model, the null label
+    drawn = edit_labels(run, 5, None, torch.Generator().manual_seed(4))
+    assert torch.equal(drawn, draw_clusters(run.cluster_counts, 5, torch.Generator().manual_seed(4)))
+    with pytest.raises(UserError, match="--digit needs a class-conditional run"):
+        edit_labels(run, 1, 7, torch.Generator())
+
+
 def test_inversion_of_a_digit_and_back_is_close(run, digits):
     noise = invert(run, digits, steps=20)
     assert noise.shape == digits.shape and 0.3 < noise.std() < 1.5
@@ -320,9 +334,11 @@ def test_inpaint_command_writes_the_same_grid_for_the_same_seed(cli, tmp_path):
 
 
 def test_interpolate_command_as_a_gif_and_a_strip(cli, tmp_path):
-    result = invoke("interpolate", *cli, "--frames", 5, "-o", tmp_path / "walk.gif")
-    assert result.exit_code == 0, result.output
+    for name in ("walk.gif", "again.gif"):
+        result = invoke("interpolate", *cli, "--frames", 5, "--seeds", "2,7", "-o", tmp_path / name)
+        assert result.exit_code == 0, result.output
     assert gif_frames(tmp_path / "walk.gif") == 5
+    assert (tmp_path / "walk.gif").read_bytes() == (tmp_path / "again.gif").read_bytes()
     result = invoke("interpolate", *cli, "--test-index", "3,8", "--frames", 4, "-o", tmp_path / "walk.png")
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "walk.png").size == (2 * (4 * 30 + 2), 2 * 32)
@@ -372,6 +388,7 @@ def test_one_line_errors(where, cli, tiny_run, tmp_path):
         (("inpaint", *cli, "--test-index", "3,x", *out), "--test-index takes comma-separated"),
         (("inpaint", *cli, "--test-index", 3, "--mask", "random:2", *out), "--mask random:P"),
         (("inpaint", *cli, *out), "--image PATH"),
+        (("inpaint", *cli, "--test-index", 3, "--digit", 7, *out), "--digit needs a class-conditional run"),
         (("sample", "--artifacts-dir", tiny_run[0], "--init", wide, "--strength", 1.5, *out), "--strength must be"),
         (("sample", "--artifacts-dir", tiny_run[0], "--init", wide, "--strength", 0, *out), "--strength must be"),
         (("sample", "--artifacts-dir", tiny_run[0], "--strength", 0.5, *out), "--strength needs --init"),

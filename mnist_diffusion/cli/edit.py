@@ -28,7 +28,7 @@ Scale = Annotated[int, typer.Option(min=1, max=16, help="Pixel scale of the pict
 
 
 def _digits(images: list[Path] | None, test_index: str | None, data_dir: Path):
-    """The digits the flags name, [N x 1 x 28 x 28] in [0, 1], and their labels (test digits only)."""
+    """The digits the flags name, [N x 1 x 28 x 28] in [0, 1]."""
     from ..pictures.inputs import load_digits
 
     indices = int_list(test_index, "--test-index") if test_index is not None else []
@@ -81,7 +81,7 @@ def inpaint(
     if n < 1 or jumps < 1 or resample < 1:
         raise UserError(f"-n, --jumps and --resample must be at least 1 (got {n}, {jumps}, {resample})")
     missing = parse_mask(mask, seed=sampling.settings.seed)
-    images, _ = _digits(image, test_index, data_dir)
+    images = _digits(image, test_index, data_dir)
     loaded = _load(run, artifacts_dir, device)
     inpaint_to_files(loaded, images, missing, output, sampling.for_run(loaded.guidance_kinds), n=n, digit=digit,
                      jumps=jumps, resample=resample, scale=scale, save_tensor=save_tensor)  # fmt: skip
@@ -130,7 +130,7 @@ def interpolate(
     if image or test_index is not None:
         if seeds is not None:
             raise UserError("give the ends as --seeds or as digits (--image, --test-index), not both")
-        ends, _ = _digits(image, test_index, data_dir)
+        ends = _digits(image, test_index, data_dir)
         if len(ends) != 2:
             raise UserError(f"an interpolation has two ends; --image and --test-index gave {len(ends)}")
         a, b = ends[0], ends[1]
@@ -177,7 +177,7 @@ def invert(
     from .tables import inversion_table
 
     counts = int_list(steps, "--steps", low=1, example="20,50,100") if steps is not None else None
-    images, _ = _digits(image, test_index, data_dir)
+    images = _digits(image, test_index, data_dir)
     loaded = _load(run, artifacts_dir, device)
     top = loaded.schedule.num_timesteps
     counts = counts or [s for s in INVERT_STEPS if s <= top] or [top]

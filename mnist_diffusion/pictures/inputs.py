@@ -89,17 +89,14 @@ def read_digit(path: Path, log: Callable[[str], None] = print) -> torch.Tensor:
 
 def load_digits(
     images: list[Path], indices: list[int], data_dir: str | os.PathLike, log: Callable[[str], None] = print
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The digits to edit: the PNGs ``images`` (:func:`read_digit`), then the MNIST test digits at
-    ``indices`` (fetched into ``data_dir`` first if needed). Returns float [N x 1 x 28 x 28] in
-    [0, 1] and, when every digit is a test digit, their labels [N] (else None)."""
+) -> torch.Tensor:
+    """The digits to edit, as float [N x 1 x 28 x 28] in [0, 1]: the PNGs ``images``
+    (:func:`read_digit`), then the MNIST test digits at ``indices`` (fetched into ``data_dir``
+    first if needed)."""
     if not images and not indices:
         raise UserError("give the digits to edit: --image PATH (repeat it for several) or --test-index 0,5,9")
-    drawn = [read_digit(p, log) for p in images]
-    labels = None
+    digits = [read_digit(p, log) for p in images]
     if indices:
         ensure_mnist(data_dir, log=log)
-        pixels, test_labels = test_digits(data_dir, indices)
-        drawn += list(as_unit(pixels))
-        labels = test_labels if not images else None
-    return torch.stack(drawn), labels
+        digits += list(as_unit(test_digits(data_dir, indices)[0]))
+    return torch.stack(digits)
