@@ -1,5 +1,5 @@
 """Samples on disk: the core of `mnistdiff sample` (a PNG grid, the raw tensor, a trajectory
-picture) and the grid drawn at the end of training."""
+picture or animation, SDEdit from a drawing) and the grid drawn at the end of training."""
 
 from __future__ import annotations
 
@@ -11,19 +11,28 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import SamplingConfig
+from ..config import SDEDIT_STRENGTH, SamplingConfig
 from ..diffusion import x0_to_unit
 from ..errors import UserError
 from ..io import save_tensors
+from ..pictures.animation import save_gif
 from ..pictures.figures import trajectory_figure
 from ..pictures.grids import save_grid
 from ..runs.loader import LoadedRun, load_run
+from .editing import sdedit, sdedit_steps
 from .generate import default_conditional_nrow, generate, parse_labels, resolve_for
 
 TRAJECTORY_ROWS = 4  # samples shown in a trajectory picture
 TRAJECTORY_FRAMES = 10  # moments shown, evenly spaced over the sampler's steps
 END_GRID = 64  # samples in the grid drawn at the end of training, 8 x 8
 END_GRID_CONDITIONAL = 80  # conditional runs: a row of 8 for each digit 0-9
+
+
+def check_folders(*paths: Path | None) -> None:
+    """A one-line UserError, before any work, if the folder of a file to write does not exist."""
+    for path in paths:
+        if path is not None and path.parent and not path.parent.is_dir():
+            raise UserError(f"cannot write {path}: the folder {path.parent} does not exist")
 
 
 def sample_to_files(
@@ -38,19 +47,22 @@ def sample_to_files(
     save_tensor: Path | None = None,
     trajectory: Path | None = None,
     progress: bool = True,
+    init: torch.Tensor | None = None,
+    strength: float = SDEDIT_STRENGTH,
 ) -> torch.Tensor:
     """Draw ``n`` samples and write them as a PNG grid (and optionally as safetensors, with the
-    resolved settings in its metadata, and as a trajectory picture of the first samples).
+    resolved settings in its metadata, and as a trajectory of the first samples: a picture, or
+    an animated GIF if its name ends in ``.gif``). With ``init``, a drawing [1 x 28 x 28] in
+    [0, 1], the samples are SDEdits of it at ``strength`` (:func:`sdedit`).
     Returns the samples, [n x 1 x 28 x 28] in [0, 1]."""
-    for path in (output, save_tensor, trajectory):
-        if path is not None and path.parent and not path.parent.is_dir():
-            raise UserError(f"cannot write {path}: the folder {path.parent} does not exist")
+    check_folders(output, save_tensor, trajectory)
     settings = resolve_for(run, sampling)
     frames: list[torch.Tensor] = []
     frame_labels: list[str] = []
     callback = None
     if trajectory is not None:
-        total = settings.evaluations(run.schedule.num_timesteps)
+        T = run.schedule.num_timesteps
+        total = settings.evaluations(T) if init is None else sdedit_steps(settings, T, strength)
         keep = {round(i * (total - 1) / (TRAJECTORY_FRAMES - 1)) for i in range(TRAJECTORY_FRAMES)}
 
         def callback(i, t, x, x0):  # called for the first batch only
@@ -58,12 +70,19 @@ def sample_to_files(
                 frames.append(x0_to_unit(x[:TRAJECTORY_ROWS]).cpu())
                 frame_labels.append(f"step {i + 1}\nt={t}")
 
-    images = generate(run, n, settings, labels=labels, progress=progress, callback=callback)
+    if init is None:
+        images = generate(run, n, settings, labels=labels, progress=progress, callback=callback)
+    else:
+        images = sdedit(run, init, n, settings, strength=strength, labels=labels, progress=progress, callback=callback)
     save_grid(images, output, nrow=nrow, scale=scale)
     if save_tensor is not None:
         metadata = {"run": run.path.name, "sampling": json.dumps(settings.to_dict(), sort_keys=True)}
+        if init is not None:
+            metadata["sdedit"] = json.dumps({"strength": strength})
         save_tensors(save_tensor, {"samples": images}, metadata)
-    if trajectory is not None:
+    if trajectory is not None and trajectory.suffix.lower() == ".gif":
+        save_gif(torch.stack(frames), trajectory, nrow=len(frames[0]), scale=scale)
+    elif trajectory is not None:
         trajectory_figure(torch.stack(frames), frame_labels, trajectory)
     return images
 
