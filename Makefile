@@ -9,7 +9,7 @@ RUN ?=
 N ?= 10000
 N_1000 ?=
 
-.PHONY: install data train sample test lint eval features bench bench-samplers clean
+.PHONY: install data train sample test lint eval features bench bench-samplers bench-editing clean
 
 install: $(STAMP)
 
@@ -47,6 +47,9 @@ bench: data  ## training and sampling speed, see benchmarks/
 
 bench-samplers: data  ## FID and wall time per sampler and step count for one run
 	$(BIN)/python benchmarks/bench_samplers.py --n $(N) $(if $(N_1000),--n-1000 $(N_1000)) $(if $(RUN),--run $(RUN))
+
+bench-editing: data  ## inpainting accuracy per mask and inversion PSNR for one run, on 1,000 test digits
+	$(BIN)/python benchmarks/bench_editing.py $(if $(RUN),--run $(RUN))
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

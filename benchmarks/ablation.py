@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for name, run in runs.items():
         out = subprocess.run([*CLI, "eval", "--run", run, "-n", str(args.n), "--sampler", args.sampler, "--spacing",
-                              args.spacing, "--autoguidance", "1", "--cluster-guidance", "1", "--precision", "fp32", "--json",
-                              "--data-dir", args.data_dir],
+                              args.spacing, "--autoguidance", "1", "--cluster-guidance", "1", "--precision", "fp32",
+                              "--json", "--data-dir", args.data_dir],
                              capture_output=True, text=True, check=True)  # fmt: skip
         r = json.loads(out.stdout)
         m = r["model"]

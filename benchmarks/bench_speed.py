@@ -180,24 +180,23 @@ class WindowClock:
 
 
 def make_trainer(cfg: RunConfig, args, device: torch.device, artifacts: Path, name: str, **kw) -> Trainer:
-    return Trainer(
-        cfg,
-        data_dir=args.data_dir,
-        artifacts_dir=artifacts,
-        run_name=name,
-        device=device.type,
-        compile=args.compile,
-        progress=False,
-        log=say,
-        **kw,
-    )
+    return Trainer(cfg, data_dir=args.data_dir, artifacts_dir=artifacts, run_name=name, device=device.type,
+                   compile=args.compile, progress=False, log=say, cuda_graphs=args.path == "graphs", **kw)  # fmt: skip
 
 
 def preset_config(name: str, args) -> RunConfig:
+    """The preset, with the benchmark's batch size and precision, and for the graphs path the
+    step on the device (which `train --cuda-graphs` captures)."""
     cfg = PRESETS[name]
+    train = dataclasses.replace(cfg.train, precision=args.precision, step_on_device=args.path == "graphs")
     if args.batch_size:
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=args.batch_size))
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=args.precision))
+        train = dataclasses.replace(train, batch_size=args.batch_size)
+    return dataclasses.replace(cfg, train=train)
+
+
+def path_label(name: str, args) -> str:
+    """A row's name: the preset, and ", graphs" for the CUDA-graph path."""
+    return name if args.path == "eager" else f"{name}, graphs"
 
 
 def bench_training(name: str, args, device: torch.device, artifacts: Path) -> tuple[dict, Trainer]:
@@ -221,6 +220,8 @@ def bench_training(name: str, args, device: torch.device, artifacts: Path) -> tu
     per_run = checkpoints_per_run(trainer.total_steps, trainer.steps_per_epoch)
     step_s = steady_s + checkpoint_s * per_run / trainer.total_steps  # checkpoints amortized over a run
 
+    if args.path == "graphs":  # one replay a step: its halves cannot be timed apart
+        return graph_training_row(trainer, clock, batch, steady_s, checkpoint_s, per_run, step_s, device), trainer
     say(f"{name}: forward + loss + backward alone, {clock.window_steps} steps a window")
     network_s = statistics.median(bench_network(trainer, args.windows, clock.window_steps))
     say(f"{name}: everything but the network alone (batch, noise, lr, clipping, AdamW, EMA)")
@@ -263,6 +264,18 @@ def bench_training(name: str, args, device: torch.device, artifacts: Path) -> tu
         f"network {out['network_ms']:.1f} ms ({out['network_share']:.1%})"
     )
     return out, trainer
+
+
+def graph_training_row(trainer, clock, batch, steady_s, checkpoint_s, per_run, step_s, device) -> dict:
+    """The training row of the CUDA-graph path: whole steps only."""
+    return {"batch_size": batch, "parameters": count_parameters(trainer.model), "compile": False,
+            "window_steps": clock.window_steps,
+            "window_images_per_sec": [round(batch * clock.window_steps / d, 2) for d in clock.durations],
+            "steady_step_ms": steady_s * 1e3, "checkpoint_ms": checkpoint_s * 1e3, "checkpoints_per_run": per_run,
+            "steps_per_run": trainer.total_steps, "step_ms": step_s * 1e3, "images_per_sec": batch / step_s,
+            "network_ms": None, "other_ms": None, "network_share": None, "overhead_ms": None,
+            "network_share_direct": None, "network_share_target": NETWORK_SHARE_TARGET, "guard_ms": None,
+            "guard_share": None, "state_check_ms": None, "peak_memory_mib": peak_memory_mib(device)}  # fmt: skip
 
 
 def bench_overhead(trainer: Trainer, windows: int, window_steps: int, warmup: int = 2) -> list[float]:
@@ -372,7 +385,8 @@ def bench_sampling(name: str, trainer: Trainer, args, device: torch.device) -> d
     reset_peak_memory(device)
     b = args.sample_batch
     say(f"{name}: sampling, batch {b}")
-    unguided = SamplingConfig(guidance=UNGUIDED, precision=args.precision, batch_size=b)
+    unguided = SamplingConfig(guidance=UNGUIDED, precision=args.precision, batch_size=b,
+                              cuda_graphs=args.path == "graphs")  # fmt: skip
     generate(run, b, dataclasses.replace(unguided, sampler="ddim", steps=2))  # warm-up: allocations and kernels
     rows = []
     for sampler, evals in SAMPLER_RUNS:
@@ -395,7 +409,7 @@ def bench_full_epochs(args, device: torch.device, artifacts: Path) -> dict:
     cfg = preset_config("default", args)
     if args.epochs is not None:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=args.epochs))
-    say(f"full run: {cfg.train.epochs} epoch(s) of the default preset")
+    say(f"full run ({args.path}): {cfg.train.epochs} epoch(s) of the default preset")
     reset_peak_memory(device)
     result = make_trainer(cfg, args, device, artifacts, "full-epochs").run()
     done = [r for r in read_metrics(result.run_dir) if r.get("done")][-1]
@@ -406,8 +420,7 @@ def bench_full_epochs(args, device: torch.device, artifacts: Path) -> dict:
     for _ in range(2):  # the first call includes this batch size's allocations, the second does not
         sync(device)
         start = time.perf_counter()
-        generate(run, n, SamplingConfig(sampler="dpmpp-2m", steps=20, batch_size=b, guidance=UNGUIDED,
-                                        precision=args.precision))  # fmt: skip
+        generate(run, n, SamplingConfig(batch_size=b, precision=args.precision, cuda_graphs=args.path == "graphs"))
         times.append(time.perf_counter() - start)
     out = {
         "preset": "default",
@@ -419,8 +432,8 @@ def bench_full_epochs(args, device: torch.device, artifacts: Path) -> dict:
         "train_images_per_sec": result.step * cfg.train.batch_size / done["train_seconds"],
         "train_peak_memory_mib": train_peak,
         "samples": n,
-        "sampler": "dpmpp-2m",
-        "evaluations": 20,
+        "sampler": "the default, with its guidance",
+        "evaluations": SamplingConfig().evaluations(run.schedule.num_timesteps),
         "sample_batch": b,
         "sample_seconds_first": times[0],
         "sample_seconds": times[1],
@@ -466,8 +479,12 @@ def markdown(results: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in results["train"].items():
-        mark = "✓" if r["network_share_direct"] >= r["network_share_target"] else "✗"
         ckpt = r["step_ms"] - r["steady_step_ms"]
+        if r["network_ms"] is None:  # the graph path: whole steps only
+            lines.append(f"| {name} | {r['batch_size']} | {rate(r['images_per_sec'])} | {r['step_ms']:.2f} | - | - | - "
+                         f"| - | {ckpt:.3f} | - | {r['peak_memory_mib']:.0f} |")  # fmt: skip
+            continue
+        mark = "✓" if r["network_share_direct"] >= r["network_share_target"] else "✗"
         lines.append(
             f"| {name} | {r['batch_size']} | {rate(r['images_per_sec'])} | {r['step_ms']:.2f} | {r['network_ms']:.2f} "
             f"| {r['network_share']:.1%} | {r['overhead_ms']:.2f} | {r['network_share_direct']:.1%} {mark} "
@@ -485,13 +502,12 @@ def markdown(results: dict) -> str:
                 f"| {name} | {r['sampler']} | {r['evaluations']} | {r['batch']} | {rate(r['images_per_sec'])} "
                 f"| {timed} | {s['peak_memory_mib']:.0f} |"
             )
-    full = results.get("full_epochs")
-    if full:
+    for path, full in results.get("full_epochs", {}).items():
         ok_train = "✓" if full["train_seconds"] < full["train_target_seconds"] else "✗"
         ok_sample = "✓" if full["sample_seconds"] < full["sample_target_seconds"] else "✗"
         lines += [
             "",
-            "| full run | result | target |",
+            f"| full run ({path}) | result | target |",
             "|---|---:|---:|",
             f"| default preset, {full['epochs']} epoch(s) ({full['steps']} steps), training time | "
             f"{full['train_seconds']:.1f} s {ok_train} | < {full['train_target_seconds']:.0f} s |",
@@ -545,6 +561,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="time each sampler run at most this long, then extrapolate (0: all of it; CPU 15, CUDA 5)",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the training network, as train --compile")
+    p.add_argument("--paths", help="eager and/or graphs (train/sample --cuda-graphs), comma-separated "
+                   "(default: both on CUDA, eager elsewhere)")  # fmt: skip
     p.add_argument("--precision", choices=get_args(Precision), default="auto", help="as train --precision")
     p.add_argument(
         "--full-epochs",
@@ -568,6 +586,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.presets = presets
     if args.windows < 1 or args.window_steps < 0 or (args.warmup_steps is not None and args.warmup_steps < 2):
         p.error("need --windows >= 1, --window-steps >= 0 and --warmup-steps >= 2")
+    args.paths = args.paths.split(",") if args.paths else None
+    if args.paths and any(path not in ("eager", "graphs") for path in args.paths):
+        p.error(f"--paths takes eager and/or graphs (got {','.join(args.paths)})")
     for flag in ("batch_size", "sample_batch", "full_samples", "epochs"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1")
@@ -577,6 +598,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device = setup_device(args.device)
+    args.paths = args.paths or (["eager", "graphs"] if device.type == "cuda" else ["eager"])
     defaults = DEFAULTS[device.type]
     for field in dataclasses.fields(DeviceDefaults):
         if getattr(args, field.name) is None:
@@ -601,18 +623,21 @@ def main(argv: list[str] | None = None) -> dict:
         out.with_suffix(".md").write_text(table)
 
     with tempfile.TemporaryDirectory(prefix="mnistdiff-bench-") as tmp:
-        if args.full_epochs:  # first, in a fresh process as `mnistdiff train` would be
-            results["full_epochs"] = bench_full_epochs(args, device, Path(tmp))
-            gc.collect()
-            save()
-        for name in args.presets:
-            results["train"][name], trainer = bench_training(name, args, device, Path(tmp))
-            results["sample"][name] = bench_sampling(name, trainer, args, device)
-            del trainer  # and its data, weights and optimizer state (it sits in a cycle with its clock)
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            save()
+        for path in args.paths:
+            args.path = path
+            if args.full_epochs:  # first, in a fresh process as `mnistdiff train` would be
+                results.setdefault("full_epochs", {})[path] = bench_full_epochs(args, device, Path(tmp))
+                gc.collect()
+                save()
+            for name in args.presets:
+                label = path_label(name, args)
+                results["train"][label], trainer = bench_training(name, args, device, Path(tmp))
+                results["sample"][label] = bench_sampling(name, trainer, args, device)
+                del trainer  # and its data, weights and optimizer state (it sits in a cycle with its clock)
+                gc.collect()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                save()
     if args.readme:
         update_readme(args.readme, device.type, table)
     print(table)

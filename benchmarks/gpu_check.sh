@@ -1,5 +1,13 @@
 #!/usr/bin/env bash
 # The whole GPU check in one command, for one H100 or H200 (see benchmarks/README.md):
+#   benchmarks/gpu_check.sh [OUT_DIR]     (or OUT=...; results as JSON and markdown there)
+# CHECK=graphs (the default) measures the CUDA-graph paths against eager, in about 8 minutes:
+#   the CUDA tests (tests/test_cuda.py, tests/test_graphs.py); `train --cuda-graphs` of the default
+#   preset's 5 epochs and `eval -n 10000 --cuda-graphs` of it; the same 5 epochs eager with seeds 0
+#   and 1 (the run-to-run noise of FID), each evaluated alike; bench_speed.py --paths eager,graphs
+#   for the default and large presets (step times, the large preset's 30 epochs from its rate);
+#   then benchmarks/gpu_summary.py writes summary.json and summary.md with every target.
+# CHECK=speed is the earlier plan:
 #   1. nvidia-smi and the Python environment (pip install -e . only if the package cannot be imported),
 #   2. smoke: 50 training steps on cuda, then a sample grid from that run,
 #   3. bench_speed.py --device cuda --full-epochs: throughput, network share, memory and the two
@@ -16,10 +24,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-OUT_DIR="${OUT:-benchmarks/results}"
+OUT_DIR="${1:-${OUT:-benchmarks/results}}"
+CHECK="${CHECK:-graphs}"
+EPOCHS="${EPOCHS:-5}"                      # CHECK=graphs: the runs' epochs
+read -r -a RUN_ARGS <<<"${RUN_ARGS:-}"     # extra train flags (a CPU dry run: --max-steps 3 --channels 8)
 DATA_DIR="${DATA_DIR:-data}"
 PY="${PYTHON:-python3}"
-BUDGET_S="${BUDGET_S:-295}"
+BUDGET_S="${BUDGET_S:-$([[ ${CHECK:-graphs} == graphs ]] && echo 470 || echo 295)}"
 COMPILE_BENCH="${COMPILE_BENCH:-0}"  # 1: also run the benchmark with --compile (needs a larger budget)
 SMOKE_STEPS="${SMOKE_STEPS:-50}"
 DEVICE="${DEVICE:-cuda}"  # cpu only to try this script itself out with tiny settings
@@ -99,6 +110,52 @@ for split in train t10k; do
 done
 
 MNISTDIFF=("$PY" -m mnist_diffusion)
+
+graphs_check() {
+  local art="$WORK/graphs"
+  GRAPHS=()
+  [[ $DEVICE == cuda ]] && GRAPHS=(--cuda-graphs)  # DEVICE=cpu: a dry run of this script
+  step "CUDA tests" 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_graphs.py
+  train_timed graphs 60 ${GRAPHS[@]+"${GRAPHS[@]}"} --seed 0
+  eval_run graphs
+  step "bench_speed eager and graphs" 150 "$PY" benchmarks/bench_speed.py --device "$DEVICE" \
+    --paths "eager$([[ $DEVICE == cuda ]] && echo ,graphs)" --presets default,large --windows 3 --data-dir "$DATA_DIR" --out "$OUT_DIR/speed-$DEVICE.json" \
+    ${BENCH_ARGS[@]+"${BENCH_ARGS[@]}"}
+  train_timed eager-seed0 150 --seed 0
+  eval_run eager-seed0
+  train_timed eager-seed1 150 --seed 1
+  eval_run eager-seed1
+  step "summary" 30 "$PY" benchmarks/gpu_summary.py "$OUT_DIR" "$art"
+}
+
+# train_timed NAME LIMIT FLAGS...: the default preset's 5 epochs through the CLI, wall time measured
+train_timed() {
+  local name=$1 limit=$2 t0
+  shift 2
+  t0=$(date +%s.%N)
+  step "train $name" "$limit" "${MNISTDIFF[@]}" train --device "$DEVICE" --run-name "$name" --epochs "$EPOCHS" "$@" \
+    ${RUN_ARGS[@]+"${RUN_ARGS[@]}"} --data-dir "$DATA_DIR" --artifacts-dir "$WORK/graphs"
+  echo "{\"run\": \"$name\", \"command_seconds\": $(echo "$(date +%s.%N) - $t0" | bc)}" >"$OUT_DIR/command-$name.json"
+}
+
+# eval_run NAME: eval -n 10000 with the default sampler and guidance, graphed; eval.json kept
+eval_run() {
+  local failed=${#FAILED[@]}
+  step "eval $1" 90 "${MNISTDIFF[@]}" eval --run "$1" -n "$EVAL_N" ${GRAPHS[@]+"${GRAPHS[@]}"} --batch-size "$EVAL_N" \
+    --device "$DEVICE" --artifacts-dir "$WORK/graphs" --data-dir "$DATA_DIR" --json
+  ((${#FAILED[@]} == failed)) || return 0
+  cp "$(ls -d "$WORK"/graphs/runs/*-"$1" | tail -1)/eval.json" "$OUT_DIR/eval-$1.json" || log "no eval.json for $1"
+}
+
+if [[ $CHECK == graphs ]]; then
+  graphs_check
+  if ((${#FAILED[@]})); then
+    log "done in $SECONDS s; FAILED: $(printf '%s; ' "${FAILED[@]}")"
+    exit 1
+  fi
+  log "done in $SECONDS s; all steps passed. Results: $OUT_DIR/summary.md"
+  exit 0
+fi
 
 # 2. Smoke: train 50 steps on the GPU and draw a grid from the run.
 step "train $SMOKE_STEPS steps" 90 "${MNISTDIFF[@]}" train --device "$DEVICE" --max-steps "$SMOKE_STEPS" \

@@ -116,11 +116,24 @@ def tensors_digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Write a safetensors file atomically, with a digest of its content in the metadata."""
+    """Write a safetensors file atomically, with a digest of its content in the metadata; the same
+    tensors and metadata give the same bytes."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     metadata = dict(metadata or {})
     metadata[DIGEST_KEY] = tensors_digest(tensors, metadata)
-    atomic_write_bytes(path, save(tensors, metadata=metadata))
+    atomic_write_bytes(path, _sorted_header(save(tensors, metadata=metadata)))
+
+
+def _sorted_header(blob: bytes) -> bytes:
+    """A safetensors file with its JSON header's keys in sorted order. safetensors writes the header
+    from a hash map, in an order that changes from one call to the next; the same JSON, compact and
+    sorted, is as long (space-padded if shorter), so the tensors' offsets stay as they are."""
+    n = int.from_bytes(blob[:8], "little")
+    header = json.dumps(json.loads(blob[8 : 8 + n]), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    encoded = header.encode()
+    if len(encoded) > n:  # not expected: keep the file as safetensors wrote it
+        return blob
+    return blob[:8] + encoded.ljust(n, b" ") + blob[8 + n :]
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:

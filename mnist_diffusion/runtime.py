@@ -1,9 +1,18 @@
-"""Where the work runs: device choice, CPU threads, and torch.distributed set-up."""
+"""Where the work runs: the device and what it is (model, vector units, measured matrix rate),
+the precision it computes in, CPU threads, the memory allocator, and torch.distributed set-up."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import os
-from dataclasses import dataclass
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Literal, get_args
 
 import torch
@@ -17,8 +26,7 @@ DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 
 def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     """The torch device for ``--device``; asking for one that is not there is a UserError."""
-    mps = getattr(torch.backends, "mps", None)
-    has_mps = bool(mps and mps.is_available())
+    has_mps = _has_mps()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
     if name == "cuda":
@@ -34,24 +42,54 @@ def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     raise UserError(f"--device must be one of {', '.join(get_args(DeviceName))} (got {name!r})")
 
 
+def _has_mps() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps and mps.is_available())
+
+
 def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes in bf16 natively: a CUDA GPU that supports it, or a CPU with
-    AVX512-BF16 or AMX instructions. Elsewhere bf16 is emulated and slower than fp32."""
+    """Whether ``device`` computes in bf16 natively: an NVIDIA GPU of compute capability 8.0 or
+    newer (Ampere on; older ones report bf16 support but emulate it, without cuDNN convolutions),
+    or a CPU with AVX512-BF16 or AMX instructions. Elsewhere bf16 is emulated, slower than fp32."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.get_device_capability(device) >= (8, 0)
     if device.type == "cpu":
-        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+        return cpu_has_bf16()
     return False
 
 
-def use_bf16(precision: str, device: torch.device) -> bool:
-    """Whether to run the network in bf16 autocast for ``--precision`` (auto, fp32 or bf16)."""
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 units: AVX512-BF16 or AMX."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The dtype the network runs in under autocast for ``--precision``, or None for fp32: "auto"
+    is bf16 where ``device`` has it natively (:func:`native_bf16`), fp32 elsewhere; "bf16" on a
+    CPU or CUDA GPU; "fp16" on a CUDA GPU (training then scales the loss, see GradScaler)."""
     if precision not in get_args(Precision):
         raise UserError(f"--precision must be one of {', '.join(get_args(Precision))} (got {precision!r})")
-    if precision == "bf16" and device.type not in ("cuda", "cpu"):
-        raise UserError(f"--precision bf16 is supported on cuda and cpu, not {device.type}")
-    return precision == "bf16" or (precision == "auto" and native_bf16(device))
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise UserError(f"--precision fp16 is for CUDA GPUs, not {device.type} (use fp32, or bf16 on the CPU)")
+        return torch.float16
+    if precision == "bf16":
+        if device.type not in ("cuda", "cpu"):
+            raise UserError(f"--precision bf16 is supported on cuda and cpu, not {device.type}")
+        return torch.bfloat16
+    return torch.bfloat16 if precision == "auto" and native_bf16(device) else None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """``torch.autocast`` to ``dtype`` on ``device``, or no context at all for fp32 (None): some
+    builds refuse even a disabled autocast on some devices (MPS before torch 2.5)."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """ "bf16", "fp16" or "fp32": what the network ran in."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
 
 
 def configure_cpu_threads(world_size: int = 1) -> int:
@@ -83,16 +121,20 @@ class DistInfo:
 
 
 def init_distributed(device_name: str) -> DistInfo:
-    """Join the process group torchrun set up (env:// rendezvous): gloo on the CPU, nccl on CUDA."""
+    """Join the process group torchrun set up (env:// rendezvous): NCCL on CUDA where this build
+    has it, gloo elsewhere (the CPU, or Windows). Apple's MPS has no collective backend: a
+    torchrun job there is refused."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistInfo()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
+    if not use_cuda and (device_name == "mps" or (device_name == "auto" and _has_mps())):
+        raise UserError("torchrun on Apple's MPS is not supported (it has no collective backend): train in one process")
     if not dist.is_initialized():
         if use_cuda:
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(backend="nccl" if use_cuda and dist.is_nccl_available() else "gloo")
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size)
 
 
@@ -107,9 +149,137 @@ def broadcast_object(obj, info: DistInfo):
 
 def setup_device(name: str = "auto", info: DistInfo | None = None) -> torch.device:
     """The device for ``--device`` (under torchrun, this rank's GPU), and on the CPU the thread
-    count: the one set-up every command does before its work."""
+    count and the memory allocator: the one set-up every command does before its work."""
     info = info or DistInfo()
     device = pick_device(name, info.local_rank)
     if device.type == "cpu":
         configure_cpu_threads(info.world_size)
+        tune_allocator()
     return device
+
+
+# glibc's mallopt parameters (malloc.h) and the values mnistdiff sets: keep freed memory in the
+# process instead of handing it back to the system after every operation, and serve the network's
+# activation buffers from the heap rather than fresh mmap'ed pages, which are zero-filled and
+# page-faulted in again at every use (docs/RESULTS.md: the allocator's effect on sampling and training).
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+ALLOCATOR_SETTINGS = {M_TRIM_THRESHOLD: 2**30, M_TOP_PAD: 2**29, M_MMAP_THRESHOLD: 2**25}
+
+
+@functools.cache
+def tune_allocator() -> bool:
+    """Set glibc malloc's trim threshold, top pad and mmap threshold (:data:`ALLOCATOR_SETTINGS`)
+    through ``mallopt``, once per process, unless the user set MALLOC_* variables of their own or
+    MNISTDIFF_ALLOCATOR=system. Returns whether it did: elsewhere (macOS, Windows, musl) a no-op."""
+    if os.environ.get("MNISTDIFF_ALLOCATOR") == "system" or any(k.startswith("MALLOC_") for k in os.environ):
+        return False
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return all(mallopt(param, value) == 1 for param, value in ALLOCATOR_SETTINGS.items())
+
+
+# --------------------------------------------------------------------------------------- the machine
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What a run runs on, as `train`'s first line and the benchmarks report it."""
+
+    device: str  # cpu, cuda or mps
+    cpu: str  # the CPU's model name
+    vector_units: tuple[str, ...]  # of AVX2, AVX-512, AVX512-BF16, AMX (x86), NEON (Arm)
+    bf16_units: bool  # the CPU computes bf16 natively (AVX512-BF16 or AMX)
+    cores: int  # CPU cores this process may run on
+    threads: int  # torch's CPU threads
+    gpu: str | None  # the GPU's name and memory, if the device is one
+    capability: str | None  # CUDA compute capability, such as "9.0"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        """ "AMD EPYC (2 cores, 2 threads; AVX2; no bf16 units)", or the GPU's description."""
+        units = ", ".join(self.vector_units) or "no AVX"
+        cpu = f"{self.cpu} ({self.cores} cores, {self.threads} threads; {units}; " + (
+            "bf16 units)" if self.bf16_units else "no bf16 units)")
+        return f"{self.gpu} (compute capability {self.capability}); CPU {cpu}" if self.gpu else cpu
+
+
+def describe_machine(device: torch.device) -> Machine:
+    """The machine behind ``device``: the CPU's model and vector units, cores and threads, the GPU."""
+    flags = _cpu_flags()
+    names = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_bf16": "AVX512-BF16", "amx_tile": "AMX", "asimd": "NEON"}
+    units = tuple(name for flag, name in names.items() if flag in flags)
+    if not units and platform.machine().lower() in ("arm64", "aarch64"):
+        units = ("NEON",)
+    gpu = capability = None
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        gpu, capability = f"{props.name} ({props.total_memory / 2**30:.0f} GiB)", f"{props.major}.{props.minor}"
+    elif device.type == "mps":
+        gpu = "Apple GPU (MPS)"
+    return Machine(device.type, _cpu_model(), units, cpu_has_bf16(), _usable_cores(), torch.get_num_threads(), gpu,
+                   capability)  # fmt: skip
+
+
+def _usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _cpu_info() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _cpu_flags() -> set[str]:
+    for line in _cpu_info().splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def _cpu_model() -> str:
+    for line in _cpu_info().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    if sys.platform == "darwin":
+        try:
+            cmd = ["sysctl", "-n", "machdep.cpu.brand_string"]
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=5)
+            if out.stdout.strip():
+                return out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+@functools.cache
+def matmul_rate(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048) -> float:
+    """The measured rate, in GFLOP/s, of an n x n matrix product in ``dtype`` on ``device``: the
+    yardstick the training step's speed is given against (the median of 3 timed products)."""
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    times = []
+    for i in range(4):  # the first is a warm-up
+        sync(device)
+        start = time.perf_counter()
+        a @ b
+        sync(device)
+        if i:
+            times.append(time.perf_counter() - start)
+    return 2 * n**3 / sorted(times)[1] / 1e9
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device to finish its queued work (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()

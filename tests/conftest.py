@@ -53,7 +53,7 @@ def tiny_config(**train) -> RunConfig:
         preset="tiny",
         model=dataclasses.replace(ModelConfig(), channels=8, channel_mult=(1, 2, 2)),
         diffusion=DiffusionConfig(schedule="cosine", timesteps=50),
-        train=dataclasses.replace(TrainConfig(), batch_size=16, warmup_steps=4, epochs=1, **train),
+        train=dataclasses.replace(TrainConfig(), **{"batch_size": 16, "warmup_steps": 4, "epochs": 1, **train}),
     )
 
 

@@ -78,14 +78,38 @@ def test_bench_speed_writes_json_and_table(tmp_path, data_dir):
     ]
     assert all(r["images_per_sec"] > 0 and 2 <= r["evaluations_timed"] <= r["evaluations"] for r in runs)
     assert runs[2]["extrapolated"]  # 1000 evaluations do not fit in 0.01 s
-    full = results["full_epochs"]
+    assert list(results["full_epochs"]) == ["eager"]  # the CPU has no CUDA graphs
+    full = results["full_epochs"]["eager"]
     assert full["epochs"] == 1 and full["steps"] == 512 // 8 and full["train_seconds"] > 0
     assert full["samples"] == 4 and full["sample_seconds"] > 0
     assert results["peak_memory"]["mib"] > 0
 
     table = out.with_suffix(".md").read_text()
-    assert "| default | 8 |" in table and "dpmpp-2m" in table and "full run" in table
+    assert "| default | 8 |" in table and "dpmpp-2m" in table and "full run (eager)" in table
     assert table in proc.stdout
     text = readme.read_text()
     assert text.startswith("before\n<!-- bench:cpu:start -->\n") and text.endswith("<!-- bench:cpu:end -->\nafter\n")
     assert "old" not in text and "| default | 8 |" in text
+
+
+def test_bench_cpu_variants_and_table(monkeypatch):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_cpu
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")  # a user's own malloc setting never leaks into a variant
+    default, tuned = bench_cpu.variant_env("default", 2), bench_cpu.variant_env("tuned", 2)
+    assert default["MNISTDIFF_ALLOCATOR"] == "system" and "MNISTDIFF_ALLOCATOR" not in tuned
+    assert "MALLOC_ARENA_MAX" not in default and bench_cpu.variant_env("threads-1", 2)["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setattr(bench_cpu, "LIBS", {"jemalloc": ["/nonexistent/libjemalloc.so.2"]})
+    assert bench_cpu.variant_env("jemalloc", 2) is None  # not installed: skipped
+
+    def variant(wall, rate):
+        return {"threads": 2, "matmul_gflops": 100.0, "peak_rss_mib": 1000.0,
+                "sample": {"wall_s": wall, "sys_s": wall / 10}, "train": {"images_per_sec": rate}}  # fmt: skip
+
+    results = {"machine": {"device": "cpu", "cpu": "x", "cores": 2, "torch_threads": 2, "gpu": None, "torch": "2",
+                           "mnist_diffusion": "0", "git_commit": None},
+               "date": "d", "command": "c", "matmul_gflops": {"fp32": 100.0}, "step_mflop_per_image": 400.0,
+               "variants": {"default": variant(100.0, 100.0), "tuned": variant(50.0, 125.0)}}  # fmt: skip
+    table = bench_cpu.markdown(results)
+    assert "| tuned | 2 | 50.0 | 10% | 2.00x | 125.0 | 50% | 1.25x | 1000 |" in table

@@ -18,8 +18,7 @@ from mnist_diffusion.data.mnist import load_mnist
 from mnist_diffusion.errors import UserError
 from mnist_diffusion.io import sha256_file
 from mnist_diffusion.runs.checkpoint import flatten_optimizer
-from mnist_diffusion.runs.store import resolve_run
-from mnist_diffusion.runtime import native_bf16, use_bf16
+from mnist_diffusion.runs.store import load_config, resolve_run
 from mnist_diffusion.sampling.outputs import end_of_run_grid
 from mnist_diffusion.training import trainer as train_module
 from mnist_diffusion.training.plan import plan_resume
@@ -33,17 +32,8 @@ def run(cfg, tmp_path, data_dir, *, resume=None, epochs=None, max_steps=None, **
     plan = None
     if resume is not None:
         plan = plan_resume(resolve_run(str(resume), artifacts), epochs=epochs, max_steps=max_steps)
-    return train(
-        cfg,
-        data_dir=data_dir,
-        artifacts_dir=artifacts,
-        run_name=kw.pop("run_name", "t"),
-        device="cpu",
-        progress=False,
-        log=lambda m: None,
-        resume=plan,
-        **kw,
-    )
+    kw = {"run_name": "t", "progress": False, "log": lambda m: None, **kw}
+    return train(cfg, data_dir=data_dir, artifacts_dir=artifacts, device="cpu", resume=plan, **kw)
 
 
 def folder_bytes(run_dir):
@@ -255,19 +245,28 @@ def test_guide_is_the_ema_at_guide_at_and_survives_resume(tmp_path, data_dir):
     assert not (off / "guide.safetensors").exists()
 
 
-def test_precision_flag_picks_the_arithmetic(tmp_path, data_dir, monkeypatch):
-    cpu = torch.device("cpu")
-    assert use_bf16("bf16", cpu) and not use_bf16("fp32", cpu)
-    assert use_bf16("auto", cpu) == native_bf16(cpu)
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    assert not native_bf16(cpu) and not use_bf16("auto", cpu)  # a laptop CPU without bf16 units: fp32
-    with pytest.raises(UserError, match="--precision"):
-        use_bf16("fp16", cpu)
-    monkeypatch.undo()
+def test_precision_flag_picks_the_arithmetic(tmp_path, data_dir):
+    # which device gets which precision: tests/test_runtime.py; here, that the trainer follows it
     runs = {p: run(tiny_config(max_steps=3, precision=p), tmp_path / p, data_dir).run_dir for p in ("fp32", "bf16")}
     a, b = weights(runs["fp32"]), weights(runs["bf16"])
     assert any(not torch.equal(a[k], b[k]) for k in a)  # bf16 autocast is not fp32
+
+
+def test_fp16_scales_the_loss_and_resumes_exactly(tmp_path, data_dir, monkeypatch):
+    # fp16 is for CUDA; the same code path runs on the CPU when the precision check lets it
+    monkeypatch.setattr(train_module, "autocast_dtype", lambda precision, device: torch.float16)
+    straight = run(tiny_config(max_steps=6, precision="fp16"), tmp_path / "a", data_dir).run_dir
+    meta = json.loads((straight / "checkpoint.json").read_text())
+    assert meta["grad_scaler"]["scale"] > 0  # the loss scaler's state is part of the checkpoint
+    stop = threading.Event()
+    half = run(tiny_config(max_steps=6, precision="fp16"), tmp_path / "b", data_dir, stop=stop,
+               on_step=lambda s: stop.set() if s == 3 else None)  # fmt: skip
+    resumed = run(None, tmp_path / "b", data_dir, resume=half.run_dir)
+    a, b = weights(straight), weights(resumed.run_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    monkeypatch.undo()
+    fp32 = weights(run(tiny_config(max_steps=6, precision="fp32"), tmp_path / "c", data_dir).run_dir)
+    assert any(not torch.equal(a[k], fp32[k]) for k in a)  # it did run in fp16
 
 
 def test_conditional_training_runs_and_samples_by_row(tmp_path, data_dir):
@@ -313,3 +312,48 @@ def test_clusters_and_num_classes_must_agree():
         validate(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=10)))
     with pytest.raises(ValueError, match="clusters must not be negative"):
         validate(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, clusters=-1)))
+
+
+def test_a_time_budget_plans_steps_that_a_plain_run_repeats_bit_for_bit(tmp_path, data_dir):
+    lines = []
+    budgeted = run(tiny_config(epochs=3), tmp_path / "a", data_dir, time_budget=4.0, log=lines.append).run_dir
+    cfg = load_config(budgeted)
+    info = json.loads((budgeted / "run.json").read_text())["time_budget"]
+    assert cfg.train.steps == info["planned_steps"] > 0 and info["seconds"] == 4.0
+    assert any(f"--steps {cfg.train.steps}" in line for line in lines)
+    # The plan (and where the budget ended it, if it did) is in config.json: a run of that config
+    # on any machine, without a budget, trains the same weights.
+    again = run(cfg, tmp_path / "b", data_dir).run_dir
+    a, b = weights(budgeted), weights(again)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_spent_budget_ends_the_run_and_records_where(tmp_path, data_dir, monkeypatch):
+    calls = []
+
+    def out_of_time(self, started):
+        calls.append(1)
+        return len(calls) >= 5  # the budget runs out after the 5th step
+
+    monkeypatch.setattr(train_module.Trainer, "_out_of_time", out_of_time)
+    monkeypatch.setattr(train_module.Trainer, "_scratch_seconds_per_step", lambda self, steps=12: 0.01)
+    result = run(tiny_config(epochs=3), tmp_path, data_dir, time_budget=60.0)
+    cfg = load_config(result.run_dir)
+    assert result.step == 5 and cfg.train.max_steps == 5 and cfg.train.steps == int(60 * 0.97 / 0.01)
+    assert (result.run_dir / "model.safetensors").is_file()  # finished, not interrupted
+
+
+def test_train_says_how_long_the_rest_will_take(tmp_path, data_dir):
+    lines = []
+    run(tiny_config(max_steps=30), tmp_path, data_dir, log=lines.append, progress=True)
+    assert any("steps to go: about" in line and "images/s" in line and "of the matrix rate" in line for line in lines)
+    assert any("a training step is" in line and "MFLOP per image" in line for line in lines)
+
+
+def test_durations_for_time_budget():
+    from mnist_diffusion.cli.train import parse_duration
+
+    assert [parse_duration(t) for t in ("10m", "90s", "1h30m", "1.5h", "45", "2min")] == [600, 90, 5400, 5400, 45, 120]
+    for bad in ("", "soon", "0s", "10x", "-5m"):
+        with pytest.raises(UserError, match="--time-budget"):
+            parse_duration(bad)

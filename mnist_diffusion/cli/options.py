@@ -14,13 +14,15 @@ from typing import Annotated, Optional, get_args
 import typer
 
 from ..config import DEFAULT_STEPS, SPACING_RANGE, Guidance, GuidanceKinds, SamplerName, SamplingConfig
+from ..errors import UserError
 from .app import checked, say
 
 ArtifactsDir = Annotated[Path, typer.Option("--artifacts-dir", help="Folder holding runs/ and latest.")]
 DataDir = Annotated[Path, typer.Option("--data-dir", help="Folder for MNIST (MNIST/raw/*-ubyte).")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")]
 RunArg = Annotated[Optional[str], typer.Option("--run", "-r", help="A run's folder or name (default: the latest run).")]
-PRECISION_HELP = "The network in auto (bf16 where the GPU or CPU has bf16 units, else fp32), fp32 or bf16."
+PRECISION_HELP = ("The network in auto (bf16 on CPUs with AVX512-BF16/AMX and NVIDIA GPUs from Ampere on, else "
+                  "fp32), fp32, bf16, or fp16 (CUDA).")
 
 _DEFAULTS = SamplingConfig()
 PANEL = "Sampling"  # the --help section of the sampling options
@@ -57,6 +59,8 @@ SAMPLING_OPTIONS = {
                         "whichever the run has (autoguidance first)."), None),
     "precision": (_option(str, "--precision", PRECISION_HELP), _DEFAULTS.precision),
     "batch_size": (_option(int, "--batch-size", "Samples per forward pass.", min=1), _DEFAULTS.batch_size),
+    "cuda_graphs": (_option(bool, "--cuda-graphs", "CUDA: replay each network call from a CUDA graph."),
+                    _DEFAULTS.cuda_graphs),
 }  # fmt: skip
 
 
@@ -81,21 +85,29 @@ class SamplingRequest:
         return dataclasses.replace(self.settings, guidance=dataclasses.replace(given, **{kind: self.legacy_guidance}))
 
 
-def sampling_options(command):
+def sampling_options(command=None, *, without: tuple[str, ...] = ()):
     """Give a Typer command every sampling flag; it receives them as ``sampling: SamplingRequest``,
-    checked (a bad value is one ``Error:`` line before any work)."""
+    checked (a bad value is one ``Error:`` line before any work). ``@sampling_options(without=
+    ("sampler", "eta"))`` leaves out the flags of fields a command sets itself (they keep
+    SamplingConfig's defaults), so that it can declare its own flag of that name."""
+    if command is None:
+        return functools.partial(sampling_options, without=without)
+    unknown = set(without) - set(SAMPLING_OPTIONS)
+    if unknown:
+        raise ValueError(f"no sampling flags named {sorted(unknown)}")
+    options = {name: spec for name, spec in SAMPLING_OPTIONS.items() if name not in without}
     hints = typing.get_type_hints(command, include_extras=True)
     own = [p.replace(annotation=hints[p.name]) for p in inspect.signature(command).parameters.values()
            if p.name != "sampling"]  # fmt: skip
     added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
-             for name, (annotation, default) in SAMPLING_OPTIONS.items()]  # fmt: skip
+             for name, (annotation, default) in options.items()]  # fmt: skip
 
     @functools.wraps(command)
     def wrapper(**kwargs):
-        flags = {name: kwargs.pop(name) for name in SAMPLING_OPTIONS}
-        guidance = Guidance(auto=flags.pop("autoguidance"), labels=flags.pop("label_guidance"),
-                            clusters=flags.pop("cluster_guidance"))  # fmt: skip
-        legacy = flags.pop("guidance")
+        flags = {name: kwargs.pop(name) for name in options}
+        guidance = Guidance(auto=flags.pop("autoguidance", None), labels=flags.pop("label_guidance", None),
+                            clusters=flags.pop("cluster_guidance", None))  # fmt: skip
+        legacy = flags.pop("guidance", None)
         settings = checked(SamplingConfig(**flags, guidance=guidance).check)
         return command(**kwargs, sampling=SamplingRequest(settings, legacy))
 
@@ -104,3 +116,17 @@ def sampling_options(command):
     wrapper.__annotations__ = {p.name: p.annotation for p in params}
     del wrapper.__wrapped__  # Typer reads the signature above, not the command's own
     return wrapper
+
+
+def int_list(text: str, flag: str, *, low: int = 0, example: str = "0,5,9") -> list[int]:
+    """A flag's comma-separated integers, such as ``example``, each at least ``low``, in the order
+    given and without repeats; anything else is a one-line UserError naming ``flag``."""
+    items = [item.strip() for item in text.split(",")]
+    try:
+        values = [int(item) for item in items]
+    except ValueError:
+        values = []
+    if not values or any(v < low for v in values):
+        raise UserError(f"{flag} takes comma-separated whole numbers of at least {low}, such as {example} "
+                        f"(got {text!r})")  # fmt: skip
+    return list(dict.fromkeys(values))

@@ -1,4 +1,5 @@
-"""`mnistdiff sample`: digits from a trained run as a PNG grid (and a tensor, and a trajectory)."""
+"""`mnistdiff sample`: digits from a trained run as a PNG grid (and a tensor, a trajectory, and
+SDEdits of a drawing)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..config import DEFAULT_ARTIFACTS_DIR
+from ..config import DEFAULT_ARTIFACTS_DIR, SDEDIT_STRENGTH
 from ..errors import UserError
-from .app import app, console, user_errors
+from .app import app, console, say, user_errors
 from .options import ArtifactsDir, Device, RunArg, SamplingRequest, sampling_options
 
 
@@ -28,27 +29,41 @@ def sample(
     digit: Annotated[Optional[int], typer.Option(min=0, max=9, help="Conditional runs: draw this digit.")] = None,
     labels: Annotated[Optional[str], typer.Option(help="Conditional runs: digits to draw, e.g. 0,1,2.")] = None,
     trajectory: Annotated[Optional[Path], typer.Option(
-        help="Also write a PNG of the denoising process of the first samples.")] = None,
+        help="Also write the denoising process of the first samples: a PNG, or an animated GIF (.gif).")] = None,
+    init: Annotated[Optional[Path], typer.Option(
+        help="SDEdit: start from this drawing (a PNG, resized to 28x28 if needed) noised to --strength.")] = None,
+    strength: Annotated[Optional[float], typer.Option(
+        help=f"With --init: how far to noise the drawing, in (0, 1]; 1 is pure noise (default {SDEDIT_STRENGTH:g}).")
+    ] = None,
     device: Device = "auto",
     artifacts_dir: ArtifactsDir = DEFAULT_ARTIFACTS_DIR,
     sampling: SamplingRequest = None,
 ):  # fmt: skip
     """Draw digits from a trained run and save them as a PNG grid.
 
-    Example: mnistdiff sample -n 64 -o grid.png --steps 10"""
+    Example: mnistdiff sample -n 64 -o grid.png --steps 10
+
+    Example: mnistdiff sample --init scribble.png --strength 0.6 -n 8 -o cleaned.png"""
     from ..pictures.grids import default_nrow
+    from ..pictures.inputs import read_digit
     from ..runs.loader import load_run
     from ..runs.store import resolve_run
     from ..runtime import setup_device
+    from ..sampling.editing import check_strength
     from ..sampling.generate import default_conditional_nrow, parse_labels
     from ..sampling.outputs import sample_to_files
 
     if n < 1:
         raise UserError(f"-n must be at least 1 (got {n})")
+    if strength is not None and init is None:
+        raise UserError("--strength needs --init, the drawing to start from")
+    strength = check_strength(SDEDIT_STRENGTH if strength is None else strength)
+    drawing = read_digit(init, say) if init is not None else None
     loaded = load_run(resolve_run(run, artifacts_dir), setup_device(device))
     label_tensor = parse_labels(digit, labels, n, loaded.conditional)
     if nrow is None:
         nrow = default_conditional_nrow(n) if loaded.conditional and digit is None and not labels else default_nrow(n)
     sample_to_files(loaded, n, output, sampling.for_run(loaded.guidance_kinds), labels=label_tensor, nrow=nrow,
-                    scale=scale, save_tensor=save_tensor, trajectory=trajectory)  # fmt: skip
+                    scale=scale, save_tensor=save_tensor, trajectory=trajectory, init=drawing,
+                    strength=strength)  # fmt: skip
     console.print(f"wrote {output}" + (f" and {save_tensor}" if save_tensor else ""), highlight=False, markup=False)

@@ -100,3 +100,13 @@ def sampling_caption(s: dict[str, Any]) -> str:
     if s.get("labels") == "i % 10":
         parts.append("labels i % 10")
     return ", ".join(parts) + f", seed {s['seed']}"
+
+
+def inversion_table(rows: list[dict[str, float]]) -> Table:
+    """One row per step count: the mean squared error and PSNR of the reconstructions."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("steps", "MSE", "PSNR (dB)"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for r in rows:
+        table.add_row(str(r["steps"]), f"{r['mse']:.2e}", f"{r['psnr']:.2f}")
+    return table

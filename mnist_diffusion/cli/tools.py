@@ -16,7 +16,8 @@ from .options import ArtifactsDir, DataDir
 @app.command("visualize-forward")
 @user_errors
 def visualize_forward(
-    output: Annotated[Path, typer.Option("-o", "--output", help="PNG to write.")] = Path("forward.png"),
+    output: Annotated[Path, typer.Option(
+        "-o", "--output", help="PNG to write, or an animated GIF (.gif) with a frame per t.")] = Path("forward.png"),
     schedule: Annotated[str, typer.Option(help="linear, cosine or sigmoid.")] = "cosine",
     timesteps: Annotated[int, typer.Option(help="T, the number of diffusion steps.")] = 1000,
     digits: Annotated[int, typer.Option(help="Rows: how many test-set digits.")] = 8,
@@ -26,7 +27,7 @@ def visualize_forward(
 ):
     """Show real digits noised by the forward process q(x_t | x_0) at evenly spaced t.
 
-    Example: mnistdiff visualize-forward --schedule linear --timesteps 300"""
+    Example: mnistdiff visualize-forward --schedule linear --timesteps 300 -o forward.gif"""
     from ..pictures.forward import forward_picture
 
     if not 1 <= digits <= 100:

@@ -4,6 +4,7 @@ turned into a checkpoint."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 from pathlib import Path
@@ -58,6 +59,13 @@ def train(
     guide_at: Annotated[Optional[float], _flag(
         "Runs without digit labels: keep the EMA weights at this share of training as the autoguidance guide.")] = None,
     seed: Annotated[Optional[int], _flag("Seeds weights, batch order and noise.")] = None,
+    steps: Annotated[Optional[int], _flag(
+        "The plan in optimizer steps (default: epochs x steps per epoch); the learning rate and guide follow it.")
+    ] = None,
+    time_budget: Annotated[Optional[str], _flag(
+        "Train the best model this much time allows here, e.g. 10m, 90s, 1h30m: the steps are planned from the "
+        "measured pace (recorded as --steps, so the plan repeats anywhere); start-up and the end grid come on top."
+    )] = None,
     max_steps: Annotated[Optional[int], _flag("Stop at this many optimizer steps in total (0: no limit).")] = None,
     precision: Annotated[Optional[str], _flag(PRECISION_HELP)] = None,
     run_name: Annotated[Optional[str], _flag("Name of the run folder (default: the preset).")] = None,
@@ -65,6 +73,9 @@ def train(
     grid: Annotated[Optional[int], _flag(
         "Samples drawn into samples.png at the end (default 64, 80 if --conditional; 0: none).", min=0)] = None,
     compile: Annotated[bool, _flag("torch.compile the network (GPU).", "--compile")] = False,
+    cuda_graphs: Annotated[bool, _flag(
+        "CUDA: the whole training step as one CUDA graph, replayed (noise hashed from the step on the device; "
+        "recorded in the config, so resume follows).", "--cuda-graphs")] = False,
     sample_every: Annotated[int, _flag(SAMPLE_EVERY_HELP, min=0, rich_help_panel=WATCH)] = SAMPLE_EVERY,
     eval_every: Annotated[int, _flag(EVAL_EVERY_HELP, min=0, rich_help_panel=WATCH)] = EVAL_EVERY,
     eval_samples: Annotated[int, _flag("Samples each --eval-every FID scores (FID depends on N).", min=10,
@@ -80,9 +91,7 @@ def train(
     """Train a diffusion model into a new run folder (artifacts/runs/NNNNN-NAME).
 
     Every flag left out comes from the preset; with --resume, from the run."""
-    from ..runs.store import resolve_run
     from ..sampling.outputs import end_of_run_grid
-    from ..training.plan import plan_resume
     from ..training.trainer import train as train_core
 
     if conditional and clusters:
@@ -91,28 +100,29 @@ def train(
         num_classes=10 if conditional else clusters, channels=channels, channel_mult=_int_tuple(channel_mult),
         timesteps=timesteps, schedule=schedule, prediction=prediction, loss_weighting=loss_weighting,
         batch_size=batch_size, lr=lr, seed=seed, precision=precision, guide_at=guide_at,
-        clusters=0 if conditional else clusters,
+        clusters=0 if conditional else clusters, step_on_device=True if cuda_graphs else None,
     )  # fmt: skip
+    budget = dict(epochs=epochs, steps=steps, max_steps=max_steps)
+    seconds = parse_duration(time_budget) if time_budget is not None else None
+    if seconds is not None and (steps is not None or resume is not None):
+        raise UserError("--time-budget plans the steps of a new run: give it without --steps and --resume")
     budget = dict(epochs=epochs, max_steps=max_steps)
     monitors = _monitors(sample_every, eval_every, eval_samples, tensorboard, data_dir)  # before any work
     plan = None
     if resume is not None:
-        given = [f"--{k.replace('_', '-')}" for k, v in config_flags.items() if v is not None]
-        if given or preset != "default" or run_name:
-            raise UserError(
-                "--resume continues a run with its own saved config; only --epochs and --max-steps may be given "
-                f"(got {', '.join(given) or '--preset/--run-name'})"
-            )
-        plan = plan_resume(resolve_run(resume, artifacts_dir), **budget)
+        plan = _resume_plan(resume, artifacts_dir, budget, given=[f"--{k.replace('_', '-')}" for k, v in
+                                                               config_flags.items() if v is not None]
+                            + (["--preset"] if preset != "default" else []) + (["--run-name"] if run_name else []))
         if plan.action == "finished":
             console.print(f"run {plan.run_dir.name} has finished its plan: nothing to do. To train it further, give "
-                          "a longer budget (--epochs or --max-steps): that writes a new run that starts from this "
-                          "one.", highlight=False)  # fmt: skip
+                          "a longer budget (--epochs, --steps or --max-steps): that writes a new run that starts "
+                          "from this one.", highlight=False)  # fmt: skip
             return
     cfg = plan.cfg if plan is not None else checked(build_config, preset, **config_flags, **budget)
     result = _with_ctrl_c(
         lambda stop: train_core(cfg, data_dir=data_dir, artifacts_dir=artifacts_dir, run_name=run_name, device=device,
-                                resume=plan, compile=compile, log=say, stop=stop, monitors=monitors,
+                                resume=plan, compile=compile, log=say, stop=stop, time_budget=seconds,
+                                cuda_graphs=cuda_graphs or None, monitors=monitors,
                                 on_finish=None if grid == 0 else end_of_run_grid(grid))  # fmt: skip
     )
     if result.interrupted:
@@ -124,6 +134,16 @@ def train(
     console.print(str(result.run_dir), soft_wrap=True, highlight=False, markup=False)
 
 
+def _resume_plan(resume: str, artifacts_dir: Path, budget: dict, given: list[str]):
+    """What ``--resume`` does (training.plan.plan_resume); the flags that would change the run's
+    config (``given``) are refused."""
+    from ..runs.store import resolve_run
+    from ..training.plan import plan_resume
+
+    if given:
+        raise UserError("--resume continues a run with its own saved config; only --epochs, --steps and --max-steps "
+                        f"may be given (got {', '.join(given)})")  # fmt: skip
+    return plan_resume(resolve_run(resume, artifacts_dir), **budget)
 def _monitors(sample_every: int, eval_every: int, eval_samples: int, tensorboard: bool, data_dir: Path) -> list:
     """The trainer's monitors for the watching flags; TensorBoard last, as it reads what the others log.
     A missing TensorBoard is a one-line error here, before any work."""
@@ -180,3 +200,16 @@ def _int_tuple(text: str | None) -> tuple[int, ...] | None:
     except ValueError:
         raise UserError(f"--channel-mult takes comma-separated integers, e.g. 1,2,6 (got {text!r})") from None
 
+
+
+def parse_duration(text: str) -> float:
+    """ "10m" -> 600, "90s" -> 90, "1h30m" -> 5400, "1.5h" -> 5400, "45" -> 45 (seconds)."""
+    match = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m(?:in)?)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*",
+                         text.strip().lower())  # fmt: skip
+    if not text.strip() or match is None:
+        raise UserError(f"--time-budget takes a duration such as 10m, 90s or 1h30m (got {text!r})")
+    hours, minutes, seconds = (float(v) if v else 0.0 for v in match.groups())
+    total = 3600 * hours + 60 * minutes + seconds
+    if not 1 <= total <= 30 * 24 * 3600:
+        raise UserError(f"--time-budget must be between 1 second and 30 days (got {text!r})")
+    return total

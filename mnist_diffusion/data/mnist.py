@@ -159,6 +159,18 @@ def load_mnist(data_dir: str | os.PathLike, split: Split) -> tuple[torch.Tensor,
     return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))
 
 
+def test_digits(data_dir: str | os.PathLike, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The MNIST test digits at ``indices``: uint8 images (N, 28, 28) and their labels (N,). An
+    index outside the test set is a one-line UserError."""
+    images, labels = load_mnist(data_dir, "test")
+    bad = next((i for i in indices if not 0 <= i < len(images)), None)
+    if bad is not None:
+        raise UserError(f"test digit {bad} is out of range: the MNIST test set has {len(images):,} digits, "
+                        f"0 to {len(images) - 1}")  # fmt: skip
+    index = torch.tensor(indices, dtype=torch.long)
+    return images[index], labels[index]
+
+
 def as_unit(images: torch.Tensor) -> torch.Tensor:
     """uint8 ``(N, 28, 28)`` pixels -> float32 ``(N, 1, 28, 28)`` in [0, 1]."""
     return images.unsqueeze(1).float() / 255

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..config import Guidance
+from ..runtime import autocast
 from .schedule import Schedule
 
 
@@ -31,8 +32,8 @@ class Denoiser:
 
     Alone, the second line is out = D(x|null) + s (D(x|c) - D(x|null)).
     ``clip_x0`` clamps the predicted x_0 to [-1, 1] and recomputes eps from it, as diffusers'
-    ``clip_sample`` does. ``bf16`` runs the network in bf16 autocast (the samplers' arithmetic
-    stays in fp32).
+    ``clip_sample`` does. ``autocast`` runs the network in that dtype's autocast (bf16 or fp16;
+    None: fp32); the samplers' arithmetic stays in fp32.
     """
 
     model: nn.Module
@@ -42,7 +43,7 @@ class Denoiser:
     guidance: Guidance = field(default_factory=Guidance)
     clip_x0: bool = True
     guide: nn.Module | None = None
-    bf16: bool = False
+    autocast: torch.dtype | None = None
 
     def __call__(self, x_t: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         n = x_t.shape[0]
@@ -50,7 +51,7 @@ class Denoiser:
         auto = 1.0 if self.guidance.auto is None else self.guidance.auto
         autoguided = self.guide is not None and auto != 1.0
         label_cfg = next((s for s in (self.guidance.labels, self.guidance.clusters) if s not in (None, 1.0)), 1.0)
-        with torch.autocast(x_t.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+        with autocast(x_t.device, self.autocast):
             if self.labels is not None and label_cfg != 1.0:  # with and without the labels, in one batch
                 null = torch.full_like(self.labels, self.model.num_classes)
                 both = self.model(torch.cat([x_t, x_t]), torch.cat([tt, tt]), torch.cat([self.labels, null]))

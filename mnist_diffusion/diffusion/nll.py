@@ -95,12 +95,19 @@ def stratified_timesteps(num_timesteps: int, k: int | None, n: int, generator: t
     return t, size.double()
 
 
+def float64_device(device: torch.device) -> torch.device:
+    """Where the bound's float64 arithmetic runs for a network on ``device``: there, or on the CPU
+    for Apple's MPS, which has no float64."""
+    return torch.device("cpu") if device.type == "mps" else device
+
+
 class _Bound:
     """The terms of the bound for one model, in float64, with one generator for all the noise."""
 
     def __init__(self, model: nn.Module, schedule: Schedule, generator: torch.Generator):
         self.model, self.schedule, self.generator = model, schedule, generator
-        self.device = next(model.parameters()).device
+        self.model_device = next(model.parameters()).device
+        self.device = float64_device(self.model_device)  # where the float64 maths runs
         self.tab = {k: v.to(self.device) for k, v in schedule.float64.items()}  # float64 tables, (T,)
         # log beta_tilde with t = 0 replaced by t = 1 (beta_tilde_0 = 0): the decoder's variance.
         post = self.tab["posterior_variance"]
@@ -111,9 +118,10 @@ class _Bound:
 
     def model_x0(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The model's clipped x_0 for float64 ``x_t`` (B, C, H, W) and timesteps ``t`` (B,)."""
-        x_t32 = x_t.float()
-        out = self.model(x_t32, t).float()
-        return self.schedule.eps_and_x0(x_t32, t, out, self.schedule.cfg.prediction)[1].clamp(-1.0, 1.0).double()
+        x_t32, t_net = x_t.float().to(self.model_device), t.to(self.model_device)
+        out = self.model(x_t32, t_net).float()
+        x0 = self.schedule.eps_and_x0(x_t32, t_net, out, self.schedule.cfg.prediction)[1]
+        return x0.clamp(-1.0, 1.0).to(self.device, torch.float64)
 
     def noisy(self, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x_t ~ q(x_t | x_0) in float64, eq. 4."""
@@ -166,7 +174,8 @@ def nll_bpd(
 
     :param model: the network, in eval mode; its prediction type is ``schedule.cfg.prediction``.
     :param images: uint8 ``(N, 28, 28)`` pixels in 0..255.
-    :param generator: draws the noise and the timesteps, on the model's device; seeded with 0 if None.
+    :param generator: draws the noise and the timesteps, on :func:`float64_device` of the model's
+        device; seeded with 0 if None.
     :param timesteps_subsample: K, the number of terms evaluated per image (see
         :func:`stratified_timesteps`); None evaluates all T terms.
     :return: mean bits/dim ``bpd``, its standard error over images, the mean ``prior_bpd``
@@ -177,7 +186,7 @@ def nll_bpd(
     if images.dtype != torch.uint8 or images.ndim != 3 or tuple(images.shape[1:]) != (28, 28):
         raise ValueError(f"images must be uint8 (N, 28, 28), got {images.dtype} {tuple(images.shape)}")
     start_time = time.perf_counter()
-    device = next(model.parameters()).device
+    device = float64_device(next(model.parameters()).device)
     bound = _Bound(model, schedule, generator or torch.Generator(device).manual_seed(0))
     prior, decoder, kl = [], [], []
     bar = tqdm(total=len(images), desc="NLL", unit="img", disable=not progress, leave=False)

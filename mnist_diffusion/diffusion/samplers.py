@@ -3,12 +3,14 @@ cite the equation they implement.
 
 Every sampler takes a :class:`~mnist_diffusion.diffusion.guidance.Denoiser` (the network plus the
 schedule, prediction type, labels and guidance), the output shape and an explicit
-``torch.Generator``, and returns x_0 in [-1, 1] as [N x C x H x W].
+``torch.Generator``, and returns x_0 in [-1, 1] as [N x C x H x W]. By default a sampler starts
+from pure noise at t = T-1; given a :class:`Start`, it starts from that x_t at that t instead.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -18,6 +20,49 @@ from .guidance import Denoiser
 
 # Called after every step with (step index, timestep, x_t after the step, predicted x_0).
 StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where a sampler begins instead of pure noise at T-1: ``x_t`` [N x C x H x W] at timestep
+    ``t`` (0 <= t < T). The sampler takes one step from t to the first of its timesteps below t,
+    then walks the rest as usual: SDEdit starts from a noised drawing, interpolation from a slerp
+    of inverted digits."""
+
+    x_t: torch.Tensor
+    t: int
+
+
+def _begin(
+    timesteps: list[int], shape: tuple[int, ...], start: Start | None, generator: torch.Generator, device
+) -> tuple[torch.Tensor, list[int]]:
+    """1. The first x and the timesteps to walk: x_T ~ N(0, I) and all of ``timesteps``, or
+    ``start``'s x_t followed by the timesteps below its t."""
+    if start is None:
+        return torch.randn(shape, generator=generator, device=device), timesteps
+    if tuple(start.x_t.shape) != tuple(shape):
+        raise ValueError(f"the start x_t has shape {tuple(start.x_t.shape)}, expected {tuple(shape)}")
+    if not 0 <= start.t <= timesteps[0]:
+        raise ValueError(f"the start timestep must be between 0 and {timesteps[0]} (got {start.t})")
+    return start.x_t.to(device=device, dtype=torch.float32), [start.t] + [t for t in timesteps if t < start.t]
+
+
+def ddim_step(
+    x0: torch.Tensor, eps: torch.Tensor, a_t: torch.Tensor, a_prev: torch.Tensor, eta: float,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """One DDIM step from timestep t down to prev (Song et al. 2021, eq. 12), given the predicted
+    ``x0`` and ``eps`` at t and alpha_bar at both (``a_t``, ``a_prev``: 0-dim tensors, 1 at x_0):
+
+        sigma = eta sqrt((1 - a_prev) / (1 - a_t)) sqrt(1 - a_t / a_prev)      eq. 16
+        x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps + sigma z     z: ``noise``, or none
+
+    eta = 1 is an ancestral step with DDPM's posterior variance between the two timesteps."""
+    sigma = eta * ((1 - a_prev) / (1 - a_t)).sqrt() * (1 - a_t / a_prev).sqrt()
+    x = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps
+    if noise is not None:
+        x = x + sigma * noise
+    return x
 
 
 def spaced_timesteps(num_timesteps: int, steps: int, power: float = 1.0) -> list[int]:
@@ -58,13 +103,14 @@ def ddpm_sample(
     device: torch.device | str = "cpu",
     progress: bool = False,
     callback: StepCallback | None = None,
+    start: Start | None = None,
 ) -> torch.Tensor:
     """Ancestral sampling over all T steps (Ho et al. 2020, Algorithm 2), with the posterior
-    variance beta_tilde_t (eq. 7) as sigma_t^2."""
+    variance beta_tilde_t (eq. 7) as sigma_t^2. ``start``: begin from x_t at t (:class:`Start`)."""
     sched = denoiser.schedule
-    # 1. Start from pure noise x_T ~ N(0, I).
-    x = torch.randn(shape, generator=generator, device=device)
-    for i, t in enumerate(_progress(range(sched.num_timesteps - 1, -1, -1), progress, "ddpm")):
+    # 1. Start from pure noise x_T ~ N(0, I) (or from ``start``).
+    x, timesteps = _begin(list(range(sched.num_timesteps - 1, -1, -1)), shape, start, generator, device)
+    for i, t in enumerate(_progress(timesteps, progress, "ddpm")):
         # 2. Predict x_0 from x_t (clipped to [-1, 1] if asked).
         _, x0 = denoiser(x, t)
         tt = torch.full((shape[0],), t, device=device, dtype=torch.long)
@@ -91,26 +137,24 @@ def ddim_sample(
     device: torch.device | str = "cpu",
     progress: bool = False,
     callback: StepCallback | None = None,
+    start: Start | None = None,
 ) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12) over ``steps`` timesteps spaced by ``spacing`` (see
-    :func:`spaced_timesteps`); eta = 0 is deterministic, eta = 1 matches DDPM's ancestral variance."""
+    :func:`spaced_timesteps`); eta = 0 is deterministic, eta = 1 matches DDPM's ancestral variance.
+    ``start``: begin from x_t at t and walk the spaced timesteps below t (:class:`Start`)."""
     sched = denoiser.schedule
     ab = sched.alphas_cumprod
-    timesteps = spaced_timesteps(sched.num_timesteps, steps, spacing)
-    # 1. Start from pure noise x_T ~ N(0, I).
-    x = torch.randn(shape, generator=generator, device=device)
+    # 1. Start from pure noise x_T ~ N(0, I) (or from ``start``).
+    x, timesteps = _begin(spaced_timesteps(sched.num_timesteps, steps, spacing), shape, start, generator, device)
     for i, t in enumerate(_progress(timesteps, progress, "ddim")):
         prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
         a_t = ab[t]
         a_prev = ab[prev] if prev >= 0 else torch.ones((), device=ab.device)
         # 2. Predict eps and x_0 ("predicted x_0" in eq. 12).
         eps, x0 = denoiser(x, t)
-        # 3. sigma_t(eta), eq. 16.
-        sigma = eta * ((1 - a_prev) / (1 - a_t)).sqrt() * (1 - a_t / a_prev).sqrt()
-        # 4. "Direction pointing to x_t" and the step itself, eq. 12.
-        x = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps
-        if eta > 0 and prev >= 0:
-            x = x + sigma * torch.randn(shape, generator=generator, device=device)
+        # 3. The step with sigma_t(eta) of eq. 16: "direction pointing to x_t" and fresh noise, eq. 12.
+        noise = torch.randn(shape, generator=generator, device=device) if eta > 0 and prev >= 0 else None
+        x = ddim_step(x0, eps, a_t, a_prev, eta, noise)
         if callback is not None:
             callback(i, t, x, x0)
     return x
@@ -128,6 +172,7 @@ def dpmpp_2m_sample(
     device: torch.device | str = "cpu",
     progress: bool = False,
     callback: StepCallback | None = None,
+    start: Start | None = None,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): a second-order multistep solver of the
     diffusion ODE in log-SNR time with data (x_0) prediction; first order on the first step and
@@ -137,18 +182,18 @@ def dpmpp_2m_sample(
     Appendix B): each step decays x_s by e^{-h} more, moves that much further towards x_0, and
     adds back fresh noise of variance sigma_t^2 (1 - e^{-2h}). The noise corrects earlier errors,
     which narrows the gap to 1000-step DDPM at 20 to 50 steps. ``spacing``: see
-    :func:`spaced_timesteps`.
+    :func:`spaced_timesteps`. ``start``: begin from x_t at t and walk the spaced timesteps below t
+    (:class:`Start`); the first step from there is first order.
     """
     sched = denoiser.schedule
     ab = sched.alphas_cumprod
-    timesteps = spaced_timesteps(sched.num_timesteps, steps, spacing)
 
     def alpha_sigma_lambda(t: int):
         alpha, sigma = ab[t].sqrt(), (1 - ab[t]).sqrt()
         return alpha, sigma, torch.log(alpha) - torch.log(sigma)
 
-    # 1. Start from pure noise x_T ~ N(0, I).
-    x = torch.randn(shape, generator=generator, device=device)
+    # 1. Start from pure noise x_T ~ N(0, I) (or from ``start``).
+    x, timesteps = _begin(spaced_timesteps(sched.num_timesteps, steps, spacing), shape, start, generator, device)
     x0_prev, h_prev = None, None
     name = "dpm++2m-sde" if sde else "dpm++2m"
     for i, s in enumerate(_progress(timesteps, progress, name)):
@@ -192,10 +237,11 @@ def sample(
     device: torch.device | str = "cpu",
     progress: bool = False,
     callback: StepCallback | None = None,
+    start: Start | None = None,
 ) -> torch.Tensor:
     """Run the sampler that ``settings`` (resolved: concrete steps and spacing) names; DDPM always
-    takes all T steps."""
-    common = dict(generator=generator, device=device, progress=progress, callback=callback)
+    takes all T steps. ``start``: begin from x_t at t instead of pure noise (:class:`Start`)."""
+    common = dict(generator=generator, device=device, progress=progress, callback=callback, start=start)
     if settings.sampler == "ddpm":
         return ddpm_sample(denoiser, shape, **common)
     if settings.steps is None or settings.spacing is None:

@@ -23,14 +23,14 @@ import torch
 from .. import __version__
 from ..config import SamplingConfig
 from ..data.mnist import DEFAULT_DATA_DIR, as_unit, load_mnist
-from ..diffusion.nll import DEFAULT_NLL_TIMESTEPS, nll_bpd
+from ..diffusion.nll import DEFAULT_NLL_TIMESTEPS, float64_device, nll_bpd
 from ..errors import UserError
 from ..io import atomic_write_json
 from ..nets.features import FeatureNet
 from ..pictures.grids import check_images
 from ..runs.loader import LoadedRun, load_run
 from ..runs.store import write_manifest
-from ..runtime import use_bf16
+from ..runtime import autocast_dtype, precision_name
 from ..sampling.generate import generate, resolve_for
 from . import metrics
 from .features import extract, load_feature_net
@@ -252,7 +252,7 @@ def evaluate_run(
 
     result["nll"] = None
     if nll_images:
-        generator = torch.Generator(device).manual_seed(settings.seed)
+        generator = torch.Generator(float64_device(device)).manual_seed(settings.seed)
         result["nll"] = nll_bpd(run.model, run.schedule, real.test[0][:nll_images], batch_size=settings.batch_size,
                                 generator=generator, progress=progress, timesteps_subsample=nll_timesteps)  # fmt: skip
     result.update(run=run_dir.name, sampling=_sampling_record(settings, run, device), device=str(device),
@@ -267,10 +267,10 @@ def evaluate_run(
 
 def _sampling_record(settings: SamplingConfig, run: LoadedRun, device: torch.device) -> dict[str, Any]:
     """What ``eval.json`` says of how its samples were drawn: the resolved settings, the guidance in
-    words, whether the network ran in bf16, and how labels were chosen."""
+    words, what the network ran in (bf16, fp16 or fp32), and how labels were chosen."""
     return {
         **settings.to_dict(),
         "guidance_text": settings.guidance.describe(),
-        "bf16": use_bf16(settings.precision, device),
+        "network_precision": precision_name(autocast_dtype(settings.precision, device)),
         "labels": "i % 10" if run.conditional else "drawn from the cluster sizes" if run.clustered else None,
     }

@@ -10,6 +10,7 @@ from ..config import DiffusionConfig
 from ..data.mnist import ensure_mnist, load_mnist
 from ..diffusion import pixels_to_x0, x0_to_unit
 from ..diffusion.schedule import Schedule
+from .animation import save_gif
 from .figures import forward_figure
 
 
@@ -21,7 +22,8 @@ def forward_timesteps(num_timesteps: int, columns: int) -> list[int]:
 def forward_picture(
     cfg: DiffusionConfig, output: Path, *, digits: int, columns: int, seed: int, data_dir: Path
 ) -> None:
-    """A PNG of ``digits`` test-set digits (rows) noised at ``columns`` evenly spaced t."""
+    """A PNG of ``digits`` test-set digits (rows) noised at ``columns`` evenly spaced t; or, when
+    ``output`` ends in ``.gif``, an animated GIF with one frame per t."""
     ensure_mnist(data_dir)
     images, _ = load_mnist(data_dir, "test")
     g = torch.Generator().manual_seed(seed)
@@ -32,6 +34,9 @@ def forward_picture(
     noise = torch.randn((len(ts), *x0.shape), generator=g)  # (K, R, 1, 28, 28)
     cols = [schedule.q_sample(x0, torch.full((len(x0),), t), noise[k]) for k, t in enumerate(ts)]
     rows = x0_to_unit(torch.stack(cols, dim=1))  # (R, K, 1, 28, 28) in [0, 1]
+    if output.suffix.lower() == ".gif":
+        save_gif(rows.transpose(0, 1), output, scale=2)  # (K, R, 1, 28, 28): a frame per t
+        return
     ab = schedule.float64["alphas_cumprod"]
     title = f"forward process q(x_t | x_0): {cfg.schedule} schedule, T = {cfg.timesteps}"
     forward_figure(rows, ts, [float(ab[t]) for t in ts], output, title)

@@ -151,10 +151,10 @@ def load_samples(path: str | os.PathLike) -> torch.Tensor:
     raise UserError(f"{path}: unknown sample format; expected .safetensors, .npy, .png (a grid) or a folder of PNGs")
 
 
-def _read_grey(path: Path) -> np.ndarray:
+def read_grey(path: Path, what: str = "samples") -> np.ndarray:
     """A PNG as a uint8 ``(H, W)`` array. 16-bit greys are rounded to 8 bits; colour images must
-    have equal channels and no transparent pixels. An image over Pillow's pixel limit
-    (``Image.MAX_IMAGE_PIXELS``) is refused before it is decoded."""
+    have equal channels and no transparent pixels (``what`` must be greyscale, says the error).
+    An image over Pillow's pixel limit (``Image.MAX_IMAGE_PIXELS``) is refused before it is decoded."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -171,9 +171,9 @@ def _read_grey(path: Path) -> np.ndarray:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
         raise UserError(f"{path}: cannot read the image ({_first_line(e)})") from None
     if (rgba[..., 3] != 255).any():
-        raise UserError(f"{path}: has transparent pixels; samples must be opaque greyscale")
+        raise UserError(f"{path}: has transparent pixels; {what} must be opaque greyscale")
     if not (rgba[..., :3] == rgba[..., :1]).all():
-        raise UserError(f"{path}: a colour image; samples must be greyscale")
+        raise UserError(f"{path}: a colour image; {what} must be greyscale")
     return rgba[..., 0]
 
 
@@ -183,7 +183,7 @@ def _load_png_folder(folder: Path) -> torch.Tensor:
         raise UserError(f"{folder}: no .png files in this folder")
     tiles = []
     for p in files:
-        pixels = _read_grey(p)
+        pixels = read_grey(p)
         if pixels.shape != (TILE, TILE):
             raise UserError(
                 f"{p}: {pixels.shape[1]}x{pixels.shape[0]} pixels, but each PNG in a folder must be one 28x28 "
@@ -205,7 +205,7 @@ def grid_scale(height: int, width: int) -> list[int]:
 
 
 def _load_grid(path: Path) -> torch.Tensor:
-    pixels = _read_grey(path)
+    pixels = read_grey(path)
     h, w = pixels.shape
     step = TILE + GRID_PADDING
     for s in grid_scale(h, w):

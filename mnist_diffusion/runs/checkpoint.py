@@ -53,8 +53,15 @@ def flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tenso
         for idx, param_state in state["state"].items()
         for key, value in param_state.items()
     }
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in state["param_groups"]]
+    groups = [{k: _json_value(v) for k, v in g.items()} for g in state["param_groups"]]
     return tensors, groups
+
+
+def _json_value(value):
+    """A param group's value as JSON: tuples as lists, a tensor learning rate as its number."""
+    if torch.is_tensor(value):
+        return value.item()
+    return list(value) if isinstance(value, tuple) else value
 
 
 def unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict]) -> dict:
@@ -138,6 +145,7 @@ def restore(checkpoint: Checkpoint, *, model: nn.Module, ema: nn.Module, opt: to
     tensors, meta = checkpoint.tensors, checkpoint.meta
     model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     ema_state = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+    lrs = [g["lr"] for g in opt.param_groups]  # a tensor lr (the step on the device) stays a tensor
     try:
         model.load_state_dict(model_state)
         ema.load_state_dict(ema_state)
@@ -145,6 +153,10 @@ def restore(checkpoint: Checkpoint, *, model: nn.Module, ema: nn.Module, opt: to
     except (RuntimeError, KeyError, ValueError, TypeError) as e:
         detail = " ".join(str(e).split())  # torch's message spans lines
         raise UserError(f"{checkpoint.path} does not match the run's config: {detail[:200]}") from None
+    for group, lr in zip(opt.param_groups, lrs, strict=True):
+        if torch.is_tensor(lr):
+            lr.fill_(float(group["lr"]))
+            group["lr"] = lr
     torch.set_rng_state(tensors["rng.cpu"])
     if device.type == "cuda" and "rng.cuda" in tensors:
         torch.cuda.set_rng_state(tensors["rng.cuda"], device)

@@ -125,6 +125,16 @@ def save_run_info(run_dir: Path, parent: dict[str, Any] | None = None) -> None:
     )
 
 
+def update_run_info(run_dir: Path, **fields: Any) -> None:
+    """Add ``fields`` to the run's ``run.json`` (how the run was made)."""
+    path = run_dir / RUN_INFO
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        info = {}
+    atomic_write_json(path, {**(info if isinstance(info, dict) else {}), **fields})
+
+
 def save_config(run_dir: Path, cfg: RunConfig) -> None:
     atomic_write_json(run_dir / CONFIG, cfg.to_dict())
 

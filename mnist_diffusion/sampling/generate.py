@@ -4,16 +4,20 @@ the network is called to draw images (by `sample`, `eval`, the end-of-run grid a
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+from torch import nn
 
 from ..config import SamplingConfig
 from ..data.clusters import draw_clusters
 from ..diffusion import x0_to_unit
 from ..diffusion.guidance import Denoiser
-from ..diffusion.samplers import StepCallback, sample
+from ..diffusion.samplers import Start, StepCallback, sample
 from ..errors import UserError
 from ..runs.loader import LoadedRun
-from ..runtime import use_bf16
+from ..runtime import autocast_dtype
+from ..training.graphs import GraphedForward
 
 
 def resolve_for(run: LoadedRun, sampling: SamplingConfig) -> SamplingConfig:
@@ -60,6 +64,36 @@ def default_conditional_nrow(n: int) -> int:
     return per_digit if per_digit > 1 else n
 
 
+# Where a batch of samples begins instead of pure noise: called with (index of the batch's first
+# sample, batch size, the sampling's generator), it returns the batch's start (SDEdit's noised drawing).
+BatchStart = Callable[[int, int, torch.Generator], Start]
+
+
+Networks = tuple[nn.Module, nn.Module | None]  # a run's network and its guide, as a sampling runs them
+
+
+def networks_for(run: LoadedRun, settings: SamplingConfig) -> Networks:
+    """The run's network and guide as resolved ``settings`` run them: replayed from CUDA graphs
+    with ``cuda_graphs`` (a one-line UserError off CUDA). Make them once per sampling: the
+    graphs are kept for every batch shape they see."""
+    model, guide = run.model, run.guide
+    if settings.cuda_graphs:
+        if run.device.type != "cuda":
+            raise UserError(f"--cuda-graphs needs a CUDA GPU (this run is on {run.device.type})")
+        model, guide = GraphedForward(model), guide and GraphedForward(guide)
+    return model, guide
+
+
+def denoiser_for(run: LoadedRun, settings: SamplingConfig, labels: torch.Tensor | None, networks: Networks
+                 ) -> Denoiser:  # fmt: skip
+    """The run's ``networks`` (:func:`networks_for`) as the samplers see them, guided as resolved
+    ``settings`` say, for a batch with ``labels`` ([B] on the run's device, or None)."""
+    model, guide = networks
+    dtype = autocast_dtype(settings.precision, run.device)
+    return Denoiser(model, run.schedule, run.cfg.diffusion.prediction, labels, settings.guidance, guide=guide,
+                    autocast=dtype)  # fmt: skip
+
+
 def generate(
     run: LoadedRun,
     n: int,
@@ -68,6 +102,7 @@ def generate(
     labels: torch.Tensor | None = None,
     progress: bool = False,
     callback: StepCallback | None = None,
+    start: BatchStart | None = None,
 ) -> torch.Tensor:
     """``n`` samples as [n x 1 x 28 x 28] in [0, 1] on the CPU, drawn with ``sampling`` (resolved
     for the run here if it is not yet). Batches of ``sampling.batch_size`` are drawn in order from
@@ -77,22 +112,23 @@ def generate(
         pixel clusters draws each sample's cluster from their training frequencies instead (first,
         from the same generator).
     :param callback: called after every step of the first batch (:data:`StepCallback`).
+    :param start: where each batch begins instead of pure noise (:data:`BatchStart`).
     """
     if n < 1:
         raise UserError(f"number of samples must be at least 1 (got {n})")
     settings = resolve_for(run, sampling)
     device = run.device
-    bf16 = use_bf16(settings.precision, device)
+    networks = networks_for(run, settings)
     generator = torch.Generator(device=device).manual_seed(settings.seed)
     if run.clustered and labels is None:
         labels = draw_clusters(run.cluster_counts.to(device), n, generator)
     out = []
-    for start in range(0, n, settings.batch_size):  # the callback sees the first batch only
-        b = min(settings.batch_size, n - start)
-        batch_labels = labels[start : start + b].to(device) if labels is not None else None
-        denoiser = Denoiser(run.model, run.schedule, run.cfg.diffusion.prediction, batch_labels, settings.guidance,
-                            guide=run.guide, bf16=bf16)  # fmt: skip
+    for first in range(0, n, settings.batch_size):  # the callback sees the first batch only
+        b = min(settings.batch_size, n - first)
+        batch_labels = labels[first : first + b].to(device) if labels is not None else None
+        begin = start(first, b, generator) if start is not None else None
+        denoiser = denoiser_for(run, settings, batch_labels, networks)
         x = sample(denoiser, (b, run.cfg.model.in_channels, 28, 28), settings, generator=generator, device=device,
-                   progress=progress, callback=callback if start == 0 else None)  # fmt: skip
+                   progress=progress, callback=callback if first == 0 else None, start=begin)  # fmt: skip
         out.append(x0_to_unit(x).cpu())
     return torch.cat(out)

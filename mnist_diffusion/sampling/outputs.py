@@ -1,5 +1,5 @@
 """Samples on disk: the core of `mnistdiff sample` (a PNG grid, the raw tensor, a trajectory
-picture) and the grid drawn at the end of training."""
+picture or animation, SDEdit from a drawing) and the grid drawn at the end of training."""
 
 from __future__ import annotations
 
@@ -11,20 +11,29 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import SamplingConfig
+from ..config import SDEDIT_STRENGTH, SamplingConfig
 from ..diffusion import x0_to_unit
 from ..diffusion.samplers import StepCallback
 from ..errors import UserError
 from ..io import save_tensors
+from ..pictures.animation import save_gif
 from ..pictures.figures import trajectory_figure
 from ..pictures.grids import save_grid
 from ..runs.loader import LoadedRun, load_run
+from .editing import sdedit, sdedit_steps
 from .generate import default_conditional_nrow, generate, parse_labels, resolve_for
 
 TRAJECTORY_ROWS = 4  # samples shown in a trajectory picture
 TRAJECTORY_FRAMES = 10  # moments shown, evenly spaced over the sampler's steps
 END_GRID = 64  # samples in the grid drawn at the end of training, 8 x 8
 END_GRID_CONDITIONAL = 80  # conditional runs: a row of 8 for each digit 0-9
+
+
+def check_folders(*paths: Path | None) -> None:
+    """A one-line UserError, before any work, if the folder of a file to write does not exist."""
+    for path in paths:
+        if path is not None and path.parent and not path.parent.is_dir():
+            raise UserError(f"cannot write {path}: the folder {path.parent} does not exist")
 
 
 def sample_to_files(
@@ -39,33 +48,44 @@ def sample_to_files(
     save_tensor: Path | None = None,
     trajectory: Path | None = None,
     progress: bool = True,
+    init: torch.Tensor | None = None,
+    strength: float = SDEDIT_STRENGTH,
 ) -> torch.Tensor:
     """Draw ``n`` samples and write them as a PNG grid (and optionally as safetensors, with the
-    resolved settings in its metadata, and as a trajectory picture of the first samples).
+    resolved settings in its metadata, and as a trajectory of the first samples: a picture, or
+    an animated GIF if its name ends in ``.gif``). With ``init``, a drawing [1 x 28 x 28] in
+    [0, 1], the samples are SDEdits of it at ``strength`` (:func:`sdedit`).
     Returns the samples, [n x 1 x 28 x 28] in [0, 1]."""
-    for path in (output, save_tensor, trajectory):
-        if path is not None and path.parent and not path.parent.is_dir():
-            raise UserError(f"cannot write {path}: the folder {path.parent} does not exist")
+    check_folders(output, save_tensor, trajectory)
     settings = resolve_for(run, sampling)
     frames: list[torch.Tensor] = []
     frame_labels: list[str] = []
-    callback = _trajectory_recorder(run, settings, frames, frame_labels) if trajectory is not None else None
-    images = generate(run, n, settings, labels=labels, progress=progress, callback=callback)
+    callback = None
+    if trajectory is not None:
+        T = run.schedule.num_timesteps
+        total = settings.evaluations(T) if init is None else sdedit_steps(settings, T, strength)
+        callback = _trajectory_recorder(total, frames, frame_labels)
+    if init is None:
+        images = generate(run, n, settings, labels=labels, progress=progress, callback=callback)
+    else:
+        images = sdedit(run, init, n, settings, strength=strength, labels=labels, progress=progress, callback=callback)
     save_grid(images, output, nrow=nrow, scale=scale)
     if save_tensor is not None:
         metadata = {"run": run.path.name, "sampling": json.dumps(settings.to_dict(), sort_keys=True)}
+        if init is not None:
+            metadata["sdedit"] = json.dumps({"strength": strength})
         save_tensors(save_tensor, {"samples": images}, metadata)
-    if trajectory is not None:
+    if trajectory is not None and trajectory.suffix.lower() == ".gif":
+        save_gif(torch.stack(frames), trajectory, nrow=len(frames[0]), scale=scale)
+    elif trajectory is not None:
         trajectory_figure(torch.stack(frames), frame_labels, trajectory)
     return images
 
 
-def _trajectory_recorder(run: LoadedRun, settings: SamplingConfig, frames: list[torch.Tensor],
-                         frame_labels: list[str]) -> StepCallback:  # fmt: skip
-    """A sampler callback that appends TRAJECTORY_FRAMES moments, evenly spaced over the steps, of
-    the first TRAJECTORY_ROWS samples to ``frames`` (each [rows x 1 x 28 x 28] in [0, 1]) and their
-    captions to ``frame_labels``."""
-    total = settings.evaluations(run.schedule.num_timesteps)
+def _trajectory_recorder(total: int, frames: list[torch.Tensor], frame_labels: list[str]) -> StepCallback:
+    """A sampler callback that appends TRAJECTORY_FRAMES moments, evenly spaced over the ``total``
+    steps, of the first TRAJECTORY_ROWS samples to ``frames`` (each [rows x 1 x 28 x 28] in [0, 1])
+    and their captions to ``frame_labels``."""
     keep = {round(i * (total - 1) / (TRAJECTORY_FRAMES - 1)) for i in range(TRAJECTORY_FRAMES)}
 
     def callback(i, t, x, x0):  # called for the first batch only
@@ -84,8 +104,8 @@ def trajectory(run: LoadedRun, sampling: SamplingConfig = SamplingConfig()) -> t
     frames: list[torch.Tensor] = []
     frame_labels: list[str] = []
     labels = parse_labels(None, None, TRAJECTORY_ROWS, run.conditional)
-    generate(run, TRAJECTORY_ROWS, settings, labels=labels, callback=_trajectory_recorder(run, settings, frames,
-                                                                                          frame_labels))  # fmt: skip
+    generate(run, TRAJECTORY_ROWS, settings, labels=labels, callback=_trajectory_recorder(
+        settings.evaluations(run.schedule.num_timesteps), frames, frame_labels))
     return torch.stack(frames), frame_labels
 
 

@@ -27,18 +27,19 @@ class ResumePlan:
         return self.checkpoint.step if self.checkpoint is not None else -1
 
 
-def plan_resume(run_dir: Path, *, epochs: int | None = None, max_steps: int | None = None) -> ResumePlan:
+def plan_resume(run_dir: Path, *, epochs: int | None = None, steps: int | None = None,
+                max_steps: int | None = None) -> ResumePlan:  # fmt: skip
     """The rules of ``train --resume``, one each:
 
     - flags not given keep the run's saved values;
     - the same plan (no budget flag, or the saved values): an interrupted run continues in place
       to the end its config plans; a finished run is left as it is ("finished", nothing to do);
-    - another budget (``--epochs``, ``--max-steps``): a new run folder that starts from this run's
+    - another budget (``--epochs``, ``--steps``, ``--max-steps``): a new run folder that starts from this run's
       checkpoint and records it as its parent ("extend"), so every folder keeps the result it was
       created for.
     """
     saved = load_config(run_dir)
-    budget = {k: v for k, v in (("epochs", epochs), ("max_steps", max_steps)) if v is not None}
+    budget = {k: v for k, v in (("epochs", epochs), ("steps", steps), ("max_steps", max_steps)) if v is not None}
     try:
         cfg = validate(dataclasses.replace(saved, train=dataclasses.replace(saved.train, **budget)))
     except ValueError as e:

@@ -8,9 +8,11 @@ norm was finite, and every save first checks that flag and the weights, EMA and 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import shutil
+import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -46,15 +48,31 @@ from ..runs.store import (
     save_config,
     save_run_info,
     set_latest,
+    update_run_info,
     weights_metadata,
     write_manifest,
 )
-from ..runtime import DistInfo, broadcast_object, init_distributed, setup_device, use_bf16
+from ..runtime import (
+    DistInfo,
+    autocast,
+    autocast_dtype,
+    broadcast_object,
+    describe_machine,
+    init_distributed,
+    matmul_rate,
+    precision_name,
+    setup_device,
+    sync,
+)
+from .graphs import DeviceStep, GraphStep
 from .plan import ResumePlan
 from .recipe import lr_at, make_ema, make_optimizer
+from .speed import describe_speed, duration, step_flops_per_image
 
 LOG_EVERY = 50  # optimizer steps between metrics.jsonl lines (and loss read-backs on a GPU)
 CHECKPOINT_EVERY = 500  # optimizer steps between checkpoints, besides every epoch's end
+ESTIMATE_AFTER = 12  # steps after which `train` says how long the rest will take
+BUDGET_MARGIN = 0.03  # share of a time budget left for checkpoints and logging
 
 
 class TrainingDiverged(UserError):
@@ -67,8 +85,10 @@ class _Window:
     def __init__(self, loss: torch.Tensor):
         self.loss, self.steps, self.last_steps, self.start = loss, 0, 0, time.perf_counter()
 
-    def add(self, loss: torch.Tensor) -> None:
-        self.loss += loss
+    def add(self, loss: torch.Tensor | None) -> None:
+        """Count a step, and add its loss (None: the device step added it to the same tensor)."""
+        if loss is not None:
+            self.loss += loss
         self.steps += 1
 
     def take(self) -> tuple[float, float]:
@@ -77,6 +97,17 @@ class _Window:
         self.loss.zero_()
         self.last_steps, self.steps, self.start = self.steps, 0, time.perf_counter()
         return loss, seconds
+
+
+@dataclass
+class Snapshot:
+    """A copy of a trainer's state (Trainer.snapshot): each tensor with its value, and the rest."""
+
+    values: list[tuple[torch.Tensor, torch.Tensor]]
+    cpu_rng: torch.Tensor
+    cuda_rng: torch.Tensor | None
+    ema_updates: int
+    scaler: dict
 
 
 class Monitor(Protocol):
@@ -148,9 +179,13 @@ class Trainer:
         on_step: Callable[[int], None] | None = None,
         on_finish: Callable[[Path, nn.Module, bool], None] | None = None,
         monitors: Sequence[Monitor] = (),
+        time_budget: float | None = None,
+        cuda_graphs: bool | None = None,
     ):
         self.info = init_distributed(device)
         self.device = setup_device(device, self.info)
+        if cuda_graphs and self.device.type != "cuda":
+            raise UserError(f"--cuda-graphs needs a CUDA GPU (this run is on {self.device.type})")
         self.cfg = resume.cfg if resume is not None else cfg
         self.log = log if self.info.is_main else (lambda _msg: None)
         self.progress = progress and self.info.is_main
@@ -158,6 +193,7 @@ class Trainer:
         self.on_step = on_step  # called after every step with its (1-based) number
         self.on_finish = on_finish  # (run_dir, EMA network, progress) at the end, before the weights: the grid
         self.monitors = list(monitors)  # watch the run as it trains (see Monitor)
+        self.time_budget = time_budget  # seconds for the training loop: plan the steps to fit, and stop on time
         if resume is not None and resume.checkpoint is None:
             raise UserError(f"run {resume.run_dir.name} has finished its plan: there is nothing to resume")
         self.start_step = resume.step if resume is not None else 0
@@ -172,6 +208,17 @@ class Trainer:
         self._build(compile)
         if resume is not None:
             self._restore(resume)
+        # The step as device operations (training/graphs.py), captured as a CUDA graph where asked.
+        self._device_step = DeviceStep(self) if self.cfg.train.step_on_device else None
+        self._graph: GraphStep | None = None
+        self._device_at: int | None = None  # the step the device step's buffers point at
+        if cuda_graphs is None:  # a run whose step is on the device replays it as a graph wherever it can
+            cuda_graphs = self.device.type == "cuda"
+        eager_only = self.info.enabled or self.cfg.model.dropout or self.autocast == torch.float16
+        if cuda_graphs and self._device_step is not None and eager_only:
+            self.log("CUDA graphs are not used under torchrun, with dropout or in fp16: eager steps instead")
+            cuda_graphs = False
+        self.cuda_graphs = cuda_graphs and self._device_step is not None
 
     # ---------------------------------------------------------------------------- set-up steps
 
@@ -184,22 +231,27 @@ class Trainer:
         return load_mnist(data_dir, "train")
 
     def _plan(self, n_images: int, resume: ResumePlan | None) -> None:
-        """Steps per epoch, the planned total (which the learning rate follows), where to stop, and
-        the step whose EMA weights become the autoguidance guide."""
+        """Steps per epoch, and the plan's steps (:meth:`_plan_steps`)."""
         t = self.cfg.train
         self.steps_per_epoch = (n_images // self.info.world_size) // t.batch_size
         if self.steps_per_epoch < 1:
             raise UserError(f"batch size {t.batch_size} is larger than the {n_images} training images")
-        self.total_steps = t.epochs * self.steps_per_epoch
+        self._plan_steps()
+        if resume is not None and resume.action == "extend" and self.start_step >= self.stop_step:
+            raise UserError(
+                f"run {resume.run_dir.name} is at step {self.start_step}, and the budget asked for ends at step "
+                f"{self.stop_step}: give a larger --epochs, --steps or --max-steps to train it further"
+            )
+
+    def _plan_steps(self) -> None:
+        """The planned total (which the learning rate follows), where to stop, and the step whose
+        EMA weights become the autoguidance guide."""
+        t = self.cfg.train
+        self.total_steps = t.steps or t.epochs * self.steps_per_epoch
         self.stop_step = min(self.total_steps, t.max_steps) if t.max_steps else self.total_steps
         # Runs without digit labels keep their EMA weights at this step as the autoguidance guide.
         guided = t.guide_at > 0 and (t.clusters or not self.cfg.model.num_classes)
         self.guide_step = max(1, round(t.guide_at * self.total_steps)) if guided else -1
-        if resume is not None and resume.action == "extend" and self.start_step >= self.stop_step:
-            raise UserError(
-                f"run {resume.run_dir.name} is at step {self.start_step}, and the budget asked for ends at step "
-                f"{self.stop_step}: give a larger --epochs or --max-steps to train it further"
-            )
 
     def _open_run_dir(self, artifacts_dir: Path, run_name: str | None, resume: ResumePlan | None) -> Path:
         """A new run folder (rank 0 makes it, the others learn its name), or the resumed run's."""
@@ -251,9 +303,15 @@ class Trainer:
     def _build(self, compile: bool) -> None:
         """Precision, schedule, model, EMA, optimizer, and the on-device divergence watch."""
         cfg = self.cfg
-        self.bf16 = use_bf16(cfg.train.precision, self.device)
-        if self.bf16 and self.device.type == "cpu":
+        self.autocast = autocast_dtype(cfg.train.precision, self.device)
+        if self.autocast == torch.bfloat16 and self.device.type == "cpu":
             self.log("bf16 autocast: this CPU has bf16 units (--precision fp32 turns it off)")
+        if self.progress:  # what this machine is and can do, for the estimate that follows the first steps
+            rate = matmul_rate(self.device, self.autocast or torch.float32)
+            self.log(f"{describe_machine(self.device).line()}; {precision_name(self.autocast)} matrix rate "
+                     f"{rate:.0f} GFLOP/s; a training step is {step_flops_per_image(cfg) / 1e6:.0f} MFLOP per image")
+        # fp16 needs its loss scaled so small gradients survive; bf16 and fp32 do not (a no-op then).
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast == torch.float16)
         torch.manual_seed(cfg.train.seed)
         self.schedule = Schedule(cfg.diffusion, self.device)
         ab = self.schedule.final_alpha_bar
@@ -286,6 +344,8 @@ class Trainer:
             )
         restore(ckpt, model=self.model, ema=self.ema, opt=self.opt, device=self.device)
         self.ema.updates = ckpt.meta["ema_updates"]
+        if self.scaler.is_enabled() and isinstance(ckpt.meta.get("grad_scaler"), dict):
+            self.scaler.load_state_dict(ckpt.meta["grad_scaler"])
         self.log(f"resuming {resume.run_dir.name} from step {self.start_step}")
 
     # ---------------------------------------------------------------------------- one step
@@ -309,6 +369,26 @@ class Trainer:
             y = torch.where(drop, torch.full_like(y, cfg.model.num_classes), y)  # classifier-free guidance
         return Batch(x0, y, t, noise)
 
+    def advance(self, step: int) -> torch.Tensor | None:
+        """Take optimizer step ``step`` (0-based) the way this run takes its steps: the eager
+        recipe (returns the loss), or the step on the device, replayed as a CUDA graph where one
+        was captured (its loss goes to the device step's accumulator: returns None)."""
+        if self._device_step is None:
+            return self.step(self.batch_for(step), step)
+        if self._device_at != step or step % self.steps_per_epoch == 0:  # a jump, or a new epoch's order
+            self._point_device_step(step)
+        self._device_step.prepare(step)
+        (self._graph or self._device_step)()
+        self._device_at = step + 1
+        self.ema.updates += 1
+        return None
+
+    def _point_device_step(self, step: int) -> None:
+        """Set the device step's buffers to step ``step`` and its epoch's batch order."""
+        self.batch_for(step)  # makes the epoch's order
+        self._device_step.set(step, self._order[1])
+        self._device_at = step
+
     def step(self, batch: Batch, step: int) -> torch.Tensor:
         """One optimizer step (0-based ``step``) on ``batch``: :meth:`forward_backward`, then
         :meth:`update`. Returns the loss as a device scalar (not synced)."""
@@ -317,12 +397,12 @@ class Trainer:
         return loss
 
     def forward_backward(self, batch: Batch) -> torch.Tensor:
-        """The network's half of a step: zero the gradients, forward and loss (in bf16 autocast
-        where enabled), backward. Returns the loss, detached."""
+        """The network's half of a step: zero the gradients, forward and loss (under the
+        precision's autocast), backward (of the scaled loss in fp16). Returns the loss, detached."""
         self.opt.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+        with autocast(self.device, self.autocast):
             loss = diffusion_loss(self.net, self.schedule, self.cfg.diffusion, batch.x0, batch.t, batch.noise, batch.y)
-        loss.backward()
+        self.scaler.scale(loss).backward()
         return loss.detach()
 
     def update(self, step: int, loss: torch.Tensor) -> None:
@@ -330,18 +410,23 @@ class Trainer:
         step ``step``, gradient clipping, the divergence watch, AdamW and the EMA."""
         for group in self.opt.param_groups:
             group["lr"] = lr_at(step, self.cfg, self.total_steps)
+        self.scaler.unscale_(self.opt)  # fp16: the true gradients, for clipping and the watch
         clip = self.cfg.train.grad_clip or math.inf  # the norm is computed either way: the watch reads it
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         self.watch(loss, grad_norm)
-        self.opt.step()
+        self.scaler.step(self.opt)  # fp16: skips a step whose gradients overflowed, and lowers the scale
+        self.scaler.update()
         self.ema.update_parameters(self.model)
         self.ema.updates += 1
 
     def watch(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
-        """Remember, on the device, the first step whose loss or gradient norm is not finite."""
+        """Remember, on the device, the first step whose loss or gradient norm is not finite (in
+        fp16 an overflowing gradient is the loss scaler's business: it skips that step)."""
         self._step_number += 1
-        bad = ~(torch.isfinite(loss) & torch.isfinite(grad_norm))
-        self._first_bad = torch.where(bad & (self._first_bad < 0), self._step_number, self._first_bad)
+        bad = ~torch.isfinite(loss)
+        if not self.scaler.is_enabled():
+            bad |= ~torch.isfinite(grad_norm)
+        self._first_bad.copy_(torch.where(bad & (self._first_bad < 0), self._step_number, self._first_bad))
 
     def check_finite(self, step: int, *, state: bool = False) -> None:
         """Raise TrainingDiverged if a step so far had a non-finite loss or gradient, or (``state``)
@@ -364,19 +449,6 @@ class Trainer:
         CPU, where a read costs nothing; every LOG_EVERY steps on a GPU, where it is a sync."""
         return 1 if self.device.type == "cpu" else LOG_EVERY
 
-    def _should_stop(self, step: int) -> bool:
-        """Whether to stop after ``step``: Ctrl-C on any rank stops every rank at the same step.
-        Under torchrun the ranks agree every LOG_EVERY steps (a collective each step would stall
-        the GPU); alone, the flag is read after every step."""
-        if self.info.enabled and step % LOG_EVERY:
-            return False
-        flag = self.stop.is_set()
-        if self.info.enabled:
-            t = torch.tensor([float(flag)], device=self.device)
-            dist.all_reduce(t)
-            flag = bool(t.item())
-        return flag
-
     # ---------------------------------------------------------------------------- saving
 
     def _save_checkpoint(self, step: int, loss: float | None, seconds: float) -> None:
@@ -393,6 +465,8 @@ class Trainer:
             "world_size": self.info.world_size,
             "train_seconds": seconds,
         }
+        if self.scaler.is_enabled():
+            meta["grad_scaler"] = self.scaler.state_dict()
         save_checkpoint(self.run_dir, self.cfg, model=self.model, ema=self.ema, opt=self.opt, meta=meta,
                         device=self.device)  # fmt: skip
         write_manifest(self.run_dir)
@@ -408,20 +482,30 @@ class Trainer:
     def run(self) -> TrainResult:
         """Train from the start (or the checkpoint's) step to the planned stop, logging every
         LOG_EVERY steps, saving the guide and the checkpoints on their steps, and stopping early,
-        with a checkpoint, when ``stop`` is set (Ctrl-C)."""
+        with a checkpoint, when ``stop`` is set (Ctrl-C). With a time budget, first plan the steps
+        to fit it (:meth:`_fit_budget`), and end the run where the budget runs out."""
+        self.model.train()
+        if self.cuda_graphs and self._graph is None:
+            self._point_device_step(self.start_step)
+            self._graph = GraphStep(self._device_step)
+            self.log("CUDA graphs: the training step is captured once and replayed")
+        if self.time_budget and self.start_step == 0:
+            self._fit_budget()
         b = self.cfg.train.batch_size * self.info.world_size
         bar = tqdm(total=self.stop_step * b, initial=self.start_step * b, unit="img", unit_scale=True,
                    desc=f"train {self.run_dir.name}", disable=not self.progress, dynamic_ncols=True)  # fmt: skip
-        self.model.train()
         if not (self.run_dir / CHECKPOINT).is_file():  # a new run (or child) is resumable from its first step
             self._save_checkpoint(self.start_step, None, self.prior_seconds)
-        window = _Window(torch.zeros((), device=self.device))
+        window = _Window(self._device_step.loss_sum if self._device_step else torch.zeros((), device=self.device))
         step, loss, interrupted, started = self.start_step, None, False, time.perf_counter()
         try:
             while step < self.stop_step and not interrupted:
-                window.add(self.step(self.batch_for(step), step))
+                window.add(self.advance(step))
                 step += 1
                 bar.update(b)
+                self._estimate(step, started)
+                if step < self.stop_step and self._agree(self._out_of_time(started), step):
+                    self._end_early(step)  # the budget is spent: this is the last step
                 last = step == self.stop_step
                 if step % self.check_every == 0 or step % LOG_EVERY == 0 or last:
                     self.check_finite(step)
@@ -434,7 +518,7 @@ class Trainer:
                 for monitor in self.monitors:
                     self._log_extra(step, monitor.after_step(self, step), bar)
                 seconds = self.prior_seconds + time.perf_counter() - started
-                interrupted = not last and self._should_stop(step)
+                interrupted = not last and self._agree(self.stop.is_set(), step)
                 if step % self.steps_per_epoch == 0 or step % CHECKPOINT_EVERY == 0 or last or interrupted:
                     self._save_checkpoint(step, loss, seconds)
         finally:
@@ -445,6 +529,108 @@ class Trainer:
         if not interrupted:
             self._finish(step, loss, seconds)
         return TrainResult(self.run_dir, step, loss, interrupted, seconds)
+
+    # ---------------------------------------------------------------------------- time
+
+    def _fit_budget(self) -> None:
+        """Plan the steps that fit the time budget at this machine's pace, measured on a scratch
+        copy of the run's first steps (so the run trains as ``--steps N`` would, bit for bit), and
+        record the plan in config.json and run.json."""
+        rate = self._scratch_seconds_per_step()
+        planned = max(1, int(self.time_budget * (1 - BUDGET_MARGIN) / rate))
+        planned = broadcast_object(planned, self.info)  # rank 0's measurement decides for all
+        self.cfg = dataclasses.replace(self.cfg, train=dataclasses.replace(self.cfg.train, steps=planned))
+        self._plan_steps()
+        images_per_sec = self.cfg.train.batch_size * self.info.world_size / rate
+        if self.info.is_main:
+            save_config(self.run_dir, self.cfg)
+            plan = {"seconds": self.time_budget, "planned_steps": planned, "images_per_sec": round(images_per_sec, 1)}
+            update_run_info(self.run_dir, time_budget=plan)
+        self.log(f"time budget {duration(self.time_budget)}: {planned:,} steps at {images_per_sec:,.0f} images/s; "
+                 f"`mnistdiff train --steps {planned}` trains this plan again on any machine")  # fmt: skip
+
+    def _scratch_seconds_per_step(self, steps: int = 12) -> float:
+        """Seconds per optimizer step of this run on this machine: ``steps`` of its own first steps
+        (the first two untimed), after which everything is put back as it was (:meth:`snapshot`)."""
+        saved = self.snapshot()
+        times = []
+        for i in range(steps):
+            start = time.perf_counter()
+            self.advance(self.start_step + i)
+            sync(self.device)
+            times.append(time.perf_counter() - start)
+        self.restore_snapshot(saved)
+        return statistics.median(times[2:])
+
+    def snapshot(self) -> Snapshot:
+        """Everything a training step changes, copied: weights, EMA, optimizer and loss-scaler
+        state, the step's device buffers, the divergence watch, the random states."""
+        values = [(x, x.detach().clone()) for x in self._state_tensors()]
+        cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return Snapshot(values, torch.get_rng_state(), cuda_rng, self.ema.updates, self.scaler.state_dict())
+
+    def restore_snapshot(self, snap: Snapshot) -> None:
+        """Put a :meth:`snapshot` back, in place (a captured CUDA graph holds these very tensors);
+        optimizer state created since is reset to AdamW's initial zeros."""
+        kept = {id(x) for x, _ in snap.values}
+        with torch.no_grad():
+            for x, value in snap.values:
+                x.copy_(value)
+            for x in self._state_tensors():
+                if id(x) not in kept:
+                    x.zero_()
+        torch.set_rng_state(snap.cpu_rng)
+        if snap.cuda_rng is not None:
+            torch.cuda.set_rng_state(snap.cuda_rng, self.device)
+        self.ema.updates = snap.ema_updates
+        self.scaler.load_state_dict(snap.scaler)
+
+    def _state_tensors(self) -> list[torch.Tensor]:
+        opt_state = [v for state in self.opt.state.values() for v in state.values() if torch.is_tensor(v)]
+        own = [self._step_number, self._first_bad]
+        if self._device_step is not None:
+            d = self._device_step
+            own += [d.step, d.order, d.loss_sum, d.ema_weight, d.lr]
+        return [*self.model.parameters(), *self.model.buffers(), *self.ema.parameters(), *self.ema.buffers(),
+                *opt_state, *own]  # fmt: skip
+
+    def _out_of_time(self, started: float) -> bool:
+        return bool(self.time_budget) and time.perf_counter() - started >= self.time_budget
+
+    def _end_early(self, step: int) -> None:
+        """The time budget ran out: end the run after ``step``, recorded as its max_steps, so the
+        plan and where it stopped both stay in config.json."""
+        self.cfg = dataclasses.replace(self.cfg, train=dataclasses.replace(self.cfg.train, max_steps=step))
+        self._plan_steps()
+        if self.info.is_main:
+            save_config(self.run_dir, self.cfg)
+        self.log(f"time budget spent: the run ends at step {step:,} of the {self.total_steps:,} planned")
+
+    def _estimate(self, step: int, started: float) -> None:
+        """After the first steps, say how long the rest will take at this pace, on this machine."""
+        done = step - self.start_step
+        if done == 2:
+            self._pace_start = time.perf_counter()  # the first steps warm caches up: time from here
+        if done != ESTIMATE_AFTER or self.stop_step - step < ESTIMATE_AFTER:
+            return
+        seconds_per_step = (time.perf_counter() - self._pace_start) / (ESTIMATE_AFTER - 2)
+        images_per_sec = self.cfg.train.batch_size * self.info.world_size / seconds_per_step
+        left = (self.stop_step - step) * seconds_per_step
+        speed = describe_speed(images_per_sec / self.info.world_size, step_flops_per_image(self.cfg),
+                               matmul_rate(self.device, self.autocast or torch.float32))  # fmt: skip
+        hint = "; --time-budget 10m for a shorter run" if left > 900 and not self.time_budget else ""
+        self.log(f"{self.stop_step - step:,} steps to go: about {duration(left)} at {speed}{hint}")
+
+    def _agree(self, flag: bool, step: int) -> bool:
+        """``flag`` on any rank, for every rank. Under torchrun the ranks agree every LOG_EVERY
+        steps (a collective each step would stall the GPU); alone, at every step."""
+        if not self.info.enabled:
+            return flag
+        if step % LOG_EVERY:
+            return False
+        t = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(t)
+        return bool(t.item())
 
     def batch_for(self, step: int) -> Batch:
         """The batch of optimizer step ``step`` (0-based): its place in its epoch's order."""
@@ -470,7 +656,7 @@ class Trainer:
             "step": step,
             "epoch": round(step / self.steps_per_epoch, 4),
             "loss": loss,
-            "lr": self.opt.param_groups[0]["lr"],
+            "lr": float(self.opt.param_groups[0]["lr"]),  # a tensor for the step on the device
             "images_per_sec": window.last_steps * images_per_step / max(seconds, 1e-9),
         }
         if self.info.is_main:

@@ -1,0 +1,118 @@
+"""Edits on disk: the cores of `mnistdiff inpaint`, `interpolate` and `invert`, which run the
+functions of :mod:`.editing` and write their pictures (and tensors)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..config import INPAINT_JUMPS, INPAINT_RESAMPLE, INTERPOLATE_FRAMES, SamplingConfig
+from ..io import save_tensors
+from ..pictures.animation import save_gif
+from ..pictures.grids import save_grid
+from ..runs.loader import LoadedRun
+from .editing import (
+    Endpoint,
+    inpaint,
+    inpaint_settings,
+    interpolate,
+    interpolate_settings,
+    invert,
+    reconstruct,
+    reconstruction_error,
+)
+from .outputs import check_folders
+
+HOLE = 0.5  # the grey that shows the missing pixels of a masked input
+
+
+def inpaint_to_files(
+    run: LoadedRun,
+    images: torch.Tensor,
+    missing: torch.Tensor,
+    output: Path,
+    sampling: SamplingConfig = SamplingConfig(),
+    *,
+    n: int = 4,
+    digit: int | None = None,
+    jumps: int = INPAINT_JUMPS,
+    resample: int = INPAINT_RESAMPLE,
+    scale: int = 2,
+    save_tensor: Path | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Complete each of ``images`` [N x 1 x 28 x 28] ``n`` times (:func:`inpaint`) and write a PNG
+    grid, one row per image: the original, the masked input (the hole in grey) and the
+    completions. ``save_tensor`` also gets the completions as ``samples`` [N n x 1 x 28 x 28] in
+    [0, 1] (readable by `eval --samples`), the ``originals`` and the ``missing`` mask (uint8),
+    with the settings in its metadata. Returns the completions, [N x n x 1 x 28 x 28]."""
+    check_folders(output, save_tensor)
+    completions = inpaint(run, images, missing, sampling, n=n, digit=digit, jumps=jumps, resample=resample,
+                          progress=progress)  # fmt: skip
+    missing = missing.to(torch.bool).broadcast_to(images.shape)
+    masked = torch.where(missing, torch.full_like(images, HOLE), images)
+    rows = torch.cat([images[:, None], masked[:, None], completions], dim=1)  # (N, n + 2, 1, 28, 28)
+    save_grid(rows.reshape(-1, *images.shape[1:]), output, nrow=n + 2, scale=scale)
+    if save_tensor is not None:
+        settings = inpaint_settings(run, sampling)
+        inpainting = {"jumps": jumps, "resample": resample, "n": n, "digit": digit}
+        metadata = {"run": run.path.name, "sampling": json.dumps(settings.to_dict(), sort_keys=True),
+                    "inpainting": json.dumps(inpainting)}  # fmt: skip
+        tensors = {"samples": completions.reshape(-1, *images.shape[1:]), "originals": images,
+                   "missing": missing.to(torch.uint8)}  # fmt: skip
+        save_tensors(save_tensor, tensors, metadata)
+    return completions
+
+
+def interpolate_to_files(
+    run: LoadedRun,
+    a: Endpoint,
+    b: Endpoint,
+    output: Path,
+    sampling: SamplingConfig = SamplingConfig(),
+    *,
+    frames: int = INTERPOLATE_FRAMES,
+    digit: int | None = None,
+    scale: int = 2,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Walk from ``a`` to ``b`` (:func:`interpolate`) and write the frames as one PNG strip, or as
+    an animated GIF when ``output`` ends in ``.gif``. Returns them, [frames x 1 x 28 x 28]."""
+    check_folders(output)
+    interpolate_settings(run, sampling, not all(isinstance(e, int) for e in (a, b)))  # a bad setting fails first
+    walk = interpolate(run, a, b, sampling, frames=frames, digit=digit, progress=progress)
+    if output.suffix.lower() == ".gif":
+        save_gif(walk[:, None], output, nrow=1, scale=scale)  # one digit per frame
+    else:
+        save_grid(walk, output, nrow=frames, scale=scale)
+    return walk
+
+
+def invert_to_files(
+    run: LoadedRun,
+    images: torch.Tensor,
+    output: Path,
+    sampling: SamplingConfig = SamplingConfig(),
+    *,
+    steps: list[int],
+    digit: int | None = None,
+    scale: int = 2,
+    progress: bool = True,
+) -> list[dict[str, float]]:
+    """Invert ``images`` [N x 1 x 28 x 28] and reconstruct them (:func:`invert`,
+    :func:`reconstruct`) at each step count in ``steps``, and write a PNG grid, one row per image:
+    the original, then its reconstruction at each count. Returns, per count, its ``steps``, the
+    mean ``mse`` and the mean ``psnr`` (dB) over the images."""
+    check_folders(output)
+    rows, reconstructions = [], []
+    for count in steps:
+        noise = invert(run, images, sampling, digit=digit, steps=count, progress=progress)
+        back = reconstruct(run, noise, sampling, digit=digit, steps=count, progress=progress)
+        mse, psnr = reconstruction_error(images, back)
+        rows.append({"steps": count, "mse": float(mse.mean()), "psnr": float(psnr.mean())})
+        reconstructions.append(back)
+    grid = torch.stack([images, *reconstructions], dim=1)  # (N, 1 + len(steps), 1, 28, 28)
+    save_grid(grid.reshape(-1, *images.shape[1:]), output, nrow=1 + len(steps), scale=scale)
+    return rows

@@ -1,0 +1,109 @@
+"""Every machine a user has: each platform decision tested with the platform's facts patched in
+(CUDA capability, CPU units, MPS, NCCL, the torch version), since CI runs on one x86 CPU."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from mnist_diffusion import runtime
+from mnist_diffusion.diffusion.nll import float64_device
+from mnist_diffusion.errors import UserError
+from mnist_diffusion.runtime import autocast, autocast_dtype, init_distributed, native_bf16
+from mnist_diffusion.training.recipe import fused_adamw
+
+CPU, CUDA, MPS = torch.device("cpu"), torch.device("cuda", 0), torch.device("mps")
+
+
+@pytest.fixture
+def cpu_units(monkeypatch):
+    """Set which bf16 units the CPU reports: cpu_units(avx512_bf16, amx)."""
+
+    def set_units(avx512_bf16: bool, amx: bool) -> None:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+
+    return set_units
+
+
+@pytest.mark.parametrize("capability,native", [((6, 1), False), ((7, 0), False), ((7, 5), False), ((8, 0), True),
+                                               ((8, 9), True), ((9, 0), True)])  # fmt: skip
+def test_bf16_is_auto_only_on_gpus_that_have_it_natively(monkeypatch, capability, native):
+    # A T4 (7.5) or V100 (7.0) answers is_bf16_supported() with True, through emulation.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert native_bf16(CUDA) is native
+    assert autocast_dtype("auto", CUDA) == (torch.bfloat16 if native else None)
+    assert autocast_dtype("bf16", CUDA) == torch.bfloat16  # asked for, it is given
+    assert autocast_dtype("fp16", CUDA) == torch.float16
+
+
+@pytest.mark.parametrize("avx512_bf16,amx,native", [(False, False, False), (True, False, True), (False, True, True)])
+def test_bf16_is_auto_only_on_cpus_with_bf16_units(cpu_units, avx512_bf16, amx, native):
+    cpu_units(avx512_bf16, amx)
+    assert native_bf16(CPU) is native
+    assert autocast_dtype("auto", CPU) == (torch.bfloat16 if native else None)
+    assert autocast_dtype("fp32", CPU) is None and autocast_dtype("bf16", CPU) == torch.bfloat16
+
+
+def test_precisions_a_device_cannot_run_are_one_line_errors():
+    with pytest.raises(UserError, match="--precision fp16 is for CUDA GPUs, not cpu"):
+        autocast_dtype("fp16", CPU)
+    with pytest.raises(UserError, match="--precision bf16 is supported on cuda and cpu, not mps"):
+        autocast_dtype("bf16", MPS)
+    with pytest.raises(UserError, match="--precision must be one of auto, fp32, bf16, fp16"):
+        autocast_dtype("fp8", CPU)
+    assert autocast_dtype("auto", MPS) is None  # Apple's GPU: fp32
+
+
+def test_autocast_is_not_entered_at_all_for_fp32(monkeypatch):
+    # torch before 2.5 raises on torch.autocast("mps", enabled=False): fp32 must not touch it
+    monkeypatch.setattr(torch, "autocast", lambda *a, **k: pytest.fail("autocast entered for fp32"))
+    assert isinstance(autocast(MPS, None), contextlib.nullcontext)
+    with autocast(CPU, None):
+        pass
+
+
+@pytest.mark.parametrize(
+    "device,version,fused",
+    [("cuda", "2.2.0", True), ("cpu", "2.3.1", False), ("cpu", "2.4.0", True), ("mps", "2.2.2", False),
+     ("mps", "2.5.0", True), ("mps", "2.14.1+cpu", True), ("xpu", "2.14.1", False)],
+)  # fmt: skip
+def test_fused_adamw_where_the_installed_torch_has_it(device, version, fused):
+    assert fused_adamw(torch.device(device), version) is fused
+
+
+def test_float64_maths_stays_on_the_cpu_for_mps():
+    assert float64_device(MPS) == CPU and float64_device(CPU) == CPU and float64_device(CUDA) == CUDA
+
+
+@pytest.fixture
+def torchrun_env(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    chosen = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: chosen.append(backend))
+    monkeypatch.setattr(torch.cuda, "set_device", lambda rank: None)
+    return chosen
+
+
+@pytest.mark.parametrize("cuda,nccl,backend", [(True, True, "nccl"), (True, False, "gloo"), (False, True, "gloo")])
+def test_torchrun_backend_is_nccl_only_where_it_exists(monkeypatch, torchrun_env, cuda, nccl, backend):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(dist, "is_nccl_available", lambda: nccl)  # Windows builds have no NCCL
+    info = init_distributed("auto")
+    assert torchrun_env == [backend] and info.world_size == 2 and info.is_main
+
+
+def test_torchrun_on_mps_is_refused_in_one_line(monkeypatch, torchrun_env):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(runtime, "_has_mps", lambda: True)
+    for device in ("auto", "mps"):
+        with pytest.raises(UserError, match="torchrun on Apple's MPS is not supported"):
+            init_distributed(device)
+    assert torchrun_env == []
