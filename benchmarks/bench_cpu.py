@@ -54,6 +54,8 @@ def variant_env(name: str, cores: int) -> dict[str, str] | None:
         env["MNISTDIFF_ALLOCATOR"] = "system"
     elif name == "tuned":  # what mnistdiff does
         env.pop("MNISTDIFF_ALLOCATOR", None)
+    elif name == "glibc-env":  # glibc tuned by the user's environment (mallopt caps the mmap threshold at 32 MiB)
+        env.update(MALLOC_MMAP_THRESHOLD_=str(2**32), MALLOC_TRIM_THRESHOLD_=str(2**32), MALLOC_TOP_PAD_=str(2**29))
     elif name in LIBS:
         lib = next((p for p in LIBS[name] if Path(p).is_file()), None)
         if lib is None:

@@ -162,8 +162,10 @@ def setup_device(name: str = "auto", info: DistInfo | None = None) -> torch.devi
 # process instead of handing it back to the system after every operation, and serve the network's
 # activation buffers from the heap rather than fresh mmap'ed pages, which are zero-filled and
 # page-faulted in again at every use (docs/RESULTS.md: the allocator's effect on sampling and training).
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
-ALLOCATOR_SETTINGS = {M_TRIM_THRESHOLD: 2**30, M_TOP_PAD: 2**29, M_MMAP_THRESHOLD: 2**25}
+# mallopt refuses an mmap threshold above 32 MiB, and sampling's batch of 500 has larger buffers:
+# M_MMAP_MAX 0 serves those from the heap too.
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -2, -3, -4
+ALLOCATOR_SETTINGS = {M_TRIM_THRESHOLD: 2**30, M_TOP_PAD: 2**29, M_MMAP_THRESHOLD: 2**25, M_MMAP_MAX: 0}
 
 
 @functools.cache

@@ -4,6 +4,11 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -107,3 +112,47 @@ def test_torchrun_on_mps_is_refused_in_one_line(monkeypatch, torchrun_env):
         with pytest.raises(UserError, match="torchrun on Apple's MPS is not supported"):
             init_distributed(device)
     assert torchrun_env == []
+
+
+def _has_mallinfo2() -> bool:
+    try:
+        return hasattr(ctypes.CDLL(None), "mallinfo2")
+    except OSError:
+        return False
+
+
+ALLOCATOR_PROBE = """
+import ctypes, json, sys
+import torch
+from mnist_diffusion.runtime import tune_allocator
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+tuned = tune_allocator()
+before = libc.mallinfo2().hblkhd  # bytes in mmapped chunks (some from imports)
+big = torch.empty(64 * 2**20, dtype=torch.uint8)  # larger than any mmap threshold mallopt accepts
+print(json.dumps({"tuned": tuned, "mmapped_bytes": libc.mallinfo2().hblkhd - before}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not _has_mallinfo2(), reason="glibc 2.33+ only")
+@pytest.mark.parametrize("env, tuned", [({}, True), ({"MNISTDIFF_ALLOCATOR": "system"}, False),
+                                        ({"MALLOC_ARENA_MAX": "2"}, False)])  # fmt: skip
+def test_the_allocator_serves_large_buffers_from_the_heap_unless_the_user_chose(env, tuned):
+    """Tuned, glibc keeps a 64 MiB tensor in its heap rather than a fresh mmap (which the kernel
+    zero-fills and faults in again at every use); MNISTDIFF_ALLOCATOR=system or a MALLOC_* variable
+    of the user's own leaves glibc as it comes."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "MNISTDIFF_ALLOCATOR"}
+    out = subprocess.run([sys.executable, "-c", ALLOCATOR_PROBE], env={**clean, **env}, capture_output=True,
+                         text=True, check=True).stdout  # fmt: skip
+    probe = json.loads(out.splitlines()[-1])
+    assert probe["tuned"] is tuned
+    if tuned:
+        assert probe["mmapped_bytes"] == 0
+    else:
+        assert probe["mmapped_bytes"] >= 64 * 2**20
