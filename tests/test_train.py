@@ -328,6 +328,22 @@ def test_a_time_budget_plans_steps_that_a_plain_run_repeats_bit_for_bit(tmp_path
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_budget_plans_again_from_its_own_pace_within_warm_up(tmp_path, data_dir, monkeypatch):
+    """The scratch steps overrate the pace 100-fold here: after warm-up's steps the run plans again
+    from its own loop, and the new plan, recorded, still repeats bit for bit without a budget."""
+    monkeypatch.setattr(train_module.Trainer, "_scratch_seconds_per_step", lambda self, steps=12: 1e-4)
+    lines = []
+    budgeted = run(tiny_config(epochs=50), tmp_path / "a", data_dir, time_budget=3.0, log=lines.append).run_dir
+    info = json.loads((budgeted / "run.json").read_text())["time_budget"]
+    cfg = load_config(budgeted)
+    assert info["measured_over_steps"] == cfg.train.warmup_steps == 4
+    assert cfg.train.steps == info["planned_steps"] < int(3.0 * 0.97 / 1e-4)
+    assert any(f"over the first 4 steps; `mnistdiff train --steps {cfg.train.steps}`" in line for line in lines)
+    again = run(cfg, tmp_path / "b", data_dir).run_dir  # where the budget ended it, if it did, is in cfg too
+    a, b = weights(budgeted), weights(again)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_a_spent_budget_ends_the_run_and_records_where(tmp_path, data_dir, monkeypatch):
     calls = []
 
@@ -337,6 +353,7 @@ def test_a_spent_budget_ends_the_run_and_records_where(tmp_path, data_dir, monke
 
     monkeypatch.setattr(train_module.Trainer, "_out_of_time", out_of_time)
     monkeypatch.setattr(train_module.Trainer, "_scratch_seconds_per_step", lambda self, steps=12: 0.01)
+    monkeypatch.setattr(train_module, "REPLAN_AFTER", 0)  # keep the scratch plan
     result = run(tiny_config(epochs=3), tmp_path, data_dir, time_budget=60.0)
     cfg = load_config(result.run_dir)
     assert result.step == 5 and cfg.train.max_steps == 5 and cfg.train.steps == int(60 * 0.97 / 0.01)

@@ -73,6 +73,7 @@ LOG_EVERY = 50  # optimizer steps between metrics.jsonl lines (and loss read-bac
 CHECKPOINT_EVERY = 500  # optimizer steps between checkpoints, besides every epoch's end
 ESTIMATE_AFTER = 12  # steps after which `train` says how long the rest will take
 BUDGET_MARGIN = 0.03  # share of a time budget left for checkpoints and logging
+REPLAN_AFTER = 100  # steps after which a time-budget run plans again from its own pace (within warm-up)
 
 
 class TrainingDiverged(UserError):
@@ -489,8 +490,10 @@ class Trainer:
             self._point_device_step(self.start_step)
             self._graph = GraphStep(self._device_step)
             self.log("CUDA graphs: the training step is captured once and replayed")
+        replan_at = -1
         if self.time_budget and self.start_step == 0:
             self._fit_budget()
+            replan_at = self._replan_step()
         b = self.cfg.train.batch_size * self.info.world_size
         bar = tqdm(total=self.stop_step * b, initial=self.start_step * b, unit="img", unit_scale=True,
                    desc=f"train {self.run_dir.name}", disable=not self.progress, dynamic_ncols=True)  # fmt: skip
@@ -503,6 +506,9 @@ class Trainer:
                 window.add(self.advance(step))
                 step += 1
                 bar.update(b)
+                if step == replan_at:
+                    self._replan(step, time.perf_counter() - started)
+                    bar.total = self.stop_step * b
                 self._estimate(step, started)
                 if step < self.stop_step and self._agree(self._out_of_time(started), step):
                     self._end_early(step)  # the budget is spent: this is the last step
@@ -538,16 +544,43 @@ class Trainer:
         record the plan in config.json and run.json."""
         rate = self._scratch_seconds_per_step()
         planned = max(1, int(self.time_budget * (1 - BUDGET_MARGIN) / rate))
+        self._set_plan(broadcast_object(planned, self.info), rate, measured_over=0)  # rank 0's pace decides
+        self.log(f"time budget {duration(self.time_budget)}: {self.total_steps:,} steps at "
+                 f"{self._budget_images_per_sec:,.0f} images/s; `mnistdiff train --steps {self.total_steps}` "
+                 "trains this plan again on any machine")  # fmt: skip
+
+    def _replan_step(self) -> int:
+        """The step at which a time-budget run plans again from the pace of its own loop (which
+        the scratch steps, without checkpoints, logging and a warm machine's slow-down, overrate),
+        or -1. Only within warm-up, where the learning rate does not depend on the plan, and before
+        the guide's step, so the new plan still trains as ``--steps N`` would, bit for bit."""
+        at = min(REPLAN_AFTER, self.cfg.train.warmup_steps)
+        before_guide = self.guide_step < 0 or at < self.guide_step
+        return at if 0 < at < self.stop_step and before_guide else -1
+
+    def _replan(self, step: int, elapsed: float) -> None:
+        """Plan the steps again from the first ``step`` steps' pace (``elapsed`` seconds)."""
+        rate = elapsed / step
+        planned = step + max(1, int((self.time_budget * (1 - BUDGET_MARGIN) - elapsed) / rate))
+        guided = self.guide_step >= 0
         planned = broadcast_object(planned, self.info)  # rank 0's measurement decides for all
+        if planned == self.total_steps or (guided and round(self.cfg.train.guide_at * planned) <= step):
+            return  # the same plan, or one whose guide would lie behind us: stop on time instead
+        self._set_plan(planned, rate, measured_over=step)
+        self.log(f"time budget: {planned:,} steps at {self._budget_images_per_sec:,.0f} images/s over the first "
+                 f"{step} steps; `mnistdiff train --steps {planned}` trains this plan again")  # fmt: skip
+
+    def _set_plan(self, planned: int, seconds_per_step: float, measured_over: int) -> None:
+        """Make ``planned`` the run's steps and record it in config.json and run.json;
+        ``measured_over`` is the number of the run's own steps the pace comes from (0: scratch steps)."""
         self.cfg = dataclasses.replace(self.cfg, train=dataclasses.replace(self.cfg.train, steps=planned))
         self._plan_steps()
-        images_per_sec = self.cfg.train.batch_size * self.info.world_size / rate
+        self._budget_images_per_sec = self.cfg.train.batch_size * self.info.world_size / seconds_per_step
         if self.info.is_main:
             save_config(self.run_dir, self.cfg)
-            plan = {"seconds": self.time_budget, "planned_steps": planned, "images_per_sec": round(images_per_sec, 1)}
-            update_run_info(self.run_dir, time_budget=plan)
-        self.log(f"time budget {duration(self.time_budget)}: {planned:,} steps at {images_per_sec:,.0f} images/s; "
-                 f"`mnistdiff train --steps {planned}` trains this plan again on any machine")  # fmt: skip
+            plan = {"seconds": self.time_budget, "planned_steps": planned,
+                    "images_per_sec": round(self._budget_images_per_sec, 1), "measured_over_steps": measured_over}
+            update_run_info(self.run_dir, time_budget=plan)  # fmt: skip
 
     def _scratch_seconds_per_step(self, steps: int = 12) -> float:
         """Seconds per optimizer step of this run on this machine: ``steps`` of its own first steps
