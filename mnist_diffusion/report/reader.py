@@ -36,18 +36,25 @@ class RunFiles:
     def note(self, problem: str) -> None:
         self.problems.append(problem.replace(f"{self.dir}{os.sep}", ""))  # the report names the run already
 
-    def json(self, name: str, *, optional: bool = False) -> dict[str, Any] | None:
-        """The JSON object in the file ``name``; None (and a note, unless ``optional`` and absent)
-        if it is missing, unreadable, not JSON or not an object."""
+    def _bytes(self, path: Path, name: str, optional: bool) -> bytes | None:
+        """The file's bytes; None (and a note, unless ``optional`` and absent) if it cannot be read."""
         try:
-            data = json.loads((self.dir / name).read_bytes())
+            return path.read_bytes()
         except FileNotFoundError:
             if not optional:
                 self.note(f"{name} is missing")
-            return None
         except OSError as e:
             self.note(f"{name} cannot be read ({e.strerror or e})")
+        return None
+
+    def json(self, name: str, *, optional: bool = False) -> dict[str, Any] | None:
+        """The JSON object in the file ``name``; None (and a note, unless ``optional`` and absent)
+        if it is missing, unreadable, not JSON or not an object."""
+        raw = self._bytes(self.dir / name, name, optional)
+        if raw is None:
             return None
+        try:
+            data = json.loads(raw)
         except (ValueError, RecursionError) as e:
             self.note(f"{name} is not valid JSON ({e})")
             return None
@@ -59,14 +66,8 @@ class RunFiles:
     def png(self, path: Path, *, optional: bool = False) -> bytes | None:
         """The bytes of a PNG that decodes; None (and a note, unless ``optional`` and absent) else."""
         name = path.relative_to(self.dir).as_posix()
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            if not optional:
-                self.note(f"{name} is missing")
-            return None
-        except OSError as e:
-            self.note(f"{name} cannot be read ({e.strerror or e})")
+        data = self._bytes(path, name, optional)
+        if data is None:
             return None
         if png_size(data) is None:
             self.note(f"{name} is not a readable PNG image")
