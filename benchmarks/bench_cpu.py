@@ -1,5 +1,6 @@
 """The CPU path, variant against variant in one run: the memory allocator (glibc as it comes, glibc
-as mnistdiff tunes it, jemalloc and tcmalloc where installed) and the thread count, each timed in
+as mnistdiff tunes it, jemalloc and tcmalloc where installed), the weights' layout when sampling
+(channels-last or NCHW) and the thread count, each timed in
 a fresh child process on the same work: `mnistdiff sample`'s (the default sampler and guidance on
 the default network) and training steps of the default preset on MNIST. benchmarks/README.md says
 what each number means.
@@ -50,10 +51,14 @@ def variant_env(name: str, cores: int) -> dict[str, str] | None:
     """The environment of a child process for a variant, or None where this machine lacks it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "LD_PRELOAD"}
     env["OMP_NUM_THREADS"] = str(cores)
-    if name == "default":  # glibc as it comes
-        env["MNISTDIFF_ALLOCATOR"] = "system"
+    env.pop("MNISTDIFF_CHANNELS_LAST", None)
+    if name == "default":  # the tool before its CPU tuning: glibc as it comes, NCHW weights when sampling
+        env.update(MNISTDIFF_ALLOCATOR="system", MNISTDIFF_CHANNELS_LAST="0")
     elif name == "tuned":  # what mnistdiff does
         env.pop("MNISTDIFF_ALLOCATOR", None)
+    elif name == "nchw":  # what mnistdiff does, but sampling with NCHW weights: the layout's share
+        env.pop("MNISTDIFF_ALLOCATOR", None)
+        env["MNISTDIFF_CHANNELS_LAST"] = "0"
     elif name == "glibc-env":  # glibc tuned by the user's environment (mallopt caps the mmap threshold at 32 MiB)
         env.update(MALLOC_MMAP_THRESHOLD_=str(2**32), MALLOC_TRIM_THRESHOLD_=str(2**32), MALLOC_TOP_PAD_=str(2**29))
     elif name in LIBS:
@@ -180,8 +185,10 @@ def markdown(results: dict) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variants", default="default,tuned,jemalloc,tcmalloc,threads-1",
-                   help="default (glibc as it comes), tuned (mnistdiff's mallopt), jemalloc, tcmalloc, threads-N")
+    p.add_argument("--variants", default="default,tuned,nchw,jemalloc,tcmalloc,threads-1",
+                   help="default (glibc as it comes, NCHW: the tool before its CPU tuning), tuned (what mnistdiff "
+                        "does: its mallopt, channels-last sampling), nchw (tuned, NCHW sampling), glibc-env, "
+                        "jemalloc, tcmalloc, threads-N")
     p.add_argument("--sample-n", type=int, default=500, help="images sampled (one batch of 500, as `sample` draws)")
     p.add_argument("--sample-steps", type=int, default=20, help="sampler steps (the default: 20)")
     p.add_argument("--train-steps", type=int, default=40, help="timed training steps")

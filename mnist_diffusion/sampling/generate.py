@@ -4,6 +4,7 @@ the network is called to draw images (by `sample`, `eval`, the end-of-run grid a
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -16,7 +17,7 @@ from ..diffusion.guidance import Denoiser
 from ..diffusion.samplers import Start, StepCallback, sample
 from ..errors import UserError
 from ..runs.loader import LoadedRun
-from ..runtime import autocast_dtype
+from ..runtime import autocast_dtype, sampling_memory_format
 from ..training.graphs import GraphedForward
 
 
@@ -74,14 +75,23 @@ Networks = tuple[nn.Module, nn.Module | None]  # a run's network and its guide, 
 
 def networks_for(run: LoadedRun, settings: SamplingConfig) -> Networks:
     """The run's network and guide as resolved ``settings`` run them: replayed from CUDA graphs
-    with ``cuda_graphs`` (a one-line UserError off CUDA). Make them once per sampling: the
-    graphs are kept for every batch shape they see."""
+    with ``cuda_graphs`` (a one-line UserError off CUDA); on the CPU, copies with channels-last
+    weights (:func:`~mnist_diffusion.runtime.sampling_memory_format`; the run's own stay as they
+    are). Make them once per sampling: the graphs are kept for every batch shape they see."""
     model, guide = run.model, run.guide
+    layout = sampling_memory_format(run.device)
+    if layout != torch.contiguous_format:
+        model, guide = _laid_out(model, layout), guide and _laid_out(guide, layout)
     if settings.cuda_graphs:
         if run.device.type != "cuda":
             raise UserError(f"--cuda-graphs needs a CUDA GPU (this run is on {run.device.type})")
         model, guide = GraphedForward(model), guide and GraphedForward(guide)
     return model, guide
+
+
+def _laid_out(net: nn.Module, layout: torch.memory_format) -> nn.Module:
+    """A copy of ``net`` with its 4-d weights in ``layout``."""
+    return copy.deepcopy(net).to(memory_format=layout)
 
 
 def denoiser_for(run: LoadedRun, settings: SamplingConfig, labels: torch.Tensor | None, networks: Networks
