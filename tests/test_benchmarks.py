@@ -96,9 +96,13 @@ def test_bench_cpu_variants_and_table(monkeypatch):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import bench_cpu
 
-    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")  # a user's own malloc setting never leaks into a variant
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")  # a user's own settings never leak into a variant
+    monkeypatch.setenv("MNISTDIFF_CHANNELS_LAST", "0")
     default, tuned = bench_cpu.variant_env("default", 2), bench_cpu.variant_env("tuned", 2)
     assert default["MNISTDIFF_ALLOCATOR"] == "system" and "MNISTDIFF_ALLOCATOR" not in tuned
+    nchw = bench_cpu.variant_env("nchw", 2)  # the tool as it was: NCHW sampling; the layout's share alone
+    assert default["MNISTDIFF_CHANNELS_LAST"] == nchw["MNISTDIFF_CHANNELS_LAST"] == "0"
+    assert "MNISTDIFF_CHANNELS_LAST" not in tuned and "MNISTDIFF_ALLOCATOR" not in nchw
     assert "MALLOC_ARENA_MAX" not in default and bench_cpu.variant_env("threads-1", 2)["OMP_NUM_THREADS"] == "1"
     monkeypatch.setattr(bench_cpu, "LIBS", {"jemalloc": ["/nonexistent/libjemalloc.so.2"]})
     assert bench_cpu.variant_env("jemalloc", 2) is None  # not installed: skipped

@@ -31,7 +31,7 @@ from mnist_diffusion.pictures.animation import save_gif
 from mnist_diffusion.pictures.inputs import parse_mask, read_digit
 from mnist_diffusion.runs.loader import load_run
 from mnist_diffusion.sampling.editing import edit_labels, inpaint, interpolate, invert, reconstruct, sdedit
-from mnist_diffusion.sampling.generate import generate
+from mnist_diffusion.sampling.generate import generate, networks_for
 
 runner = CliRunner()
 
@@ -181,6 +181,21 @@ def test_inpainting_keeps_the_known_pixels_and_nothing_missing_returns_the_input
     assert torch.equal(in_8_bits(whole), in_8_bits(digits[:, None].expand_as(whole)))
     again = inpaint(run, digits, left, SamplingConfig(steps=6, seed=1), n=2, jumps=2, resample=2)
     assert torch.equal(again, out)  # the same seed, the same completions
+
+
+def test_cpu_sampling_runs_channels_last_copies_and_leaves_the_run_alone(run, monkeypatch):
+    # On the CPU the sampling networks are channels-last copies (faster oneDNN convolutions); the
+    # run's own weights keep their layout, and the samples agree with NCHW's to float rounding.
+    monkeypatch.delenv("MNISTDIFF_CHANNELS_LAST", raising=False)
+    settings = SamplingConfig(steps=3, seed=1)
+    model, guide = networks_for(run, settings)
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d) and m.in_channels > 1)
+    assert model is not run.model and conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert all(p.is_contiguous() for p in run.model.parameters())
+    fast = generate(run, 3, settings)
+    monkeypatch.setenv("MNISTDIFF_CHANNELS_LAST", "0")
+    assert networks_for(run, settings)[0] is run.model  # the user's switch: the run's network as it is
+    torch.testing.assert_close(fast, generate(run, 3, settings), atol=1e-4, rtol=0)
 
 
 def test_inpainting_with_everything_missing_is_ddim_eta_1_sampling(run, digits):
