@@ -9,7 +9,7 @@ RUN ?=
 N ?= 10000
 N_1000 ?=
 
-.PHONY: install data train sample test lint eval features bench bench-samplers bench-editing clean
+.PHONY: install data train sample test lint eval features bench bench-cpu bench-samplers bench-editing clean
 
 install: $(STAMP)
 
@@ -44,6 +44,9 @@ features: data  ## retrain the shipped feature classifier used by eval
 
 bench: data  ## training and sampling speed, see benchmarks/
 	$(BIN)/python benchmarks/bench_speed.py
+
+bench-cpu: data  ## the CPU path variant against variant: allocator, weights' layout when sampling, threads
+	$(BIN)/python benchmarks/bench_cpu.py
 
 bench-samplers: data  ## FID and wall time per sampler and step count for one run
 	$(BIN)/python benchmarks/bench_samplers.py --n $(N) $(if $(N_1000),--n-1000 $(N_1000)) $(if $(RUN),--run $(RUN))
