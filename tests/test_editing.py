@@ -19,7 +19,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from mnist_diffusion.cli import app
-from mnist_diffusion.config import DiffusionConfig, SamplingConfig
+from mnist_diffusion.config import DiffusionConfig, Guidance, SamplingConfig
 from mnist_diffusion.data.clusters import draw_clusters
 from mnist_diffusion.data.mnist import as_unit, load_mnist
 from mnist_diffusion.diffusion.editing import ddim_invert, repaint, repaint_schedule, slerp
@@ -30,7 +30,16 @@ from mnist_diffusion.errors import UserError
 from mnist_diffusion.pictures.animation import save_gif
 from mnist_diffusion.pictures.inputs import parse_mask, read_digit
 from mnist_diffusion.runs.loader import load_run
-from mnist_diffusion.sampling.editing import edit_labels, inpaint, interpolate, invert, reconstruct, sdedit
+from mnist_diffusion.sampling import editing as editing_module
+from mnist_diffusion.sampling.editing import (
+    edit_labels,
+    inpaint,
+    inpaint_settings,
+    interpolate,
+    invert,
+    reconstruct,
+    sdedit,
+)
 from mnist_diffusion.sampling.generate import generate, networks_for
 
 runner = CliRunner()
@@ -199,10 +208,31 @@ def test_cpu_sampling_runs_channels_last_copies_and_leaves_the_run_alone(run, mo
 
 
 def test_inpainting_with_everything_missing_is_ddim_eta_1_sampling(run, digits):
-    # The same shapes, batches and kernels as generate: equal bit for bit (STYLE.md, 13).
-    out = inpaint(run, digits[:2], torch.ones(28, 28, dtype=torch.bool), n=2, steps=6, resample=1, seed=3)
-    plain = generate(run, 4, SamplingConfig(sampler="ddim", eta=1.0, steps=6, spacing=1.0, seed=3))
+    # The same shapes, batches and kernels as generate: equal bit for bit (STYLE.md, 13). Asked
+    # for cluster guidance, inpainting draws clusters as generate does.
+    guided = Guidance(clusters=1.6)
+    out = inpaint(run, digits[:2], torch.ones(28, 28, dtype=torch.bool), n=2, steps=6, resample=1, seed=3,
+                  guidance=guided)  # fmt: skip
+    plain = generate(run, 4, SamplingConfig(sampler="ddim", eta=1.0, steps=6, spacing=1.0, seed=3, guidance=guided))
     assert torch.equal(out.reshape(4, 1, 28, 28), plain)
+
+
+def test_inpainting_a_clustered_run_lets_the_visible_pixels_choose_the_digit(run, digits, monkeypatch):
+    # By default no cluster is drawn: the null label, no cluster guidance (a drawn cluster fights
+    # the visible part); a cluster-guidance scale asked for draws clusters as sample does.
+    assert run.clustered and inpaint_settings(run).guidance.clusters == 1.0
+    assert inpaint_settings(run, guidance=Guidance(clusters=2.0)).guidance.clusters == 2.0
+    seen, real = [], editing_module.denoiser_for
+
+    def spy(run, settings, labels, networks):
+        seen.append(labels)
+        return real(run, settings, labels, networks)
+
+    monkeypatch.setattr(editing_module, "denoiser_for", spy)
+    missing = parse_mask("right")
+    inpaint(run, digits[:2], missing, steps=2, resample=1)
+    inpaint(run, digits[:2], missing, steps=2, resample=1, guidance=Guidance(clusters=1.6))
+    assert seen[0] is None and seen[1] is not None and len(seen[1]) == 2
 
 
 def test_interpolation_starts_and_ends_at_its_ends_samples(run, digits):

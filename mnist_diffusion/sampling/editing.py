@@ -9,6 +9,10 @@ seed and settings give the same tensors.
 
 The labels follow `sample`: ``digit`` on a conditional run (without it, the unconditional model),
 a cluster drawn from the seed's generator on a clustered run (first, as :func:`generate` does).
+Inpainting is the exception on a clustered run: the visible pixels, not a drawn cluster, decide
+which digit a completion becomes, so it runs the network without a cluster (the null label) and
+without cluster guidance, unless a cluster-guidance scale is asked for (docs/RESULTS.md: a drawn
+cluster fights the visible part and completes fewer digits as their true label).
 """
 
 from __future__ import annotations
@@ -75,10 +79,12 @@ def _pick(labels: torch.Tensor | None, batch: slice) -> torch.Tensor | None:
 
 def inpaint_settings(run: LoadedRun, sampling: SamplingConfig | None = None, **overrides: Any) -> SamplingConfig:
     """How :func:`inpaint` samples, resolved for ``run``: ancestral steps (DDIM with eta = 1) on
-    the steps given (default: DDIM's), evenly spaced unless a spacing is given (EDIT_SPACING)."""
+    the steps given (default: DDIM's), evenly spaced unless a spacing is given (EDIT_SPACING);
+    cluster guidance off unless its scale is given (the module's docstring says why)."""
     s = settings_of(sampling, overrides)
     spacing = EDIT_SPACING if s.spacing is None else s.spacing
-    return resolve_for(run, dataclasses.replace(s, sampler="ddim", eta=1.0, spacing=spacing))
+    guidance = s.guidance if s.guidance.clusters is not None else dataclasses.replace(s.guidance, clusters=1.0)
+    return resolve_for(run, dataclasses.replace(s, sampler="ddim", eta=1.0, spacing=spacing, guidance=guidance))
 
 
 def inpaint(
@@ -114,7 +120,8 @@ def inpaint(
     device = run.device
     generator = torch.Generator(device=device).manual_seed(settings.seed)
     forward = torch.Generator(device=device).manual_seed(settings.seed ^ FORWARD_STREAM)
-    labels = edit_labels(run, len(x) * n, digit, generator)
+    unguided = run.clustered and digit is None and settings.guidance.clusters == 1.0  # no cluster: the null label
+    labels = None if unguided else edit_labels(run, len(x) * n, digit, generator)
     x0 = (x * 2 - 1).repeat_interleave(n, dim=0)  # (N n, 1, 28, 28) in [-1, 1], n copies of each in a row
     known = (~missing).repeat_interleave(n, dim=0)
     networks = networks_for(run, settings)
