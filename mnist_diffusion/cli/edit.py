@@ -73,6 +73,8 @@ def inpaint(
 
     One row per digit: the original, the masked input, the completions.
     Ancestral steps (DDIM, eta 1), evenly spaced unless --spacing is given.
+    On a clustered run no cluster is drawn, so the visible part decides the digit
+    (--cluster-guidance S draws one, as sample does).
 
     Example: mnistdiff inpaint --test-index 0,5,9 --mask top -n 6 -o inpaint.png"""
     from ..pictures.inputs import parse_mask
