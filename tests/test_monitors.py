@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from mnist_diffusion.cli import app
 from mnist_diffusion.monitors.progress import FidMonitor, SampleMonitor
-from mnist_diffusion.runs.store import append_metrics, read_metrics, resolve_run
+from mnist_diffusion.runs.store import append_metrics, load_config, read_metrics, resolve_run
 from mnist_diffusion.training.plan import plan_resume
 from mnist_diffusion.training.trainer import Trainer, train
 
@@ -95,6 +95,15 @@ def test_a_resumed_run_takes_the_same_grids_and_fids_as_a_straight_one(tmp_path,
     assert fids(resumed) == fids(straight) and [s for s, _ in fids(resumed)] == [4, 8]
     assert progress(resumed) == progress(straight)
     assert same_tensors(straight / "model.safetensors", resumed / "model.safetensors")
+
+
+def test_a_time_budget_prices_the_monitors_and_still_trains_what_its_plan_says(tmp_path, data_dir):
+    budgeted = run(tiny_config(epochs=3), tmp_path / "a", data_dir, time_budget=4.0, monitors=watchers(data_dir))
+    plan = json.loads((budgeted.run_dir / "run.json").read_text())["time_budget"]
+    assert plan["monitor_seconds_per_step"] > 0  # a grid and a FID, each timed once
+    assert progress(budgeted.run_dir) and fids(budgeted.run_dir)  # and still taken at their steps
+    plain = run(load_config(budgeted.run_dir), tmp_path / "b", data_dir).run_dir  # no budget, no monitors
+    assert same_tensors(budgeted.run_dir / "model.safetensors", plain / "model.safetensors")
 
 
 runner = CliRunner()

@@ -363,6 +363,38 @@ def test_a_spent_budget_ends_the_run_and_records_where(tmp_path, data_dir, monke
     assert (result.run_dir / "model.safetensors").is_file()  # finished, not interrupted
 
 
+def test_a_budget_leaves_the_monitors_their_measured_time(tmp_path, data_dir, monkeypatch):
+    class Watcher:  # costs as much as a training step, on average
+        def after_step(self, trainer, step):
+            return None
+
+        def seconds_per_step(self, trainer):
+            return 0.01
+
+        def close(self):
+            pass
+
+    calls = []
+    monkeypatch.setattr(train_module.Trainer, "_out_of_time", lambda self, started: calls.append(1) or len(calls) >= 3)
+    monkeypatch.setattr(train_module.Trainer, "_scratch_seconds_per_step", lambda self, steps=12: 0.01)
+    monkeypatch.setattr(train_module, "REPLAN_AFTER", 0)
+    lines = []
+    result = run(tiny_config(epochs=3), tmp_path, data_dir, time_budget=60.0, monitors=[Watcher()], log=lines.append)
+    plan = json.loads((result.run_dir / "run.json").read_text())["time_budget"]
+    assert load_config(result.run_dir).train.steps == plan["planned_steps"] == int(60 * 0.97 / 0.02)
+    assert plan["monitor_seconds_per_step"] == 0.01
+    assert any("watching the run takes 50% of it" in line for line in lines)
+
+
+def test_the_loop_pace_a_budget_plans_from_is_the_slower_of_the_whole_and_its_second_half():
+    from mnist_diffusion.training.trainer import loop_pace
+
+    assert loop_pace(200, 20.0, 100, 10.0) == pytest.approx(0.1)  # steady
+    assert loop_pace(200, 24.0, 100, 10.0) == pytest.approx(0.14)  # slowing down: the second half's
+    assert loop_pace(200, 24.0, 100, 14.0) == pytest.approx(0.12)  # a slow start: the whole mean
+    assert loop_pace(200, 24.0, -1, 0.0) == pytest.approx(0.12)  # no halfway mark
+
+
 def test_train_says_how_long_the_rest_will_take(tmp_path, data_dir):
     lines = []
     run(tiny_config(max_steps=30), tmp_path, data_dir, log=lines.append, progress=True)

@@ -84,6 +84,13 @@ class SampleMonitor:
         self.last = (step, images)
         return None
 
+    def seconds_per_step(self, trainer: Trainer) -> float:
+        """One grid drawn (not saved) and timed, spread over the ``every`` steps it comes after:
+        what a time budget leaves for the grids."""
+        start = time.perf_counter()
+        self.sampler.draw(trainer)
+        return (time.perf_counter() - start) / self.every
+
     def close(self) -> None:
         pass
 
@@ -103,22 +110,39 @@ class FidMonitor:
     def after_step(self, trainer: Trainer, step: int) -> dict[str, float] | None:
         if step % self.every or not trainer.info.is_main:
             return None
-        setup = None
-        if not self._ready:  # the reference features, loaded once per process
-            start = time.perf_counter()
-            with untouched(trainer):
-                real_reference(self.data_dir, feature_net(trainer.device)[0])
-            self._ready, setup = True, time.perf_counter() - start
+        setup = self._setup(trainer)
         start = time.perf_counter()
-        images = self.sampler.draw(trainer)
-        with untouched(trainer):
-            fid = fid_of(images, data_dir=self.data_dir, device=trainer.device)
+        fid = self._score(trainer)
         seconds = time.perf_counter() - start
         record = {"fid": fid, "fid_n": self.sampler.n, "fid_seconds": round(seconds, 3),
                   "fid_images_per_sec": round(self.sampler.n / seconds, 1)}  # fmt: skip
         if setup is not None:
             record["fid_setup_seconds"] = round(setup, 3)
         return record
+
+    def seconds_per_step(self, trainer: Trainer) -> float:
+        """One FID (drawn and scored, not logged) timed and spread over the ``every`` steps it
+        comes after: what a time budget leaves for them. The reference features are loaded first,
+        outside the timing, and kept (the first logged FID then has no setup to report)."""
+        self._setup(trainer)
+        start = time.perf_counter()
+        self._score(trainer)
+        return (time.perf_counter() - start) / self.every
+
+    def _setup(self, trainer: Trainer) -> float | None:
+        """Load the test set's reference features once per process; the seconds it took, or None."""
+        if self._ready:
+            return None
+        start = time.perf_counter()
+        with untouched(trainer):
+            real_reference(self.data_dir, feature_net(trainer.device)[0])
+        self._ready = True
+        return time.perf_counter() - start
+
+    def _score(self, trainer: Trainer) -> float:
+        images = self.sampler.draw(trainer)
+        with untouched(trainer):
+            return fid_of(images, data_dir=self.data_dir, device=trainer.device)
 
     def close(self) -> None:
         pass

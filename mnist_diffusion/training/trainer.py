@@ -73,7 +73,7 @@ LOG_EVERY = 50  # optimizer steps between metrics.jsonl lines (and loss read-bac
 CHECKPOINT_EVERY = 500  # optimizer steps between checkpoints, besides every epoch's end
 ESTIMATE_AFTER = 12  # steps after which `train` says how long the rest will take
 BUDGET_MARGIN = 0.03  # share of a time budget left for checkpoints and logging
-REPLAN_AFTER = 100  # steps after which a time-budget run plans again from its own pace (within warm-up)
+REPLAN_AFTER = 200  # steps after which a time-budget run plans again from its own pace (within warm-up)
 
 
 class TrainingDiverged(UserError):
@@ -123,6 +123,10 @@ class Monitor(Protocol):
 
     def close(self) -> None:
         """The run stopped (finished, interrupted or failed)."""
+
+    # Optional: ``seconds_per_step(trainer) -> float``, the seconds the monitor adds to an average
+    # optimizer step, measured once before a time budget's clock starts, so the plan leaves time
+    # for it. A monitor without it is taken to cost nothing.
 
 
 @dataclass
@@ -195,6 +199,7 @@ class Trainer:
         self.on_finish = on_finish  # (run_dir, EMA network, progress) at the end, before the weights: the grid
         self.monitors = list(monitors)  # watch the run as it trains (see Monitor)
         self.time_budget = time_budget  # seconds for the training loop: plan the steps to fit, and stop on time
+        self._monitor_seconds = 0.0  # what the monitors add to an average step (measured for a budget)
         if resume is not None and resume.checkpoint is None:
             raise UserError(f"run {resume.run_dir.name} has finished its plan: there is nothing to resume")
         self.start_step = resume.step if resume is not None else 0
@@ -490,10 +495,11 @@ class Trainer:
             self._point_device_step(self.start_step)
             self._graph = GraphStep(self._device_step)
             self.log("CUDA graphs: the training step is captured once and replayed")
-        replan_at = -1
+        replan_at, halfway, halfway_seconds = -1, -1, 0.0
         if self.time_budget and self.start_step == 0:
             self._fit_budget()
             replan_at = self._replan_step()
+            halfway = replan_at // 2
         b = self.cfg.train.batch_size * self.info.world_size
         bar = tqdm(total=self.stop_step * b, initial=self.start_step * b, unit="img", unit_scale=True,
                    desc=f"train {self.run_dir.name}", disable=not self.progress, dynamic_ncols=True)  # fmt: skip
@@ -506,8 +512,11 @@ class Trainer:
                 window.add(self.advance(step))
                 step += 1
                 bar.update(b)
+                if step == halfway:
+                    halfway_seconds = time.perf_counter() - started
                 if step == replan_at:
-                    self._replan(step, time.perf_counter() - started)
+                    pace = loop_pace(step, time.perf_counter() - started, halfway, halfway_seconds)
+                    self._replan(step, time.perf_counter() - started, pace)
                     bar.total = self.stop_step * b
                 self._estimate(step, started)
                 if step < self.stop_step and self._agree(self._out_of_time(started), step):
@@ -542,12 +551,27 @@ class Trainer:
         """Plan the steps that fit the time budget at this machine's pace, measured on a scratch
         copy of the run's first steps (so the run trains as ``--steps N`` would, bit for bit), and
         record the plan in config.json and run.json."""
-        rate = self._scratch_seconds_per_step()
+        self._monitor_seconds = self._monitors_seconds_per_step()
+        rate = self._scratch_seconds_per_step() + self._monitor_seconds
         planned = max(1, int(self.time_budget * (1 - BUDGET_MARGIN) / rate))
         self._set_plan(broadcast_object(planned, self.info), rate, measured_over=0)  # rank 0's pace decides
+        watching = self._describe_monitor_cost(rate)
         self.log(f"time budget {duration(self.time_budget)}: {self.total_steps:,} steps at "
-                 f"{self._budget_images_per_sec:,.0f} images/s; `mnistdiff train --steps {self.total_steps}` "
-                 "trains this plan again on any machine")  # fmt: skip
+                 f"{self._budget_images_per_sec:,.0f} images/s{watching}; `mnistdiff train --steps "
+                 f"{self.total_steps}` trains this plan again on any machine")  # fmt: skip
+
+    def _monitors_seconds_per_step(self) -> float:
+        """What the monitors (progress grids, FIDs) add to an average step, each measured once
+        (rank 0 alone samples; the other ranks wait for it at the next step's collective)."""
+        if not self.info.is_main:
+            return 0.0
+        costs = [getattr(m, "seconds_per_step", None) for m in self.monitors]
+        return sum(cost(self) for cost in costs if cost is not None)
+
+    def _describe_monitor_cost(self, seconds_per_step: float) -> str:
+        """ " (watching the run takes 4% of it)", or "" when the monitors cost next to nothing."""
+        share = self._monitor_seconds / seconds_per_step
+        return f" (watching the run takes {share:.0%} of it)" if share >= 0.005 else ""
 
     def _replan_step(self) -> int:
         """The step at which a time-budget run plans again from the pace of its own loop (which
@@ -558,17 +582,19 @@ class Trainer:
         before_guide = self.guide_step < 0 or at < self.guide_step
         return at if 0 < at < self.stop_step and before_guide else -1
 
-    def _replan(self, step: int, elapsed: float) -> None:
-        """Plan the steps again from the first ``step`` steps' pace (``elapsed`` seconds)."""
-        rate = elapsed / step
+    def _replan(self, step: int, elapsed: float, pace: float) -> None:
+        """Plan the steps again, ``elapsed`` seconds after the start, from the loop's own ``pace``
+        (seconds per step, :func:`loop_pace`) and the monitors' measured cost."""
+        rate = pace + self._monitor_seconds
         planned = step + max(1, int((self.time_budget * (1 - BUDGET_MARGIN) - elapsed) / rate))
         guided = self.guide_step >= 0
         planned = broadcast_object(planned, self.info)  # rank 0's measurement decides for all
         if planned == self.total_steps or (guided and round(self.cfg.train.guide_at * planned) <= step):
             return  # the same plan, or one whose guide would lie behind us: stop on time instead
         self._set_plan(planned, rate, measured_over=step)
-        self.log(f"time budget: {planned:,} steps at {self._budget_images_per_sec:,.0f} images/s over the first "
-                 f"{step} steps; `mnistdiff train --steps {planned}` trains this plan again")  # fmt: skip
+        self.log(f"time budget: {planned:,} steps at {self._budget_images_per_sec:,.0f} images/s"
+                 f"{self._describe_monitor_cost(rate)} over the first {step} steps; `mnistdiff train --steps "
+                 f"{planned}` trains this plan again")  # fmt: skip
 
     def _set_plan(self, planned: int, seconds_per_step: float, measured_over: int) -> None:
         """Make ``planned`` the run's steps and record it in config.json and run.json;
@@ -579,8 +605,9 @@ class Trainer:
         if self.info.is_main:
             save_config(self.run_dir, self.cfg)
             plan = {"seconds": self.time_budget, "planned_steps": planned,
-                    "images_per_sec": round(self._budget_images_per_sec, 1), "measured_over_steps": measured_over}
-            update_run_info(self.run_dir, time_budget=plan)  # fmt: skip
+                    "images_per_sec": round(self._budget_images_per_sec, 1), "measured_over_steps": measured_over,
+                    "monitor_seconds_per_step": round(self._monitor_seconds, 6)}  # fmt: skip
+            update_run_info(self.run_dir, time_budget=plan)
 
     def _scratch_seconds_per_step(self, steps: int = 12) -> float:
         """Seconds per optimizer step of this run on this machine: ``steps`` of its own first steps
@@ -729,6 +756,19 @@ class Trainer:
         self.log(f"done: {step} steps in {seconds / 60:.1f} min; weights and pictures in {self.run_dir}")
 
 
+def loop_pace(step: int, elapsed: float, halfway: int, halfway_elapsed: float) -> float:
+    """Seconds per step of a loop at ``step`` after ``elapsed`` seconds (``halfway_elapsed`` at
+    step ``halfway``): the slower of its whole mean and its second half's. A machine that slows
+    down as it stays busy (a shared host, a CPU leaving its boost clock) shows it in the second
+    half; the first steps' fast pace would plan steps the budget cannot hold, and a run the
+    budget stops before its plan ends never anneals its learning rate, while one planned a little
+    short only leaves a little time unused."""
+    mean = elapsed / step
+    if not 0 < halfway < step:
+        return mean
+    return max(mean, (elapsed - halfway_elapsed) / (step - halfway))
+
+
 def train(cfg: RunConfig, **kwargs) -> TrainResult:
     """Train a model (or resume one with ``resume=plan_resume(RUN)``); see :class:`Trainer` for
     the options. Under torchrun, leaves the process group it joined, so no rank exits with it
@@ -739,4 +779,3 @@ def train(cfg: RunConfig, **kwargs) -> TrainResult:
     finally:
         if trainer.info.enabled and dist.is_initialized():
             dist.destroy_process_group()
-
