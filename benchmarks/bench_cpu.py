@@ -35,7 +35,7 @@ from mnist_diffusion.errors import UserError
 from mnist_diffusion.io import atomic_write_bytes, atomic_write_json
 from mnist_diffusion.nets.unet import build_model
 from mnist_diffusion.runs.loader import LoadedRun
-from mnist_diffusion.runtime import describe_machine, matmul_rate, setup_device
+from mnist_diffusion.runtime import autocast_dtype, describe_machine, matmul_rate, precision_name, setup_device
 from mnist_diffusion.sampling.generate import generate
 from mnist_diffusion.training.speed import step_flops_per_image
 from mnist_diffusion.training.trainer import Trainer
@@ -94,7 +94,11 @@ def child(args) -> dict:
         "n": args.sample_n, "steps": args.sample_steps, "wall_s": wall,
         "user_s": after.ru_utime - before.ru_utime, "sys_s": after.ru_stime - before.ru_stime,
         "images_per_sec": args.sample_n / wall}}  # fmt: skip
-    out["matmul_gflops"] = matmul_rate(device)  # in this process, beside its own training steps
+    # In this process, beside its own training steps, in the precision they train in (bf16 on a
+    # CPU with bf16 units): the share of a bf16 step in the fp32 rate would mean nothing.
+    dtype = autocast_dtype(PRESETS["default"].train.precision, device)
+    out["precision"] = precision_name(dtype)
+    out["matmul_gflops"] = matmul_rate(device, dtype or torch.float32)
     out["train"] = train_rate(args, device)
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
@@ -167,10 +171,12 @@ def main(argv: list[str] | None = None) -> dict:
 def markdown(results: dict) -> str:
     base = results["variants"].get("default")
     flops = results["step_mflop_per_image"] * 1e6
-    fp32 = results["matmul_gflops"]["fp32"]
+    rates = ", ".join(f"{name} {gflops:.0f}" for name, gflops in results["matmul_gflops"].items())
+    trains_in = sorted({v.get("precision", "fp32") for v in results["variants"].values()}) or ["fp32"]
     lines = [machine_line(results), f"`{results['command']}`", "",
-             f"fp32 matrix rate {fp32:.0f} GFLOP/s (each variant's share is of the rate measured in its own "
-             f"process); a training step is {flops / 1e6:.0f} MFLOP per image", "",
+             f"matrix rate (GFLOP/s): {rates}; training in {' and '.join(trains_in)}, each variant's share is of "
+             f"that precision's rate measured in its own process; a training step is {flops / 1e6:.0f} MFLOP per "
+             "image", "",
              "| variant | threads | sampling s | of it system | vs default | training images/s | share of the matrix "
              "rate | vs default | peak RSS MiB |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for name, v in results["variants"].items():

@@ -117,3 +117,4 @@ def test_bench_cpu_variants_and_table(monkeypatch):
                "variants": {"default": variant(100.0, 100.0), "tuned": variant(50.0, 125.0)}}  # fmt: skip
     table = bench_cpu.markdown(results)
     assert "| tuned | 2 | 50.0 | 10% | 2.00x | 125.0 | 50% | 1.25x | 1000 |" in table
+    assert "matrix rate (GFLOP/s): fp32 100; training in fp32," in table
