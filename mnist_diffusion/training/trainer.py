@@ -515,8 +515,8 @@ class Trainer:
                 if step == halfway:
                     halfway_seconds = time.perf_counter() - started
                 if step == replan_at:
-                    pace = loop_pace(step, time.perf_counter() - started, halfway, halfway_seconds)
-                    self._replan(step, time.perf_counter() - started, pace)
+                    elapsed = time.perf_counter() - started
+                    self._replan(step, elapsed, loop_pace(step, elapsed, halfway, halfway_seconds))
                     bar.total = self.stop_step * b
                 self._estimate(step, started)
                 if step < self.stop_step and self._agree(self._out_of_time(started), step):
@@ -761,8 +761,8 @@ def loop_pace(step: int, elapsed: float, halfway: int, halfway_elapsed: float) -
     step ``halfway``): the slower of its whole mean and its second half's. A machine that slows
     down as it stays busy (a shared host, a CPU leaving its boost clock) shows it in the second
     half; the first steps' fast pace would plan steps the budget cannot hold, and a run the
-    budget stops before its plan ends never anneals its learning rate, while one planned a little
-    short only leaves a little time unused."""
+    budget stops early ends off its plan (its learning rate above the plan's last), while one
+    planned a little short only leaves a little time unused."""
     mean = elapsed / step
     if not 0 < halfway < step:
         return mean
