@@ -4,7 +4,6 @@ the precision it computes in, CPU threads, the memory allocator, and torch.distr
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import os
 import platform
@@ -18,6 +17,7 @@ from typing import Literal, get_args
 import torch
 import torch.distributed as dist
 
+from .allocator import tune_allocator
 from .config import Precision
 from .errors import UserError
 
@@ -158,34 +158,6 @@ def setup_device(name: str = "auto", info: DistInfo | None = None) -> torch.devi
     return device
 
 
-# glibc's mallopt parameters (malloc.h) and the values mnistdiff sets: keep freed memory in the
-# process instead of handing it back to the system after every operation, and serve the network's
-# activation buffers from the heap rather than fresh mmap'ed pages, which are zero-filled and
-# page-faulted in again at every use (docs/RESULTS.md: the allocator's effect on sampling and training).
-# mallopt refuses an mmap threshold above 32 MiB, and sampling's batch of 500 has larger buffers:
-# M_MMAP_MAX 0 serves those from the heap too.
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -2, -3, -4
-ALLOCATOR_SETTINGS = {M_TRIM_THRESHOLD: 2**30, M_TOP_PAD: 2**29, M_MMAP_THRESHOLD: 2**25, M_MMAP_MAX: 0}
-
-
-@functools.cache
-def tune_allocator() -> bool:
-    """Set glibc malloc's trim threshold, top pad and mmap threshold (:data:`ALLOCATOR_SETTINGS`)
-    through ``mallopt``, once per process, unless the user set MALLOC_* variables of their own or
-    MNISTDIFF_ALLOCATOR=system. Returns whether it did: elsewhere (macOS, Windows, musl) a no-op."""
-    if os.environ.get("MNISTDIFF_ALLOCATOR") == "system" or any(k.startswith("MALLOC_") for k in os.environ):
-        return False
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return all(mallopt(param, value) == 1 for param, value in ALLOCATOR_SETTINGS.items())
-
-
 def sampling_memory_format(device: torch.device) -> torch.memory_format:
     """The layout the network's weights take for sampling on ``device``: channels-last (NHWC) on
     the CPU, where sampling runs about 1.25x as fast with it (oneDNN's convolutions; training
@@ -274,19 +246,20 @@ def _cpu_model() -> str:
 
 
 @functools.cache
-def matmul_rate(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048) -> float:
+def matmul_rate(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 6) -> float:
     """The measured rate, in GFLOP/s, of an n x n matrix product in ``dtype`` on ``device``: the
-    yardstick the training step's speed is given against (the median of 3 timed products)."""
+    yardstick the training step's speed is given against. What the machine can do, so the fastest
+    of ``repeats`` timed products: on a shared host a median of a few still catches a stall."""
     a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
     times = []
-    for i in range(4):  # the first is a warm-up
+    for i in range(repeats + 1):  # the first is a warm-up
         sync(device)
         start = time.perf_counter()
         a @ b
         sync(device)
         if i:
             times.append(time.perf_counter() - start)
-    return 2 * n**3 / sorted(times)[1] / 1e9
+    return 2 * n**3 / min(times) / 1e9
 
 
 def sync(device: torch.device) -> None:

@@ -123,6 +123,23 @@ def test_runs_lists_the_run(trained):
     assert max(len(line) for line in result.output.splitlines()) <= 80
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="huge pages are asked for on Linux only")
+@pytest.mark.parametrize("allocator, asked", [(None, "1"), ("system", None)])
+def test_every_command_asks_for_huge_pages_before_its_work(monkeypatch, tmp_path, allocator, asked):
+    """The app's callback sets THP_MEM_ALLOC_ENABLE before any command runs: torch reads it once,
+    at its first CPU allocation, which a command can make before it picks its device."""
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    for name in [k for k in os.environ if k.startswith("MALLOC_")]:
+        monkeypatch.delenv(name)
+    if allocator:
+        monkeypatch.setenv("MNISTDIFF_ALLOCATOR", allocator)
+    else:
+        monkeypatch.delenv("MNISTDIFF_ALLOCATOR", raising=False)
+    result = runner.invoke(app, ["runs", "--artifacts-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert os.environ.get("THP_MEM_ALLOC_ENABLE") == asked
+
+
 def test_visualize_forward(data_dir, tmp_path):
     out = tmp_path / "forward.png"
     result = invoke(

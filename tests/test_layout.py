@@ -10,7 +10,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mnist_diffusion"
 # Lowest first: a module may import from its own part and from the parts before it, never after.
-LAYERS = ["errors", "io", "config", "runtime", "diffusion", "nets", "data", "pictures", "runs", "training",
+LAYERS = ["errors", "io", "config", "allocator", "runtime", "diffusion", "nets", "data", "pictures", "runs", "training",
           "sampling", "evaluation", "monitors", "report", "cli"]  # fmt: skip
 
 

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -122,32 +123,50 @@ def _has_mallinfo2() -> bool:
 
 
 ALLOCATOR_PROBE = """
-import ctypes, json, sys
-import torch
-from mnist_diffusion.runtime import tune_allocator
+import ctypes, json, os, sys
+from mnist_diffusion.allocator import tune_allocator
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in
                 ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
                  "keepcost")]
 
+def huge_bytes():
+    with open("/proc/self/smaps_rollup") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("AnonHugePages:"))
+
 libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = MallInfo2
 tuned = tune_allocator()
-before = libc.mallinfo2().hblkhd  # bytes in mmapped chunks (some from imports)
-big = torch.empty(64 * 2**20, dtype=torch.uint8)  # larger than any mmap threshold mallopt accepts
-print(json.dumps({"tuned": tuned, "mmapped_bytes": libc.mallinfo2().hblkhd - before}))
+import torch  # after the tuning, as in every command
+
+before, huge = libc.mallinfo2().hblkhd, huge_bytes()  # bytes in mmapped chunks (some from imports)
+big = torch.ones(64 * 2**20, dtype=torch.uint8)  # larger than any mmap threshold mallopt accepts; touched
+print(json.dumps({"tuned": tuned, "mmapped_bytes": libc.mallinfo2().hblkhd - before,
+                  "huge_bytes": huge_bytes() - huge}))
 """
 
 
+def _thp_mode() -> str:
+    """The kernel's transparent huge page mode: always, madvise or never ("" where it has none)."""
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return ""
+    return text[text.index("[") + 1 : text.index("]")] if "[" in text else ""
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux") or not _has_mallinfo2(), reason="glibc 2.33+ only")
-@pytest.mark.parametrize("env, tuned", [({}, True), ({"MNISTDIFF_ALLOCATOR": "system"}, False),
-                                        ({"MALLOC_ARENA_MAX": "2"}, False)])  # fmt: skip
-def test_the_allocator_serves_large_buffers_from_the_heap_unless_the_user_chose(env, tuned):
+@pytest.mark.parametrize("env, tuned, huge", [({}, True, True), ({"MNISTDIFF_ALLOCATOR": "system"}, False, False),
+                                              ({"MALLOC_ARENA_MAX": "2"}, False, False),
+                                              ({"THP_MEM_ALLOC_ENABLE": "0"}, True, False)])  # fmt: skip
+def test_the_allocator_serves_large_buffers_from_the_heap_unless_the_user_chose(env, tuned, huge):
     """Tuned, glibc keeps a 64 MiB tensor in its heap rather than a fresh mmap (which the kernel
-    zero-fills and faults in again at every use); MNISTDIFF_ALLOCATOR=system or a MALLOC_* variable
-    of the user's own leaves glibc as it comes."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "MNISTDIFF_ALLOCATOR"}
+    zero-fills and faults in again at every use), and torch puts it on huge pages where the kernel
+    gives them on request; MNISTDIFF_ALLOCATOR=system or a MALLOC_* variable of the user's own
+    leaves glibc and torch as they come, and THP_MEM_ALLOC_ENABLE of the user's own is kept."""
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith("MALLOC_") and k not in ("MNISTDIFF_ALLOCATOR", "THP_MEM_ALLOC_ENABLE")}  # fmt: skip
     out = subprocess.run([sys.executable, "-c", ALLOCATOR_PROBE], env={**clean, **env}, capture_output=True,
                          text=True, check=True).stdout  # fmt: skip
     probe = json.loads(out.splitlines()[-1])
@@ -156,3 +175,5 @@ def test_the_allocator_serves_large_buffers_from_the_heap_unless_the_user_chose(
         assert probe["mmapped_bytes"] == 0
     else:
         assert probe["mmapped_bytes"] >= 64 * 2**20
+    if _thp_mode() == "madvise":  # "always" gives huge pages to every process, "never" to none
+        assert (probe["huge_bytes"] >= 32 * 2**20) is huge, probe
