@@ -1,19 +1,28 @@
 """The CPU path, variant against variant in one run: the memory allocator (glibc as it comes, glibc
-as mnistdiff tunes it, jemalloc and tcmalloc where installed), the weights' layout when sampling
-(channels-last or NCHW) and the thread count, each timed in
-a fresh child process on the same work: `mnistdiff sample`'s (the default sampler and guidance on
+as mnistdiff tunes it, with or without torch's huge pages, jemalloc and tcmalloc where installed),
+the weights' layout when sampling (channels-last or NCHW) and the thread count, each timed in a
+fresh child process on the same work: `mnistdiff sample`'s (the default sampler and guidance on
 the default network) and training steps of the default preset on MNIST. benchmarks/README.md says
 what each number means.
 
     python benchmarks/bench_cpu.py
     python benchmarks/bench_cpu.py --variants default,tuned --sample-n 100 --train-steps 20
+    python benchmarks/bench_cpu.py --variants no-thp,tuned --repeat 3 --isa avx2 --precision fp32
+
+`--repeat K` runs every variant K times, the order reversed each round, and reports medians and
+the median of each round's ratios: a process's speed on a shared host moves by more than some
+variants differ. `--isa avx2` keeps the children to AVX2 kernels (ATen, oneDNN and MKL), which
+stands in for a CPU without AVX-512 or bf16 units on a newer one: its instruction set, not its
+cores, caches or memory.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import datetime as dt
+import functools
 import json
 import os
 import resource
@@ -29,6 +38,7 @@ from pathlib import Path
 import torch
 from bench_speed import RESULTS_DIR, machine_info, machine_line, run_script, say
 
+from mnist_diffusion.allocator import THP_VARIABLE
 from mnist_diffusion.config import DEFAULT_DATA_DIR, PRESETS, SamplingConfig
 from mnist_diffusion.diffusion.schedule import Schedule
 from mnist_diffusion.errors import UserError
@@ -47,15 +57,25 @@ LIBS = {  # preloadable allocators, where Debian's packages put them (libjemallo
 }  # fmt: skip
 
 
-def variant_env(name: str, cores: int) -> dict[str, str] | None:
+ISA_ENV = {  # the children's kernels kept to an instruction set: ATen's dispatch, oneDNN, MKL
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+}
+
+
+def variant_env(name: str, cores: int, isa: str = "native") -> dict[str, str] | None:
     """The environment of a child process for a variant, or None where this machine lacks it."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "LD_PRELOAD"}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MALLOC_") and k not in ("LD_PRELOAD", THP_VARIABLE, *ISA_ENV["avx2"])}  # fmt: skip
+    env.update(ISA_ENV.get(isa, {}))
     env["OMP_NUM_THREADS"] = str(cores)
     env.pop("MNISTDIFF_CHANNELS_LAST", None)
     if name == "default":  # the tool before its CPU tuning: glibc as it comes, NCHW weights when sampling
         env.update(MNISTDIFF_ALLOCATOR="system", MNISTDIFF_CHANNELS_LAST="0")
     elif name == "tuned":  # what mnistdiff does
         env.pop("MNISTDIFF_ALLOCATOR", None)
+    elif name == "no-thp":  # what mnistdiff does, without torch's huge pages: their share
+        env.pop("MNISTDIFF_ALLOCATOR", None)
+        env[THP_VARIABLE] = "0"
     elif name == "nchw":  # what mnistdiff does, but sampling with NCHW weights: the layout's share
         env.pop("MNISTDIFF_ALLOCATOR", None)
         env["MNISTDIFF_CHANNELS_LAST"] = "0"
@@ -79,14 +99,14 @@ def variant_env(name: str, cores: int) -> dict[str, str] | None:
 def child(args) -> dict:
     """The work, timed: sampling as `mnistdiff sample` does it, then training steps."""
     device = setup_device("cpu")
-    cfg = PRESETS["default"]
+    cfg = preset(args.precision)
     torch.manual_seed(0)
     model = build_model(cfg.model).eval()
     guide = copy.deepcopy(model)
     counts = torch.full((cfg.train.clusters,), 10)
     run = LoadedRun(Path("."), cfg, model, Schedule(cfg.diffusion), guide, counts)
-    sampling = SamplingConfig(steps=args.sample_steps)
-    generate(run, 8, SamplingConfig(steps=2))  # warm-up
+    sampling = SamplingConfig(steps=args.sample_steps, precision=args.precision)
+    generate(run, 8, SamplingConfig(steps=2, precision=args.precision))  # warm-up
     before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     generate(run, args.sample_n, sampling)
     wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
@@ -96,18 +116,35 @@ def child(args) -> dict:
         "images_per_sec": args.sample_n / wall}}  # fmt: skip
     # In this process, beside its own training steps, in the precision they train in (bf16 on a
     # CPU with bf16 units): the share of a bf16 step in the fp32 rate would mean nothing.
-    dtype = autocast_dtype(PRESETS["default"].train.precision, device)
+    dtype = autocast_dtype(cfg.train.precision, device)
     out["precision"] = precision_name(dtype)
+    out["isa"] = torch.backends.cpu.get_cpu_capability()
     out["matmul_gflops"] = matmul_rate(device, dtype or torch.float32)
     out["train"] = train_rate(args, device)
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["huge_pages_mib"] = huge_pages_mib()
     return out
+
+
+def preset(precision: str):
+    """The default preset, training in ``precision``."""
+    cfg = PRESETS["default"]
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
+
+
+def huge_pages_mib() -> float | None:
+    """This process's memory on transparent huge pages now (Linux), in MiB."""
+    try:
+        with open("/proc/self/smaps_rollup") as f:
+            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("AnonHugePages:"))
+    except (OSError, StopIteration, ValueError):
+        return None
 
 
 def train_rate(args, device: torch.device) -> dict:
     """Images/s of whole training steps of the default preset (Trainer.run on MNIST), median of
     windows of ``train_steps / 4`` steps after 3 untimed ones."""
-    cfg = PRESETS["default"]
+    cfg = preset(args.precision)
     marks: list[float] = []
     stop = threading.Event()
     with tempfile.TemporaryDirectory() as tmp:
@@ -141,24 +178,26 @@ def main(argv: list[str] | None = None) -> dict:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join(["python", *sys.argv]) if argv is None else shlex.join(["bench_cpu.py", *argv]),
         "machine": {**machine_info(device), **machine.to_dict()},
-        "matmul_gflops": {"fp32": matmul_rate(device, torch.float32)},
-        "step_mflop_per_image": step_flops_per_image(PRESETS["default"]) / 1e6,
+        "step_mflop_per_image": step_flops_per_image(preset(args.precision)) / 1e6,
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "child"},
-        "variants": {},
+        "rounds": [],
     }
-    if machine.bf16_units:
-        results["matmul_gflops"]["bf16"] = matmul_rate(device, torch.bfloat16)
-    for name in args.variants.split(","):
-        env = variant_env(name, cores)
-        if env is None:
-            say(f"{name}: not installed here, skipped")
-            continue
-        say(f"{name}: {args.sample_n} samples at {args.sample_steps} steps, then {args.train_steps} training steps")
-        cmd = [sys.executable, __file__, "--child", *(argv if argv is not None else sys.argv[1:])]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
-        if proc.returncode:
-            raise UserError(f"the {name} child failed: {proc.stderr.strip().splitlines()[-1:]}")
-        results["variants"][name] = json.loads(proc.stdout.strip().splitlines()[-1])
+    names = [n for n in args.variants.split(",") if variant_env(n, cores, args.isa) is not None]
+    for name in sorted(set(args.variants.split(",")) - set(names)):
+        say(f"{name}: not installed here, skipped")
+    for r in range(args.repeat):
+        runs = {}
+        for name in names if r % 2 == 0 else names[::-1]:  # reversed every other round: no variant always first
+            say(f"round {r + 1}/{args.repeat}, {name}: {args.sample_n} samples at {args.sample_steps} steps, then "
+                f"{args.train_steps} training steps")  # fmt: skip
+            cmd = [sys.executable, __file__, "--child", *(argv if argv is not None else sys.argv[1:])]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=variant_env(name, cores, args.isa),
+                                  timeout=3600)  # fmt: skip
+            if proc.returncode:
+                raise UserError(f"the {name} child failed: {proc.stderr.strip().splitlines()[-1:]}")
+            runs[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+        results["rounds"].append({name: runs[name] for name in names})
+    results["variants"] = summarize(results["rounds"])
     table = markdown(results)
     out = args.out or RESULTS_DIR / "cpu.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -168,24 +207,65 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
+def itemgetter(*keys: str):
+    """``run[keys[0]][keys[1]]...`` as a function of ``run``."""
+    return lambda run: functools.reduce(dict.__getitem__, keys, run)
+
+
+def summarize(rounds: list[dict[str, dict]]) -> dict[str, dict]:
+    """Each variant's medians over the rounds, and the median over rounds of its ratio to the
+    first variant's run of the same round (``vs_first``: sampling and training, higher is faster)."""
+    first = next(iter(rounds[0]))
+
+    def median_of(name: str, get) -> float:
+        return statistics.median(get(r[name]) for r in rounds)
+
+    def ratio(name: str, get, faster_when_higher: bool) -> float:
+        ratios = [get(r[name]) / get(r[first]) for r in rounds]
+        return statistics.median(ratios if faster_when_higher else [1 / x for x in ratios])
+
+    wall, sys_s = itemgetter("sample", "wall_s"), itemgetter("sample", "sys_s")
+    train = itemgetter("train", "images_per_sec")
+    out = {}
+    for name in rounds[0]:
+        out[name] = {**rounds[0][name], "runs": len(rounds),
+                     "sample": {"wall_s": median_of(name, wall), "sys_s": median_of(name, sys_s)},
+                     "train": {"images_per_sec": median_of(name, train)},
+                     "matmul_gflops": median_of(name, itemgetter("matmul_gflops")),
+                     "huge_pages_mib": rounds[0][name].get("huge_pages_mib"),
+                     "peak_rss_mib": max(r[name]["peak_rss_mib"] for r in rounds),
+                     "vs_first": {"sample": ratio(name, wall, False), "train": ratio(name, train, True)}}  # fmt: skip
+    return out
+
+
 def markdown(results: dict) -> str:
-    base = results["variants"].get("default")
+    variants = results["variants"]
+    first = next(iter(variants))
     flops = results["step_mflop_per_image"] * 1e6
-    rates = ", ".join(f"{name} {gflops:.0f}" for name, gflops in results["matmul_gflops"].items())
-    trains_in = sorted({v.get("precision", "fp32") for v in results["variants"].values()}) or ["fp32"]
+    by_precision: dict[str, list[float]] = {}
+    for v in variants.values():
+        by_precision.setdefault(v.get("precision", "fp32"), []).append(v["matmul_gflops"])
+    rates = ", ".join(f"{p} {statistics.median(g):.0f}" for p, g in sorted(by_precision.items()))
+    isa = sorted({v.get("isa", "native") for v in variants.values()})
+    runs = max(v.get("runs", 1) for v in variants.values())
     lines = [machine_line(results), f"`{results['command']}`", "",
-             f"matrix rate (GFLOP/s): {rates}; training in {' and '.join(trains_in)}, each variant's share is of "
-             f"that precision's rate measured in its own process; a training step is {flops / 1e6:.0f} MFLOP per "
-             "image", "",
-             "| variant | threads | sampling s | of it system | vs default | training images/s | share of the matrix "
-             "rate | vs default | peak RSS MiB |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-    for name, v in results["variants"].items():
+             f"matrix rate (GFLOP/s), measured in the children: {rates}; kernels: {' and '.join(isa)}; each "
+             f"variant's share is of the rate in the precision it trains in, measured in its own process; a "
+             f"training step is {flops / 1e6:.0f} MFLOP per image"
+             + (f"; medians of {runs} runs per variant, ratios the median of each round's" if runs > 1 else ""), "",
+             f"| variant | threads | sampling s | of it system | vs {first} | training images/s | share of the matrix "
+             f"rate | vs {first} | huge pages MiB | peak RSS MiB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for name, v in variants.items():
         s, t = v["sample"], v["train"]
         share = t["images_per_sec"] * flops / 1e9 / v["matmul_gflops"]
-        vs_s = f"{base['sample']['wall_s'] / s['wall_s']:.2f}x" if base else "-"
-        vs_t = f"{t['images_per_sec'] / base['train']['images_per_sec']:.2f}x" if base else "-"
-        lines.append(f"| {name} | {v['threads']} | {s['wall_s']:.1f} | {s['sys_s'] / s['wall_s']:.0%} | {vs_s} "
-                     f"| {t['images_per_sec']:.1f} | {share:.0%} | {vs_t} | {v['peak_rss_mib']:.0f} |")  # fmt: skip
+        base = variants[first]
+        vs = v.get("vs_first") or {"sample": base["sample"]["wall_s"] / s["wall_s"],
+                                   "train": t["images_per_sec"] / base["train"]["images_per_sec"]}  # fmt: skip
+        huge = "-" if v.get("huge_pages_mib") is None else f"{v['huge_pages_mib']:.0f}"
+        lines.append(f"| {name} | {v['threads']} | {s['wall_s']:.1f} | {s['sys_s'] / s['wall_s']:.0%} "
+                     f"| {vs['sample']:.2f}x | {t['images_per_sec']:.1f} | {share:.0%} | {vs['train']:.2f}x | {huge} "
+                     f"| {v['peak_rss_mib']:.0f} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -193,11 +273,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", default="default,tuned,nchw,jemalloc,tcmalloc,threads-1",
                    help="default (glibc as it comes, NCHW: the tool before its CPU tuning), tuned (what mnistdiff "
-                        "does: its mallopt, channels-last sampling), nchw (tuned, NCHW sampling), glibc-env, "
-                        "jemalloc, tcmalloc, threads-N")
+                        "does: its mallopt, torch's huge pages, channels-last sampling), no-thp (tuned without "
+                        "huge pages), nchw (tuned, NCHW sampling), glibc-env, jemalloc, tcmalloc, threads-N; the "
+                        "first listed is what the others are compared with")
     p.add_argument("--sample-n", type=int, default=500, help="images sampled (one batch of 500, as `sample` draws)")
     p.add_argument("--sample-steps", type=int, default=20, help="sampler steps (the default: 20)")
     p.add_argument("--train-steps", type=int, default=40, help="timed training steps")
+    p.add_argument("--repeat", type=int, default=1, help="runs of every variant, the order reversed each round")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="sampling and training precision (auto: bf16 where the CPU has bf16 units)")
+    p.add_argument("--isa", choices=["native", *ISA_ENV], default="native",
+                   help="the instruction set the children's kernels may use (avx2: a CPU without AVX-512 or bf16)")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     p.add_argument("--out", type=Path, help="the .json to write (a .md beside it); default benchmarks/results/cpu.json")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

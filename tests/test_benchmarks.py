@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -98,23 +100,44 @@ def test_bench_cpu_variants_and_table(monkeypatch):
 
     monkeypatch.setenv("MALLOC_ARENA_MAX", "2")  # a user's own settings never leak into a variant
     monkeypatch.setenv("MNISTDIFF_CHANNELS_LAST", "0")
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "1")  # the parent's own tuning neither
     default, tuned = bench_cpu.variant_env("default", 2), bench_cpu.variant_env("tuned", 2)
     assert default["MNISTDIFF_ALLOCATOR"] == "system" and "MNISTDIFF_ALLOCATOR" not in tuned
+    assert "THP_MEM_ALLOC_ENABLE" not in default and "THP_MEM_ALLOC_ENABLE" not in tuned  # the tool decides
+    assert bench_cpu.variant_env("no-thp", 2)["THP_MEM_ALLOC_ENABLE"] == "0"
     nchw = bench_cpu.variant_env("nchw", 2)  # the tool as it was: NCHW sampling; the layout's share alone
     assert default["MNISTDIFF_CHANNELS_LAST"] == nchw["MNISTDIFF_CHANNELS_LAST"] == "0"
     assert "MNISTDIFF_CHANNELS_LAST" not in tuned and "MNISTDIFF_ALLOCATOR" not in nchw
     assert "MALLOC_ARENA_MAX" not in default and bench_cpu.variant_env("threads-1", 2)["OMP_NUM_THREADS"] == "1"
+    assert "ATEN_CPU_CAPABILITY" not in tuned
+    avx2 = bench_cpu.variant_env("tuned", 2, isa="avx2")
+    assert avx2["ATEN_CPU_CAPABILITY"] == "avx2" and avx2["ONEDNN_MAX_CPU_ISA"] == "AVX2"
     monkeypatch.setattr(bench_cpu, "LIBS", {"jemalloc": ["/nonexistent/libjemalloc.so.2"]})
     assert bench_cpu.variant_env("jemalloc", 2) is None  # not installed: skipped
 
-    def variant(wall, rate):
-        return {"threads": 2, "matmul_gflops": 100.0, "peak_rss_mib": 1000.0,
-                "sample": {"wall_s": wall, "sys_s": wall / 10}, "train": {"images_per_sec": rate}}  # fmt: skip
+    def run(wall, rate, gflops=100.0):
+        return {"threads": 2, "matmul_gflops": gflops, "peak_rss_mib": 1000.0, "precision": "fp32", "isa": "AVX2",
+                "huge_pages_mib": 512.0, "sample": {"wall_s": wall, "sys_s": wall / 10},
+                "train": {"images_per_sec": rate}}  # fmt: skip
 
     results = {"machine": {"device": "cpu", "cpu": "x", "cores": 2, "torch_threads": 2, "gpu": None, "torch": "2",
                            "mnist_diffusion": "0", "git_commit": None},
-               "date": "d", "command": "c", "matmul_gflops": {"fp32": 100.0}, "step_mflop_per_image": 400.0,
-               "variants": {"default": variant(100.0, 100.0), "tuned": variant(50.0, 125.0)}}  # fmt: skip
+               "date": "d", "command": "c", "step_mflop_per_image": 400.0,
+               "variants": {"default": run(100.0, 100.0), "tuned": run(50.0, 125.0)}}  # fmt: skip
     table = bench_cpu.markdown(results)
-    assert "| tuned | 2 | 50.0 | 10% | 2.00x | 125.0 | 50% | 1.25x | 1000 |" in table
-    assert "matrix rate (GFLOP/s): fp32 100; training in fp32," in table
+    assert "| tuned | 2 | 50.0 | 10% | 2.00x | 125.0 | 50% | 1.25x | 512 | 1000 |" in table
+    assert "matrix rate (GFLOP/s), measured in the children: fp32 100; kernels: AVX2;" in table
+    # Three rounds: medians per variant, and each round's ratio to the first variant, whose median
+    # is not the ratio of the medians when the host's pace moves between rounds.
+    rounds = [{"default": run(100.0, 100.0), "tuned": run(50.0, 110.0)},
+              {"default": run(200.0, 50.0, gflops=50.0), "tuned": run(150.0, 60.0)},
+              {"default": run(100.0, 100.0), "tuned": run(80.0, 130.0)}]  # fmt: skip
+    summary = bench_cpu.summarize(rounds)
+    assert summary["tuned"]["train"]["images_per_sec"] == 110.0 and summary["tuned"]["sample"]["wall_s"] == 80.0
+    assert summary["default"]["matmul_gflops"] == 100.0 and summary["tuned"]["runs"] == 3
+    assert summary["tuned"]["vs_first"]["train"] == pytest.approx(1.2)  # of 1.1, 1.2 and 1.3
+    assert summary["tuned"]["vs_first"]["sample"] == pytest.approx(4 / 3)  # of 2, 4/3 and 1.25
+    assert summary["default"]["vs_first"] == {"sample": 1.0, "train": 1.0}
+    table = bench_cpu.markdown({**results, "variants": summary})
+    assert "| tuned | 2 | 80.0 | 10% | 1.33x | 110.0 | 44% | 1.20x | 512 | 1000 |" in table
+    assert "medians of 3 runs per variant" in table
