@@ -4,7 +4,7 @@ The package in layers; a module imports only from the layers above its own:
 
 - ``errors``, ``io``, ``config``: the one exception users see; crash-safe files and verified
   safetensors; every default (RunConfig, SamplingConfig, presets).
-- ``allocator``: glibc's malloc and torch's huge pages, set before anything allocates.
+- ``allocator``: glibc's malloc, and torch's huge pages for training, set before anything allocates.
 - ``runtime``: devices, precision, CPU threads, torch.distributed.
 - ``diffusion``: the maths, no files (schedules, losses, guidance, samplers, editing, NLL).
 - ``nets``: the networks, which know nothing of diffusion.

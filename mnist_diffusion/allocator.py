@@ -1,7 +1,8 @@
 """The process's memory allocators on Linux, set up before anything allocates: glibc's malloc
-(through ``mallopt``) and torch's CPU allocator (transparent huge pages). No torch here, so the
-CLI can call it first thing in every command. MNISTDIFF_ALLOCATOR=system, or a MALLOC_* variable
-of the user's own, leaves both as they come; elsewhere (macOS, Windows, musl) a no-op.
+(through ``mallopt``, every command on the CPU) and torch's CPU allocator (transparent huge pages,
+``train``). No torch here, so a command can call it first thing. MNISTDIFF_ALLOCATOR=system, or a
+MALLOC_* variable of the user's own, leaves both as they come; elsewhere (macOS, Windows, musl) a
+no-op.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ ALLOCATOR_SETTINGS = {M_TRIM_THRESHOLD: 2**30, M_TOP_PAD: 2**29, M_MMAP_THRESHOL
 # torch's CPU allocator reads this once, at its first allocation in the process: "1" aligns every
 # buffer of 2 MiB or more to 2 MiB and marks it for transparent huge pages (madvise), so the
 # network's large activations take fewer TLB misses (PyTorch's CPU performance tuning guide).
+# Training gains from it; sampling does not, and pays system time for it (docs/RESULTS.md).
 THP_VARIABLE = "THP_MEM_ALLOC_ENABLE"
 
 
@@ -35,8 +37,8 @@ def _left_alone() -> bool:
 
 def prefer_huge_pages() -> bool:
     """Ask torch's CPU allocator for huge pages (:data:`THP_VARIABLE`), unless the user set that
-    variable or :func:`_left_alone`. Takes effect only before torch's first CPU allocation.
-    Returns whether huge pages are asked for now."""
+    variable or :func:`_left_alone`: ``train`` calls it first thing, since it takes effect only
+    before torch's first CPU allocation. Returns whether huge pages are asked for now."""
     if _left_alone():
         return False
     os.environ.setdefault(THP_VARIABLE, "1")
@@ -45,10 +47,8 @@ def prefer_huge_pages() -> bool:
 
 @functools.cache
 def tune_allocator() -> bool:
-    """:func:`prefer_huge_pages`, and glibc malloc's trim threshold, top pad and mmap threshold
-    (:data:`ALLOCATOR_SETTINGS`) through ``mallopt``, once per process. Returns whether glibc
-    took the settings."""
-    prefer_huge_pages()
+    """Set glibc malloc's trim threshold, top pad and mmap threshold (:data:`ALLOCATOR_SETTINGS`)
+    through ``mallopt``, once per process. Returns whether glibc took them."""
     if _left_alone():
         return False
     try:

@@ -124,7 +124,7 @@ def _has_mallinfo2() -> bool:
 
 ALLOCATOR_PROBE = """
 import ctypes, json, os, sys
-from mnist_diffusion.allocator import tune_allocator
+from mnist_diffusion.allocator import prefer_huge_pages, tune_allocator
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in
@@ -137,8 +137,9 @@ def huge_bytes():
 
 libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = MallInfo2
+prefer_huge_pages()  # as train does first thing
 tuned = tune_allocator()
-import torch  # after the tuning, as in every command
+import torch
 
 before, huge = libc.mallinfo2().hblkhd, huge_bytes()  # bytes in mmapped chunks (some from imports)
 big = torch.ones(64 * 2**20, dtype=torch.uint8)  # larger than any mmap threshold mallopt accepts; touched
@@ -162,9 +163,10 @@ def _thp_mode() -> str:
                                               ({"THP_MEM_ALLOC_ENABLE": "0"}, True, False)])  # fmt: skip
 def test_the_allocator_serves_large_buffers_from_the_heap_unless_the_user_chose(env, tuned, huge):
     """Tuned, glibc keeps a 64 MiB tensor in its heap rather than a fresh mmap (which the kernel
-    zero-fills and faults in again at every use), and torch puts it on huge pages where the kernel
-    gives them on request; MNISTDIFF_ALLOCATOR=system or a MALLOC_* variable of the user's own
-    leaves glibc and torch as they come, and THP_MEM_ALLOC_ENABLE of the user's own is kept."""
+    zero-fills and faults in again at every use), and, asked as train asks, torch puts it on huge
+    pages where the kernel gives them on request; MNISTDIFF_ALLOCATOR=system or a MALLOC_* variable
+    of the user's own leaves glibc and torch as they come, and THP_MEM_ALLOC_ENABLE of the user's
+    own is kept."""
     clean = {k: v for k, v in os.environ.items()
              if not k.startswith("MALLOC_") and k not in ("MNISTDIFF_ALLOCATOR", "THP_MEM_ALLOC_ENABLE")}  # fmt: skip
     out = subprocess.run([sys.executable, "-c", ALLOCATOR_PROBE], env={**clean, **env}, capture_output=True,

@@ -10,7 +10,6 @@ from rich.console import Console
 from rich.markup import escape
 
 from .. import __version__
-from ..allocator import prefer_huge_pages
 from ..errors import UserError
 
 app = typer.Typer(
@@ -77,4 +76,3 @@ def main(
     ] = False,
 ):
     """Train, sample and evaluate denoising diffusion models (DDPM and successors) on MNIST."""
-    prefer_huge_pages()  # before any command's first tensor: torch reads it at its first CPU allocation

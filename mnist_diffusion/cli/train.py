@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..allocator import prefer_huge_pages
 from ..config import DEFAULT_ARTIFACTS_DIR, DEFAULT_DATA_DIR, EVAL_EVERY, EVAL_SAMPLES, SAMPLE_EVERY, build_config
 from ..errors import UserError
 from .app import app, checked, console, err_console, say, user_errors
@@ -91,6 +92,7 @@ def train(
     """Train a diffusion model into a new run folder (artifacts/runs/NNNNN-NAME).
 
     Every flag left out comes from the preset; with --resume, from the run."""
+    prefer_huge_pages()  # before the first tensor (--resume loads its checkpoint before the device is set up)
     from ..sampling.outputs import end_of_run_grid
     from ..training.trainer import train as train_core
 
