@@ -1,9 +1,9 @@
 """The CPU path, variant against variant in one run: the memory allocator (glibc as it comes, glibc
 as mnistdiff tunes it, with or without torch's huge pages, jemalloc and tcmalloc where installed),
-the weights' layout when sampling (channels-last or NCHW) and the thread count, each timed in a
-fresh child process on the same work: `mnistdiff sample`'s (the default sampler and guidance on
-the default network) and training steps of the default preset on MNIST. benchmarks/README.md says
-what each number means.
+the weights' layout when sampling (channels-last or NCHW) and the thread count, each timed on the
+same work in fresh child processes set up as the commands set up: `mnistdiff sample`'s (the
+default sampler and guidance on the default network) in one, training steps of the default
+preset on MNIST in another. benchmarks/README.md says what each number means.
 
     python benchmarks/bench_cpu.py
     python benchmarks/bench_cpu.py --variants default,tuned --sample-n 100 --train-steps 20
@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 from bench_speed import RESULTS_DIR, machine_info, machine_line, run_script, say
 
-from mnist_diffusion.allocator import THP_VARIABLE
+from mnist_diffusion.allocator import THP_VARIABLE, prefer_huge_pages
 from mnist_diffusion.config import DEFAULT_DATA_DIR, PRESETS, SamplingConfig
 from mnist_diffusion.diffusion.schedule import Schedule
 from mnist_diffusion.errors import UserError
@@ -97,9 +97,30 @@ def variant_env(name: str, cores: int, isa: str = "native") -> dict[str, str] | 
 
 
 def child(args) -> dict:
-    """The work, timed: sampling as `mnistdiff sample` does it, then training steps."""
+    """One part of the work, timed, in this process, set up as its command sets up: ``sample``
+    (`mnistdiff sample`'s sampling) or ``train`` (training steps, huge pages asked for first as
+    `mnistdiff train` asks)."""
+    if args.child == "train":
+        prefer_huge_pages()
     device = setup_device("cpu")
     cfg = preset(args.precision)
+    # In the precision the part runs in (bf16 on a CPU with bf16 units): the share of a bf16 step
+    # in the fp32 rate would mean nothing.
+    dtype = autocast_dtype(cfg.train.precision, device)
+    out = {"threads": torch.get_num_threads(), "precision": precision_name(dtype),
+           "isa": torch.backends.cpu.get_cpu_capability()}  # fmt: skip
+    if args.child == "sample":
+        out["sample"] = sample_time(args, cfg)
+    else:
+        out["matmul_gflops"] = matmul_rate(device, dtype or torch.float32)
+        out["train"] = train_rate(args, device)
+    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["huge_pages_mib"] = huge_pages_mib()
+    return out
+
+
+def sample_time(args, cfg) -> dict:
+    """Wall, user and system seconds of drawing ``args.sample_n`` images as `mnistdiff sample` does."""
     torch.manual_seed(0)
     model = build_model(cfg.model).eval()
     guide = copy.deepcopy(model)
@@ -110,20 +131,8 @@ def child(args) -> dict:
     before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     generate(run, args.sample_n, sampling)
     wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
-    out = {"threads": torch.get_num_threads(), "sample": {
-        "n": args.sample_n, "steps": args.sample_steps, "wall_s": wall,
-        "user_s": after.ru_utime - before.ru_utime, "sys_s": after.ru_stime - before.ru_stime,
-        "images_per_sec": args.sample_n / wall}}  # fmt: skip
-    # In this process, beside its own training steps, in the precision they train in (bf16 on a
-    # CPU with bf16 units): the share of a bf16 step in the fp32 rate would mean nothing.
-    dtype = autocast_dtype(cfg.train.precision, device)
-    out["precision"] = precision_name(dtype)
-    out["isa"] = torch.backends.cpu.get_cpu_capability()
-    out["matmul_gflops"] = matmul_rate(device, dtype or torch.float32)
-    out["train"] = train_rate(args, device)
-    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out["huge_pages_mib"] = huge_pages_mib()
-    return out
+    return {"n": args.sample_n, "steps": args.sample_steps, "wall_s": wall, "user_s": after.ru_utime - before.ru_utime,
+            "sys_s": after.ru_stime - before.ru_stime, "images_per_sec": args.sample_n / wall}  # fmt: skip
 
 
 def preset(precision: str):
@@ -190,12 +199,9 @@ def main(argv: list[str] | None = None) -> dict:
         for name in names if r % 2 == 0 else names[::-1]:  # reversed every other round: no variant always first
             say(f"round {r + 1}/{args.repeat}, {name}: {args.sample_n} samples at {args.sample_steps} steps, then "
                 f"{args.train_steps} training steps")  # fmt: skip
-            cmd = [sys.executable, __file__, "--child", *(argv if argv is not None else sys.argv[1:])]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=variant_env(name, cores, args.isa),
-                                  timeout=3600)  # fmt: skip
-            if proc.returncode:
-                raise UserError(f"the {name} child failed: {proc.stderr.strip().splitlines()[-1:]}")
-            runs[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+            parts = [run_child(part, name, argv, variant_env(name, cores, args.isa)) for part in ("sample", "train")]
+            runs[name] = {**parts[0], **parts[1], "peak_rss_mib": max(p["peak_rss_mib"] for p in parts),
+                          "huge_pages_mib": [p["huge_pages_mib"] for p in parts]}  # fmt: skip
         results["rounds"].append({name: runs[name] for name in names})
     results["variants"] = summarize(results["rounds"])
     table = markdown(results)
@@ -205,6 +211,15 @@ def main(argv: list[str] | None = None) -> dict:
     atomic_write_bytes(out.with_suffix(".md"), table.encode())
     print(table)
     return results
+
+
+def run_child(part: str, name: str, argv: list[str] | None, env: dict[str, str]) -> dict:
+    """A fresh process doing ``part`` of the work for variant ``name``: what it measured."""
+    cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--child", part]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
+    if proc.returncode:
+        raise UserError(f"the {name} child ({part}) failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def itemgetter(*keys: str):
@@ -254,7 +269,7 @@ def markdown(results: dict) -> str:
              f"training step is {flops / 1e6:.0f} MFLOP per image"
              + (f"; medians of {runs} runs per variant, ratios the median of each round's" if runs > 1 else ""), "",
              f"| variant | threads | sampling s | of it system | vs {first} | training images/s | share of the matrix "
-             f"rate | vs {first} | huge pages MiB | peak RSS MiB |",
+             f"rate | vs {first} | huge pages MiB, sampling / training | peak RSS MiB |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for name, v in variants.items():
         s, t = v["sample"], v["train"]
@@ -262,7 +277,7 @@ def markdown(results: dict) -> str:
         base = variants[first]
         vs = v.get("vs_first") or {"sample": base["sample"]["wall_s"] / s["wall_s"],
                                    "train": t["images_per_sec"] / base["train"]["images_per_sec"]}  # fmt: skip
-        huge = "-" if v.get("huge_pages_mib") is None else f"{v['huge_pages_mib']:.0f}"
+        huge = " / ".join("-" if mib is None else f"{mib:.0f}" for mib in v.get("huge_pages_mib") or [None, None])
         lines.append(f"| {name} | {v['threads']} | {s['wall_s']:.1f} | {s['sys_s'] / s['wall_s']:.0%} "
                      f"| {vs['sample']:.2f}x | {t['images_per_sec']:.1f} | {share:.0%} | {vs['train']:.2f}x | {huge} "
                      f"| {v['peak_rss_mib']:.0f} |")  # fmt: skip
@@ -286,7 +301,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="the instruction set the children's kernels may use (avx2: a CPU without AVX-512 or bf16)")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     p.add_argument("--out", type=Path, help="the .json to write (a .md beside it); default benchmarks/results/cpu.json")
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=["sample", "train"], help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 

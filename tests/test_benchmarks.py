@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -117,7 +118,7 @@ def test_bench_cpu_variants_and_table(monkeypatch):
 
     def run(wall, rate, gflops=100.0):
         return {"threads": 2, "matmul_gflops": gflops, "peak_rss_mib": 1000.0, "precision": "fp32", "isa": "AVX2",
-                "huge_pages_mib": 512.0, "sample": {"wall_s": wall, "sys_s": wall / 10},
+                "huge_pages_mib": [0.0, 512.0], "sample": {"wall_s": wall, "sys_s": wall / 10},
                 "train": {"images_per_sec": rate}}  # fmt: skip
 
     results = {"machine": {"device": "cpu", "cpu": "x", "cores": 2, "torch_threads": 2, "gpu": None, "torch": "2",
@@ -125,7 +126,7 @@ def test_bench_cpu_variants_and_table(monkeypatch):
                "date": "d", "command": "c", "step_mflop_per_image": 400.0,
                "variants": {"default": run(100.0, 100.0), "tuned": run(50.0, 125.0)}}  # fmt: skip
     table = bench_cpu.markdown(results)
-    assert "| tuned | 2 | 50.0 | 10% | 2.00x | 125.0 | 50% | 1.25x | 512 | 1000 |" in table
+    assert "| tuned | 2 | 50.0 | 10% | 2.00x | 125.0 | 50% | 1.25x | 0 / 512 | 1000 |" in table
     assert "matrix rate (GFLOP/s), measured in the children: fp32 100; kernels: AVX2;" in table
     # Three rounds: medians per variant, and each round's ratio to the first variant, whose median
     # is not the ratio of the medians when the host's pace moves between rounds.
@@ -139,5 +140,43 @@ def test_bench_cpu_variants_and_table(monkeypatch):
     assert summary["tuned"]["vs_first"]["sample"] == pytest.approx(4 / 3)  # of 2, 4/3 and 1.25
     assert summary["default"]["vs_first"] == {"sample": 1.0, "train": 1.0}
     table = bench_cpu.markdown({**results, "variants": summary})
-    assert "| tuned | 2 | 80.0 | 10% | 1.33x | 110.0 | 44% | 1.20x | 512 | 1000 |" in table
+    assert "| tuned | 2 | 80.0 | 10% | 1.33x | 110.0 | 44% | 1.20x | 0 / 512 | 1000 |" in table
     assert "medians of 3 runs per variant" in table
+
+
+def test_profile_step_parts_flops_and_variants(tmp_path, data_dir):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import profile_step
+
+    from mnist_diffusion.config import PRESETS
+    from mnist_diffusion.training.speed import step_flops_per_image
+
+    part_of = profile_step.part_of
+    assert part_of("aten::convolution_backward") == part_of("aten::mkldnn_convolution") == "convolutions"
+    assert part_of("aten::native_group_norm_backward") == "GroupNorm" and part_of("aten::silu_backward") == "SiLU"
+    assert part_of("aten::bmm") == part_of("aten::_softmax") == "attention"
+    assert part_of("aten::addmm") == part_of("aten::mm") == "linear layers"
+    assert part_of("aten::_fused_adamw_") == "AdamW" and part_of("aten::lerp_") == "EMA"
+    assert part_of("aten::linalg_vector_norm") == "gradient clipping" and part_of("aten::copy_") == "other"
+    cfg = PRESETS["default"]
+    flops = profile_step.flops_by_part(cfg)
+    assert sum(flops.values()) == step_flops_per_image(cfg) * cfg.train.batch_size  # every FLOP in some part
+    assert flops["convolutions"] > 0.9 * sum(flops.values()) and flops["attention"] > 0
+
+    out = tmp_path / "profile.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "profile_step.py"), "--data-dir", str(data_dir),
+           "--batch-size", "8", "--profile-steps", "2", "--variants", "eager,channels-last", "--rounds", "2",
+           "--block", "1", "--precision", "fp32", "--isa", "avx2", "--out", str(out)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)  # a hang guard, not a speed test
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert results["isa"] == "AVX2"  # started again with the kernels kept to AVX2
+    assert results["precision"] == "fp32" and results["batch"] == 8
+    assert results["parts"]["convolutions"]["ms"] > 0 and results["parts"]["SiLU"]["ms"] > 0
+    assert list(results["variants"]) == ["eager", "channels-last"]
+    assert results["variants"]["eager"]["speed_vs_first"] == 1.0
+    assert len(results["variants"]["channels-last"]["blocks_ms"]) == 2
+    table = out.with_suffix(".md").read_text()
+    assert "| convolutions |" in table and "| channels-last |" in table and table in proc.stdout

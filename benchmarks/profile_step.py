@@ -1,0 +1,222 @@
+"""Where a training step's time goes on this machine, and what the step's variants are worth.
+
+1. The profile: `torch.profiler` over a few steps of the default preset (Trainer.step on MNIST),
+   each op's own time put into one of the step's parts (the convolutions, GroupNorm, SiLU, the
+   attention at 7x7, the linear layers, AdamW, the EMA, gradient clipping, everything else), with
+   the FLOPs FlopCounterMode counts for each part and the rate the part reaches against the
+   machine's matrix rate.
+2. Variants of the same step, timed in one process in alternating blocks of steps (a process's
+   pace moves more from one process to the next than within one): eager, `torch.compile`,
+   channels-last weights and activations, and both.
+
+    python benchmarks/profile_step.py
+    python benchmarks/profile_step.py --isa avx2 --precision fp32 --variants eager,compile,channels-last
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import os
+import shlex
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+from bench_cpu import ISA_ENV
+from bench_speed import RESULTS_DIR, machine_info, machine_line, run_script, say
+
+from mnist_diffusion.config import DEFAULT_DATA_DIR, PRESETS, RunConfig
+from mnist_diffusion.diffusion.losses import diffusion_loss
+from mnist_diffusion.diffusion.schedule import Schedule
+from mnist_diffusion.errors import UserError
+from mnist_diffusion.io import atomic_write_bytes, atomic_write_json
+from mnist_diffusion.nets.unet import build_model
+from mnist_diffusion.runtime import autocast_dtype, describe_machine, matmul_rate, precision_name, setup_device
+from mnist_diffusion.training.trainer import Trainer
+
+# The parts of a step, each named by the aten ops that make it (first match wins; the rest is "other").
+PARTS = {
+    "convolutions": ("convolution",),
+    "GroupNorm": ("group_norm",),
+    "SiLU": ("silu",),
+    "attention": ("bmm", "softmax", "scaled_dot_product", "flash_attention"),
+    "linear layers": ("addmm", "aten::mm", "mmbackward"),
+    "AdamW": ("adam",),
+    "EMA": ("lerp",),
+    "gradient clipping": ("norm", "clamp", "_foreach_mul"),
+}
+VARIANTS = ("eager", "compile", "channels-last", "compile+channels-last")
+
+
+def part_of(op: str) -> str:
+    """The part of the step an op (a profiler event's name, "aten::silu_backward") belongs to."""
+    op = op.lower()
+    return next((part for part, keys in PARTS.items() if any(k in op for k in keys)), "other")
+
+
+def flops_by_part(cfg: RunConfig) -> dict[str, float]:
+    """FLOPs of one training step (forward, loss, backward) per part, counted on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    b = cfg.train.batch_size
+    with torch.device("meta"):
+        model = build_model(cfg.model)
+        x0, noise = torch.zeros(b, cfg.model.in_channels, 28, 28), torch.zeros(b, cfg.model.in_channels, 28, 28)
+        t = torch.zeros(b, dtype=torch.long)
+        y = torch.zeros(b, dtype=torch.long) if cfg.model.num_classes else None
+        counter = FlopCounterMode(display=False)
+        with counter:
+            diffusion_loss(model, Schedule(cfg.diffusion, "meta"), cfg.diffusion, x0, t, noise, y).backward()
+    out: dict[str, float] = {}
+    for op, flops in counter.get_flop_counts()["Global"].items():
+        part = part_of(str(op).replace("aten.", "aten::"))  # aten.convolution -> aten::convolution
+        out[part] = out.get(part, 0.0) + flops
+    return out
+
+
+def make_trainer(cfg: RunConfig, variant: str, data_dir: Path, tmp: str) -> Trainer:
+    trainer = Trainer(cfg, data_dir=data_dir, artifacts_dir=Path(tmp), run_name=variant.replace("+", "-"),
+                      device="cpu", progress=False, log=lambda m: None, stop=threading.Event(),
+                      compile="compile" in variant)  # fmt: skip
+    if "channels-last" in variant:
+        trainer.model.to(memory_format=torch.channels_last)
+    return trainer
+
+
+def profile(trainer: Trainer, steps: int) -> dict[str, float]:
+    """Milliseconds per step of each part: the sum of its ops' own (self) CPU time."""
+    batch = trainer.batch_for(0)
+    for i in range(3):  # warm-up: oneDNN's primitives, the allocator
+        trainer.step(batch, i)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for i in range(steps):
+            trainer.step(batch, 3 + i)
+    out: dict[str, float] = {}
+    for event in prof.key_averages():
+        part = part_of(event.key)
+        out[part] = out.get(part, 0.0) + event.self_cpu_time_total / 1e3 / steps
+    return out
+
+
+def step_seconds(trainer: Trainer, steps: int, start: int) -> float:
+    """The median wall time of ``steps`` training steps."""
+    batch = trainer.batch_for(0)
+    times = []
+    for i in range(steps):
+        begin = time.perf_counter()
+        trainer.step(batch, start + i)
+        times.append(time.perf_counter() - begin)
+    return statistics.median(times)
+
+
+def compare(trainers: dict[str, Trainer], rounds: int, block: int) -> dict[str, dict]:
+    """Each variant's median step time over ``rounds`` blocks of ``block`` steps, the variants'
+    blocks alternating (order reversed each round), and the median of each round's speed ratio to
+    the first variant."""
+    names = list(trainers)
+    for name in names:  # warm-up, and torch.compile's compilation
+        say(f"{name}: warm-up")
+        step_seconds(trainers[name], 3, 0)
+    blocks: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            blocks[name].append(step_seconds(trainers[name], block, 3 + r * block))
+    first = names[0]
+    return {name: {"step_ms": statistics.median(blocks[name]) * 1e3, "blocks_ms": [s * 1e3 for s in blocks[name]],
+                   "speed_vs_first": statistics.median(a / b for a, b in zip(blocks[first], blocks[name], strict=True))}
+            for name in names}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    isa_env = ISA_ENV.get(args.isa, {})
+    if any(os.environ.get(k) != v for k, v in isa_env.items()):  # the kernels are chosen at start-up: start again
+        os.execve(sys.executable, [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])],
+                  {**os.environ, **isa_env})  # fmt: skip
+    variants = args.variants.split(",") if args.variants else []
+    if unknown := [v for v in variants if v not in VARIANTS]:
+        raise UserError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    device = setup_device("cpu")
+    cfg = PRESETS["default"]
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=args.precision,
+                                                             batch_size=args.batch_size or cfg.train.batch_size))
+    dtype = autocast_dtype(cfg.train.precision, device)
+    flops = flops_by_part(cfg)
+    total_flops = sum(flops.values())
+    results = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": shlex.join(["python", *sys.argv]) if argv is None else shlex.join(["profile_step.py", *argv]),
+        "machine": {**machine_info(device), **describe_machine(device).to_dict()},
+        "isa": torch.backends.cpu.get_cpu_capability(), "precision": precision_name(dtype),
+        "batch": cfg.train.batch_size, "step_gflop": total_flops / 1e9,
+        "matmul_gflops": matmul_rate(device, dtype or torch.float32),
+    }  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        say(f"profiling {args.profile_steps} steps")
+        ms = profile(make_trainer(cfg, "eager", args.data_dir, tmp), args.profile_steps)
+        results["parts"] = {part: {"ms": ms.get(part, 0.0), "gflop": flops.get(part, 0.0) / 1e9}
+                            for part in [*PARTS, "other"]}  # fmt: skip
+        if variants:
+            trainers = {name: make_trainer(cfg, name, args.data_dir, tmp) for name in variants}
+            results["variants"] = compare(trainers, args.rounds, args.block)
+    table = markdown(results)
+    out = args.out or RESULTS_DIR / "profile-step.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, results)
+    atomic_write_bytes(out.with_suffix(".md"), table.encode())
+    print(table)
+    return results
+
+
+def markdown(results: dict) -> str:
+    rate = results["matmul_gflops"]
+    parts = results["parts"]
+    step_ms = sum(p["ms"] for p in parts.values())
+    lines = [machine_line(results), f"`{results['command']}`", "",
+             f"kernels {results['isa']}, {results['precision']}; batch {results['batch']}, "
+             f"{results['step_gflop']:.1f} GFLOP a step; matrix rate {rate:.0f} GFLOP/s; the profiled step "
+             f"{step_ms:.1f} ms: {results['step_gflop'] / step_ms * 1e3 / rate:.0%} of the matrix rate", "",
+             "| part of the step | ms per step | share of the step | GFLOP | GFLOP/s | of the matrix rate |",
+             "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for name, p in sorted(parts.items(), key=lambda kv: -kv[1]["ms"]):
+        gflops = p["gflop"] / p["ms"] * 1e3 if p["ms"] and p["gflop"] else None
+        speed = "-" if gflops is None else f"{gflops:.0f} | {gflops / rate:.0%}"
+        lines.append(f"| {name} | {p['ms']:.1f} | {p['ms'] / step_ms:.1%} | {p['gflop']:.2f} | "
+                     + (speed if gflops is not None else "- | -") + " |")  # fmt: skip
+    if results.get("variants"):
+        first = next(iter(results["variants"]))
+        lines += ["", f"| variant | step ms (median of blocks) | images/s | of the matrix rate | speed vs {first} |",
+                  "|---|---:|---:|---:|---:|"]  # fmt: skip
+        for name, v in results["variants"].items():
+            share = results["step_gflop"] / v["step_ms"] * 1e3 / rate
+            lines.append(f"| {name} | {v['step_ms']:.1f} | {results['batch'] / v['step_ms'] * 1e3:.1f} | {share:.0%} "
+                         f"| {v['speed_vs_first']:.3f}x |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="the step's precision (auto: bf16 where the CPU has bf16 units)")
+    p.add_argument("--isa", choices=["native", *ISA_ENV], default="native",
+                   help="the instruction set the kernels may use (avx2: a CPU without AVX-512 or bf16)")
+    p.add_argument("--batch-size", type=int, default=0, help="training batch (0: the preset's, 64)")
+    p.add_argument("--profile-steps", type=int, default=10, help="steps under the profiler")
+    p.add_argument("--variants", default="eager,compile,channels-last",
+                   help=f"variants to time against the first ({', '.join(VARIANTS)}); empty: none")
+    p.add_argument("--rounds", type=int, default=6, help="blocks of steps per variant")
+    p.add_argument("--block", type=int, default=10, help="steps per block")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    p.add_argument("--out", type=Path, help="the .json to write (a .md beside it); default "
+                   "benchmarks/results/profile-step.json")  # fmt: skip
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    run_script(main)
