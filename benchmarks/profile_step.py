@@ -31,6 +31,7 @@ import torch
 from bench_cpu import ISA_ENV
 from bench_speed import RESULTS_DIR, machine_info, machine_line, run_script, say
 
+from mnist_diffusion.allocator import prefer_huge_pages
 from mnist_diffusion.config import DEFAULT_DATA_DIR, PRESETS, RunConfig
 from mnist_diffusion.diffusion.losses import diffusion_loss
 from mnist_diffusion.diffusion.schedule import Schedule
@@ -139,6 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
     if any(os.environ.get(k) != v for k, v in isa_env.items()):  # the kernels are chosen at start-up: start again
         os.execve(sys.executable, [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])],
                   {**os.environ, **isa_env})  # fmt: skip
+    prefer_huge_pages()  # as train does, before the first tensor
     variants = args.variants.split(",") if args.variants else []
     if unknown := [v for v in variants if v not in VARIANTS]:
         raise UserError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
