@@ -36,13 +36,12 @@ import time
 from pathlib import Path
 
 import torch
-from bench_speed import RESULTS_DIR, machine_info, machine_line, run_script, say
+from bench_speed import RESULTS_DIR, machine_info, machine_line, run_script, say, write_results
 
 from mnist_diffusion.allocator import THP_VARIABLE, prefer_huge_pages
 from mnist_diffusion.config import DEFAULT_DATA_DIR, PRESETS, SamplingConfig
 from mnist_diffusion.diffusion.schedule import Schedule
 from mnist_diffusion.errors import UserError
-from mnist_diffusion.io import atomic_write_bytes, atomic_write_json
 from mnist_diffusion.nets.unet import build_model
 from mnist_diffusion.runs.loader import LoadedRun
 from mnist_diffusion.runtime import autocast_dtype, describe_machine, matmul_rate, precision_name, setup_device
@@ -205,10 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["rounds"].append({name: runs[name] for name in names})
     results["variants"] = summarize(results["rounds"])
     table = markdown(results)
-    out = args.out or RESULTS_DIR / "cpu.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out, results)
-    atomic_write_bytes(out.with_suffix(".md"), table.encode())
+    write_results(args.out or RESULTS_DIR / "cpu.json", results, table)
     print(table)
     return results
 

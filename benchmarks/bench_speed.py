@@ -14,7 +14,6 @@ import argparse
 import dataclasses
 import datetime as dt
 import gc
-import json
 import os
 import platform
 import resource
@@ -34,7 +33,7 @@ from mnist_diffusion import __version__
 from mnist_diffusion.config import PRESETS, Guidance, Precision, RunConfig, SamplingConfig
 from mnist_diffusion.data.mnist import DEFAULT_DATA_DIR
 from mnist_diffusion.errors import UserError
-from mnist_diffusion.io import save_tensors
+from mnist_diffusion.io import atomic_write_bytes, atomic_write_json, save_tensors
 from mnist_diffusion.nets import count_parameters
 from mnist_diffusion.runs.loader import load_run
 from mnist_diffusion.runs.store import WEIGHTS, read_metrics, weights_metadata
@@ -618,9 +617,7 @@ def main(argv: list[str] | None = None) -> dict:
         nonlocal table
         results["peak_memory"] = overall_peak_memory(results, device)
         table = markdown(results)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2) + "\n")
-        out.with_suffix(".md").write_text(table)
+        write_results(out, results, table)
 
     with tempfile.TemporaryDirectory(prefix="mnistdiff-bench-") as tmp:
         for path in args.paths:
@@ -643,6 +640,14 @@ def main(argv: list[str] | None = None) -> dict:
     print(table)
     say(f"wrote {out} and {out.with_suffix('.md')}")
     return results
+
+
+def write_results(out: Path, results: dict, table: str) -> None:
+    """A benchmark's results: ``out`` (JSON) and its markdown table beside it (``.md``), each
+    written whole or not at all."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, results)
+    atomic_write_bytes(out.with_suffix(".md"), table.encode())
 
 
 def run_script(main) -> None:

@@ -29,16 +29,13 @@ from pathlib import Path
 
 import torch
 from bench_cpu import ISA_ENV
-from bench_speed import RESULTS_DIR, machine_info, machine_line, run_script, say
+from bench_speed import RESULTS_DIR, machine_info, machine_line, run_script, say, write_results
 
 from mnist_diffusion.allocator import prefer_huge_pages
 from mnist_diffusion.config import DEFAULT_DATA_DIR, PRESETS, RunConfig
-from mnist_diffusion.diffusion.losses import diffusion_loss
-from mnist_diffusion.diffusion.schedule import Schedule
 from mnist_diffusion.errors import UserError
-from mnist_diffusion.io import atomic_write_bytes, atomic_write_json
-from mnist_diffusion.nets.unet import build_model
 from mnist_diffusion.runtime import autocast_dtype, describe_machine, matmul_rate, precision_name, setup_device
+from mnist_diffusion.training.speed import step_flop_counts
 from mnist_diffusion.training.trainer import Trainer
 
 # The parts of a step, each named by the aten ops that make it (first match wins; the rest is "other").
@@ -62,21 +59,10 @@ def part_of(op: str) -> str:
 
 
 def flops_by_part(cfg: RunConfig) -> dict[str, float]:
-    """FLOPs of one training step (forward, loss, backward) per part, counted on the meta device."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    b = cfg.train.batch_size
-    with torch.device("meta"):
-        model = build_model(cfg.model)
-        x0, noise = torch.zeros(b, cfg.model.in_channels, 28, 28), torch.zeros(b, cfg.model.in_channels, 28, 28)
-        t = torch.zeros(b, dtype=torch.long)
-        y = torch.zeros(b, dtype=torch.long) if cfg.model.num_classes else None
-        counter = FlopCounterMode(display=False)
-        with counter:
-            diffusion_loss(model, Schedule(cfg.diffusion, "meta"), cfg.diffusion, x0, t, noise, y).backward()
+    """FLOPs of one training step (forward, loss, backward) per part."""
     out: dict[str, float] = {}
-    for op, flops in counter.get_flop_counts()["Global"].items():
-        part = part_of(str(op).replace("aten.", "aten::"))  # aten.convolution -> aten::convolution
+    for op, flops in step_flop_counts(cfg).items():
+        part = part_of(op.replace("aten.", "aten::"))  # aten.convolution -> aten::convolution
         out[part] = out.get(part, 0.0) + flops
     return out
 
@@ -168,10 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
             trainers = {name: make_trainer(cfg, name, args.data_dir, tmp) for name in variants}
             results["variants"] = compare(trainers, args.rounds, args.block)
     table = markdown(results)
-    out = args.out or RESULTS_DIR / "profile-step.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out, results)
-    atomic_write_bytes(out.with_suffix(".md"), table.encode())
+    write_results(args.out or RESULTS_DIR / "profile-step.json", results, table)
     print(table)
     return results
 

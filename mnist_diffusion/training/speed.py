@@ -17,8 +17,14 @@ from ..nets.unet import build_model
 @functools.cache
 def step_flops_per_image(cfg: RunConfig) -> float:
     """Floating-point operations of one training step (forward, loss and backward; the optimizer
-    and EMA are a rounding error beside them) per image, counted by torch's FlopCounterMode on a
-    batch of ``cfg.train.batch_size`` shapes on the meta device: no arithmetic is done."""
+    and EMA are a rounding error beside them) per image: :func:`step_flop_counts`, summed."""
+    return sum(step_flop_counts(cfg).values()) / cfg.train.batch_size
+
+
+def step_flop_counts(cfg: RunConfig) -> dict[str, int]:
+    """FLOPs of one training step on a batch of ``cfg.train.batch_size``, per aten op
+    (``"aten.convolution"``, ``"aten.bmm"``, ...), counted by torch's FlopCounterMode on the meta
+    device: shapes only, no arithmetic is done."""
     from torch.utils.flop_counter import FlopCounterMode
 
     b = cfg.train.batch_size
@@ -31,7 +37,7 @@ def step_flops_per_image(cfg: RunConfig) -> float:
         counter = FlopCounterMode(display=False)
         with counter:
             diffusion_loss(model, schedule, cfg.diffusion, x0, t, noise, y).backward()
-    return counter.get_total_flops() / b
+    return {str(op): flops for op, flops in counter.get_flop_counts()["Global"].items()}
 
 
 def describe_speed(images_per_sec: float, flops_per_image: float, matmul_gflops: float) -> str:
