@@ -284,7 +284,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", default="default,tuned,nchw,jemalloc,tcmalloc,threads-1",
                    help="default (glibc as it comes, NCHW: the tool before its CPU tuning), tuned (what mnistdiff "
-                        "does: its mallopt, torch's huge pages, channels-last sampling), no-thp (tuned without "
+                        "does: its mallopt, huge pages in training, channels-last sampling), no-thp (tuned without "
                         "huge pages), nchw (tuned, NCHW sampling), glibc-env, jemalloc, tcmalloc, threads-N; the "
                         "first listed is what the others are compared with")
     p.add_argument("--sample-n", type=int, default=500, help="images sampled (one batch of 500, as `sample` draws)")
