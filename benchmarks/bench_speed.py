@@ -180,7 +180,8 @@ class WindowClock:
 
 def make_trainer(cfg: RunConfig, args, device: torch.device, artifacts: Path, name: str, **kw) -> Trainer:
     return Trainer(cfg, data_dir=args.data_dir, artifacts_dir=artifacts, run_name=name, device=device.type,
-                   compile=args.compile, progress=False, log=say, cuda_graphs=args.path == "graphs", **kw)  # fmt: skip
+                   compile={"auto": None, "on": True, "off": False}[args.compile], progress=False, log=say,
+                   cuda_graphs=args.path == "graphs", **kw)  # fmt: skip
 
 
 def preset_config(name: str, args) -> RunConfig:
@@ -232,7 +233,7 @@ def bench_training(name: str, args, device: torch.device, artifacts: Path) -> tu
     out = {
         "batch_size": batch,
         "parameters": count_parameters(trainer.model),
-        "compile": args.compile,
+        "compile": trainer.compiled,
         "warmup_steps": args.warmup_steps,
         "window_steps": clock.window_steps,
         "window_images_per_sec": [round(batch * clock.window_steps / d, 2) for d in clock.durations],
@@ -559,7 +560,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         help="time each sampler run at most this long, then extrapolate (0: all of it; CPU 15, CUDA 5)",
     )
-    p.add_argument("--compile", action="store_true", help="torch.compile the training network, as train --compile")
+    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                   help="torch.compile the training network: auto as `mnistdiff train` does for the preset's run "
+                        "(on for fp32 on a Linux CPU with AVX2 kernels), on as train --compile, off as --no-compile")
     p.add_argument("--paths", help="eager and/or graphs (train/sample --cuda-graphs), comma-separated "
                    "(default: both on CUDA, eager elsewhere)")  # fmt: skip
     p.add_argument("--precision", choices=get_args(Precision), default="auto", help="as train --precision")

@@ -201,7 +201,7 @@ step "train $SMOKE_STEPS steps --compile" 150 "${MNISTDIFF[@]}" train --device "
 step "sample a grid (compiled run)" 45 "${MNISTDIFF[@]}" sample -n 64 --device "$DEVICE" \
   --artifacts-dir "$WORK/compiled" -o "$OUT_DIR/smoke-grid-compiled.png"
 if [[ $COMPILE_BENCH == 1 ]]; then
-  step "bench_speed --compile" 200 "$PY" benchmarks/bench_speed.py --device "$DEVICE" --compile --presets default \
+  step "bench_speed --compile on" 200 "$PY" benchmarks/bench_speed.py --device "$DEVICE" --compile on --presets default \
     --data-dir "$DATA_DIR" --out "$OUT_DIR/speed-$DEVICE-compiled.json" ${BENCH_ARGS[@]+"${BENCH_ARGS[@]}"}
 fi
 

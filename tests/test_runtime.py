@@ -179,3 +179,117 @@ def test_the_allocator_serves_large_buffers_from_the_heap_unless_the_user_chose(
         assert probe["mmapped_bytes"] >= 64 * 2**20
     if _thp_mode() == "madvise":  # "always" gives huge pages to every process, "never" to none
         assert (probe["huge_bytes"] >= 32 * 2**20) is huge, probe
+
+
+# ------------------------------------------------------------------------------ torch.compile
+
+
+@pytest.fixture
+def compile_facts(monkeypatch):
+    """Set the facts the compile default reads: compile_facts(kernels, compiler, platform)."""
+
+    def set_facts(kernels: str = "AVX2", compiler: str | None = "g++", platform: str = "linux") -> None:
+        monkeypatch.setattr(runtime, "cpu_kernels", lambda: kernels)
+        monkeypatch.setattr(runtime, "cxx_compiler", lambda: compiler)
+        monkeypatch.setattr(sys, "platform", platform)
+
+    return set_facts
+
+
+@pytest.mark.parametrize("device,dtype,kernels,compiler,platform,steps,compiled", [
+    (CPU, None, "AVX2", "g++", "linux", 4685, True),  # the default preset's 5 epochs, fp32, AVX2 kernels
+    (CPU, None, "AVX2", "g++", "linux", 3000, True),
+    (CPU, None, "AVX2", "g++", "linux", 2999, False),  # too short to win back the compilation
+    (CPU, None, "AVX512", "g++", "linux", 4685, False),  # measured: 1.04x, and 512-bit kernels crashed
+    (CPU, None, "DEFAULT", "g++", "linux", 4685, False),
+    (CPU, torch.bfloat16, "AVX2", "g++", "linux", 4685, False),
+    (CPU, None, "AVX2", None, "linux", 4685, False),  # no C++ compiler: inductor cannot build
+    (CPU, None, "AVX2", "cl", "win32", 4685, False),
+    (CPU, None, "AVX2", "clang++", "darwin", 4685, False),
+    (CUDA, None, "AVX2", "g++", "linux", 4685, False),
+    (MPS, None, "AVX2", "g++", "linux", 4685, False),
+])  # fmt: skip
+def test_compile_is_the_default_only_where_it_was_measured_to_pay(compile_facts, device, dtype, kernels, compiler,
+                                                                   platform, steps, compiled):  # fmt: skip
+    compile_facts(kernels, compiler, platform)
+    why = runtime.compile_by_default(device, dtype, steps)
+    assert (why is not None) is compiled
+    if compiled:
+        assert f"{steps:,} steps" in why and "--no-compile" in why
+
+
+@pytest.mark.parametrize("device,dtype,kernels,options", [
+    (CPU, None, "AVX2", {"layout_optimization": False}),
+    (CPU, None, "AVX512", {"layout_optimization": False, "cpp.simdlen": 256}),
+    (CPU, torch.bfloat16, "AVX512", {"layout_optimization": False}),
+    (CUDA, None, "AVX512", None),
+])  # fmt: skip
+def test_compile_options_keep_nchw_and_256_bit_vectors_for_fp32_on_avx512(monkeypatch, compile_facts, device, dtype,
+                                                                          kernels, options):  # fmt: skip
+    compile_facts(kernels)
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda net, options=None: seen.append(options) or net)
+    net = torch.nn.Linear(2, 2)
+    assert runtime.compile_network(net, device, dtype) is net
+    assert seen == [options]
+
+
+def _failing_compile(calls):
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    def compiled(x):
+        calls.append(x)
+        if len(calls) == 1 or x is None:
+            raise BackendCompilerFailed(lambda: None, RuntimeError("no working C++ compiler\nmore lines"), None)
+        return x * 2
+
+    return compiled
+
+
+def test_a_failed_compilation_falls_back_to_eager_with_one_line():
+    lines, calls = [], []
+    net = runtime.EagerFallback(lambda x: x + 1, _failing_compile(calls), lines.append)
+    assert net(1) == 2 and net(2) == 3  # eager from the failure on: the compiled one is not called again
+    assert calls == [1] and len(lines) == 1
+    assert "torch.compile failed here" in lines[0] and "no working C++ compiler" in lines[0] and "\n" not in lines[0]
+
+
+def test_a_failed_compilation_that_was_asked_for_is_a_one_line_error():
+    net = runtime.EagerFallback(lambda x: x + 1, _failing_compile([]), print, required=True)
+    with pytest.raises(UserError, match="torch.compile failed here .*train without --compile"):
+        net(1)
+
+
+def test_a_failure_after_compilation_worked_is_raised():
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    calls = [0]  # the first call succeeds
+    net = runtime.EagerFallback(lambda x: x + 1, _failing_compile(calls), print)
+    assert net(3) == 6
+    with pytest.raises(BackendCompilerFailed):
+        net(None)
+
+
+def test_the_compiled_network_computes_what_the_eager_one_does():
+    # The CPU's options and the UNet's compiled path (upsampling as a broadcast) for real, on a
+    # tiny network: the same outputs and gradients to float rounding.
+    from conftest import tiny_config
+
+    from mnist_diffusion.nets.unet import build_model
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config().model)
+    for p in model.parameters():  # the zero-initialised output layers would hide the upsampling's gradient
+        torch.nn.init.normal_(p, std=0.2)
+    x, t = torch.randn(4, 1, 28, 28), torch.randint(0, 50, (4,))
+    compiled = runtime.compile_network(model, CPU, None)
+    results = []
+    for net in (model, compiled):
+        model.zero_grad()
+        out = net(x, t)
+        out.square().mean().backward()
+        results.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (eager, eager_grads), (comp, comp_grads) = results
+    torch.testing.assert_close(comp, eager, rtol=1e-4, atol=1e-5)
+    for name, grad in eager_grads.items():
+        torch.testing.assert_close(comp_grads[name], grad, rtol=1e-3, atol=1e-5, msg=name)

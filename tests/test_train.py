@@ -409,3 +409,18 @@ def test_durations_for_time_budget():
     for bad in ("", "soon", "0s", "10x", "-5m"):
         with pytest.raises(UserError, match="--time-budget"):
             parse_duration(bad)
+
+
+def test_a_resumed_run_compiles_as_the_run_did(tmp_path, data_dir, monkeypatch):
+    compiled = []
+    monkeypatch.setattr(train_module, "compile_network", lambda net, device, dtype: compiled.append(net) or net)
+    short = run(tiny_config(max_steps=2), tmp_path / "a", data_dir)  # 32 steps planned: below the default's minimum
+    assert not compiled and json.loads((short.run_dir / "checkpoint.json").read_text())["compiled"] is False
+    half = run(tiny_config(max_steps=2), tmp_path / "b", data_dir, compile=True)
+    assert len(compiled) == 1 and json.loads((half.run_dir / "checkpoint.json").read_text())["compiled"] is True
+    for source, flag in ((half, None), (short, None), (half, False)):
+        resumed = Trainer(None, data_dir=data_dir, artifacts_dir=source.run_dir.parent.parent, run_name=None,
+                          device="cpu", progress=False, log=lambda m: None, compile=flag,
+                          resume=plan_resume(source.run_dir, max_steps=4))  # fmt: skip
+        assert resumed.compiled is (source is half and flag is None)
+    assert len(compiled) == 2

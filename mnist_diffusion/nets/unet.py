@@ -35,6 +35,17 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return emb
 
 
+def upsample_nearest(h: torch.Tensor, size: torch.Size) -> torch.Tensor:
+    """Nearest-neighbour upsampling of ``h`` [N x C x H x W] to ``size`` (H', W'). Eagerly,
+    F.interpolate. Under torch.compile, where ``size`` is twice H x W, the same values as a
+    broadcast (expand, then reshape): inductor turns F.interpolate's gradient into a scatter that
+    made a compiled CPU step 1.05x to 1.10x slower, and the broadcast's into a sum it fuses."""
+    b, c, height, width = h.shape
+    if torch.compiler.is_compiling() and tuple(size) == (2 * height, 2 * width):
+        return h[:, :, :, None, :, None].expand(b, c, height, 2, width, 2).reshape(b, c, 2 * height, 2 * width)
+    return F.interpolate(h, size=size, mode="nearest")
+
+
 def _norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(min(8, channels), channels)
 
@@ -148,7 +159,7 @@ class UNet(nn.Module):
         for blocks in self.up:
             skip = skips.pop()
             if skip.shape[-1] != h.shape[-1]:
-                h = F.interpolate(h, size=skip.shape[-2:], mode="nearest")  # 7 -> 14 -> 28
+                h = upsample_nearest(h, skip.shape[-2:])  # 7 -> 14 -> 28
             h = torch.cat([h, skip], dim=1)
             for block in blocks:
                 h = block(h, emb)

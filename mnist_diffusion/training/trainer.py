@@ -54,9 +54,12 @@ from ..runs.store import (
 )
 from ..runtime import (
     DistInfo,
+    EagerFallback,
     autocast,
     autocast_dtype,
     broadcast_object,
+    compile_by_default,
+    compile_network,
     describe_machine,
     init_distributed,
     matmul_rate,
@@ -177,7 +180,7 @@ class Trainer:
         run_name: str | None,
         device: str,
         resume: ResumePlan | None = None,
-        compile: bool = False,
+        compile: bool | None = False,
         progress: bool = True,
         log: Callable[[str], None] = print,
         stop: threading.Event | None = None,
@@ -205,6 +208,7 @@ class Trainer:
         self.start_step = resume.step if resume is not None else 0
         self.prior_seconds = float(resume.checkpoint.meta.get("train_seconds", 0.0)) if resume is not None else 0.0
 
+        self._resume = resume
         images, labels = self._load_data(data_dir)
         self._plan(len(images), resume)
         self.run_dir = self._open_run_dir(artifacts_dir, run_name, resume)
@@ -332,14 +336,28 @@ class Trainer:
         self.ema = make_ema(self.model, cfg)
         self.opt = make_optimizer(self.model, cfg, self.device)
         self.net = DistributedDataParallel(self.model) if self.info.enabled else self.model
-        if compile:
-            self.net = torch.compile(self.net)
+        self.compiled = self._compile_choice(compile)
+        if self.compiled:
+            compiled = compile_network(self.net, self.device, self.autocast)
+            self.net = EagerFallback(self.net, compiled, self.log, required=compile is True)
         # The first step (1-based) whose loss or gradient norm was not finite, or -1: kept on the
         # device and read only at check points, so a GPU step needs no extra sync.
         self._first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
         self._order: tuple[int, torch.Tensor] | None = None  # (epoch, its batch order), see batch_for
         self._shown: dict[str, str] = {}  # what the progress bar shows beside the images/s
         self._step_number = torch.full((), self.start_step, dtype=torch.long, device=self.device)
+
+    def _compile_choice(self, compile: bool | None) -> bool:
+        """``--compile``/``--no-compile`` as given; left out (None), as the run it resumes did, or
+        where it pays (:func:`compile_by_default`; a time budget's steps are not planned yet: eager)."""
+        if compile is not None:
+            return compile
+        if self._resume is not None and self._resume.checkpoint is not None:
+            return bool(self._resume.checkpoint.meta.get("compiled", False))
+        why = None if self.time_budget else compile_by_default(self.device, self.autocast, self.total_steps)
+        if why:
+            self.log(f"torch.compile: {why}")
+        return why is not None
 
     def _restore(self, resume: ResumePlan) -> None:
         ckpt = resume.checkpoint
@@ -470,6 +488,7 @@ class Trainer:
             "ema_updates": self.ema.updates,
             "world_size": self.info.world_size,
             "train_seconds": seconds,
+            "compiled": self.compiled,  # a resumed run compiles as this one did (the same floats)
         }
         if self.scaler.is_enabled():
             meta["grad_scaler"] = self.scaler.state_dict()
@@ -558,7 +577,14 @@ class Trainer:
         watching = self._describe_monitor_cost(rate)
         self.log(f"time budget {duration(self.time_budget)}: {self.total_steps:,} steps at "
                  f"{self._budget_images_per_sec:,.0f} images/s{watching}; `mnistdiff train --steps "
-                 f"{self.total_steps}` trains this plan again on any machine")  # fmt: skip
+                 f"{self.total_steps}{self._compile_flag()}` trains this plan again on any machine")  # fmt: skip
+
+    def _compile_flag(self) -> str:
+        """The flag a `train --steps N` that repeats this plan needs to compile as this run does:
+        "" where the default for N steps already agrees here, else " --compile" or " --no-compile"."""
+        if self.compiled == bool(compile_by_default(self.device, self.autocast, self.total_steps)):
+            return ""
+        return " --compile" if self.compiled else " --no-compile"
 
     def _monitors_seconds_per_step(self) -> float:
         """What the monitors (progress grids, FIDs) add to an average step, each measured once
@@ -594,7 +620,7 @@ class Trainer:
         self._set_plan(planned, rate, measured_over=step)
         self.log(f"time budget: {planned:,} steps at {self._budget_images_per_sec:,.0f} images/s"
                  f"{self._describe_monitor_cost(rate)} over the first {step} steps; `mnistdiff train --steps "
-                 f"{planned}` trains this plan again")  # fmt: skip
+                 f"{planned}{self._compile_flag()}` trains this plan again")  # fmt: skip
 
     def _set_plan(self, planned: int, seconds_per_step: float, measured_over: int) -> None:
         """Make ``planned`` the run's steps and record it in config.json and run.json;
