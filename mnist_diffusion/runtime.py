@@ -339,7 +339,9 @@ class EagerFallback:
             except self.failure as e:
                 if self.proven:
                     raise
-                reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                inner = getattr(e, "inner_exception", None) or e  # what the backend raised
+                text = str(inner).strip()
+                reason = f"{type(inner).__name__}: {text.splitlines()[0]}" if text else type(inner).__name__
                 if self.required:
                     raise UserError(f"torch.compile failed here ({reason[:200]}); train without --compile") from None
                 self.log(f"torch.compile failed here ({reason[:200]}); training on without it")
