@@ -424,3 +424,14 @@ def test_a_resumed_run_compiles_as_the_run_did(tmp_path, data_dir, monkeypatch):
                           resume=plan_resume(source.run_dir, max_steps=4))  # fmt: skip
         assert resumed.compiled is (source is half and flag is None)
     assert len(compiled) == 2
+
+
+def test_a_budget_run_names_the_compile_flag_its_plan_needs_to_repeat_it(tmp_path, data_dir, monkeypatch):
+    # A budget run trains eagerly; where the default would compile its planned steps (patched in:
+    # any plan), the `--steps N` it prints says --no-compile, so the repeat computes the same floats.
+    monkeypatch.setattr(train_module, "compile_by_default", lambda device, dtype, steps: "measured to pay")
+    lines = []
+    result = run(tiny_config(epochs=3), tmp_path, data_dir, time_budget=2.0, log=lines.append)
+    steps = load_config(result.run_dir).train.steps
+    assert any(f"--steps {steps} --no-compile`" in line for line in lines), lines
+    assert json.loads((result.run_dir / "checkpoint.json").read_text())["compiled"] is False
