@@ -308,8 +308,9 @@ def compile_by_default(device: torch.device, dtype: torch.dtype | None, steps: i
 
 
 def compile_network(net: torch.nn.Module, device: torch.device, dtype: torch.dtype | None):
-    """``torch.compile(net)``, with the CPU's options: NCHW kept (inductor's channels-last
-    convolutions, its default, made the step 0.96x as fast), and on a CPU with AVX-512 in fp32
+    """``torch.compile(net)``, with the CPU's options: NCHW kept (inductor's default turns the
+    convolutions channels-last, where its GroupNorm kernels and oneDNN's weight gradients are
+    slower: profile_step.py's compile+channels-last variant), and on a CPU with AVX-512 in fp32
     256-bit vectors (with 512-bit ones torch 2.14.1's training kernels corrupted the heap)."""
     if device.type != "cpu":
         return torch.compile(net)
