@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import platform
 import subprocess
@@ -272,9 +273,10 @@ def sync(device: torch.device) -> None:
 
 # --------------------------------------------------------------------------------------- torch.compile
 
-# Below this many steps, compiling (on 2 cores about 50 s the first time, 5 s from inductor's
-# cache after that) can cost more than a 1.1x faster step saves.
-COMPILE_MIN_STEPS = 3000
+# Compiling the default network took 46 s the first time on 2 cores (5 s from inductor's cache
+# after that), and a compiled step saved about 14 ms: a run wins a first compilation back after
+# about 3,300 steps (docs/RESULTS.md). Shorter runs stay eager.
+COMPILE_MIN_STEPS = 3500
 
 
 def cpu_kernels() -> str:
@@ -314,6 +316,8 @@ def compile_network(net: torch.nn.Module, device: torch.device, dtype: torch.dty
     256-bit vectors (with 512-bit ones torch 2.14.1's training kernels corrupted the heap)."""
     if device.type != "cpu":
         return torch.compile(net)
+    # torch's C++ builder warns when it finds a CUDA toolkit but no GPU: nothing to do with the CPU's kernels
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     options: dict = {"layout_optimization": False}
     if dtype is None and cpu_kernels().startswith("AVX512"):
         options["cpp.simdlen"] = 256
