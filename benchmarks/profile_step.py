@@ -91,6 +91,33 @@ def profile(trainer: Trainer, steps: int) -> dict[str, float]:
     return out
 
 
+def onednn_primitives(trainer: Trainer, start: int) -> dict[str, dict[str, float]]:
+    """What oneDNN runs in one training step, from its verbose log: per primitive kind
+    (convolution, reorder, ...) the number of calls and their milliseconds. Reorders convert
+    activations and weights between PyTorch's layout and oneDNN's blocked one."""
+    batch = trainer.batch_for(0)
+    with tempfile.TemporaryFile(mode="w+") as log:
+        sys.stdout.flush()
+        saved = os.dup(1)
+        os.dup2(log.fileno(), 1)  # oneDNN writes its log from C++ to the process's stdout
+        try:
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                trainer.step(batch, start)
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+        log.seek(0)
+        lines = log.read().splitlines()
+    out: dict[str, dict[str, float]] = {}
+    for line in lines:
+        fields = line.split(",")
+        if len(fields) > 6 and fields[0] == "onednn_verbose" and fields[3] == "exec":
+            kind = out.setdefault(fields[5], {"calls": 0, "ms": 0.0})
+            kind["calls"] += 1
+            kind["ms"] += float(fields[-1])
+    return out
+
+
 def step_seconds(trainer: Trainer, steps: int, start: int) -> float:
     """The median wall time of ``steps`` training steps."""
     batch = trainer.batch_for(0)
@@ -147,7 +174,10 @@ def main(argv: list[str] | None = None) -> dict:
     }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         say(f"profiling {args.profile_steps} steps")
-        ms = profile(make_trainer(cfg, "eager", args.data_dir, tmp), args.profile_steps)
+        eager = make_trainer(cfg, "eager", args.data_dir, tmp)
+        ms = profile(eager, args.profile_steps)
+        if args.onednn:
+            results["onednn"] = onednn_primitives(eager, 3 + args.profile_steps)
         results["parts"] = {part: {"ms": ms.get(part, 0.0), "gflop": flops.get(part, 0.0) / 1e9}
                             for part in [*PARTS, "other"]}  # fmt: skip
         if variants:
@@ -174,6 +204,10 @@ def markdown(results: dict) -> str:
         speed = "-" if gflops is None else f"{gflops:.0f} | {gflops / rate:.0%}"
         lines.append(f"| {name} | {p['ms']:.1f} | {p['ms'] / step_ms:.1%} | {p['gflop']:.2f} | "
                      + (speed if gflops is not None else "- | -") + " |")  # fmt: skip
+    if results.get("onednn"):
+        lines += ["", "| oneDNN in one eager step | calls | ms |", "|---|---:|---:|"]
+        for kind, v in sorted(results["onednn"].items(), key=lambda kv: -kv[1]["ms"]):
+            lines.append(f"| {kind} | {v['calls']:.0f} | {v['ms']:.1f} |")
     if results.get("variants"):
         first = next(iter(results["variants"]))
         lines += ["", f"| variant | step ms (median of blocks) | images/s | of the matrix rate | speed vs {first} |",
@@ -197,6 +231,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"variants to time against the first ({', '.join(VARIANTS)}); empty: none")
     p.add_argument("--rounds", type=int, default=6, help="blocks of steps per variant")
     p.add_argument("--block", type=int, default=10, help="steps per block")
+    p.add_argument("--onednn", action="store_true",
+                   help="also count oneDNN's primitives in one eager step (ONEDNN_VERBOSE): convolutions and the "
+                        "reorders between PyTorch's layout and oneDNN's")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     p.add_argument("--out", type=Path, help="the .json to write (a .md beside it); default "
                    "benchmarks/results/profile-step.json")  # fmt: skip

@@ -166,13 +166,16 @@ def test_profile_step_parts_flops_and_variants(tmp_path, data_dir):
     out = tmp_path / "profile.json"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "profile_step.py"), "--data-dir", str(data_dir),
            "--batch-size", "8", "--profile-steps", "2", "--variants", "eager,channels-last", "--rounds", "2",
-           "--block", "1", "--precision", "fp32", "--isa", "avx2", "--out", str(out)]  # fmt: skip
+           "--block", "1", "--precision", "fp32", "--isa", "avx2", "--onednn", "--out", str(out)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)  # a hang guard, not a speed test
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(out.read_text())
     if platform.machine() in ("x86_64", "AMD64"):
         assert results["isa"] == "AVX2"  # started again with the kernels kept to AVX2
+        # one step's 27 convolutions, forward and backward, through oneDNN, and its reorders to and from NCHW
+        assert results["onednn"]["convolution"]["calls"] >= 27 and results["onednn"]["reorder"]["calls"] > 0
+        assert "onednn_verbose" not in proc.stdout  # its log was read, not printed
     assert results["precision"] == "fp32" and results["batch"] == 8
     assert results["parts"]["convolutions"]["ms"] > 0 and results["parts"]["SiLU"]["ms"] > 0
     assert set(results["variants"]) == {"eager", "channels-last"}  # the JSON keeps its keys sorted
