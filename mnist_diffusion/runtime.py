@@ -299,9 +299,10 @@ def compile_by_default(device: torch.device, dtype: torch.dtype | None, steps: i
     """Why a run of ``steps`` steps is compiled when ``--compile`` is left out, or None where it
     is not. Compiled only where it was measured to pay: fp32 training on a Linux CPU whose
     kernels stop at AVX2 (no AVX-512), the class of most laptops and small cloud VMs, where
-    fusing GroupNorm, SiLU and the additions made a step 1.05x to 1.11x as fast
-    (benchmarks/profile_step.py); with AVX-512 the gain was smaller (1.04x in fp32, 1.07x in
-    bf16), and torch 2.14.1's 512-bit fp32 kernels corrupted the heap on a Zen 4 EPYC."""
+    fusing GroupNorm, SiLU and the additions made a step 1.05x to 1.10x as fast
+    (benchmarks/profile_step.py; 1.07x over 5 epochs, docs/RESULTS.md); with AVX-512 the gain
+    was smaller (1.03x in fp32, 1.07x in bf16), and torch 2.14.1's 512-bit fp32 kernels
+    corrupted the heap on a Zen 4 EPYC."""
     if device.type != "cpu" or dtype is not None or sys.platform != "linux" or steps < COMPILE_MIN_STEPS:
         return None
     if cpu_kernels() != "AVX2" or cxx_compiler() is None:

@@ -75,7 +75,7 @@ def train(
         "Samples drawn into samples.png at the end (default 64, 80 if --conditional; 0: none).", min=0)] = None,
     compile: Annotated[Optional[bool], _flag(
         "torch.compile the network. Default: on for fp32 runs of 3,500 steps or more on a Linux CPU without "
-        "AVX-512 (1.05x to 1.11x there), off elsewhere; --resume compiles as the run did.",
+        "AVX-512 (a step 1.05x to 1.10x as fast there), off elsewhere; --resume compiles as the run did.",
         "--compile/--no-compile")] = None,
     cuda_graphs: Annotated[bool, _flag(
         "CUDA: the whole training step as one CUDA graph, replayed (noise hashed from the step on the device; "
