@@ -270,6 +270,7 @@ def test_a_failure_after_compilation_worked_is_raised():
         net(None)
 
 
+@pytest.mark.skipif(runtime.cxx_compiler() is None, reason="torch.compile needs a C++ compiler for the CPU")
 def test_the_compiled_network_computes_what_the_eager_one_does():
     # The CPU's options and the UNet's compiled path (upsampling as a broadcast) for real, on a
     # tiny network: the same outputs and gradients to float rounding.
