@@ -208,14 +208,13 @@ class Trainer:
         self.start_step = resume.step if resume is not None else 0
         self.prior_seconds = float(resume.checkpoint.meta.get("train_seconds", 0.0)) if resume is not None else 0.0
 
-        self._resume = resume
         images, labels = self._load_data(data_dir)
         self._plan(len(images), resume)
         self.run_dir = self._open_run_dir(artifacts_dir, run_name, resume)
         if self.cfg.train.clusters:  # self-labels instead of the digits (clusters.py)
             labels = self._cluster_labels(images, compute=resume is None)
         self.images, self.labels = images.to(self.device), labels.to(self.device)  # (N, 28, 28) uint8, (N,)
-        self._build(compile)
+        self._build(compile, resume)
         if resume is not None:
             self._restore(resume)
         # The step as device operations (training/graphs.py), captured as a CUDA graph where asked.
@@ -310,7 +309,7 @@ class Trainer:
             )
         return assign
 
-    def _build(self, compile: bool) -> None:
+    def _build(self, compile: bool | None, resume: ResumePlan | None) -> None:
         """Precision, schedule, model, EMA, optimizer, and the on-device divergence watch."""
         cfg = self.cfg
         self.autocast = autocast_dtype(cfg.train.precision, self.device)
@@ -336,7 +335,7 @@ class Trainer:
         self.ema = make_ema(self.model, cfg)
         self.opt = make_optimizer(self.model, cfg, self.device)
         self.net = DistributedDataParallel(self.model) if self.info.enabled else self.model
-        self.compiled = self._compile_choice(compile)
+        self.compiled = self._compile_choice(compile, resume)
         if self.compiled:
             compiled = compile_network(self.net, self.device, self.autocast)
             self.net = EagerFallback(self.net, compiled, self.log, required=compile is True)
@@ -347,13 +346,13 @@ class Trainer:
         self._shown: dict[str, str] = {}  # what the progress bar shows beside the images/s
         self._step_number = torch.full((), self.start_step, dtype=torch.long, device=self.device)
 
-    def _compile_choice(self, compile: bool | None) -> bool:
+    def _compile_choice(self, compile: bool | None, resume: ResumePlan | None) -> bool:
         """``--compile``/``--no-compile`` as given; left out (None), as the run it resumes did, or
         where it pays (:func:`compile_by_default`; a time budget's steps are not planned yet: eager)."""
         if compile is not None:
             return compile
-        if self._resume is not None and self._resume.checkpoint is not None:
-            return bool(self._resume.checkpoint.meta.get("compiled", False))
+        if resume is not None and resume.checkpoint is not None:
+            return bool(resume.checkpoint.meta.get("compiled", False))
         why = None if self.time_budget else compile_by_default(self.device, self.autocast, self.total_steps)
         if why:
             self.log(f"torch.compile: {why}")
