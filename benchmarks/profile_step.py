@@ -7,10 +7,13 @@
    machine's matrix rate.
 2. Variants of the same step, timed in one process in alternating blocks of steps (a process's
    pace moves more from one process to the next than within one): eager, `torch.compile`,
-   channels-last weights and activations, and both.
+   channels-last weights and activations, both, and as a bound any of them without GroupNorm.
+   Each round measures the matrix rate again, and each variant's share of it is also given
+   against the rate of its own rounds.
 
     python benchmarks/profile_step.py
     python benchmarks/profile_step.py --isa avx2 --precision fp32 --variants eager,compile,channels-last
+    python benchmarks/profile_step.py --isa avx2 --precision fp32 --variants compile,compile+no-norm
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import torch
 from bench_cpu import ISA_ENV
@@ -34,6 +39,7 @@ from bench_speed import RESULTS_DIR, machine_info, machine_line, run_script, say
 from mnist_diffusion.allocator import prefer_huge_pages
 from mnist_diffusion.config import DEFAULT_DATA_DIR, PRESETS, RunConfig
 from mnist_diffusion.errors import UserError
+from mnist_diffusion.nets import unet
 from mnist_diffusion.runtime import autocast_dtype, describe_machine, matmul_rate, precision_name, setup_device
 from mnist_diffusion.training.speed import step_flop_counts
 from mnist_diffusion.training.trainer import Trainer
@@ -49,7 +55,9 @@ PARTS = {
     "EMA": ("lerp",),
     "gradient clipping": ("norm", "clamp", "_foreach_mul"),
 }
-VARIANTS = ("eager", "compile", "channels-last", "compile+channels-last")
+# A variant is "eager" or one or more of these joined by "+" (compile+channels-last). "no-norm" is a
+# bound, not a network anyone trains: the GroupNorms left out, to see what the rest of the step costs.
+VARIANT_PARTS = ("compile", "channels-last", "no-norm")
 
 
 def part_of(op: str) -> str:
@@ -67,11 +75,22 @@ def flops_by_part(cfg: RunConfig) -> dict[str, float]:
     return out
 
 
+def variant_parts(variant: str) -> set[str] | None:
+    """The parts of a variant's name ("compile+no-norm": compile, no-norm), or None if it is not one."""
+    if variant == "eager":
+        return set()
+    parts = variant.split("+")
+    return set(parts) if parts and all(p in VARIANT_PARTS for p in parts) else None
+
+
 def make_trainer(cfg: RunConfig, variant: str, data_dir: Path, tmp: str) -> Trainer:
-    trainer = Trainer(cfg, data_dir=data_dir, artifacts_dir=Path(tmp), run_name=variant.replace("+", "-"),
-                      device="cpu", progress=False, log=lambda m: None, stop=threading.Event(),
-                      compile="compile" in variant)  # fmt: skip
-    if "channels-last" in variant:
+    parts = variant_parts(variant) or set()
+    norm = (lambda channels: torch.nn.Identity()) if "no-norm" in parts else unet._norm
+    with mock.patch.object(unet, "_norm", norm):  # the network's blocks take their norm layers from _norm
+        trainer = Trainer(cfg, data_dir=data_dir, artifacts_dir=Path(tmp), run_name=variant.replace("+", "-"),
+                          device="cpu", progress=False, log=lambda m: None, stop=threading.Event(),
+                          compile="compile" in parts)  # fmt: skip
+    if "channels-last" in parts:
         trainer.model.to(memory_format=torch.channels_last)
     return trainer
 
@@ -129,22 +148,37 @@ def step_seconds(trainer: Trainer, steps: int, start: int) -> float:
     return statistics.median(times)
 
 
-def compare(trainers: dict[str, Trainer], rounds: int, block: int) -> dict[str, dict]:
+def compare(trainers: dict[str, Trainer], rounds: int, block: int,
+            rate: Callable[[], float] | None = None) -> tuple[dict[str, dict], list[float]]:
     """Each variant's median step time over ``rounds`` blocks of ``block`` steps, the variants'
     blocks alternating (order reversed each round), and the median of each round's speed ratio to
-    the first variant."""
+    the first variant. With ``rate`` (a function measuring the matrix rate), each round first
+    measures it again, and the rates come back with the variants: a step's share of the rate can
+    then be taken against the machine's pace in its own round (:func:`paired_share`)."""
     names = list(trainers)
     for name in names:  # warm-up, and torch.compile's compilation
         say(f"{name}: warm-up")
         step_seconds(trainers[name], 3, 0)
     blocks: dict[str, list[float]] = {name: [] for name in names}
+    rates: list[float] = []
     for r in range(rounds):
+        if rate is not None:
+            rates.append(rate())
         for name in names if r % 2 == 0 else names[::-1]:
             blocks[name].append(step_seconds(trainers[name], block, 3 + r * block))
     first = names[0]
     return {name: {"step_ms": statistics.median(blocks[name]) * 1e3, "blocks_ms": [s * 1e3 for s in blocks[name]],
-                   "speed_vs_first": statistics.median(a / b for a, b in zip(blocks[first], blocks[name], strict=True))}
-            for name in names}  # fmt: skip
+                  "speed_vs_first": statistics.median(a / b for a, b in zip(blocks[first], blocks[name], strict=True))}
+            for name in names}, rates  # fmt: skip
+
+
+def paired_share(step_gflop: float, variant: dict, rates: list[float]) -> float | None:
+    """The median over rounds of a variant's step GFLOP/s over the matrix rate of the same round
+    (None without those rates)."""
+    if not rates:
+        return None
+    return statistics.median(step_gflop / (ms / 1e3) / rate
+                             for ms, rate in zip(variant["blocks_ms"], rates, strict=True))  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -155,8 +189,9 @@ def main(argv: list[str] | None = None) -> dict:
                   {**os.environ, **isa_env})  # fmt: skip
     prefer_huge_pages()  # as train does, before the first tensor
     variants = args.variants.split(",") if args.variants else []
-    if unknown := [v for v in variants if v not in VARIANTS]:
-        raise UserError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    if unknown := [v for v in variants if variant_parts(v) is None]:
+        raise UserError(f"unknown variant(s) {', '.join(unknown)}: each is eager or parts joined by + "
+                        f"({', '.join(VARIANT_PARTS)})")
     device = setup_device("cpu")
     cfg = PRESETS["default"]
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=args.precision,
@@ -182,7 +217,9 @@ def main(argv: list[str] | None = None) -> dict:
                             for part in [*PARTS, "other"]}  # fmt: skip
         if variants:
             trainers = {name: make_trainer(cfg, name, args.data_dir, tmp) for name in variants}
-            results["variants"] = compare(trainers, args.rounds, args.block)
+            yardstick = lambda: matmul_rate(device, dtype or torch.float32, repeats=3)  # noqa: E731
+            results["variants"], results["rounds_matmul_gflops"] = compare(trainers, args.rounds, args.block,
+                                                                           yardstick)
     table = markdown(results)
     write_results(args.out or RESULTS_DIR / "profile-step.json", results, table)
     print(table)
@@ -210,12 +247,15 @@ def markdown(results: dict) -> str:
             lines.append(f"| {kind} | {v['calls']:.0f} | {v['ms']:.1f} |")
     if results.get("variants"):
         first = next(iter(results["variants"]))
-        lines += ["", f"| variant | step ms (median of blocks) | images/s | of the matrix rate | speed vs {first} |",
-                  "|---|---:|---:|---:|---:|"]  # fmt: skip
+        lines += ["", f"| variant | step ms (median of blocks) | images/s | of the matrix rate | of the rate beside it "
+                  f"| speed vs {first} |", "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
         for name, v in results["variants"].items():
             share = results["step_gflop"] / v["step_ms"] * 1e3 / rate
-            lines.append(f"| {name} | {v['step_ms']:.1f} | {results['batch'] / v['step_ms'] * 1e3:.1f} | {share:.0%} "
-                         f"| {v['speed_vs_first']:.3f}x |")  # fmt: skip
+            paired = paired_share(results["step_gflop"], v, results.get("rounds_matmul_gflops", []))
+            lines.append(f"| {name} | {v['step_ms']:.1f} | {results['batch'] / v['step_ms'] * 1e3:.1f} | {share:.0%} | "
+                         f"{'-' if paired is None else f'{paired:.0%}'} | {v['speed_vs_first']:.3f}x |")  # fmt: skip
+        lines += ["", "Of the matrix rate: the median step against the rate measured at the start. Of the rate "
+                  "beside it: the median over rounds of each block's step against the rate measured in its round."]
     return "\n".join(lines) + "\n"
 
 
@@ -228,7 +268,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=0, help="training batch (0: the preset's, 64)")
     p.add_argument("--profile-steps", type=int, default=10, help="steps under the profiler")
     p.add_argument("--variants", default="eager,compile,channels-last",
-                   help=f"variants to time against the first ({', '.join(VARIANTS)}); empty: none")
+                   help=f"variants to time against the first: eager, or parts joined by + ({', '.join(VARIANT_PARTS)}; "
+                        "no-norm leaves the GroupNorms out, a bound); empty: none")
     p.add_argument("--rounds", type=int, default=6, help="blocks of steps per variant")
     p.add_argument("--block", type=int, default=10, help="steps per block")
     p.add_argument("--onednn", action="store_true",

@@ -147,8 +147,10 @@ def test_bench_cpu_variants_and_table(monkeypatch):
 def test_profile_step_parts_flops_and_variants(tmp_path, data_dir):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import profile_step
+    import torch
 
     from mnist_diffusion.config import PRESETS
+    from mnist_diffusion.nets.unet import build_model
     from mnist_diffusion.training.speed import step_flops_per_image
 
     part_of = profile_step.part_of
@@ -162,10 +164,20 @@ def test_profile_step_parts_flops_and_variants(tmp_path, data_dir):
     flops = profile_step.flops_by_part(cfg)
     assert sum(flops.values()) == step_flops_per_image(cfg) * cfg.train.batch_size  # every FLOP in some part
     assert flops["convolutions"] > 0.9 * sum(flops.values()) and flops["attention"] > 0
+    # the share against the rate of each block's own round: 24 GFLOP in 0.2 s at 100 GFLOP/s is 120%,
+    # in 0.1 s at 300 GFLOP/s 80%; the median of the two is 100%
+    assert profile_step.paired_share(24.0, {"blocks_ms": [200.0, 100.0]}, [100.0, 300.0]) == pytest.approx(1.0)
+    assert profile_step.paired_share(24.0, {"blocks_ms": [200.0]}, []) is None
+    assert profile_step.variant_parts("eager") == set()
+    assert profile_step.variant_parts("compile+channels-last+no-norm") == {"compile", "channels-last", "no-norm"}
+    assert profile_step.variant_parts("compile+fast") is None and profile_step.variant_parts("eager+compile") is None
+    bound = profile_step.make_trainer(cfg, "no-norm", data_dir, str(tmp_path))
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in bound.model.modules())
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in build_model(cfg.model).modules())  # left as it was
 
     out = tmp_path / "profile.json"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "profile_step.py"), "--data-dir", str(data_dir),
-           "--batch-size", "8", "--profile-steps", "2", "--variants", "eager,channels-last", "--rounds", "2",
+           "--batch-size", "8", "--profile-steps", "2", "--variants", "eager,channels-last,no-norm", "--rounds", "2",
            "--block", "1", "--precision", "fp32", "--isa", "avx2", "--onednn", "--out", str(out)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)  # a hang guard, not a speed test
@@ -178,8 +190,10 @@ def test_profile_step_parts_flops_and_variants(tmp_path, data_dir):
         assert "onednn_verbose" not in proc.stdout  # its log was read, not printed
     assert results["precision"] == "fp32" and results["batch"] == 8
     assert results["parts"]["convolutions"]["ms"] > 0 and results["parts"]["SiLU"]["ms"] > 0
-    assert set(results["variants"]) == {"eager", "channels-last"}  # the JSON keeps its keys sorted
+    assert set(results["variants"]) == {"eager", "channels-last", "no-norm"}  # the JSON keeps its keys sorted
     assert results["variants"]["eager"]["speed_vs_first"] == 1.0
     assert len(results["variants"]["channels-last"]["blocks_ms"]) == 2
+    assert len(results["rounds_matmul_gflops"]) == 2 and min(results["rounds_matmul_gflops"]) > 0  # one per round
     table = out.with_suffix(".md").read_text()
     assert "| convolutions |" in table and "| channels-last |" in table and table in proc.stdout
+    assert "| of the rate beside it |" in table
