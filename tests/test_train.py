@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+import time
 
 import pytest
 import torch
@@ -384,6 +385,35 @@ def test_a_budget_leaves_the_monitors_their_measured_time(tmp_path, data_dir, mo
     assert load_config(result.run_dir).train.steps == plan["planned_steps"] == int(60 * 0.97 / 0.02)
     assert plan["monitor_seconds_per_step"] == 0.01
     assert any("watching the run takes 50% of it" in line for line in lines)
+
+
+def test_a_budget_counts_the_time_it_spends_planning(tmp_path, data_dir, monkeypatch):
+    # Measuring the monitors (a FID of --eval-every, say) takes time: the budget's clock runs from
+    # before it, and the plan fits what is left, so the run still ends when the budget does.
+    class SlowToMeasure:
+        def after_step(self, trainer, step):
+            return None
+
+        def seconds_per_step(self, trainer):
+            time.sleep(0.5)
+            return 0.01
+
+        def close(self):
+            pass
+
+    clock_ages = []
+
+    def out_of_time(self, clock):
+        clock_ages.append(time.perf_counter() - clock)
+        return len(clock_ages) >= 3
+
+    monkeypatch.setattr(train_module.Trainer, "_out_of_time", out_of_time)
+    monkeypatch.setattr(train_module.Trainer, "_scratch_seconds_per_step", lambda self, steps=12: 0.01)
+    monkeypatch.setattr(train_module, "REPLAN_AFTER", 0)
+    result = run(tiny_config(epochs=3), tmp_path, data_dir, time_budget=10.0, monitors=[SlowToMeasure()])
+    planned = json.loads((result.run_dir / "run.json").read_text())["time_budget"]["planned_steps"]
+    assert int((10 * 0.97 - 3.0) / 0.02) <= planned <= int((10 * 0.97 - 0.5) / 0.02)  # not 485, the whole budget's
+    assert clock_ages[0] >= 0.5  # the clock started before the measuring
 
 
 def test_the_loop_pace_a_budget_plans_from_is_the_slower_of_the_whole_and_its_second_half():

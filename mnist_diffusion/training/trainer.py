@@ -201,7 +201,7 @@ class Trainer:
         self.on_step = on_step  # called after every step with its (1-based) number
         self.on_finish = on_finish  # (run_dir, EMA network, progress) at the end, before the weights: the grid
         self.monitors = list(monitors)  # watch the run as it trains (see Monitor)
-        self.time_budget = time_budget  # seconds for the training loop: plan the steps to fit, and stop on time
+        self.time_budget = time_budget  # seconds to plan and train in: plan the steps to fit, and stop on time
         self._monitor_seconds = 0.0  # what the monitors add to an average step (measured for a budget)
         if resume is not None and resume.checkpoint is None:
             raise UserError(f"run {resume.run_dir.name} has finished its plan: there is nothing to resume")
@@ -514,8 +514,9 @@ class Trainer:
             self._graph = GraphStep(self._device_step)
             self.log("CUDA graphs: the training step is captured once and replayed")
         replan_at, halfway, halfway_seconds = -1, -1, 0.0
+        clock = time.perf_counter()  # a time budget's clock: its planning (the timed steps and monitors) counts
         if self.time_budget and self.start_step == 0:
-            self._fit_budget()
+            self._fit_budget(clock)
             replan_at = self._replan_step()
             halfway = replan_at // 2
         b = self.cfg.train.batch_size * self.info.world_size
@@ -525,6 +526,7 @@ class Trainer:
             self._save_checkpoint(self.start_step, None, self.prior_seconds)
         window = _Window(self._device_step.loss_sum if self._device_step else torch.zeros((), device=self.device))
         step, loss, interrupted, started = self.start_step, None, False, time.perf_counter()
+        planning = started - clock
         try:
             while step < self.stop_step and not interrupted:
                 window.add(self.advance(step))
@@ -534,10 +536,10 @@ class Trainer:
                     halfway_seconds = time.perf_counter() - started
                 if step == replan_at:
                     elapsed = time.perf_counter() - started
-                    self._replan(step, elapsed, loop_pace(step, elapsed, halfway, halfway_seconds))
+                    self._replan(step, planning + elapsed, loop_pace(step, elapsed, halfway, halfway_seconds))
                     bar.total = self.stop_step * b
                 self._estimate(step, started)
-                if step < self.stop_step and self._agree(self._out_of_time(started), step):
+                if step < self.stop_step and self._agree(self._out_of_time(clock), step):
                     self._end_early(step)  # the budget is spent: this is the last step
                 last = step == self.stop_step
                 if step % self.check_every == 0 or step % LOG_EVERY == 0 or last:
@@ -565,13 +567,15 @@ class Trainer:
 
     # ---------------------------------------------------------------------------- time
 
-    def _fit_budget(self) -> None:
+    def _fit_budget(self, clock: float) -> None:
         """Plan the steps that fit the time budget at this machine's pace, measured on a scratch
         copy of the run's first steps (so the run trains as ``--steps N`` would, bit for bit), and
-        record the plan in config.json and run.json."""
+        record the plan in config.json and run.json. The budget's ``clock`` started before: the
+        measuring (a FID of ``--eval-every``, say) is taken from the budget, not added to it."""
         self._monitor_seconds = self._monitors_seconds_per_step()
         rate = self._scratch_seconds_per_step() + self._monitor_seconds
-        planned = max(1, int(self.time_budget * (1 - BUDGET_MARGIN) / rate))
+        left = self.time_budget * (1 - BUDGET_MARGIN) - (time.perf_counter() - clock)
+        planned = max(1, int(left / rate))
         self._set_plan(broadcast_object(planned, self.info), rate, measured_over=0)  # rank 0's pace decides
         watching = self._describe_monitor_cost(rate)
         self.log(f"time budget {duration(self.time_budget)}: {self.total_steps:,} steps at "
@@ -608,8 +612,8 @@ class Trainer:
         return at if 0 < at < self.stop_step and before_guide else -1
 
     def _replan(self, step: int, elapsed: float, pace: float) -> None:
-        """Plan the steps again, ``elapsed`` seconds after the start, from the loop's own ``pace``
-        (seconds per step, :func:`loop_pace`) and the monitors' measured cost."""
+        """Plan the steps again, ``elapsed`` seconds into the budget (planning included), from the
+        loop's own ``pace`` (seconds per step, :func:`loop_pace`) and the monitors' measured cost."""
         rate = pace + self._monitor_seconds
         planned = step + max(1, int((self.time_budget * (1 - BUDGET_MARGIN) - elapsed) / rate))
         guided = self.guide_step >= 0
@@ -679,8 +683,9 @@ class Trainer:
         return [*self.model.parameters(), *self.model.buffers(), *self.ema.parameters(), *self.ema.buffers(),
                 *opt_state, *own]  # fmt: skip
 
-    def _out_of_time(self, started: float) -> bool:
-        return bool(self.time_budget) and time.perf_counter() - started >= self.time_budget
+    def _out_of_time(self, clock: float) -> bool:
+        """The time budget, counted from ``clock`` (before its planning), is spent."""
+        return bool(self.time_budget) and time.perf_counter() - clock >= self.time_budget
 
     def _end_early(self, step: int) -> None:
         """The time budget ran out: end the run after ``step``, recorded as its max_steps, so the
