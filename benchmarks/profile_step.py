@@ -40,7 +40,7 @@ from mnist_diffusion.allocator import prefer_huge_pages
 from mnist_diffusion.config import DEFAULT_DATA_DIR, PRESETS, RunConfig
 from mnist_diffusion.errors import UserError
 from mnist_diffusion.nets import unet
-from mnist_diffusion.runtime import autocast_dtype, describe_machine, matmul_rate, precision_name, setup_device
+from mnist_diffusion.runtime import autocast_dtype, describe_machine, measure_matmul_rate, precision_name, setup_device
 from mnist_diffusion.training.speed import step_flop_counts
 from mnist_diffusion.training.trainer import Trainer
 
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": {**machine_info(device), **describe_machine(device).to_dict()},
         "isa": torch.backends.cpu.get_cpu_capability(), "precision": precision_name(dtype),
         "batch": cfg.train.batch_size, "step_gflop": total_flops / 1e9,
-        "matmul_gflops": matmul_rate(device, dtype or torch.float32),
+        "matmul_gflops": measure_matmul_rate(device, dtype or torch.float32),
     }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         say(f"profiling {args.profile_steps} steps")
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
                             for part in [*PARTS, "other"]}  # fmt: skip
         if variants:
             trainers = {name: make_trainer(cfg, name, args.data_dir, tmp) for name in variants}
-            yardstick = lambda: matmul_rate(device, dtype or torch.float32, repeats=3)  # noqa: E731
+            yardstick = lambda: measure_matmul_rate(device, dtype or torch.float32, repeats=3)  # noqa: E731
             results["variants"], results["rounds_matmul_gflops"] = compare(trainers, args.rounds, args.block,
                                                                            yardstick)
     table = markdown(results)

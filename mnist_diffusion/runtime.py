@@ -246,8 +246,8 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-@functools.cache
-def matmul_rate(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 6) -> float:
+def measure_matmul_rate(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048,
+                        repeats: int = 6) -> float:  # fmt: skip
     """The measured rate, in GFLOP/s, of an n x n matrix product in ``dtype`` on ``device``: the
     yardstick the training step's speed is given against. What the machine can do, so the fastest
     of ``repeats`` timed products: on a shared host a median of a few still catches a stall."""
@@ -261,6 +261,10 @@ def matmul_rate(device: torch.device, dtype: torch.dtype = torch.float32, n: int
         if i:
             times.append(time.perf_counter() - start)
     return 2 * n**3 / min(times) / 1e9
+
+
+# The rate as train reports it: measured once per process for each device, dtype and size.
+matmul_rate = functools.cache(measure_matmul_rate)
 
 
 def sync(device: torch.device) -> None:
