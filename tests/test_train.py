@@ -416,6 +416,56 @@ def test_a_budget_counts_the_time_it_spends_planning(tmp_path, data_dir, monkeyp
     assert clock_ages[0] >= 0.5  # the clock started before the measuring
 
 
+def test_the_steps_that_fit_a_budget_count_each_monitor_event_where_it_falls():
+    from mnist_diffusion.training.trainer import steps_that_fit
+
+    assert steps_that_fit(0, 10.0, 0.1, []) in (99, 100)  # 100 steps of 0.1 s, give or take rounding
+    # A 40 s FID after every 200th step of 0.11 s: one FID fits, two do not (400 steps would take
+    # 124 s). Spread over the steps, its cost would allow only 116.4 / 0.31 = 375.
+    assert steps_that_fit(0, 116.4, 0.11, [(200, 40.0)]) == 399
+    assert steps_that_fit(150, 50.0, 0.1, [(200, 40.0)]) == 100  # from step 150: the FID at 200 is 50 steps away
+    assert steps_that_fit(0, 1.0, 0.1, [(1, 5.0)]) == 1 and steps_that_fit(0, -3.0, 0.1, []) == 1  # at least one
+
+
+def test_a_budget_plans_its_monitors_events_where_they_fall(tmp_path, data_dir, monkeypatch):
+    class EveryTenth:  # 5 s after every 10th step
+        every = 10
+
+        def after_step(self, trainer, step):
+            return None
+
+        def seconds_per_step(self, trainer):
+            return 0.5
+
+        def close(self):
+            pass
+
+    calls = []
+    monkeypatch.setattr(train_module.Trainer, "_out_of_time", lambda self, clock: calls.append(1) or len(calls) >= 3)
+    monkeypatch.setattr(train_module.Trainer, "_scratch_seconds_per_step", lambda self, steps=12: 0.01)
+    monkeypatch.setattr(train_module, "REPLAN_AFTER", 0)
+    result = run(tiny_config(epochs=3), tmp_path, data_dir, time_budget=60.0, monitors=[EveryTenth()])
+    # 58.2 s: 119 steps take 1.19 s and reach 11 events (55 s); 120 would reach a 12th
+    assert load_config(result.run_dir).train.steps == 119
+
+
+def test_a_budget_plans_again_from_the_steps_pace_without_the_monitors_time(tmp_path, data_dir, monkeypatch):
+    class SlowAtStepTwo:
+        def after_step(self, trainer, step):
+            if step == 2:
+                time.sleep(1.0)
+
+        def close(self):
+            pass
+
+    paces = []
+    monkeypatch.setattr(train_module.Trainer, "_replan", lambda self, step, elapsed, pace: paces.append((step, pace)))
+    run(tiny_config(epochs=1, max_steps=6, guide_at=0.0), tmp_path, data_dir, time_budget=60.0,
+        monitors=[SlowAtStepTwo()])  # fmt: skip
+    assert len(paces) == 1 and paces[0][0] == 4  # at the end of warm-up
+    assert paces[0][1] < 0.2  # the second of sleep would make it at least 0.25 s a step
+
+
 def test_the_loop_pace_a_budget_plans_from_is_the_slower_of_the_whole_and_its_second_half():
     from mnist_diffusion.training.trainer import loop_pace
 

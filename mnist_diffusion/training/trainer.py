@@ -128,8 +128,9 @@ class Monitor(Protocol):
         """The run stopped (finished, interrupted or failed)."""
 
     # Optional: ``seconds_per_step(trainer) -> float``, the seconds the monitor adds to an average
-    # optimizer step, measured once before a time budget's clock starts, so the plan leaves time
-    # for it. A monitor without it is taken to cost nothing.
+    # optimizer step, measured once as a time budget plans (on its clock), so the plan leaves time
+    # for it; with an ``every`` attribute, that cost comes as one event every ``every`` steps, and
+    # the plan counts the events its steps reach. A monitor without it is taken to cost nothing.
 
 
 @dataclass
@@ -202,7 +203,8 @@ class Trainer:
         self.on_finish = on_finish  # (run_dir, EMA network, progress) at the end, before the weights: the grid
         self.monitors = list(monitors)  # watch the run as it trains (see Monitor)
         self.time_budget = time_budget  # seconds to plan and train in: plan the steps to fit, and stop on time
-        self._monitor_seconds = 0.0  # what the monitors add to an average step (measured for a budget)
+        self._monitor_costs: list[tuple[int, float]] = []  # the monitors' (every, seconds an event), for a budget
+        self._monitor_seconds = 0.0  # what the monitors add to an average step
         if resume is not None and resume.checkpoint is None:
             raise UserError(f"run {resume.run_dir.name} has finished its plan: there is nothing to resume")
         self.start_step = resume.step if resume is not None else 0
@@ -513,7 +515,7 @@ class Trainer:
             self._point_device_step(self.start_step)
             self._graph = GraphStep(self._device_step)
             self.log("CUDA graphs: the training step is captured once and replayed")
-        replan_at, halfway, halfway_seconds = -1, -1, 0.0
+        replan_at, halfway, halfway_seconds, watched = -1, -1, 0.0, 0.0  # watched: seconds in the monitors
         clock = time.perf_counter()  # a time budget's clock: its planning (the timed steps and monitors) counts
         if self.time_budget and self.start_step == 0:
             self._fit_budget(clock)
@@ -533,10 +535,11 @@ class Trainer:
                 step += 1
                 bar.update(b)
                 if step == halfway:
-                    halfway_seconds = time.perf_counter() - started
+                    halfway_seconds = time.perf_counter() - started - watched
                 if step == replan_at:
                     elapsed = time.perf_counter() - started
-                    self._replan(step, planning + elapsed, loop_pace(step, elapsed, halfway, halfway_seconds))
+                    pace = loop_pace(step, elapsed - watched, halfway, halfway_seconds)  # the steps' own pace
+                    self._replan(step, planning + elapsed, pace)
                     bar.total = self.stop_step * b
                 self._estimate(step, started)
                 if step < self.stop_step and self._agree(self._out_of_time(clock), step):
@@ -550,8 +553,10 @@ class Trainer:
                     self._save_guide(step)
                 if self.on_step is not None:
                     self.on_step(step)
+                watch_start = time.perf_counter()
                 for monitor in self.monitors:
                     self._log_extra(step, monitor.after_step(self, step), bar)
+                watched += time.perf_counter() - watch_start
                 seconds = self.prior_seconds + time.perf_counter() - started
                 interrupted = not last and self._agree(self.stop.is_set(), step)
                 if step % self.steps_per_epoch == 0 or step % CHECKPOINT_EVERY == 0 or last or interrupted:
@@ -572,10 +577,12 @@ class Trainer:
         copy of the run's first steps (so the run trains as ``--steps N`` would, bit for bit), and
         record the plan in config.json and run.json. The budget's ``clock`` started before: the
         measuring (a FID of ``--eval-every``, say) is taken from the budget, not added to it."""
-        self._monitor_seconds = self._monitors_seconds_per_step()
-        rate = self._scratch_seconds_per_step() + self._monitor_seconds
+        self._monitor_costs = self._measure_monitors()
+        self._monitor_seconds = sum(cost / every for every, cost in self._monitor_costs)
+        step_seconds = self._scratch_seconds_per_step()
         left = self.time_budget * (1 - BUDGET_MARGIN) - (time.perf_counter() - clock)
-        planned = max(1, int(left / rate))
+        planned = steps_that_fit(0, left, step_seconds, self._monitor_costs)
+        rate = step_seconds + self._monitor_seconds
         self._set_plan(broadcast_object(planned, self.info), rate, measured_over=0)  # rank 0's pace decides
         watching = self._describe_monitor_cost(rate)
         self.log(f"time budget {duration(self.time_budget)}: {self.total_steps:,} steps at "
@@ -589,13 +596,18 @@ class Trainer:
             return ""
         return " --compile" if self.compiled else " --no-compile"
 
-    def _monitors_seconds_per_step(self) -> float:
-        """What the monitors (progress grids, FIDs) add to an average step, each measured once
-        (rank 0 alone samples; the other ranks wait for it at the next step's collective)."""
+    def _measure_monitors(self) -> list[tuple[int, float]]:
+        """What the monitors (progress grids, FIDs) cost, each measured once: (every, seconds an
+        event) each, every 1 for one without ``every`` (rank 0 alone samples; the other ranks
+        wait for it at the next step's collective)."""
         if not self.info.is_main:
-            return 0.0
-        costs = [getattr(m, "seconds_per_step", None) for m in self.monitors]
-        return sum(cost(self) for cost in costs if cost is not None)
+            return []
+        costs = []
+        for monitor in self.monitors:
+            if (seconds_per_step := getattr(monitor, "seconds_per_step", None)) is not None:
+                every = getattr(monitor, "every", 1)
+                costs.append((every, seconds_per_step(self) * every))
+        return costs
 
     def _describe_monitor_cost(self, seconds_per_step: float) -> str:
         """ " (watching the run takes 4% of it)", or "" when the monitors cost next to nothing."""
@@ -613,9 +625,12 @@ class Trainer:
 
     def _replan(self, step: int, elapsed: float, pace: float) -> None:
         """Plan the steps again, ``elapsed`` seconds into the budget (planning included), from the
-        loop's own ``pace`` (seconds per step, :func:`loop_pace`) and the monitors' measured cost."""
+        steps' own ``pace`` in the loop (seconds per step without the monitors, :func:`loop_pace`)
+        and the monitors' measured cost."""
         rate = pace + self._monitor_seconds
-        planned = step + max(1, int((self.time_budget * (1 - BUDGET_MARGIN) - elapsed) / rate))
+        due = sum(cost for every, cost in self._monitor_costs if step % every == 0)  # this step's, run after the plan
+        left = self.time_budget * (1 - BUDGET_MARGIN) - elapsed - due
+        planned = step + steps_that_fit(step, left, pace, self._monitor_costs)
         guided = self.guide_step >= 0
         planned = broadcast_object(planned, self.info)  # rank 0's measurement decides for all
         if planned == self.total_steps or (guided and round(self.cfg.train.guide_at * planned) <= step):
@@ -784,6 +799,21 @@ class Trainer:
         save_tensors(self.run_dir / WEIGHTS, self.ema.module.state_dict(), weights_metadata(self.cfg))
         write_manifest(self.run_dir)
         self.log(f"done: {step} steps in {seconds / 60:.1f} min; weights and pictures in {self.run_dir}")
+
+
+def steps_that_fit(first: int, seconds: float, step_seconds: float, events: Sequence[tuple[int, float]]) -> int:
+    """The most steps after step ``first`` that fit in ``seconds`` (at least 1): each step takes
+    ``step_seconds``, and each (every, cost) of ``events`` costs ``cost`` after every step whose
+    number is a multiple of ``every``, as many times as the steps reach one."""
+
+    def seconds_of(n: int) -> float:
+        return n * step_seconds + sum(((first + n) // every - first // every) * cost for every, cost in events)
+
+    lo, hi = 0, int(seconds / step_seconds) + 1  # seconds_of(hi) > seconds: the steps alone overrun
+    while hi - lo > 1:  # seconds_of only grows with n: the last n that fits, by bisection
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if seconds_of(mid) <= seconds else (lo, mid)
+    return max(1, lo)
 
 
 def loop_pace(step: int, elapsed: float, halfway: int, halfway_elapsed: float) -> float:
