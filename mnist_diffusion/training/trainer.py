@@ -205,6 +205,7 @@ class Trainer:
         self.time_budget = time_budget  # seconds to plan and train in: plan the steps to fit, and stop on time
         self._monitor_costs: list[tuple[int, float]] = []  # the monitors' (every, seconds an event), for a budget
         self._monitor_seconds = 0.0  # what the monitors add to an average step
+        self._planning_seconds = 0.0  # of a budget's, spent measuring the pace and the monitors
         if resume is not None and resume.checkpoint is None:
             raise UserError(f"run {resume.run_dir.name} has finished its plan: there is nothing to resume")
         self.start_step = resume.step if resume is not None else 0
@@ -580,13 +581,15 @@ class Trainer:
         self._monitor_costs = self._measure_monitors()
         self._monitor_seconds = sum(cost / every for every, cost in self._monitor_costs)
         step_seconds = self._scratch_seconds_per_step()
-        left = self.time_budget * (1 - BUDGET_MARGIN) - (time.perf_counter() - clock)
+        self._planning_seconds = time.perf_counter() - clock
+        left = self.time_budget * (1 - BUDGET_MARGIN) - self._planning_seconds
         planned = steps_that_fit(0, left, step_seconds, self._monitor_costs)
         rate = step_seconds + self._monitor_seconds
         self._set_plan(broadcast_object(planned, self.info), rate, measured_over=0)  # rank 0's pace decides
         watching = self._describe_monitor_cost(rate)
+        measuring = f", after {duration(self._planning_seconds)} of measuring" if self._planning_seconds >= 1 else ""
         self.log(f"time budget {duration(self.time_budget)}: {self.total_steps:,} steps at "
-                 f"{self._budget_images_per_sec:,.0f} images/s{watching}; `mnistdiff train --steps "
+                 f"{self._budget_images_per_sec:,.0f} images/s{watching}{measuring}; `mnistdiff train --steps "
                  f"{self.total_steps}{self._compile_flag()}` trains this plan again on any machine")  # fmt: skip
 
     def _compile_flag(self) -> str:
@@ -650,7 +653,8 @@ class Trainer:
             save_config(self.run_dir, self.cfg)
             plan = {"seconds": self.time_budget, "planned_steps": planned,
                     "images_per_sec": round(self._budget_images_per_sec, 1), "measured_over_steps": measured_over,
-                    "monitor_seconds_per_step": round(self._monitor_seconds, 6)}  # fmt: skip
+                    "monitor_seconds_per_step": round(self._monitor_seconds, 6),
+                    "planning_seconds": round(self._planning_seconds, 3)}  # fmt: skip
             update_run_info(self.run_dir, time_budget=plan)
 
     def _scratch_seconds_per_step(self, steps: int = 12) -> float:
