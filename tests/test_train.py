@@ -364,23 +364,37 @@ def test_a_spent_budget_ends_the_run_and_records_where(tmp_path, data_dir, monke
     assert (result.run_dir / "model.safetensors").is_file()  # finished, not interrupted
 
 
-def test_a_budget_leaves_the_monitors_their_measured_time(tmp_path, data_dir, monkeypatch):
-    class Watcher:  # costs as much as a training step, on average
-        def after_step(self, trainer, step):
-            return None
+class FixedCost:
+    """A monitor that does nothing and reports a fixed cost: ``seconds`` a step, on average, or
+    with ``every`` as one event every ``every`` steps."""
 
-        def seconds_per_step(self, trainer):
-            return 0.01
+    def __init__(self, seconds: float, every: int | None = None):
+        self.seconds = seconds
+        if every is not None:
+            self.every = every
 
-        def close(self):
-            pass
+    def after_step(self, trainer, step):
+        return None
 
+    def seconds_per_step(self, trainer):
+        return self.seconds
+
+    def close(self):
+        pass
+
+
+def budget_run_of_three_steps(monkeypatch, tmp_path, data_dir, monitor, **kwargs):
+    """A 60 s budget planned from scratch steps of 0.01 s and ``monitor``, that runs out after 3 steps."""
     calls = []
-    monkeypatch.setattr(train_module.Trainer, "_out_of_time", lambda self, started: calls.append(1) or len(calls) >= 3)
+    monkeypatch.setattr(train_module.Trainer, "_out_of_time", lambda self, clock: calls.append(1) or len(calls) >= 3)
     monkeypatch.setattr(train_module.Trainer, "_scratch_seconds_per_step", lambda self, steps=12: 0.01)
     monkeypatch.setattr(train_module, "REPLAN_AFTER", 0)
-    lines = []
-    result = run(tiny_config(epochs=3), tmp_path, data_dir, time_budget=60.0, monitors=[Watcher()], log=lines.append)
+    return run(tiny_config(epochs=3), tmp_path, data_dir, time_budget=60.0, monitors=[monitor], **kwargs)
+
+
+def test_a_budget_leaves_the_monitors_their_measured_time(tmp_path, data_dir, monkeypatch):
+    lines = []  # the monitor costs as much as a training step, on average
+    result = budget_run_of_three_steps(monkeypatch, tmp_path, data_dir, FixedCost(0.01), log=lines.append)
     plan = json.loads((result.run_dir / "run.json").read_text())["time_budget"]
     assert load_config(result.run_dir).train.steps == plan["planned_steps"] == int(60 * 0.97 / 0.02)
     assert plan["monitor_seconds_per_step"] == 0.01
@@ -432,23 +446,7 @@ def test_the_steps_that_fit_a_budget_count_each_monitor_event_where_it_falls():
 
 
 def test_a_budget_plans_its_monitors_events_where_they_fall(tmp_path, data_dir, monkeypatch):
-    class EveryTenth:  # 5 s after every 10th step
-        every = 10
-
-        def after_step(self, trainer, step):
-            return None
-
-        def seconds_per_step(self, trainer):
-            return 0.5
-
-        def close(self):
-            pass
-
-    calls = []
-    monkeypatch.setattr(train_module.Trainer, "_out_of_time", lambda self, clock: calls.append(1) or len(calls) >= 3)
-    monkeypatch.setattr(train_module.Trainer, "_scratch_seconds_per_step", lambda self, steps=12: 0.01)
-    monkeypatch.setattr(train_module, "REPLAN_AFTER", 0)
-    result = run(tiny_config(epochs=3), tmp_path, data_dir, time_budget=60.0, monitors=[EveryTenth()])
+    result = budget_run_of_three_steps(monkeypatch, tmp_path, data_dir, FixedCost(0.5, every=10))  # 5 s an event
     # 58.2 s: 119 steps take 1.19 s and reach 11 events (55 s); 120 would reach a 12th
     assert load_config(result.run_dir).train.steps == 119
 
