@@ -204,7 +204,6 @@ class Trainer:
         self.monitors = list(monitors)  # watch the run as it trains (see Monitor)
         self.time_budget = time_budget  # seconds to plan and train in: plan the steps to fit, and stop on time
         self._monitor_costs: list[tuple[int, float]] = []  # the monitors' (every, seconds an event), for a budget
-        self._monitor_seconds = 0.0  # what the monitors add to an average step
         self._planning_seconds = 0.0  # of a budget's, spent measuring the pace and the monitors
         if resume is not None and resume.checkpoint is None:
             raise UserError(f"run {resume.run_dir.name} has finished its plan: there is nothing to resume")
@@ -579,7 +578,6 @@ class Trainer:
         record the plan in config.json and run.json. The budget's ``clock`` started before: the
         measuring (a FID of ``--eval-every``, say) is taken from the budget, not added to it."""
         self._monitor_costs = self._measure_monitors()
-        self._monitor_seconds = sum(cost / every for every, cost in self._monitor_costs)
         step_seconds = self._scratch_seconds_per_step()
         self._planning_seconds = time.perf_counter() - clock
         left = self.time_budget * (1 - BUDGET_MARGIN) - self._planning_seconds
@@ -611,6 +609,11 @@ class Trainer:
                 every = getattr(monitor, "every", 1)
                 costs.append((every, seconds_per_step(self) * every))
         return costs
+
+    @property
+    def _monitor_seconds(self) -> float:
+        """What the monitors add to an average step, as measured for a budget (0 without one)."""
+        return sum(cost / every for every, cost in self._monitor_costs)
 
     def _describe_monitor_cost(self, seconds_per_step: float) -> str:
         """ " (watching the run takes 4% of it)", or "" when the monitors cost next to nothing."""
