@@ -14,6 +14,8 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -91,6 +93,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def copy_file(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Copy a regular file atomically (:func:`atomic_open`), never through a symlink."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    with os.fdopen(os.open(source, flags), "rb") as src:
+        if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
+            raise UserError(f"{source} is not a regular file")
+        with atomic_open(target) as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

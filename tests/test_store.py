@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -23,10 +24,10 @@ from mnist_diffusion.io import atomic_open, atomic_write_bytes, load_tensors, sa
 from mnist_diffusion.nets.unet import build_model
 from mnist_diffusion.runs.store import (
     append_metrics,
-    create_run_dir,
     keep_metrics_until,
     load_weights_into,
     read_metrics,
+    reserve_run,
     verify_manifest,
     weights_metadata,
     write_manifest,
@@ -77,7 +78,7 @@ def test_run_numbers_are_unique_when_runs_start_together(tmp_path):
 
     def start(i):
         barrier.wait()
-        made.append(create_run_dir(tmp_path, f"name{i % 3}"))
+        made.append(reserve_run(tmp_path, f"name{i % 3}").publish())
 
     threads = [threading.Thread(target=start, args=(i,)) for i in range(8)]
     for t in threads:
@@ -86,8 +87,8 @@ def test_run_numbers_are_unique_when_runs_start_together(tmp_path):
         t.join()
     assert sorted(p.name[:5] for p in made) == [f"{i:05d}" for i in range(8)]
     for p in made:  # a number is never reused, even once its folder is gone
-        p.rmdir()
-    assert create_run_dir(tmp_path, "next").name == "00008-next"
+        shutil.rmtree(p)
+    assert reserve_run(tmp_path, "next").final.name == "00008-next"
 
 
 def test_four_train_processes_started_together_get_four_numbers(tmp_path, data_dir):

@@ -3,6 +3,7 @@ turned into a checkpoint."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -111,25 +112,28 @@ def train(
     seconds = parse_duration(time_budget) if time_budget is not None else None
     if seconds is not None and (steps is not None or resume is not None):
         raise UserError("--time-budget plans the steps of a new run: give it without --steps and --resume")
-    budget = dict(epochs=epochs, max_steps=max_steps)
     monitors = _monitors(sample_every, eval_every, eval_samples, tensorboard, data_dir)  # before any work
-    plan = None
-    if resume is not None:
-        plan = _resume_plan(resume, artifacts_dir, budget, given=[f"--{k.replace('_', '-')}" for k, v in
-                                                               config_flags.items() if v is not None]
-                            + (["--preset"] if preset != "default" else []) + (["--run-name"] if run_name else []))
-        if plan.action == "finished":
-            console.print(f"run {plan.run_dir.name} has finished its plan: nothing to do. To train it further, give "
-                          "a longer budget (--epochs, --steps or --max-steps): that writes a new run that starts "
-                          "from this one.", highlight=False)  # fmt: skip
-            return
-    cfg = plan.cfg if plan is not None else checked(build_config, preset, **config_flags, **budget)
-    result = _with_ctrl_c(
-        lambda stop: train_core(cfg, data_dir=data_dir, artifacts_dir=artifacts_dir, run_name=run_name, device=device,
-                                resume=plan, compile=compile, log=say, stop=stop, time_budget=seconds,
-                                cuda_graphs=cuda_graphs or None, monitors=monitors,
-                                on_finish=None if grid == 0 else end_of_run_grid(grid))  # fmt: skip
-    )
+    given = [f"--{k.replace('_', '-')}" for k, v in config_flags.items() if v is not None]
+    given += (["--preset"] if preset != "default" else []) + (["--run-name"] if run_name else [])
+    with contextlib.ExitStack() as held:
+        plan = None
+        if resume is not None:
+            plan = _resume_plan(resume, artifacts_dir, budget, given, held)
+            if plan.action == "finished":
+                console.print(f"run {plan.run_dir.name} has finished its plan: nothing to do. To train it further, "
+                              "give a longer budget (--epochs, --steps or --max-steps): that writes a new run that "
+                              "starts from this one.", highlight=False)  # fmt: skip
+                return
+        cfg = plan.cfg if plan is not None else checked(build_config, preset, **config_flags, **budget)
+        finishing = threading.Event()  # set while the trained run draws its end grid
+        on_finish = None if grid == 0 else _marking(finishing, end_of_run_grid(grid))
+        result = _with_ctrl_c(
+            lambda stop: train_core(cfg, data_dir=data_dir, artifacts_dir=artifacts_dir, run_name=run_name,
+                                    device=device, resume=plan, compile=compile, log=say, stop=stop,
+                                    time_budget=seconds, cuda_graphs=cuda_graphs or None, monitors=monitors,
+                                    on_finish=on_finish),
+            finishing,
+        )  # fmt: skip
     if result.interrupted:
         where = "" if artifacts_dir == DEFAULT_ARTIFACTS_DIR else f" --artifacts-dir {artifacts_dir}"
         say(f"Interrupted at step {result.step}: checkpoint saved in {result.run_dir}. "
@@ -139,16 +143,32 @@ def train(
     console.print(str(result.run_dir), soft_wrap=True, highlight=False, markup=False)
 
 
-def _resume_plan(resume: str, artifacts_dir: Path, budget: dict, given: list[str]):
-    """What ``--resume`` does (training.plan.plan_resume); the flags that would change the run's
-    config (``given``) are refused."""
+def _resume_plan(resume: str, artifacts_dir: Path, budget: dict, given: list[str], held: contextlib.ExitStack):
+    """What ``--resume`` does (training.plan.plan_resume), decided under the run's lock, which
+    ``held`` keeps for the training that follows; the flags that would change the run's config
+    (``given``) are refused."""
+    from ..runs.lock import run_lock
     from ..runs.store import resolve_run
     from ..training.plan import plan_resume
 
     if given:
         raise UserError("--resume continues a run with its own saved config; only --epochs, --steps and --max-steps "
                         f"may be given (got {', '.join(given)})")  # fmt: skip
-    return plan_resume(resolve_run(resume, artifacts_dir), **budget)
+    run_dir = resolve_run(resume, artifacts_dir)
+    if int(os.environ.get("RANK", "0")) == 0:
+        held.enter_context(run_lock(run_dir))  # one writer per run: refused here if another process trains it
+    return plan_resume(run_dir, **budget)
+
+
+def _marking(event: threading.Event, on_finish):
+    """``on_finish`` with ``event`` set while it runs."""
+
+    def hook(*args):
+        event.set()
+        return on_finish(*args)
+
+    return hook
+
 def _monitors(sample_every: int, eval_every: int, eval_samples: int, tensorboard: bool, data_dir: Path) -> list:
     """The trainer's monitors for the watching flags; TensorBoard last, as it reads what the others log.
     A missing TensorBoard is a one-line error here, before any work."""
@@ -176,15 +196,20 @@ def _write_report(run_dir: Path) -> None:
         say(f"warning: the run is saved, but its report could not be written: {reason}")
 
 
-def _with_ctrl_c(run):
+def _with_ctrl_c(run, finishing: threading.Event):
     """``run(stop)``, where the first Ctrl-C sets ``stop`` (the trainer then saves a checkpoint
-    after the current step) and a second one aborts at once."""
+    after the current step) and a second one aborts at once. Once ``finishing`` is set (every step
+    is trained and saved, and the end grid is being drawn), the first Ctrl-C aborts at once."""
     stop = threading.Event()
 
     def on_sigint(signum, frame):
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
+        if finishing.is_set():
+            err_console.print("\n[yellow]Stopped while drawing the end grid: every step is trained and checkpointed; "
+                              "`mnistdiff train --resume` finishes the run.")  # fmt: skip
+            raise KeyboardInterrupt
         err_console.print("\n[yellow]Stopping after this step and saving a checkpoint (Ctrl-C again to abort).")
 
     main_thread = threading.current_thread() is threading.main_thread()

@@ -3,23 +3,29 @@
 A run folder describes itself: ``config.json``, ``model.safetensors`` (EMA weights, with the
 config and package version in its metadata), ``checkpoint.safetensors`` + ``checkpoint.json``
 (everything needed to resume), ``metrics.jsonl``, ``loss.png``, ``samples.png`` and
-``manifest.json`` (sha256 of every file, the package version); unconditional runs also keep
+``manifest.json`` (sha256 of every file, the package version), and last ``finished.json`` (the
+step and weights the run finished with); unconditional runs also keep
 ``guide.safetensors``, the EMA weights from early in training that autoguidance steers away
 from, and runs trained on pixel clusters keep ``clusters.safetensors`` (each training image's
 cluster and the clusters' sizes). ``artifacts/latest`` holds the name of the newest run.
+A run folder appears only once it is whole: it is set up under a hidden name (:class:`NewRun`),
+and ``.lock`` in it is held by the one process that writes it (runs/lock.py).
 
 ``report.html`` is a view of the other files, written again at will (`mnistdiff report`), so the
-manifest leaves it out; so are the folders ``progress/`` (sample grids taken while training) and
-``tensorboard/`` (its event files), as the manifest lists the files at the top of the folder.
+manifest leaves it out, as it does ``finished.json``, written after it; so are the folders
+``progress/`` (sample grids taken while training) and ``tensorboard/`` (its event files), as the
+manifest lists the files at the top of the folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,6 +36,7 @@ from .. import __version__
 from ..config import DEFAULT_ARTIFACTS_DIR, RunConfig
 from ..errors import UserError
 from ..io import atomic_write_bytes, atomic_write_json, fsync_dir, load_tensors_and_metadata, sha256_file
+from . import lock
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _RUN_RE = re.compile(r"^(\d{5})-")
@@ -43,8 +50,10 @@ METRICS = "metrics.jsonl"
 MANIFEST = "manifest.json"
 RUN_INFO = "run.json"
 REPORT = "report.html"
+PARTIAL = ".partial"  # suffix of the hidden name of a run folder being set up (NewRun)
+FINISHED = "finished.json"  # written last: the run reached the end of its plan, with these final weights
 PROGRESS = "progress"  # folder of the sample grids taken while training (train --sample-every)
-_NOT_LISTED = (MANIFEST, REPORT)  # files of a run folder that its manifest leaves out
+_NOT_LISTED = (MANIFEST, REPORT, FINISHED)  # files of a run folder that its manifest leaves out
 
 
 def progress_grid(step: int) -> str:
@@ -56,18 +65,55 @@ def runs_dir(artifacts_dir: str | os.PathLike) -> Path:
     return Path(artifacts_dir) / "runs"
 
 
-def create_run_dir(artifacts_dir: str | os.PathLike, name: str) -> Path:
-    """Create ``runs/NNNNN-name`` with the next free number. The number itself is reserved first,
-    by creating the empty file ``.run-numbers/NNNNN`` with ``O_EXCL``, so two processes starting
-    at once never get the same number, even under different names; numbers are never reused."""
+@dataclasses.dataclass
+class NewRun:
+    """A run folder being set up: hidden as ``runs/.NNNNN-name.partial`` until :meth:`publish`
+    renames it to ``runs/NNNNN-name`` and points ``latest`` at it, so a run folder only ever
+    appears whole. :meth:`discard` puts the artifacts folder back exactly as it was."""
+
+    path: Path  # the hidden folder to fill
+    final: Path  # its name once published
+    artifacts_dir: Path
+    made: list[Path]  # what reserving it created (folders, the number's file), to remove on discard
+
+    def publish(self) -> Path:
+        """Rename the folder to its final name, make that durable, point ``latest`` at it. The
+        folder's lock stays held (it is released with :func:`runs.lock.release` of the final path)."""
+        os.rename(self.path, self.final)
+        lock.moved(self.path, self.final)
+        fsync_dir(self.final.parent)
+        set_latest(self.artifacts_dir, self.final)
+        self.path, self.made = self.final, []
+        return self.final
+
+    def discard(self) -> None:
+        """Remove the hidden folder and everything reserving it created, and free its lock."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        lock.release(self.path)
+        for made in reversed(self.made):
+            with contextlib.suppress(OSError):
+                made.unlink() if made.is_file() else made.rmdir()  # a folder others filled meanwhile stays
+        self.made = []
+
+
+def reserve_run(artifacts_dir: str | os.PathLike, name: str) -> NewRun:
+    """Reserve ``runs/NNNNN-name`` with the next free number and create its hidden folder, locked
+    by this process (:class:`NewRun`). The number is reserved first, by creating the empty file
+    ``.run-numbers/NNNNN`` with ``O_EXCL``, so two processes starting at once never get the same
+    number, even under different names; a published number is never reused."""
     if not _NAME_RE.match(name):
         raise UserError(f"run name {name!r} must be 1-64 letters, digits, '.', '_' or '-'")
-    root, numbers = runs_dir(artifacts_dir), Path(artifacts_dir) / ".run-numbers"
+    artifacts_dir = Path(artifacts_dir)
+    root, numbers = runs_dir(artifacts_dir), artifacts_dir / ".run-numbers"
+    made: list[Path] = []  # what this created, to remove again if it fails
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        numbers.mkdir(exist_ok=True)
-        taken = [int(m.group(1)) for p in root.iterdir() if (m := _RUN_RE.match(p.name))]
-        taken += [int(p.name) for p in numbers.iterdir() if p.name.isdigit()]
+        for folder in (artifacts_dir, root, numbers):
+            if not folder.is_dir():
+                folder.mkdir(parents=True, exist_ok=True)
+                made.append(folder)
+        _remove_abandoned(root)
+        taken = [int(m.group(1)) for p in root.iterdir() if (m := _RUN_RE.match(p.name.lstrip(".")))]
+        taken += [int(p.name) for p in numbers.iterdir() if p.name.isascii() and p.name.isdigit()]
         number = max(taken, default=-1) + 1
         while True:
             try:
@@ -75,12 +121,37 @@ def create_run_dir(artifacts_dir: str | os.PathLike, name: str) -> Path:
                 break
             except FileExistsError:
                 number += 1
-        path = root / f"{number:05d}-{name}"
-        path.mkdir()
-        fsync_dir(root)
-        return path
-    except OSError as e:
-        raise UserError(f"cannot create a run folder in {root}: {e.strerror or e}") from None
+        made.append(numbers / f"{number:05d}")
+        final = root / f"{number:05d}-{name}"
+        # Locked before it takes the name that _remove_abandoned looks for, so no other process removes it.
+        born, path = root / f".{final.name}.init", root / f".{final.name}{PARTIAL}"
+        born.mkdir()
+        made.append(born)
+        lock.acquire(born)
+        os.rename(born, path)
+        lock.moved(born, path)
+        return NewRun(path, final, artifacts_dir, made[:-1])
+    except BaseException as e:
+        for path in reversed(made):
+            with contextlib.suppress(OSError, KeyError):
+                if path.is_file():
+                    path.unlink()
+                elif path.name.endswith(".init"):
+                    lock.release(path)
+                    shutil.rmtree(path)
+                else:
+                    path.rmdir()  # only if empty: a folder another process filled meanwhile stays
+        if isinstance(e, OSError):
+            raise UserError(f"cannot create a run folder in {root}: {e.strerror or e}") from None
+        raise
+
+
+def _remove_abandoned(root: Path) -> None:
+    """Remove the hidden folders of runs whose set-up was killed (their lock is free)."""
+    for p in root.iterdir():
+        if p.name.startswith(".") and p.name.endswith(PARTIAL) and p.is_dir() and not p.is_symlink():
+            if not lock.is_locked(p):
+                shutil.rmtree(p, ignore_errors=True)
 
 
 def set_latest(artifacts_dir: str | os.PathLike, run_dir: Path) -> None:
@@ -263,11 +334,41 @@ def manifest_entry(run_dir: Path, name: str) -> str | None:
     return entry if isinstance(entry, str) else None
 
 
+def write_finished(run_dir: Path, step: int) -> None:
+    """``finished.json``: the run reached the end of its plan at ``step``, with these final
+    weights. Written last, after the manifest, and kept out of it, so removing the manifest
+    does not make a finished run look unfinished."""
+    record = {
+        "step": step,
+        "weights_sha256": sha256_file(run_dir / WEIGHTS),
+        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    atomic_write_json(run_dir / FINISHED, record)
+
+
+def finished_record(run_dir: Path) -> dict[str, Any] | None:
+    """The run's ``finished.json`` as written by :func:`write_finished`, or None (none, or unreadable)."""
+    path = run_dir / FINISHED
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > 4096:
+            return None
+        record = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(record, dict) and isinstance(record.get("weights_sha256"), str) and type(record.get("step")) is int
+    return record if ok else None
+
+
 def is_finished(run_dir: Path) -> bool:
     """Whether a run reached the end of its plan: its final weights are written and are the ones
-    its manifest lists (training writes the manifest last)."""
+    that its ``finished.json`` or its manifest lists (training writes the weights, the manifest,
+    then ``finished.json``)."""
     weights = run_dir / WEIGHTS
-    return weights.is_file() and manifest_entry(run_dir, WEIGHTS) == sha256_file(weights)
+    if not weights.is_file():
+        return False
+    sha = sha256_file(weights)
+    record = finished_record(run_dir)
+    return (record is not None and record["weights_sha256"] == sha) or manifest_entry(run_dir, WEIGHTS) == sha
 
 
 def verify_manifest(run_dir: Path) -> dict[str, str]:

@@ -8,10 +8,11 @@ norm was finite, and every save first checks that flag and the weights, EMA and 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import math
-import shutil
+import os
 import statistics
 import threading
 import time
@@ -27,29 +28,30 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..config import RunConfig
-from ..data.clusters import CLUSTERS, load_clusters, pixel_clusters, save_clusters
+from ..data.clusters import load_clusters, pixel_clusters, save_clusters
 from ..data.mnist import ensure_mnist, load_mnist
 from ..diffusion import pixels_to_x0
 from ..diffusion.losses import diffusion_loss
 from ..diffusion.schedule import Schedule
 from ..errors import UserError
-from ..io import fsync_dir, save_tensors
+from ..io import copy_file, fsync_dir, save_tensors
 from ..nets.unet import build_model
 from ..pictures.figures import loss_figure
+from ..runs import lock
 from ..runs.checkpoint import restore, save_checkpoint
 from ..runs.store import (
-    CHECKPOINT,
     GUIDE,
     WEIGHTS,
+    NewRun,
     append_metrics,
-    create_run_dir,
     keep_metrics_until,
     read_metrics,
+    reserve_run,
     save_config,
     save_run_info,
-    set_latest,
     update_run_info,
     weights_metadata,
+    write_finished,
     write_manifest,
 )
 from ..runtime import (
@@ -208,13 +210,21 @@ class Trainer:
         if resume is not None and resume.checkpoint is None:
             raise UserError(f"run {resume.run_dir.name} has finished its plan: there is nothing to resume")
         self.start_step = resume.step if resume is not None else 0
+        self._saved_step = self.start_step  # the step of the run folder's checkpoint
         self.prior_seconds = float(resume.checkpoint.meta.get("train_seconds", 0.0)) if resume is not None else 0.0
 
+        # Everything is built and checked before anything is written: a run folder appears only
+        # once its first checkpoint is in it (_open_run_dir, then publish in run()).
+        self._resumed = resume.run_dir if resume is not None else None
+        self._new_run: NewRun | None = None  # the hidden folder of a new run, until it is published
+        self._published: Path | None = None  # the new run's folder once published (its lock is ours)
+        self._unpublished = resume is None or resume.action != "continue"  # on every rank, till _publish
+        self.run_dir = resume.run_dir if resume is not None else Path(artifacts_dir)  # until _open_run_dir
         images, labels = self._load_data(data_dir)
         self._plan(len(images), resume)
-        self.run_dir = self._open_run_dir(artifacts_dir, run_name, resume)
+        self._clusters = None
         if self.cfg.train.clusters:  # self-labels instead of the digits (clusters.py)
-            labels = self._cluster_labels(images, compute=resume is None)
+            labels = self._cluster_labels(images, resume)
         self.images, self.labels = images.to(self.device), labels.to(self.device)  # (N, 28, 28) uint8, (N,)
         self._build(compile, resume)
         if resume is not None:
@@ -230,6 +240,7 @@ class Trainer:
             self.log("CUDA graphs are not used under torchrun, with dropout or in fp16: eager steps instead")
             cuda_graphs = False
         self.cuda_graphs = cuda_graphs and self._device_step is not None
+        self.run_dir = self._open_run_dir(artifacts_dir, run_name, resume)
 
     # ---------------------------------------------------------------------------- set-up steps
 
@@ -265,7 +276,9 @@ class Trainer:
         self.guide_step = max(1, round(t.guide_at * self.total_steps)) if guided else -1
 
     def _open_run_dir(self, artifacts_dir: Path, run_name: str | None, resume: ResumePlan | None) -> Path:
-        """A new run folder (rank 0 makes it, the others learn its name), or the resumed run's."""
+        """The resumed run's folder, or a new run's hidden folder with its config, run.json and
+        clusters (rank 0 makes it, the others learn its name): published by :meth:`_publish`
+        once its first checkpoint is in it."""
         run_dir = None
         if self.info.is_main:
             if resume is not None and resume.action == "continue":
@@ -275,41 +288,78 @@ class Trainer:
                 keep_metrics_until(run_dir, self.start_step)  # the steps after it are replayed
             else:
                 name = run_name or (resume.run_dir.name.split("-", 1)[-1] if resume is not None else self.cfg.preset)
-                run_dir = create_run_dir(artifacts_dir, name)
-                save_config(run_dir, self.cfg)
-                parent = None
-                if resume is not None:  # extend: start from the parent's state, keep its history
-                    parent = {"run": resume.run_dir.name, "step": self.start_step}
-                    for name in (CLUSTERS, GUIDE):
-                        if (resume.run_dir / name).is_file():
-                            shutil.copyfile(resume.run_dir / name, run_dir / name)
-                    keep_metrics_until(run_dir, self.start_step, source=resume.run_dir)
-                save_run_info(run_dir, parent)
-                fsync_dir(run_dir)
-                set_latest(artifacts_dir, run_dir)
-                if resume is not None:
-                    self.log(f"{resume.run_dir.name} continues as {run_dir.name} (from step {self.start_step})")
+                self._new_run = reserve_run(artifacts_dir, name)
+                try:
+                    run_dir = self._new_run.path
+                    save_config(run_dir, self.cfg)
+                    if self._clusters is not None:
+                        save_clusters(run_dir, self._clusters, self.cfg.train.clusters)
+                    parent = None
+                    if resume is not None:  # extend: start from the parent's state, keep its history
+                        parent = {"run": resume.run_dir.name, "step": self.start_step}
+                        if (resume.run_dir / GUIDE).is_file():
+                            copy_file(resume.run_dir / GUIDE, run_dir / GUIDE)
+                        keep_metrics_until(run_dir, self.start_step, source=resume.run_dir)
+                    save_run_info(run_dir, parent)
+                    fsync_dir(run_dir)
+                except BaseException:
+                    self.abandon()
+                    raise
         return Path(broadcast_object(str(run_dir), self.info))
 
-    def _cluster_labels(self, images: torch.Tensor, compute: bool) -> torch.Tensor:
-        """Each training image's k-means cluster [N]. A new run's main process computes them and
-        saves them in the run; every other rank, and a resumed run, reads them back from there."""
+    def _publish(self) -> None:
+        """Give a new run's folder its real name and point ``latest`` at it (rank 0; every rank
+        learns the name)."""
+        final = None
+        if self.info.is_main and self._new_run is not None:
+            final = self._published = self._new_run.publish()
+            self._new_run = None
+            if self._resumed is not None:
+                self.log(f"{self._resumed.name} continues as {final.name} (from step {self.start_step})")
+        self.run_dir = Path(broadcast_object(str(final or self.run_dir), self.info))
+        self._unpublished = False
+
+    @property
+    def _run_name(self) -> str:
+        """The run folder's name (a new run's as it will be published)."""
+        return self._new_run.final.name if self._new_run is not None else self.run_dir.name
+
+    def abandon(self) -> None:
+        """A new run that failed before its folder was published: remove it, so the artifacts
+        folder is as it was before."""
+        if self._new_run is not None:
+            self._new_run.discard()
+            self._new_run = None
+
+    def close(self) -> None:
+        """Remove a new run's folder that was never published, and release its lock."""
+        self.abandon()
+        if self._published is not None:
+            lock.release(self._published)
+            self._published = None
+
+    def _cluster_labels(self, images: torch.Tensor, resume: ResumePlan | None) -> torch.Tensor:
+        """Each training image's k-means cluster [N]: a new run's main process computes them (every
+        other rank receives them; _open_run_dir saves them in the run), a resumed run reads its own."""
         k = self.cfg.train.clusters
         if len(images) < k:
             raise UserError(f"{k} clusters need at least {k} training images (got {len(images)})")
-        if self.info.is_main and compute:
+        if resume is not None:
+            assign = load_clusters(resume.run_dir, k)[0]
+            if len(assign) != len(images):
+                raise UserError(f"run {resume.run_dir.name} was clustered on {len(assign)} training images, "
+                                f"the data has {len(images)}")  # fmt: skip
+            if resume.action == "extend":
+                self._clusters = assign  # the child keeps its parent's clusters
+            return assign
+        assign = None
+        if self.info.is_main:
             start = time.perf_counter()
-            save_clusters(self.run_dir, pixel_clusters(images, k, seed=self.cfg.train.seed), k)
+            assign = pixel_clusters(images, k, seed=self.cfg.train.seed)
             seconds = time.perf_counter() - start
             self.log(f"self-labels: {k} k-means clusters of the pixels in {seconds:.1f} s (no digit labels)")
-        if self.info.enabled:
-            dist.barrier()
-        assign = load_clusters(self.run_dir, k)[0]
-        if len(assign) != len(images):
-            raise UserError(
-                f"run {self.run_dir.name} was clustered on {len(assign)} training images, the data has {len(images)}"
-            )
-        return assign
+        self._clusters = broadcast_object(assign, self.info)
+        return self._clusters
 
     def _build(self, compile: bool | None, resume: ResumePlan | None) -> None:
         """Precision, schedule, model, EMA, optimizer, and the on-device divergence watch."""
@@ -463,9 +513,13 @@ class Trainer:
             if not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
                 first = step
         if first >= 0:
+            if self._unpublished:
+                kept = "nothing of this run was saved"
+            else:
+                kept = f"the last good checkpoint (step {self._saved_step}) stays in {self.run_dir}"
             raise TrainingDiverged(
                 f"training diverged: the loss or its gradients became NaN or infinite at step {first}. Nothing "
-                f"after that was saved; the last good checkpoint stays in {self.run_dir} (try a lower --lr)"
+                f"after that was saved; {kept} (try a lower --lr)"
             )
 
     @property
@@ -496,6 +550,7 @@ class Trainer:
         save_checkpoint(self.run_dir, self.cfg, model=self.model, ema=self.ema, opt=self.opt, meta=meta,
                         device=self.device)  # fmt: skip
         write_manifest(self.run_dir)
+        self._saved_step = step
 
     def _save_guide(self, step: int) -> None:
         """The EMA weights now, as the weak model of autoguidance."""
@@ -523,9 +578,10 @@ class Trainer:
             halfway = replan_at // 2
         b = self.cfg.train.batch_size * self.info.world_size
         bar = tqdm(total=self.stop_step * b, initial=self.start_step * b, unit="img", unit_scale=True,
-                   desc=f"train {self.run_dir.name}", disable=not self.progress, dynamic_ncols=True)  # fmt: skip
-        if not (self.run_dir / CHECKPOINT).is_file():  # a new run (or child) is resumable from its first step
+                   desc=f"train {self._run_name}", disable=not self.progress, dynamic_ncols=True)  # fmt: skip
+        if self._unpublished:  # a new run (or child): its first checkpoint, then its folder appears, resumable
             self._save_checkpoint(self.start_step, None, self.prior_seconds)
+            self._publish()
         window = _Window(self._device_step.loss_sum if self._device_step else torch.zeros((), device=self.device))
         step, loss, interrupted, started = self.start_step, None, False, time.perf_counter()
         planning = started - clock
@@ -805,6 +861,7 @@ class Trainer:
             self.on_finish(self.run_dir, self.ema.module, self.progress)
         save_tensors(self.run_dir / WEIGHTS, self.ema.module.state_dict(), weights_metadata(self.cfg))
         write_manifest(self.run_dir)
+        write_finished(self.run_dir, step)  # last, and outside the manifest: a finished run stays finished
         self.log(f"done: {step} steps in {seconds / 60:.1f} min; weights and pictures in {self.run_dir}")
 
 
@@ -840,9 +897,14 @@ def train(cfg: RunConfig, **kwargs) -> TrainResult:
     """Train a model (or resume one with ``resume=plan_resume(RUN)``); see :class:`Trainer` for
     the options. Under torchrun, leaves the process group it joined, so no rank exits with it
     still running."""
-    trainer = Trainer(cfg, **kwargs)
-    try:
-        return trainer.run()
-    finally:
-        if trainer.info.enabled and dist.is_initialized():
-            dist.destroy_process_group()
+    resume = kwargs.get("resume")
+    with contextlib.ExitStack() as stack:
+        if resume is not None and int(os.environ.get("RANK", "0")) == 0:
+            stack.enter_context(lock.run_lock(resume.run_dir))  # one writer per run (re-entrant for the CLI's)
+        trainer = Trainer(cfg, **kwargs)
+        stack.callback(trainer.close)  # a new run that failed before its folder was published leaves none
+        try:
+            return trainer.run()
+        finally:
+            if trainer.info.enabled and dist.is_initialized():
+                dist.destroy_process_group()
