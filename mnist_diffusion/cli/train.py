@@ -32,8 +32,9 @@ EVAL_EVERY_HELP = (
 )
 RESUME_HELP = (
     "Continue this run with its saved config. An interrupted run continues in place to its planned end; a finished "
-    "one is left as it is. With another --epochs or --max-steps, a new run starts from this one's checkpoint and "
-    "records it as its parent."
+    "one is left as it is. With another --epochs, --steps or --max-steps, a new run starts from this one's "
+    "checkpoint and records it as its parent, which stays as it is. A run that another process is training is "
+    "refused."
 )
 
 
