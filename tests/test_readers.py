@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -31,9 +32,9 @@ from typer.testing import CliRunner
 from mnist_diffusion.cli import app
 from mnist_diffusion.config import RunConfig
 from mnist_diffusion.errors import UserError
-from mnist_diffusion.io import load_tensors
+from mnist_diffusion.io import NotReadable, load_tensors, read_bounded, save_tensors, sha256_file
 from mnist_diffusion.pictures.grids import grid_image, load_samples, save_grid
-from mnist_diffusion.runs.store import load_config
+from mnist_diffusion.runs.store import load_config, verify_manifest, write_manifest
 from mnist_diffusion.runs.summary import summarize_runs
 
 runner = CliRunner()
@@ -825,3 +826,139 @@ def test_cli_runs_lists_runs_with_corrupt_files(tmp_path):
     assert "00001-badeval: eval.json: model.fid is 'nan'" in result.output
     assert "00002-badckpt: checkpoint.json: not valid JSON" in result.output
     assert max(len(line) for line in result.output.splitlines()) <= 80
+
+
+# ----------------------------------------------------------------------------- bounded readers: links, FIFOs, sizes
+
+
+def plant(path: Path, kind: str) -> None:
+    """Put something that is not a plain file at ``path``: a symlink to /dev/zero (endless), a
+    symlink to a sound copy of the file elsewhere, a FIFO (a read waits for a writer) or a folder."""
+    if kind == "link to /dev/zero":
+        path.unlink(missing_ok=True)
+        path.symlink_to("/dev/zero")
+    elif kind == "link to a file":
+        target = path.parent.parent / f"elsewhere-{path.parent.name}-{path.name}"
+        target.write_bytes(path.read_bytes())
+        path.unlink()
+        path.symlink_to(target)
+    elif kind == "FIFO":
+        path.unlink(missing_ok=True)
+        os.mkfifo(path)
+    else:  # folder
+        path.unlink(missing_ok=True)
+        path.mkdir()
+
+
+PLANTED = {"link to /dev/zero": "symbolic link", "link to a file": "symbolic link", "FIFO": "FIFO", "folder": "folder"}
+needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo") or not Path("/dev/zero").exists(), reason="POSIX only")
+
+
+@needs_fifo
+@pytest.mark.parametrize("kind", PLANTED)
+def test_read_bounded_reads_regular_files_only(tmp_path, kind):
+    path = tmp_path / "x.json"
+    path.write_bytes(b'{"a": 1}')
+    assert read_bounded(path, 8) == b'{"a": 1}'
+    plant(path, kind)
+    with pytest.raises(NotReadable, match=PLANTED[kind]) as e:
+        read_bounded(path, 1 << 20, "a JSON file")
+    assert str(e.value).startswith(str(path)) and "\n" not in str(e.value)
+
+
+def test_read_bounded_refuses_a_file_over_its_cap(tmp_path):
+    path = tmp_path / "x.json"
+    path.write_bytes(b"x" * 101)
+    with pytest.raises(NotReadable, match="101 bytes, over the 100 allowed for a JSON file"):
+        read_bounded(path, 100, "a JSON file")
+    with pytest.raises(FileNotFoundError):
+        read_bounded(tmp_path / "missing.json", 100)
+
+
+@needs_fifo
+def test_read_bounded_follows_links_only_when_asked_and_still_to_regular_files_only(tmp_path):
+    (tmp_path / "real.png").write_bytes(b"png")
+    (tmp_path / "link.png").symlink_to(tmp_path / "real.png")
+    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    assert read_bounded(tmp_path / "link.png", 3, follow_links=True) == b"png"
+    with pytest.raises(NotReadable, match="a device, not a regular file"):
+        read_bounded(tmp_path / "zero.png", 1 << 20, follow_links=True)
+
+
+@needs_fifo
+@pytest.mark.parametrize("kind", PLANTED)
+@pytest.mark.parametrize("name", ["config.json", "checkpoint.json", "eval.json"])
+def test_runs_lists_a_run_whose_file_is_not_a_regular_file_as_unreadable(tmp_path, name, kind):
+    artifacts = _artifacts(tmp_path, {"planted": {}})
+    plant(artifacts / "runs" / "00001-planted" / name, kind)
+    good, bad = summarize_runs(artifacts)
+    assert good.problem is None
+    assert bad.status == "unreadable" and bad.problem.startswith(name) and PLANTED[kind] in bad.problem, bad.problem
+    result = runner.invoke(app, ["runs", "--html", "--artifacts-dir", str(artifacts)])
+    assert result.exit_code == 0, result.output
+    assert f"00001-planted: {name}" in result.output
+
+
+@pytest.mark.parametrize("name", ["config.json", "checkpoint.json", "eval.json"])
+def test_runs_refuses_a_json_file_over_16_mib(tmp_path, name):
+    artifacts = _artifacts(tmp_path, {"huge": {}})
+    path = artifacts / "runs" / "00001-huge" / name
+    path.write_bytes(path.read_bytes() + b" " * (16 << 20))  # valid JSON, padded past the cap
+    good, bad = summarize_runs(artifacts)
+    assert good.problem is None and bad.problem.startswith(name) and "over the 16,777,216" in bad.problem
+    if name == "config.json":
+        with pytest.raises(UserError, match="over the 16,777,216 allowed"):
+            load_config(path.parent)
+
+
+@needs_fifo
+@pytest.mark.parametrize("kind", ["link to /dev/zero", "link to a file", "FIFO"])
+def test_runs_html_makes_no_thumbnail_of_a_samples_png_that_is_not_a_regular_file(tmp_path, kind):
+    artifacts = _artifacts(tmp_path, {"planted": {}})
+    for run in (artifacts / "runs").iterdir():
+        save_grid(UNIT, run / "samples.png")
+    plant(artifacts / "runs" / "00001-planted" / "samples.png", kind)
+    plant(artifacts / "runs" / "00001-planted" / "checkpoint.json", "link to /dev/zero" if kind != "FIFO" else kind)
+    result = runner.invoke(app, ["runs", "--html", "--artifacts-dir", str(artifacts)])
+    assert result.exit_code == 0, result.output
+    assert (artifacts / "index.html").read_text().count("data:image/png;base64,") == 1  # the sound run's
+
+
+@needs_fifo
+@pytest.mark.parametrize("kind", ["link to /dev/zero", "link to a file", "FIFO"])
+def test_safetensors_that_are_not_regular_files_are_refused(tmp_path, kind):
+    path = tmp_path / "model.safetensors"
+    save_tensors(path, {"w": torch.ones(2)})
+    plant(path, kind)
+    with pytest.raises(UserError, match=PLANTED[kind]):
+        load_tensors(path)
+
+
+@needs_fifo
+def test_the_manifest_lists_and_hashes_regular_files_only(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("config.json", "model.safetensors", "metrics.jsonl"):
+        (run / name).write_text(name)
+    write_manifest(run)
+    assert set(verify_manifest(run).values()) == {"ok"}
+    plant(run / "model.safetensors", "link to a file")  # the same bytes, through a link
+    plant(run / "metrics.jsonl", "FIFO")
+    (run / "extra.json").symlink_to("/dev/zero")
+    os.mkfifo(run / "extra.fifo")
+    status = verify_manifest(run)
+    assert status == {"config.json": "ok", "model.safetensors": "changed", "metrics.jsonl": "changed"}
+    write_manifest(run)
+    assert set(json.loads((run / "manifest.json").read_text())["files"]) == {"config.json"}
+    for name in ("model.safetensors", "extra.json", "extra.fifo"):
+        with pytest.raises(NotReadable):
+            sha256_file(run / name)
+
+
+@needs_fifo
+@pytest.mark.parametrize("kind", ["link to /dev/zero", "FIFO"])
+def test_a_latest_file_that_is_not_a_regular_file_is_one_line(tmp_path, kind):
+    (tmp_path / "latest").write_text("00000-x\n")
+    plant(tmp_path / "latest", kind)
+    result = runner.invoke(app, ["sample", "--artifacts-dir", str(tmp_path), "-o", str(tmp_path / "g.png")])
+    assert_one_line_error(result, "latest", PLANTED[kind])

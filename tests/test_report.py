@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
 import shutil
+from urllib.parse import quote
 
 import pytest
 from typer.testing import CliRunner
@@ -81,8 +83,7 @@ def test_every_string_from_the_run_is_escaped(artifacts, data_dir):
     page = report(hostile_dir, artifacts)
     assert "<script" not in page and "'x'" not in page
     assert page.count("&lt;script&gt;alert(&#x27;x&#x27;)&lt;") >= 8  # each one shown as text
-    assert fetches(page) == [f"../{HOSTILE}/report.html".replace("<", "&lt;").replace(">", "&gt;")
-                             .replace("'", "&#x27;")]  # the parent's link, escaped  # fmt: skip
+    assert fetches(page) == [f"../{quote(HOSTILE, safe='')}/report.html"]  # the parent's link, URL-encoded
     assert "FID (lower is better)" in page and "class histogram" in page
 
 
@@ -164,3 +165,26 @@ def test_a_report_that_cannot_be_written_is_a_warning_not_a_failed_training(tmp_
     warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
     assert warnings == ["warning: the run is saved, but its report could not be written: [Errno 28] No space left "
                         "on device"]  # fmt: skip
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"), reason="POSIX only")
+@pytest.mark.parametrize("kind", ["link to /dev/zero", "link to a file", "FIFO"])
+def test_the_report_reads_no_file_that_is_not_a_regular_file(artifacts, kind):
+    artifacts, run_dir = artifacts
+    names = ("run.json", "checkpoint.json", "metrics.jsonl", "samples.png", "manifest.json")
+    for name in names:
+        path = run_dir / name
+        if kind == "link to a file":  # the same bytes, from outside the run folder
+            target = artifacts / f"elsewhere-{name}"
+            target.write_bytes(path.read_bytes())
+        path.unlink()
+        if kind == "FIFO":
+            os.mkfifo(path)
+        else:
+            path.symlink_to(target if kind == "link to a file" else "/dev/zero")
+    page = report(run_dir, artifacts)
+    what = "a FIFO" if kind == "FIFO" else "a symbolic link"
+    for name in names[:3]:
+        assert f"{name} cannot be read ({what}" in page, name
+    assert f"manifest.json cannot be read: {what}" in page
+    assert "No end-of-run grid" in page and "run.json is missing or unreadable" in page
