@@ -34,6 +34,7 @@ from mnist_diffusion.config import RunConfig
 from mnist_diffusion.errors import UserError
 from mnist_diffusion.io import NotReadable, load_tensors, read_bounded, save_tensors, sha256_file
 from mnist_diffusion.pictures.grids import grid_image, load_samples, save_grid
+from mnist_diffusion.pictures.inputs import read_digit
 from mnist_diffusion.runs.store import load_config, verify_manifest, write_manifest
 from mnist_diffusion.runs.summary import summarize_runs
 
@@ -962,3 +963,45 @@ def test_a_latest_file_that_is_not_a_regular_file_is_one_line(tmp_path, kind):
     plant(tmp_path / "latest", kind)
     result = runner.invoke(app, ["sample", "--artifacts-dir", str(tmp_path), "-o", str(tmp_path / "g.png")])
     assert_one_line_error(result, "latest", PLANTED[kind])
+
+
+# ----------------------------------------------------------------------------- drawings: --init and --image
+
+
+def drawing(path: Path, width: int, height: int) -> Path:
+    """A greyscale PNG of ``width`` x ``height`` with a light stroke on a dark ground."""
+    pixels = np.zeros((height, width), np.uint8)
+    pixels[height // 2, :] = 255
+    Image.fromarray(pixels, mode="L").save(path)
+    return path
+
+
+@pytest.mark.parametrize("size,needle", [((200_000, 1), "4096 pixels on a side"), ((5000, 5000), "4096 pixels"),
+                                         ((1, 9), "longer than 8:1"), ((900, 100), "longer than 8:1")])  # fmt: skip
+def test_read_digit_refuses_a_drawing_too_long_or_too_large_before_padding_it(tmp_path, size, needle):
+    path = drawing(tmp_path / "d.png", *size)
+    with pytest.raises(UserError, match=needle) as e:
+        read_digit(path, log=lambda line: None)
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+
+
+def test_read_digit_takes_a_long_drawing_within_the_limits(tmp_path):
+    digit = read_digit(drawing(tmp_path / "d.png", 800, 100), log=lambda line: None)  # 8:1
+    assert digit.shape == (1, 28, 28) and digit.max() > 0
+
+
+@pytest.mark.parametrize("command", [["sample", "--init"], ["inpaint", "--image"], ["invert", "--image"],
+                                     ["interpolate", "--image", "{path}", "--image"]])  # fmt: skip
+def test_cli_refuses_a_drawing_of_5000x1_in_one_line_before_any_work(tmp_path, command):
+    path = drawing(tmp_path / "wide.png", 5000, 1)
+    args = [str(path) if a == "{path}" else a for a in command]
+    result = runner.invoke(app, [*args, str(path), "--artifacts-dir", str(tmp_path / "none"),
+                                 "-o", str(tmp_path / "out.png")])  # fmt: skip
+    assert_one_line_error(result, "5000x1 pixels", "4096")
+
+
+def test_cli_refuses_a_drawing_over_the_pixel_limit_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow's decompression-bomb guard, lowered
+    path = drawing(tmp_path / "big.png", 100, 100)  # 10,000 pixels: twice the limit makes an error
+    result = runner.invoke(app, ["sample", "--init", str(path), "--artifacts-dir", str(tmp_path / "none")])
+    assert_one_line_error(result, "too large an image")
