@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -32,9 +33,17 @@ from typer.testing import CliRunner
 from mnist_diffusion.cli import app
 from mnist_diffusion.config import RunConfig
 from mnist_diffusion.errors import UserError
-from mnist_diffusion.io import NotReadable, load_tensors, read_bounded, save_tensors, sha256_file
+from mnist_diffusion.io import (
+    NotReadable,
+    load_tensors,
+    load_tensors_and_metadata,
+    read_bounded,
+    save_tensors,
+    sha256_file,
+)
 from mnist_diffusion.pictures.grids import grid_image, load_samples, save_grid
 from mnist_diffusion.pictures.inputs import read_digit
+from mnist_diffusion.runs.checkpoint import read_checkpoint
 from mnist_diffusion.runs.store import load_config, verify_manifest, write_manifest
 from mnist_diffusion.runs.summary import summarize_runs
 
@@ -1005,3 +1014,24 @@ def test_cli_refuses_a_drawing_over_the_pixel_limit_in_one_line(tmp_path, monkey
     path = drawing(tmp_path / "big.png", 100, 100)  # 10,000 pixels: twice the limit makes an error
     result = runner.invoke(app, ["sample", "--init", str(path), "--artifacts-dir", str(tmp_path / "none")])
     assert_one_line_error(result, "too large an image")
+
+
+# ----------------------------------------------------------------------------- checkpoints holding NaN
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_a_checkpoint_holding_nan_is_refused_by_resume(tiny_run, tmp_path, data_dir, value):
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(tiny_run[0], artifacts)
+    run_dir = artifacts / "runs" / tiny_run[1].name
+    path = run_dir / "checkpoint.safetensors"
+    tensors, metadata = load_tensors_and_metadata(path)
+    name = sorted(k for k in tensors if k.startswith("ema."))[0]
+    tensors[name].view(-1)[0] = value
+    save_tensors(path, tensors, metadata)  # a valid digest of the damaged tensors
+    with pytest.raises(UserError, match="holds NaN or infinite values") as e:
+        read_checkpoint(run_dir)
+    assert str(path) in str(e.value) and name in str(e.value)
+    result = runner.invoke(app, ["train", "--resume", run_dir.name, "--max-steps", "6", "--artifacts-dir",
+                                 str(artifacts), "--data-dir", str(data_dir)])  # fmt: skip
+    assert_one_line_error(result, "checkpoint.safetensors", "NaN or infinite")
