@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from mnist_diffusion.cli import app
-from mnist_diffusion.io import PAUSE_ENV, load_tensors
+from mnist_diffusion.io import load_tensors
 from mnist_diffusion.runs.checkpoint import read_checkpoint
 from mnist_diffusion.runs.store import read_metrics, verify_manifest
 
@@ -43,13 +43,13 @@ KILL_POINTS = [
 ]
 
 
+PAUSE_IN_WRITE = Path(__file__).with_name("pause_in_write.py")  # runs the CLI, pausing in the write NAME:K
+
+
 def start(artifacts: Path, data_dir: Path, pause: str | None) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    env.pop(PAUSE_ENV, None)
-    if pause:
-        env[PAUSE_ENV] = pause
-    cmd = [sys.executable, "-m", "mnist_diffusion", *TRAIN, "--data-dir", str(data_dir), "--artifacts-dir",
-           str(artifacts)]  # fmt: skip
+    launcher = [str(PAUSE_IN_WRITE), pause] if pause else ["-m", "mnist_diffusion"]
+    cmd = [sys.executable, *launcher, *TRAIN, "--data-dir", str(data_dir), "--artifacts-dir", str(artifacts)]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
 
 
