@@ -8,7 +8,7 @@ import json
 import os
 import re
 import shutil
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import pytest
 from typer.testing import CliRunner
@@ -188,3 +188,33 @@ def test_the_report_reads_no_file_that_is_not_a_regular_file(artifacts, kind):
         assert f"{name} cannot be read ({what}" in page, name
     assert f"manifest.json cannot be read: {what}" in page
     assert "No end-of-run grid" in page and "run.json is missing or unreadable" in page
+
+
+def test_report_writes_into_a_run_folder_only(artifacts, tmp_path):
+    artifacts, run_dir = artifacts
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "holiday.jpg").write_bytes(b"jpeg")
+    for folder in (other, artifacts, artifacts / "runs"):
+        result = runner.invoke(app, ["report", "--run", str(folder), "--artifacts-dir", str(artifacts)])
+        assert result.exit_code == 1 and result.output.startswith(f"Error: {folder} is not a run folder"), result.output
+        assert len(result.output.strip().splitlines()) == 1 and not (folder / "report.html").exists()
+    (run_dir / "config.json").unlink()  # a run folder no more
+    result = runner.invoke(app, ["report", "--run", str(run_dir), "--artifacts-dir", str(artifacts)])
+    assert result.exit_code == 1 and "is not a run folder" in result.output, result.output
+
+
+@pytest.mark.parametrize("name", ["00005-a#b", "00005-100%", "00005-a?b=c", "00005-x%23y"])
+def test_links_to_runs_named_with_url_characters_are_encoded(artifacts, name):
+    artifacts, run_dir = artifacts
+    info = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps({**info, "parent": {"run": name, "step": 2}}))
+    page = report(run_dir, artifacts)
+    assert fetches(page) == [f"../{quote(name, safe='')}/report.html"]  # the parent's link
+    renamed = run_dir.rename(run_dir.parent / name)
+    report(renamed, artifacts)
+    result = runner.invoke(app, ["runs", "--html", "--artifacts-dir", str(artifacts)])
+    assert result.exit_code == 0, result.output
+    (link,) = fetches((artifacts / "index.html").read_text())
+    assert link == f"runs/{quote(name, safe='')}/report.html" and "#" not in link and "?" not in link
+    assert unquote(link.split("/")[1]) == name
