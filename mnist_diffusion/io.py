@@ -74,6 +74,24 @@ def fsync_dir(folder: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def check_output(path: Path | None, suffixes: tuple[str, ...], flag: str) -> None:
+    """A one-line UserError naming ``flag``, to be raised before any work, unless ``path`` (None:
+    nothing to write) names a file that can be written: not empty, not a folder, ending in one of
+    ``suffixes``, in a folder that exists."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.name in ("", ".", ".."):  # "", "." and "/" alike
+        raise UserError(f"{flag} needs the name of a file to write (got {str(path)!r})")
+    if os.path.isdir(path):
+        example = path / f"out{suffixes[0]}"
+        raise UserError(f"{flag} {path} is a folder; name the file to write in it, such as {example}")
+    if path.suffix.lower() not in suffixes:
+        raise UserError(f"{flag} {path}: the file's name must end in {' or '.join(suffixes)}")
+    if not os.path.isdir(path.parent):
+        raise UserError(f"{flag} {path}: the folder {path.parent} does not exist")
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_open(path) as f:
         f.write(data)

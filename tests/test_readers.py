@@ -35,6 +35,7 @@ from mnist_diffusion.config import RunConfig
 from mnist_diffusion.errors import UserError
 from mnist_diffusion.io import (
     NotReadable,
+    check_output,
     load_tensors,
     load_tensors_and_metadata,
     read_bounded,
@@ -1035,3 +1036,49 @@ def test_a_checkpoint_holding_nan_is_refused_by_resume(tiny_run, tmp_path, data_
     result = runner.invoke(app, ["train", "--resume", run_dir.name, "--max-steps", "6", "--artifacts-dir",
                                  str(artifacts), "--data-dir", str(data_dir)])  # fmt: skip
     assert_one_line_error(result, "checkpoint.safetensors", "NaN or infinite")
+
+
+# ----------------------------------------------------------------------------- output paths
+
+OUTPUT_FLAGS = {  # (command line before the flag, the flag, a good suffix)
+    "sample -o": (["sample"], "-o", ".png"),
+    "sample --save-tensor": (["sample"], "--save-tensor", ".safetensors"),
+    "sample --trajectory": (["sample"], "--trajectory", ".gif"),
+    "inpaint -o": (["inpaint", "--test-index", "0"], "-o", ".png"),
+    "inpaint --save-tensor": (["inpaint", "--test-index", "0"], "--save-tensor", ".safetensors"),
+    "interpolate -o": (["interpolate", "--test-index", "0,1"], "-o", ".gif"),
+    "invert -o": (["invert", "--test-index", "0"], "-o", ".png"),
+    "visualize-forward -o": (["visualize-forward"], "-o", ".png"),
+}
+BAD_OUTPUTS = {  # what to pass, given the test's folder and the good suffix; what the error says
+    "empty": (lambda folder, suffix: "", "needs the name of a file"),
+    "the root": (lambda folder, suffix: "/", "needs the name of a file"),
+    "an existing folder": (lambda folder, suffix: str(folder), "is a folder"),
+    "a missing folder": (lambda folder, suffix: str(folder / "missing" / f"x{suffix}"), "does not exist"),
+    "another suffix": (lambda folder, suffix: str(folder / "x.jpg"), "must end in"),
+}
+
+
+@pytest.mark.parametrize("bad", BAD_OUTPUTS)
+@pytest.mark.parametrize("command", OUTPUT_FLAGS)
+def test_every_output_flag_is_checked_in_one_line_before_any_work(tmp_path, command, bad):
+    head, flag, suffix = OUTPUT_FLAGS[command]
+    make, needle = BAD_OUTPUTS[bad]
+    nodata = tmp_path / "nodata"
+    args = [*head, flag, make(tmp_path, suffix)]
+    if not command.startswith("sample"):
+        args += ["--data-dir", str(nodata)]
+    if command != "visualize-forward -o":
+        args += ["--artifacts-dir", str(tmp_path / "none")]
+        if flag != "-o":
+            args += ["-o", str(tmp_path / ("g.gif" if command.startswith("interpolate") else "g.png"))]
+    result = runner.invoke(app, args)
+    assert_one_line_error(result, f"Error: {flag} ", needle)
+    assert ".tmp" not in result.output and not nodata.exists()  # refused before fetching MNIST or a run
+
+
+def test_check_output_takes_a_new_file_in_an_existing_folder(tmp_path):
+    check_output(tmp_path / "g.PNG", (".png",), "-o")
+    check_output(None, (".png",), "-o")
+    (tmp_path / "old.png").write_bytes(b"old")
+    check_output(tmp_path / "old.png", (".png",), "-o")  # overwritten, as before
