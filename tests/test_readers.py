@@ -45,7 +45,7 @@ from mnist_diffusion.io import (
 from mnist_diffusion.pictures.grids import grid_image, load_samples, save_grid
 from mnist_diffusion.pictures.inputs import read_digit
 from mnist_diffusion.runs.checkpoint import read_checkpoint
-from mnist_diffusion.runs.store import load_config, verify_manifest, write_manifest
+from mnist_diffusion.runs.store import load_config, resolve_run, verify_manifest, write_manifest
 from mnist_diffusion.runs.summary import summarize_runs
 
 runner = CliRunner()
@@ -1082,3 +1082,22 @@ def test_check_output_takes_a_new_file_in_an_existing_folder(tmp_path):
     check_output(None, (".png",), "-o")
     (tmp_path / "old.png").write_bytes(b"old")
     check_output(tmp_path / "old.png", (".png",), "-o")  # overwritten, as before
+
+
+# ----------------------------------------------------------------------------- --run
+
+
+@pytest.mark.parametrize("run", ["²", "٣", "1" * 5000, "x" * 5000, "a\0b", "0" * 10 + "1"])
+def test_a_run_that_is_no_name_or_number_is_one_line(tmp_path, run):
+    artifacts = _artifacts(tmp_path, {})  # one run, 00000-good
+    with pytest.raises(UserError, match="unknown run") as e:
+        resolve_run(run, artifacts)
+    assert "\n" not in str(e.value) and len(str(e.value)) < 300 + len(str(artifacts))
+    for command in (["sample", "-o", str(tmp_path / "g.png")], ["report"], ["eval", "-n", "10"]):
+        assert_one_line_error(runner.invoke(app, [*command, "--run", run, "--artifacts-dir", str(artifacts)]),
+                              "unknown run")  # fmt: skip
+
+
+def test_a_run_by_its_number(tmp_path):
+    artifacts = _artifacts(tmp_path, {"other": {}})
+    assert resolve_run("1", artifacts).name == "00001-other" and resolve_run("00000", artifacts).name == "00000-good"
