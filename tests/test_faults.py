@@ -184,3 +184,13 @@ def test_a_full_disk_keeps_the_previous_checkpoint(killed, data_dir, straight, m
     result = resume(artifacts, data_dir, run_dir)
     assert result.exit_code == 0, result.output
     assert_finished_like(run_dir, straight)
+
+
+def test_no_environment_variable_makes_a_write_pause(tmp_path):
+    """The pause above lives in the tests' launcher: the package itself never waits inside a write,
+    whatever the environment says (it once read MNISTDIFF_PAUSE_IN_WRITE)."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "MNISTDIFF_PAUSE_IN_WRITE": "x.bin:1", "PYTHONPATH": str(root)}
+    code = f"from mnist_diffusion.io import atomic_write_bytes; atomic_write_bytes({str(tmp_path / 'x.bin')!r}, b'1')"
+    subprocess.run([sys.executable, "-c", code], cwd=root, env=env, check=True, timeout=120)
+    assert (tmp_path / "x.bin").read_bytes() == b"1"
