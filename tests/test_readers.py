@@ -1093,7 +1093,7 @@ def test_a_run_that_is_no_name_or_number_is_one_line(tmp_path, run):
     with pytest.raises(UserError, match="unknown run") as e:
         resolve_run(run, artifacts)
     assert "\n" not in str(e.value) and len(str(e.value)) < 300 + len(str(artifacts))
-    for command in (["sample", "-o", str(tmp_path / "g.png")], ["report"], ["eval", "-n", "10"]):
+    for command in (["sample", "-o", str(tmp_path / "g.png")], ["report"]):
         assert_one_line_error(runner.invoke(app, [*command, "--run", run, "--artifacts-dir", str(artifacts)]),
                               "unknown run")  # fmt: skip
 
