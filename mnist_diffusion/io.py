@@ -5,6 +5,9 @@
   under its real name, and a finished write survives a power cut.
 - Verified tensors: every safetensors file we write carries a digest of its content in its
   metadata, checked when it is read back.
+- Bounded reading: a file of a run or artifacts folder is read only if it is a regular file (not a
+  symlink, a FIFO, a device or a folder) and no larger than the cap for its kind, so a
+  ``config.json`` linked to ``/dev/zero`` is one error line, not all the memory there is.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import secrets
 import shutil
 import stat
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -28,11 +30,12 @@ from safetensors.torch import save
 
 from .errors import UserError
 
-# Fault-injection hook for the tests (tests/test_faults.py): "NAME:K" makes the K-th write of a
-# file called NAME stop after its bytes are written, before the rename, print a line to stderr
-# and sleep, so a test can kill the process in the middle of that write. Unset in normal use.
-PAUSE_ENV = "MNISTDIFF_PAUSE_IN_WRITE"
-_pause_counts: dict[str, int] = {}
+# The most bytes read from each kind of file (read_bounded); a larger file is refused as damaged.
+JSON_MAX_BYTES = 16 << 20  # config.json, checkpoint.json, eval.json, run.json, manifest.json: a few KiB each
+NAME_MAX_BYTES = 4096  # artifacts/latest: one run folder's name
+METRICS_MAX_BYTES = 1 << 30  # metrics.jsonl: ~150 bytes a logged step, so millions of steps
+PNG_MAX_BYTES = 64 << 20  # sample grids, figures and drawings: a 64-digit grid is a few KiB
+FEATURE_NET_MAX_BYTES = 256 << 20  # the shipped feature net's weights: about 1 MiB
 
 
 @contextlib.contextmanager
@@ -50,7 +53,6 @@ def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        _maybe_pause(path.name)
         os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
@@ -73,17 +75,22 @@ def fsync_dir(folder: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def _maybe_pause(name: str) -> None:
-    spec = os.environ.get(PAUSE_ENV)
-    if not spec:
+def check_output(path: Path | None, suffixes: tuple[str, ...], flag: str) -> None:
+    """A one-line UserError naming ``flag``, to be raised before any work, unless ``path`` (None:
+    nothing to write) names a file that can be written: not empty, not a folder, ending in one of
+    ``suffixes``, in a folder that exists."""
+    if path is None:
         return
-    target, _, count = spec.partition(":")
-    if target != name:
-        return
-    _pause_counts[name] = _pause_counts.get(name, 0) + 1
-    if _pause_counts[name] == int(count or 1):
-        print(f"paused in the write of {name}", file=sys.stderr, flush=True)
-        time.sleep(3600)
+    path = Path(path)
+    if path.name in ("", ".", ".."):  # "", "." and "/" alike
+        raise UserError(f"{flag} needs the name of a file to write (got {str(path)!r})")
+    if os.path.isdir(path):
+        example = path / f"out{suffixes[0]}"
+        raise UserError(f"{flag} {path} is a folder; name the file to write in it, such as {example}")
+    if path.suffix.lower() not in suffixes:
+        raise UserError(f"{flag} {path}: the file's name must end in {' or '.join(suffixes)}")
+    if not os.path.isdir(path.parent):
+        raise UserError(f"{flag} {path}: the folder {path.parent} does not exist")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -95,22 +102,92 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+class NotReadable(UserError):
+    """A file that :func:`read_bounded` refuses or cannot read: ``reason`` says why, without the path."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.reason = reason
+
+
+def _kind(mode: int) -> str:
+    """What a file that is not a regular file is, for an error message."""
+    kinds = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
+             (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket"))  # fmt: skip
+    return next((name for test, name in kinds if test(mode)), "a special file")
+
+
+@contextlib.contextmanager
+def open_regular(path: str | os.PathLike, *, follow_links: bool = False) -> Iterator[tuple[BinaryIO, int]]:
+    """The regular file ``path`` open for binary reading, and its size. Anything else is a
+    :class:`NotReadable`: a symlink (unless ``follow_links``), a folder, a FIFO, a device; a missing
+    file raises ``FileNotFoundError`` for the caller to word. The file is opened without following a
+    final symlink (``O_NOFOLLOW``) and without waiting for a FIFO's writer, then checked on the open
+    file itself (``fstat``), so it cannot be swapped between the check and the read."""
+    nofollow = 0 if follow_links else getattr(os, "O_NOFOLLOW", 0)
+    if not follow_links and not nofollow and Path(path).is_symlink():  # no O_NOFOLLOW (Windows)
+        raise NotReadable(path, "a symbolic link; refusing to follow it")
+    flags = os.O_RDONLY | nofollow | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        if nofollow and os.path.islink(path):  # O_NOFOLLOW's ELOOP (EMLINK, EFTYPE on some systems)
+            raise NotReadable(path, "a symbolic link; refusing to follow it") from None
+        raise NotReadable(path, f"cannot read it ({e.strerror or e})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotReadable(path, f"{_kind(info.st_mode)}, not a regular file")
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        yield f, info.st_size
+
+
+def read_bounded(path: str | os.PathLike, max_bytes: int, what: str = "a file", *, follow_links: bool = False
+                 ) -> bytes:  # fmt: skip
+    """The bytes of the regular file ``path`` (:func:`open_regular`), refused as a
+    :class:`NotReadable` if it holds more than ``max_bytes`` (``what``, such as "a JSON file",
+    names the kind of file in that message). A missing file raises ``FileNotFoundError``."""
+    try:
+        with open_regular(path, follow_links=follow_links) as (f, size):
+            data = f.read(max_bytes + 1) if size <= max_bytes else b""
+    except OSError as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise NotReadable(path, f"cannot read it ({e.strerror or e})") from None
+    if size > max_bytes or len(data) > max_bytes:
+        raise NotReadable(path, f"{max(size, len(data)):,} bytes, over the {max_bytes:,} allowed for {what}")
+    return data
+
+
 def copy_file(source: str | os.PathLike, target: str | os.PathLike) -> None:
-    """Copy a regular file atomically (:func:`atomic_open`), never through a symlink."""
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
-    with os.fdopen(os.open(source, flags), "rb") as src:
-        if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
-            raise UserError(f"{source} is not a regular file")
-        with atomic_open(target) as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
+    """Copy the regular file ``source`` (:func:`open_regular`: never through a symlink) to
+    ``target`` atomically (:func:`atomic_open`)."""
+    with open_regular(source) as (src, _), atomic_open(target) as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """The sha256 of the regular file ``path``; a symlink, FIFO, device or folder is a
+    :class:`NotReadable` (:func:`open_regular`)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as (f, _):
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def is_regular(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a regular file itself, not a symlink to one (unlike ``Path.is_file``)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except (OSError, ValueError):
+        return False
 
 
 DIGEST_KEY = "mnistdiff_sha256"  # safetensors metadata: tensors_digest() of the file's tensors and other metadata
@@ -156,8 +233,14 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
 def load_tensors_and_metadata(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors (copied out of the file, so it is not held open or mapped) and the metadata of
     a safetensors file. A file that carries a digest (:func:`save_tensors`) must match it."""
-    if not path.is_file():
-        raise UserError(f"{path} is missing")
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    if not stat.S_ISREG(mode):
+        raise UserError(f"{path} is {_kind(mode)}, not a regular safetensors file")
     try:
         with safe_open(path, framework="pt") as f:
             tensors, metadata = {k: f.get_tensor(k).clone() for k in f.keys()}, dict(f.metadata() or {})

@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from mnist_diffusion.cli import app
 from mnist_diffusion.data import mnist as data
 from mnist_diffusion.data.mnist import (
     IDX_FILES,
@@ -114,6 +116,50 @@ def test_image_and_label_counts_must_agree(tmp_path):
     write_idx_labels(raw_dir(tmp_path) / "t10k-labels-idx1-ubyte", np.array([1, 2]))
     with pytest.raises(UserError, match="3 images but .* 2 labels"):
         load_mnist(tmp_path, "test")
+
+
+# Headers whose dimensions multiply past 2**64 to a number that np.prod wraps round to 0 or to the
+# file's own length: (2**22, 2**21, 2**21) has 2**64 pixels, and 16 bytes is just the header.
+OVERFLOWING_HEADERS = {
+    "wraps to 0": (data.IDX_IMAGES_MAGIC, 2**22, 2**21, 2**21),
+    "all at the maximum": (data.IDX_IMAGES_MAGIC, 2**32 - 1, 2**32 - 1, 2**32 - 1),
+    "a huge count of 28x28": (data.IDX_IMAGES_MAGIC, 2**32 - 1, 28, 28),
+}
+
+
+@pytest.mark.parametrize("name", OVERFLOWING_HEADERS)
+def test_idx_header_with_overflowing_dimensions_is_one_line(tmp_path, name):
+    write_tiny_mnist(tmp_path)
+    path = raw_dir(tmp_path) / "train-images-idx3-ubyte"
+    path.write_bytes(np.array(OVERFLOWING_HEADERS[name], dtype=">u4").tobytes())
+    with pytest.raises(UserError, match=r"train-images-idx3-ubyte: 16 bytes, but its header claims shape") as e:
+        load_mnist(tmp_path, "train")
+    assert "\n" not in str(e.value)
+    result = CliRunner().invoke(app, ["data", "download", "--source", "files", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    lines = result.output.strip().splitlines()
+    assert "header claims shape" in lines[-1] and lines[-1].startswith("Error:"), result.output
+
+
+def test_idx_gz_bomb_is_refused(tmp_path, monkeypatch):
+    write_tiny_mnist(tmp_path)
+    path = raw_dir(tmp_path) / "t10k-images-idx3-ubyte"
+    path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes() + bytes(4096)))
+    path.unlink()
+    monkeypatch.setattr(data, "IDX_MAX_BYTES", 4096)  # a cap below what the .gz holds
+    with pytest.raises(UserError, match=r"t10k-images-idx3-ubyte\.gz: holds over 4,096 bytes"):
+        load_mnist(tmp_path, "test")
+
+
+def test_idx_file_that_is_a_fifo_is_refused(tmp_path):
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("POSIX only")
+    write_tiny_mnist(tmp_path)
+    path = raw_dir(tmp_path) / "train-labels-idx1-ubyte"
+    path.unlink()
+    os.mkfifo(path)
+    with pytest.raises(UserError, match="train-labels-idx1-ubyte: a FIFO, not a regular file"):
+        load_mnist(tmp_path, "train")
 
 
 def test_missing_file(tmp_path):

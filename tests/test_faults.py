@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from mnist_diffusion.cli import app
-from mnist_diffusion.io import PAUSE_ENV, load_tensors
+from mnist_diffusion.io import load_tensors
 from mnist_diffusion.runs.checkpoint import read_checkpoint
 from mnist_diffusion.runs.store import read_metrics, verify_manifest
 
@@ -43,13 +43,13 @@ KILL_POINTS = [
 ]
 
 
+PAUSE_IN_WRITE = Path(__file__).with_name("pause_in_write.py")  # runs the CLI, pausing in the write NAME:K
+
+
 def start(artifacts: Path, data_dir: Path, pause: str | None) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    env.pop(PAUSE_ENV, None)
-    if pause:
-        env[PAUSE_ENV] = pause
-    cmd = [sys.executable, "-m", "mnist_diffusion", *TRAIN, "--data-dir", str(data_dir), "--artifacts-dir",
-           str(artifacts)]  # fmt: skip
+    launcher = [str(PAUSE_IN_WRITE), pause] if pause else ["-m", "mnist_diffusion"]
+    cmd = [sys.executable, *launcher, *TRAIN, "--data-dir", str(data_dir), "--artifacts-dir", str(artifacts)]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
 
 
@@ -184,3 +184,13 @@ def test_a_full_disk_keeps_the_previous_checkpoint(killed, data_dir, straight, m
     result = resume(artifacts, data_dir, run_dir)
     assert result.exit_code == 0, result.output
     assert_finished_like(run_dir, straight)
+
+
+def test_no_environment_variable_makes_a_write_pause(tmp_path):
+    """The pause above lives in the tests' launcher: the package itself never waits inside a write,
+    whatever the environment says (it once read MNISTDIFF_PAUSE_IN_WRITE)."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "MNISTDIFF_PAUSE_IN_WRITE": "x.bin:1", "PYTHONPATH": str(root)}
+    code = f"from mnist_diffusion.io import atomic_write_bytes; atomic_write_bytes({str(tmp_path / 'x.bin')!r}, b'1')"
+    subprocess.run([sys.executable, "-c", code], cwd=root, env=env, check=True, timeout=120)
+    assert (tmp_path / "x.bin").read_bytes() == b"1"

@@ -12,6 +12,8 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -31,9 +33,19 @@ from typer.testing import CliRunner
 from mnist_diffusion.cli import app
 from mnist_diffusion.config import RunConfig
 from mnist_diffusion.errors import UserError
-from mnist_diffusion.io import load_tensors
+from mnist_diffusion.io import (
+    NotReadable,
+    check_output,
+    load_tensors,
+    load_tensors_and_metadata,
+    read_bounded,
+    save_tensors,
+    sha256_file,
+)
 from mnist_diffusion.pictures.grids import grid_image, load_samples, save_grid
-from mnist_diffusion.runs.store import load_config
+from mnist_diffusion.pictures.inputs import read_digit
+from mnist_diffusion.runs.checkpoint import read_checkpoint
+from mnist_diffusion.runs.store import load_config, resolve_run, verify_manifest, write_manifest
 from mnist_diffusion.runs.summary import summarize_runs
 
 runner = CliRunner()
@@ -825,3 +837,267 @@ def test_cli_runs_lists_runs_with_corrupt_files(tmp_path):
     assert "00001-badeval: eval.json: model.fid is 'nan'" in result.output
     assert "00002-badckpt: checkpoint.json: not valid JSON" in result.output
     assert max(len(line) for line in result.output.splitlines()) <= 80
+
+
+# ----------------------------------------------------------------------------- bounded readers: links, FIFOs, sizes
+
+
+def plant(path: Path, kind: str) -> None:
+    """Put something that is not a plain file at ``path``: a symlink to /dev/zero (endless), a
+    symlink to a sound copy of the file elsewhere, a FIFO (a read waits for a writer) or a folder."""
+    if kind == "link to /dev/zero":
+        path.unlink(missing_ok=True)
+        path.symlink_to("/dev/zero")
+    elif kind == "link to a file":
+        target = path.parent.parent / f"elsewhere-{path.parent.name}-{path.name}"
+        target.write_bytes(path.read_bytes())
+        path.unlink()
+        path.symlink_to(target)
+    elif kind == "FIFO":
+        path.unlink(missing_ok=True)
+        os.mkfifo(path)
+    else:  # folder
+        path.unlink(missing_ok=True)
+        path.mkdir()
+
+
+PLANTED = {"link to /dev/zero": "symbolic link", "link to a file": "symbolic link", "FIFO": "FIFO", "folder": "folder"}
+needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo") or not Path("/dev/zero").exists(), reason="POSIX only")
+
+
+@needs_fifo
+@pytest.mark.parametrize("kind", PLANTED)
+def test_read_bounded_reads_regular_files_only(tmp_path, kind):
+    path = tmp_path / "x.json"
+    path.write_bytes(b'{"a": 1}')
+    assert read_bounded(path, 8) == b'{"a": 1}'
+    plant(path, kind)
+    with pytest.raises(NotReadable, match=PLANTED[kind]) as e:
+        read_bounded(path, 1 << 20, "a JSON file")
+    assert str(e.value).startswith(str(path)) and "\n" not in str(e.value)
+
+
+def test_read_bounded_refuses_a_file_over_its_cap(tmp_path):
+    path = tmp_path / "x.json"
+    path.write_bytes(b"x" * 101)
+    with pytest.raises(NotReadable, match="101 bytes, over the 100 allowed for a JSON file"):
+        read_bounded(path, 100, "a JSON file")
+    with pytest.raises(FileNotFoundError):
+        read_bounded(tmp_path / "missing.json", 100)
+
+
+@needs_fifo
+def test_read_bounded_follows_links_only_when_asked_and_still_to_regular_files_only(tmp_path):
+    (tmp_path / "real.png").write_bytes(b"png")
+    (tmp_path / "link.png").symlink_to(tmp_path / "real.png")
+    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    assert read_bounded(tmp_path / "link.png", 3, follow_links=True) == b"png"
+    with pytest.raises(NotReadable, match="a device, not a regular file"):
+        read_bounded(tmp_path / "zero.png", 1 << 20, follow_links=True)
+
+
+@needs_fifo
+@pytest.mark.parametrize("kind", PLANTED)
+@pytest.mark.parametrize("name", ["config.json", "checkpoint.json", "eval.json"])
+def test_runs_lists_a_run_whose_file_is_not_a_regular_file_as_unreadable(tmp_path, name, kind):
+    artifacts = _artifacts(tmp_path, {"planted": {}})
+    plant(artifacts / "runs" / "00001-planted" / name, kind)
+    good, bad = summarize_runs(artifacts)
+    assert good.problem is None
+    assert bad.status == "unreadable" and bad.problem.startswith(name) and PLANTED[kind] in bad.problem, bad.problem
+    result = runner.invoke(app, ["runs", "--html", "--artifacts-dir", str(artifacts)])
+    assert result.exit_code == 0, result.output
+    assert f"00001-planted: {name}" in result.output
+
+
+@pytest.mark.parametrize("name", ["config.json", "checkpoint.json", "eval.json"])
+def test_runs_refuses_a_json_file_over_16_mib(tmp_path, name):
+    artifacts = _artifacts(tmp_path, {"huge": {}})
+    path = artifacts / "runs" / "00001-huge" / name
+    path.write_bytes(path.read_bytes() + b" " * (16 << 20))  # valid JSON, padded past the cap
+    good, bad = summarize_runs(artifacts)
+    assert good.problem is None and bad.problem.startswith(name) and "over the 16,777,216" in bad.problem
+    if name == "config.json":
+        with pytest.raises(UserError, match="over the 16,777,216 allowed"):
+            load_config(path.parent)
+
+
+@needs_fifo
+@pytest.mark.parametrize("kind", ["link to /dev/zero", "link to a file", "FIFO"])
+def test_runs_html_makes_no_thumbnail_of_a_samples_png_that_is_not_a_regular_file(tmp_path, kind):
+    artifacts = _artifacts(tmp_path, {"planted": {}})
+    for run in (artifacts / "runs").iterdir():
+        save_grid(UNIT, run / "samples.png")
+    plant(artifacts / "runs" / "00001-planted" / "samples.png", kind)
+    plant(artifacts / "runs" / "00001-planted" / "checkpoint.json", kind)
+    result = runner.invoke(app, ["runs", "--html", "--artifacts-dir", str(artifacts)])
+    assert result.exit_code == 0, result.output
+    assert (artifacts / "index.html").read_text().count("data:image/png;base64,") == 1  # the sound run's
+
+
+@needs_fifo
+@pytest.mark.parametrize("kind", ["link to /dev/zero", "link to a file", "FIFO"])
+def test_safetensors_that_are_not_regular_files_are_refused(tmp_path, kind):
+    path = tmp_path / "model.safetensors"
+    save_tensors(path, {"w": torch.ones(2)})
+    plant(path, kind)
+    with pytest.raises(UserError, match=PLANTED[kind]):
+        load_tensors(path)
+
+
+@needs_fifo
+def test_the_manifest_lists_and_hashes_regular_files_only(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("config.json", "model.safetensors", "metrics.jsonl"):
+        (run / name).write_text(name)
+    write_manifest(run)
+    assert set(verify_manifest(run).values()) == {"ok"}
+    plant(run / "model.safetensors", "link to a file")  # the same bytes, through a link
+    plant(run / "metrics.jsonl", "FIFO")
+    (run / "extra.json").symlink_to("/dev/zero")
+    os.mkfifo(run / "extra.fifo")
+    status = verify_manifest(run)
+    assert status == {"config.json": "ok", "model.safetensors": "changed", "metrics.jsonl": "changed"}
+    write_manifest(run)
+    assert set(json.loads((run / "manifest.json").read_text())["files"]) == {"config.json"}
+    for name in ("model.safetensors", "extra.json", "extra.fifo"):
+        with pytest.raises(NotReadable):
+            sha256_file(run / name)
+
+
+@needs_fifo
+@pytest.mark.parametrize("kind", ["link to /dev/zero", "FIFO"])
+def test_a_latest_file_that_is_not_a_regular_file_is_one_line(tmp_path, kind):
+    (tmp_path / "latest").write_text("00000-x\n")
+    plant(tmp_path / "latest", kind)
+    result = runner.invoke(app, ["sample", "--artifacts-dir", str(tmp_path), "-o", str(tmp_path / "g.png")])
+    assert_one_line_error(result, "latest", PLANTED[kind])
+
+
+# ----------------------------------------------------------------------------- drawings: --init and --image
+
+
+def drawing(path: Path, width: int, height: int) -> Path:
+    """A greyscale PNG of ``width`` x ``height`` with a light stroke on a dark ground."""
+    pixels = np.zeros((height, width), np.uint8)
+    pixels[height // 2, :] = 255
+    Image.fromarray(pixels, mode="L").save(path)
+    return path
+
+
+@pytest.mark.parametrize("size,needle", [((200_000, 1), "4096 pixels on a side"), ((5000, 5000), "4096 pixels"),
+                                         ((1, 9), "longer than 8:1"), ((900, 100), "longer than 8:1")])  # fmt: skip
+def test_read_digit_refuses_a_drawing_too_long_or_too_large_before_padding_it(tmp_path, size, needle):
+    path = drawing(tmp_path / "d.png", *size)
+    with pytest.raises(UserError, match=needle) as e:
+        read_digit(path, log=lambda line: None)
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+
+
+def test_read_digit_takes_a_long_drawing_within_the_limits(tmp_path):
+    digit = read_digit(drawing(tmp_path / "d.png", 800, 100), log=lambda line: None)  # 8:1
+    assert digit.shape == (1, 28, 28) and digit.max() > 0
+
+
+@pytest.mark.parametrize("command", [["sample", "--init"], ["inpaint", "--image"], ["invert", "--image"],
+                                     ["interpolate", "--image", "{path}", "--image"]])  # fmt: skip
+def test_cli_refuses_a_drawing_of_5000x1_in_one_line_before_any_work(tmp_path, command):
+    path = drawing(tmp_path / "wide.png", 5000, 1)
+    args = [str(path) if a == "{path}" else a for a in command]
+    result = runner.invoke(app, [*args, str(path), "--artifacts-dir", str(tmp_path / "none"),
+                                 "-o", str(tmp_path / "out.png")])  # fmt: skip
+    assert_one_line_error(result, "5000x1 pixels", "4096")
+
+
+def test_cli_refuses_a_drawing_over_the_pixel_limit_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow's decompression-bomb guard, lowered
+    path = drawing(tmp_path / "big.png", 100, 100)  # 10,000 pixels: twice the limit makes an error
+    result = runner.invoke(app, ["sample", "--init", str(path), "--artifacts-dir", str(tmp_path / "none")])
+    assert_one_line_error(result, "too large an image")
+
+
+# ----------------------------------------------------------------------------- checkpoints holding NaN
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_a_checkpoint_holding_nan_is_refused_by_resume(tiny_run, tmp_path, data_dir, value):
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(tiny_run[0], artifacts)
+    run_dir = artifacts / "runs" / tiny_run[1].name
+    path = run_dir / "checkpoint.safetensors"
+    tensors, metadata = load_tensors_and_metadata(path)
+    name = sorted(k for k in tensors if k.startswith("ema."))[0]
+    tensors[name].view(-1)[0] = value
+    save_tensors(path, tensors, metadata)  # a valid digest of the damaged tensors
+    with pytest.raises(UserError, match="holds NaN or infinite values") as e:
+        read_checkpoint(run_dir)
+    assert str(path) in str(e.value) and name in str(e.value)
+    result = runner.invoke(app, ["train", "--resume", run_dir.name, "--max-steps", "6", "--artifacts-dir",
+                                 str(artifacts), "--data-dir", str(data_dir)])  # fmt: skip
+    assert_one_line_error(result, "checkpoint.safetensors", "NaN or infinite")
+
+
+# ----------------------------------------------------------------------------- output paths
+
+OUTPUT_FLAGS = {  # (command line before the flag, the flag, a good suffix)
+    "sample -o": (["sample"], "-o", ".png"),
+    "sample --save-tensor": (["sample"], "--save-tensor", ".safetensors"),
+    "sample --trajectory": (["sample"], "--trajectory", ".gif"),
+    "inpaint -o": (["inpaint", "--test-index", "0"], "-o", ".png"),
+    "inpaint --save-tensor": (["inpaint", "--test-index", "0"], "--save-tensor", ".safetensors"),
+    "interpolate -o": (["interpolate", "--test-index", "0,1"], "-o", ".gif"),
+    "invert -o": (["invert", "--test-index", "0"], "-o", ".png"),
+    "visualize-forward -o": (["visualize-forward"], "-o", ".png"),
+}
+BAD_OUTPUTS = {  # what to pass, given the test's folder and the good suffix; what the error says
+    "empty": (lambda folder, suffix: "", "needs the name of a file"),
+    "the root": (lambda folder, suffix: "/", "needs the name of a file"),
+    "an existing folder": (lambda folder, suffix: str(folder), "is a folder"),
+    "a missing folder": (lambda folder, suffix: str(folder / "missing" / f"x{suffix}"), "does not exist"),
+    "another suffix": (lambda folder, suffix: str(folder / "x.jpg"), "must end in"),
+}
+
+
+@pytest.mark.parametrize("bad", BAD_OUTPUTS)
+@pytest.mark.parametrize("command", OUTPUT_FLAGS)
+def test_every_output_flag_is_checked_in_one_line_before_any_work(tmp_path, command, bad):
+    head, flag, suffix = OUTPUT_FLAGS[command]
+    make, needle = BAD_OUTPUTS[bad]
+    nodata = tmp_path / "nodata"
+    args = [*head, flag, make(tmp_path, suffix)]
+    if not command.startswith("sample"):
+        args += ["--data-dir", str(nodata)]
+    if command != "visualize-forward -o":
+        args += ["--artifacts-dir", str(tmp_path / "none")]
+        if flag != "-o":
+            args += ["-o", str(tmp_path / ("g.gif" if command.startswith("interpolate") else "g.png"))]
+    result = runner.invoke(app, args)
+    assert_one_line_error(result, f"Error: {flag} ", needle)
+    assert ".tmp" not in result.output and not nodata.exists()  # refused before fetching MNIST or a run
+
+
+def test_check_output_takes_a_new_file_in_an_existing_folder(tmp_path):
+    check_output(tmp_path / "g.PNG", (".png",), "-o")
+    check_output(None, (".png",), "-o")
+    (tmp_path / "old.png").write_bytes(b"old")
+    check_output(tmp_path / "old.png", (".png",), "-o")  # overwritten, as before
+
+
+# ----------------------------------------------------------------------------- --run
+
+
+@pytest.mark.parametrize("run", ["²", "٣", "1" * 5000, "x" * 5000, "a\0b", "0" * 10 + "1"])
+def test_a_run_that_is_no_name_or_number_is_one_line(tmp_path, run):
+    artifacts = _artifacts(tmp_path, {})  # one run, 00000-good
+    with pytest.raises(UserError, match="unknown run") as e:
+        resolve_run(run, artifacts)
+    assert "\n" not in str(e.value) and len(str(e.value)) < 300 + len(str(artifacts))
+    for command in (["sample", "-o", str(tmp_path / "g.png")], ["report"]):
+        assert_one_line_error(runner.invoke(app, [*command, "--run", run, "--artifacts-dir", str(artifacts)]),
+                              "unknown run")  # fmt: skip
+
+
+def test_a_run_by_its_number(tmp_path):
+    artifacts = _artifacts(tmp_path, {"other": {}})
+    assert resolve_run("1", artifacts).name == "00001-other" and resolve_run("00000", artifacts).name == "00000-good"

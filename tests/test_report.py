@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
 import shutil
+from urllib.parse import quote, unquote
 
 import pytest
 from typer.testing import CliRunner
@@ -81,8 +83,7 @@ def test_every_string_from_the_run_is_escaped(artifacts, data_dir):
     page = report(hostile_dir, artifacts)
     assert "<script" not in page and "'x'" not in page
     assert page.count("&lt;script&gt;alert(&#x27;x&#x27;)&lt;") >= 8  # each one shown as text
-    assert fetches(page) == [f"../{HOSTILE}/report.html".replace("<", "&lt;").replace(">", "&gt;")
-                             .replace("'", "&#x27;")]  # the parent's link, escaped  # fmt: skip
+    assert fetches(page) == [f"../{quote(HOSTILE, safe='')}/report.html"]  # the parent's link, URL-encoded
     assert "FID (lower is better)" in page and "class histogram" in page
 
 
@@ -164,3 +165,56 @@ def test_a_report_that_cannot_be_written_is_a_warning_not_a_failed_training(tmp_
     warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
     assert warnings == ["warning: the run is saved, but its report could not be written: [Errno 28] No space left "
                         "on device"]  # fmt: skip
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"), reason="POSIX only")
+@pytest.mark.parametrize("kind", ["link to /dev/zero", "link to a file", "FIFO"])
+def test_the_report_reads_no_file_that_is_not_a_regular_file(artifacts, kind):
+    artifacts, run_dir = artifacts
+    names = ("run.json", "checkpoint.json", "metrics.jsonl", "samples.png", "manifest.json")
+    for name in names:
+        path = run_dir / name
+        if kind == "link to a file":  # the same bytes, from outside the run folder
+            target = artifacts / f"elsewhere-{name}"
+            target.write_bytes(path.read_bytes())
+        path.unlink()
+        if kind == "FIFO":
+            os.mkfifo(path)
+        else:
+            path.symlink_to(target if kind == "link to a file" else "/dev/zero")
+    page = report(run_dir, artifacts)
+    what = "a FIFO" if kind == "FIFO" else "a symbolic link"
+    for name in names[:3]:
+        assert f"{name} cannot be read ({what}" in page, name
+    assert f"manifest.json cannot be read: {what}" in page
+    assert "No end-of-run grid" in page and "run.json is missing or unreadable" in page
+
+
+def test_report_writes_into_a_run_folder_only(artifacts, tmp_path):
+    artifacts, run_dir = artifacts
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "holiday.jpg").write_bytes(b"jpeg")
+    for folder in (other, artifacts, artifacts / "runs"):
+        result = runner.invoke(app, ["report", "--run", str(folder), "--artifacts-dir", str(artifacts)])
+        assert result.exit_code == 1 and result.output.startswith(f"Error: {folder} is not a run folder"), result.output
+        assert len(result.output.strip().splitlines()) == 1 and not (folder / "report.html").exists()
+    (run_dir / "config.json").unlink()  # a run folder no more
+    result = runner.invoke(app, ["report", "--run", str(run_dir), "--artifacts-dir", str(artifacts)])
+    assert result.exit_code == 1 and "is not a run folder" in result.output, result.output
+
+
+@pytest.mark.parametrize("name", ["00005-a#b", "00005-100%", "00005-a?b=c", "00005-x%23y"])
+def test_links_to_runs_named_with_url_characters_are_encoded(artifacts, name):
+    artifacts, run_dir = artifacts
+    info = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps({**info, "parent": {"run": name, "step": 2}}))
+    page = report(run_dir, artifacts)
+    assert fetches(page) == [f"../{quote(name, safe='')}/report.html"]  # the parent's link
+    renamed = run_dir.rename(run_dir.parent / name)
+    report(renamed, artifacts)
+    result = runner.invoke(app, ["runs", "--html", "--artifacts-dir", str(artifacts)])
+    assert result.exit_code == 0, result.output
+    (link,) = fetches((artifacts / "index.html").read_text())
+    assert link == f"runs/{quote(name, safe='')}/report.html" and "#" not in link and "?" not in link
+    assert unquote(link.split("/")[1]) == name

@@ -77,9 +77,13 @@ def inpaint(
     (--cluster-guidance S draws one, as sample does).
 
     Example: mnistdiff inpaint --test-index 0,5,9 --mask top -n 6 -o inpaint.png"""
+    from ..io import check_output
     from ..pictures.inputs import parse_mask
     from ..sampling.edit_outputs import inpaint_to_files
+    from ..sampling.outputs import PNG, TENSORS
 
+    check_output(output, PNG, "-o")
+    check_output(save_tensor, TENSORS, "--save-tensor")
     if n < 1 or jumps < 1 or resample < 1:
         raise UserError(f"-n, --jumps and --resample must be at least 1 (got {n}, {jumps}, {resample})")
     missing = parse_mask(mask, seed=sampling.settings.seed)
@@ -123,8 +127,11 @@ def interpolate(
     Example: mnistdiff interpolate --test-index 3,8 --frames 12 -o walk.gif"""
     import dataclasses
 
+    from ..io import check_output
     from ..sampling.edit_outputs import interpolate_to_files
+    from ..sampling.outputs import PICTURE
 
+    check_output(output, PICTURE, "-o")
     if frames < 2:
         raise UserError(f"--frames must be at least 2 (got {frames})")
     if sampler not in ("ddim", "dpmpp-2m"):
@@ -175,9 +182,12 @@ def invert(
     Steps are evenly spaced unless --spacing is given.
 
     Example: mnistdiff invert --test-index 0,1,2,3 --steps 20,50,100 -o invert.png"""
+    from ..io import check_output
     from ..sampling.edit_outputs import invert_to_files
+    from ..sampling.outputs import PNG
     from .tables import inversion_table
 
+    check_output(output, PNG, "-o")
     counts = int_list(steps, "--steps", low=1, example="20,50,100") if steps is not None else None
     images = _digits(image, test_index, data_dir)
     loaded = _load(run, artifacts_dir, device)

@@ -44,6 +44,7 @@ def sample(
     Example: mnistdiff sample -n 64 -o grid.png --steps 10
 
     Example: mnistdiff sample --init scribble.png --strength 0.6 -n 8 -o cleaned.png"""
+    from ..io import check_output
     from ..pictures.grids import default_nrow
     from ..pictures.inputs import read_digit
     from ..runs.loader import load_run
@@ -51,8 +52,11 @@ def sample(
     from ..runtime import setup_device
     from ..sampling.editing import check_strength
     from ..sampling.generate import default_conditional_nrow, parse_labels
-    from ..sampling.outputs import sample_to_files
+    from ..sampling.outputs import PICTURE, PNG, TENSORS, sample_to_files
 
+    check_output(output, PNG, "-o")
+    check_output(save_tensor, TENSORS, "--save-tensor")
+    check_output(trajectory, PICTURE, "--trajectory")
     if n < 1:
         raise UserError(f"-n must be at least 1 (got {n})")
     if strength is not None and init is None:

@@ -28,8 +28,11 @@ def visualize_forward(
     """Show real digits noised by the forward process q(x_t | x_0) at evenly spaced t.
 
     Example: mnistdiff visualize-forward --schedule linear --timesteps 300 -o forward.gif"""
+    from ..io import check_output
     from ..pictures.forward import forward_picture
+    from ..sampling.outputs import PICTURE
 
+    check_output(output, PICTURE, "-o")
     if not 1 <= digits <= 100:
         raise UserError(f"--digits must be between 1 and 100 (got {digits})")
     if not 2 <= columns <= 50:

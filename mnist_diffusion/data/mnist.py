@@ -18,6 +18,7 @@ import codecs
 import gzip
 import hashlib
 import io
+import math
 import os
 import pickle
 import subprocess
@@ -34,7 +35,7 @@ import torch
 
 from ..config import DEFAULT_DATA_DIR
 from ..errors import UserError
-from ..io import atomic_open, sha256_file
+from ..io import atomic_open, read_bounded, sha256_file
 
 try:
     from numpy._core.multiarray import _reconstruct
@@ -51,6 +52,7 @@ IDX_FILES: dict[str, tuple[str, str]] = {  # split -> (images, labels), the name
 IMAGE_SIZE = 28
 IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
+IDX_MAX_BYTES = 256 << 20  # an IDX file (or what its .gz holds) at most: MNIST's largest is 47,040,016 bytes
 
 # The real MNIST: per-class label counts of the original 60,000 training and 10,000 test images.
 TRAIN_LABEL_COUNTS = (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949)
@@ -112,10 +114,10 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
     """The uint8 array stored in the IDX file ``path`` (or ``path.gz``), checked against its header."""
     gz = path.with_name(path.name + ".gz")
     if path.exists():
-        data = _read_bytes(path, path.read_bytes)
+        data = _read_bytes(path, lambda: read_bounded(path, IDX_MAX_BYTES, "an IDX file", follow_links=True))
     elif gz.exists():
         path = gz
-        data = _read_bytes(gz, lambda: gzip.decompress(gz.read_bytes()))
+        data = _read_bytes(gz, lambda: _gunzip_bounded(gz))
     else:
         raise MnistMissing(f"MNIST file {path} is missing (nor is there a {gz.name})")
     ndim = magic & 0xFF
@@ -125,10 +127,21 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
     found, *dims = np.frombuffer(data, dtype=">u4", count=1 + ndim).tolist()
     if found != magic:
         raise UserError(f"{path}: bad magic number 0x{found:08x}, expected 0x{magic:08x} (not an MNIST IDX file)")
-    expected = header + int(np.prod(dims))
+    expected = header + math.prod(dims)  # exact: no integer type to overflow, whatever the header claims
     if len(data) != expected:
-        raise UserError(f"{path}: {len(data)} bytes, expected {expected} for shape {tuple(dims)}: truncated or corrupt")
+        raise UserError(f"{path}: {len(data):,} bytes, but its header claims shape {tuple(dims)}, which takes "
+                        f"{expected:,}: truncated or corrupt")  # fmt: skip
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _gunzip_bounded(path: Path) -> bytes:
+    """What the gzip file ``path`` holds, refused past ``IDX_MAX_BYTES`` (a gzip bomb)."""
+    raw = read_bounded(path, IDX_MAX_BYTES, "an IDX file", follow_links=True)
+    with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
+        data = f.read(IDX_MAX_BYTES + 1)
+    if len(data) > IDX_MAX_BYTES:
+        raise UserError(f"{path}: holds over {IDX_MAX_BYTES:,} bytes, more than an IDX file of MNIST")
+    return data
 
 
 def _read_bytes(path: Path, read: Callable[[], bytes]) -> bytes:

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from ..data.mnist import DEFAULT_DATA_DIR, as_unit, load_mnist
 from ..errors import UserError
-from ..io import atomic_write_bytes, atomic_write_json
+from ..io import FEATURE_NET_MAX_BYTES, JSON_MAX_BYTES, NotReadable, atomic_write_bytes, atomic_write_json, read_bounded
 from ..nets import count_parameters
 from ..nets.features import FEATURE_DIM, FeatureNet
 
@@ -157,12 +157,14 @@ def load_feature_net(device: str | torch.device = "cpu", assets_dir: str | os.Pa
     """
     assets_dir = Path(assets_dir)
     weights_path, info_path = assets_dir / WEIGHTS, assets_dir / INFO
-    try:
-        info = json.loads(info_path.read_text())
-        blob = weights_path.read_bytes()
+    try:  # package data: a symlink to the files (as some installers make) is fine, a FIFO or a huge file is not
+        info = json.loads(read_bounded(info_path, JSON_MAX_BYTES, "a JSON file", follow_links=True))
+        blob = read_bounded(weights_path, FEATURE_NET_MAX_BYTES, "the feature net", follow_links=True)
     except FileNotFoundError as e:
         raise UserError(f"the feature net is missing ({e.filename}); rebuild it with `make features`") from None
-    except (OSError, ValueError) as e:
+    except NotReadable as e:
+        raise UserError(f"cannot read the feature net in {assets_dir}: {e}") from None
+    except (OSError, ValueError, RecursionError) as e:
         raise UserError(f"cannot read the feature net in {assets_dir}: {e}") from None
     if not isinstance(info, dict) or "sha256" not in info:
         raise UserError(f"{info_path}: no sha256 recorded; rebuild it with `make features`")

@@ -15,7 +15,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import UserError
-from ..io import atomic_write_bytes, load_tensors
+from ..io import PNG_MAX_BYTES, atomic_write_bytes, load_tensors, read_bounded
 
 GRID_PADDING = 2  # pixels between tiles, also used to read grids back (eval --samples)
 TILE = 28  # MNIST's side
@@ -132,7 +132,7 @@ def load_samples(path: str | os.PathLike) -> torch.Tensor:
         raise UserError(f"{path}: no such file or folder")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        tensors = load_tensors(path)
+        tensors = load_tensors(path.resolve())  # the file a link the user names points at
         if not tensors:
             raise UserError(f"{path}: holds no tensors")
         return check_images(tensors.get("samples", next(iter(tensors.values()))), str(path))
@@ -151,16 +151,24 @@ def load_samples(path: str | os.PathLike) -> torch.Tensor:
     raise UserError(f"{path}: unknown sample format; expected .safetensors, .npy, .png (a grid) or a folder of PNGs")
 
 
-def read_grey(path: Path, what: str = "samples") -> np.ndarray:
+def read_grey(path: Path, what: str = "samples", *, max_side: int | None = None, max_aspect: int | None = None
+              ) -> np.ndarray:  # fmt: skip
     """A PNG as a uint8 ``(H, W)`` array. 16-bit greys are rounded to 8 bits; colour images must
     have equal channels and no transparent pixels (``what`` must be greyscale, says the error).
-    An image over Pillow's pixel limit (``Image.MAX_IMAGE_PIXELS``) is refused before it is decoded."""
+    A file over ``PNG_MAX_BYTES``, or not a regular file (a FIFO, a device), is refused unread, and
+    an image over Pillow's pixel limit (``Image.MAX_IMAGE_PIXELS``) before it is decoded, as is one
+    with a side over ``max_side`` pixels or a longer side over ``max_aspect`` times the shorter."""
+    try:
+        data = read_bounded(path, PNG_MAX_BYTES, "a PNG image", follow_links=True)  # a path the user gave
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(io.BytesIO(data)) as img:
                 if img.format != "PNG":
                     raise UserError(f"{path}: not a PNG file")
+                _check_shape(path, what, *img.size, max_side, max_aspect)
                 if img.mode == "L":
                     return np.asarray(img, dtype=np.uint8)
                 if img.mode.startswith("I"):  # 16-bit grey: I;16, I;16B or I
@@ -175,6 +183,14 @@ def read_grey(path: Path, what: str = "samples") -> np.ndarray:
     if not (rgba[..., :3] == rgba[..., :1]).all():
         raise UserError(f"{path}: a colour image; {what} must be greyscale")
     return rgba[..., 0]
+
+
+def _check_shape(path: Path, what: str, width: int, height: int, max_side: int | None, max_aspect: int | None
+                 ) -> None:  # fmt: skip
+    if max_side is not None and max(width, height) > max_side:
+        raise UserError(f"{path}: {width}x{height} pixels; {what} may be at most {max_side} pixels on a side")
+    if max_aspect is not None and max(width, height) > max_aspect * min(width, height):
+        raise UserError(f"{path}: {width}x{height} pixels, longer than {max_aspect}:1; {what} must be roughly square")
 
 
 def _load_png_folder(folder: Path) -> torch.Tensor:

@@ -17,6 +17,10 @@ from .grids import TILE, read_grey
 
 # The named masks: the part of a digit that is missing (the centre is the middle 14 x 14 square).
 MASKS = ("left", "right", "top", "bottom", "center")
+# A drawing is padded to a square and resized to 28x28: its shape is checked before, so that a
+# 200000x1 PNG is refused rather than padded to a 200000x200000 square.
+MAX_SIDE = 4096  # pixels on either side of a drawing (or a mask) at most
+MAX_ASPECT = 8  # the longer side of a drawing at most this many times the shorter
 
 
 def _missing_region(name: str) -> torch.Tensor:
@@ -54,7 +58,7 @@ def parse_mask(spec: str, seed: int = 0) -> torch.Tensor:
     path = Path(spec)
     if path.suffix.lower() != ".png" or not path.is_file():
         raise UserError(f"--mask must be one of {', '.join(MASKS)}, random:P or a PNG file (got {spec!r})")
-    pixels = read_grey(path, "a mask")
+    pixels = read_grey(path, "a mask", max_side=MAX_SIDE)
     if pixels.shape != (TILE, TILE):
         raise UserError(f"{path}: a mask of {pixels.shape[1]}x{pixels.shape[0]} pixels; it must be 28x28, as the "
                         "digits are (white where missing)")  # fmt: skip
@@ -66,10 +70,11 @@ def read_digit(path: Path, log: Callable[[str], None] = print) -> torch.Tensor:
 
     A greyscale PNG of 28x28 is taken as it is. Any other size is resized to 28x28 (a non-square
     one padded to a square first), and a drawing that is mostly light is inverted to MNIST's
-    light on dark; ``log`` gets a line for each. A colour or transparent image, or one with a
-    single value in every pixel (nothing drawn), is a one-line UserError.
+    light on dark; ``log`` gets a line for each. A colour or transparent image, one with a single
+    value in every pixel (nothing drawn), or one over ``MAX_SIDE`` pixels a side or ``MAX_ASPECT``
+    to 1 (checked before it is decoded) is a one-line UserError.
     """
-    pixels = read_grey(path, "a digit")  # (H, W) uint8
+    pixels = read_grey(path, "a digit", max_side=MAX_SIDE, max_aspect=MAX_ASPECT)  # (H, W) uint8
     low, high = int(pixels.min()), int(pixels.max())
     if low == high:
         raise UserError(f"{path}: an empty image (every pixel is {low}); draw a digit")

@@ -8,6 +8,7 @@ import base64
 import html
 import io
 from collections.abc import Iterable
+from urllib.parse import quote
 
 from PIL import Image, UnidentifiedImageError
 
@@ -21,6 +22,13 @@ def esc(value: object) -> Safe:
     if isinstance(value, Safe):
         return value
     return Safe(html.escape("" if value is None else str(value), quote=True))
+
+
+def href(*parts: str) -> str:
+    """A relative link to the path ``parts`` (folder names, a file name), each part URL-encoded, so
+    a folder named with ``#``, ``%``, ``?`` or ``/`` is still one part of the path; :func:`tag`
+    escapes the attribute."""
+    return "/".join(quote(part, safe="") for part in parts)
 
 
 def join(parts: Iterable[object]) -> Safe:

@@ -12,11 +12,11 @@ from pathlib import Path
 from PIL import Image
 
 from ..errors import UserError
-from ..io import atomic_write_bytes
-from ..runs.store import REPORT
+from ..io import JSON_MAX_BYTES, PNG_MAX_BYTES, NotReadable, atomic_write_bytes, read_bounded
+from ..runs.store import CHECKPOINT_META, REPORT
 from ..runs.summary import RunSummary, summarize_runs
 from .charts import number
-from .html import Safe, image, page, png_size, tag
+from .html import Safe, href, image, page, png_size, tag
 from .reader import SAMPLES
 
 INDEX = "index.html"
@@ -55,10 +55,11 @@ COLUMNS = ["run", "samples", "preset", "steps", "training time", "FID @ N", "sta
 
 
 def thumbnail(path: Path) -> bytes | None:
-    """A small PNG of a run's samples.png, or None if it is missing or unreadable."""
+    """A small PNG of a run's samples.png, or None if it is missing or unreadable (or not a regular
+    file, or over ``PNG_MAX_BYTES``)."""
     try:
-        data = path.read_bytes()
-    except OSError:
+        data = read_bounded(path, PNG_MAX_BYTES, "a PNG image")
+    except (OSError, NotReadable):
         return None
     if png_size(data) is None:
         return None
@@ -73,8 +74,8 @@ def thumbnail(path: Path) -> bytes | None:
 def train_seconds(run_dir: Path) -> float | None:
     """The training time checkpoint.json records, or None."""
     try:
-        meta = json.loads((run_dir / "checkpoint.json").read_bytes())
-    except (OSError, ValueError, RecursionError):
+        meta = json.loads(read_bounded(run_dir / CHECKPOINT_META, JSON_MAX_BYTES, "a JSON file"))
+    except (OSError, ValueError, RecursionError, NotReadable):
         return None
     return number(meta.get("train_seconds")) if isinstance(meta, dict) else None
 
@@ -87,7 +88,7 @@ def cell(content: object, sort: object, *, numeric: bool = False, class_: str | 
 
 def row(s: RunSummary) -> Safe:
     report = s.path / REPORT
-    name = tag("a", s.name, href=f"runs/{s.name}/{REPORT}") if report.is_file() else s.name
+    name = tag("a", s.name, href=href("runs", s.name, REPORT)) if report.is_file() else s.name
     hint = tag("div", f"no report yet: mnistdiff report --run {s.name}", class_="muted") if not report.is_file() else ""
     thumb = thumbnail(s.path / SAMPLES)
     seconds = train_seconds(s.path)

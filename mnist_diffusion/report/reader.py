@@ -11,6 +11,7 @@ from typing import Any
 from ..config import RunConfig
 from ..errors import UserError
 from ..evaluation.scoring import EVAL_FILE
+from ..io import JSON_MAX_BYTES, METRICS_MAX_BYTES, PNG_MAX_BYTES, NotReadable, read_bounded
 from ..runs.store import CHECKPOINT_META, CONFIG, METRICS, PROGRESS, RUN_INFO, load_config, read_metrics
 from ..runs.summary import RunSummary, summarize_run
 from .charts import number
@@ -36,21 +37,22 @@ class RunFiles:
     def note(self, problem: str) -> None:
         self.problems.append(problem.replace(f"{self.dir}{os.sep}", ""))  # the report names the run already
 
-    def _bytes(self, path: Path, name: str, optional: bool) -> bytes | None:
-        """The file's bytes; None (and a note, unless ``optional`` and absent) if it cannot be read."""
+    def _bytes(self, path: Path, name: str, optional: bool, max_bytes: int, what: str) -> bytes | None:
+        """The file's bytes (:func:`read_bounded`: a regular file of at most ``max_bytes``); None
+        (and a note, unless ``optional`` and absent) if it cannot be read."""
         try:
-            return path.read_bytes()
+            return read_bounded(path, max_bytes, what)
         except FileNotFoundError:
             if not optional:
                 self.note(f"{name} is missing")
-        except OSError as e:
-            self.note(f"{name} cannot be read ({e.strerror or e})")
+        except NotReadable as e:
+            self.note(f"{name} cannot be read ({e.reason})")
         return None
 
     def json(self, name: str, *, optional: bool = False) -> dict[str, Any] | None:
         """The JSON object in the file ``name``; None (and a note, unless ``optional`` and absent)
         if it is missing, unreadable, not JSON or not an object."""
-        raw = self._bytes(self.dir / name, name, optional)
+        raw = self._bytes(self.dir / name, name, optional, JSON_MAX_BYTES, "a JSON file")
         if raw is None:
             return None
         try:
@@ -66,7 +68,7 @@ class RunFiles:
     def png(self, path: Path, *, optional: bool = False) -> bytes | None:
         """The bytes of a PNG that decodes; None (and a note, unless ``optional`` and absent) else."""
         name = path.relative_to(self.dir).as_posix()
-        data = self._bytes(path, name, optional)
+        data = self._bytes(path, name, optional, PNG_MAX_BYTES, "a PNG image")
         if data is None:
             return None
         if png_size(data) is None:
@@ -85,16 +87,15 @@ class RunFiles:
             return None
 
     def _metrics(self) -> list[dict[str, Any]]:
-        path = self.dir / METRICS
-        if not path.is_file():
-            self.note(f"{METRICS} is missing")
+        raw = self._bytes(self.dir / METRICS, METRICS, False, METRICS_MAX_BYTES, "a metrics log")
+        if raw is None:
             return []
-        records = read_metrics(self.dir)
         try:
-            lines = sum(1 for line in path.read_text(errors="replace").splitlines() if line.strip())
-        except OSError as e:
-            self.note(f"{METRICS} cannot be read ({e.strerror or e})")
+            records = read_metrics(self.dir)
+        except UserError as e:  # changed since it was read just now
+            self.note(str(e))
             return []
+        lines = sum(1 for line in raw.decode(errors="replace").splitlines() if line.strip())
         if lines > len(records):
             self.note(f"{METRICS}: {lines - len(records)} of its {lines} lines are not JSON objects (skipped)")
         return records

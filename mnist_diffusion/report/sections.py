@@ -10,6 +10,7 @@ from typing import Any
 from ..config import PRESETS, RunConfig, SamplingConfig
 from ..data.clusters import load_clusters
 from ..errors import UserError
+from ..io import JSON_MAX_BYTES, read_bounded
 from ..pictures.figures import figure_png, trajectory_plot
 from ..runs.loader import load_run
 from ..runs.store import GUIDE, MANIFEST, PROGRESS, REPORT, verify_manifest
@@ -17,7 +18,7 @@ from ..runtime import pick_device
 from ..sampling.outputs import trajectory
 from .charts import histogram_chart, number, points, training_curves
 from .environment import environment
-from .html import Safe, esc, image, pairs, table, tag
+from .html import Safe, esc, href, image, pairs, table, tag
 from .reader import SAMPLES, RunFiles
 
 STRIP_MAX = 12  # progress grids shown at most, evenly spaced over the run (the last always)
@@ -66,7 +67,7 @@ def made(run: RunFiles) -> list[Safe]:
     rows = [("created", info.get("created", "?"))]
     parent = info.get("parent")
     if isinstance(parent, dict) and isinstance(parent.get("run"), str):
-        link = tag("a", parent["run"], href=f"../{parent['run']}/{REPORT}")
+        link = tag("a", parent["run"], href=f"../{href(parent['run'], REPORT)}")
         rows.append(("parent", Safe(link + esc(f" from its step {parent.get('step', '?')}"))))
     else:
         rows.append(("parent", "none: trained from scratch"))
@@ -246,8 +247,8 @@ LOST = {"missing": "listed in the manifest, but missing", "changed": "changed si
 def files(run: RunFiles) -> list[Safe]:
     try:
         status = verify_manifest(run.dir)
-        listed = json.loads((run.dir / MANIFEST).read_text())
-    except UserError as e:
+        listed = json.loads(read_bounded(run.dir / MANIFEST, JSON_MAX_BYTES, "a JSON file"))
+    except (UserError, OSError, ValueError) as e:
         run.note(str(e))
         return [note(f"No file can be verified: {run.problems[-1]}")]
     entries = listed.get("files", {})
@@ -256,7 +257,7 @@ def files(run: RunFiles) -> list[Safe]:
         if state in LOST:
             run.note(f"{name}: {LOST[state]}")
         entry = entries.get(name) if isinstance(entries.get(name), dict) else {}
-        size = entry.get("bytes") if state != "unlisted" else (run.dir / name).stat().st_size
+        size = entry.get("bytes") if state != "unlisted" else (run.dir / name).lstat().st_size
         cell = tag("span", state, class_="good" if state == "ok" else "bad")
         rows.append([name, cell, f"{size:,}" if isinstance(size, int) else "?", str(entry.get("sha256", ""))[:16]])
     folders = sorted(p.name + "/" for p in run.dir.iterdir() if p.is_dir() and not p.name.startswith("."))

@@ -4,7 +4,8 @@ the config) as JSON in its metadata, and a digest of the whole (:func:`artifacts
 ``checkpoint.json`` beside it is a copy of the metadata for people and for `mnistdiff runs`.
 
 A checkpoint is verified before it is used: its digest (or, for a file without one, its sha256
-in the run's manifest), every field and tensor a resume needs, and its config against the run's.
+in the run's manifest), every field and tensor a resume needs, every floating tensor finite, and
+its config against the run's.
 """
 
 from __future__ import annotations
@@ -118,6 +119,9 @@ def read_checkpoint(run_dir: Path, cfg: RunConfig | None = None) -> Checkpoint:
         raise UserError(f"{path} is corrupt: its train_seconds is not a number")
     if meta["step"] < 0 or meta["world_size"] < 1:
         raise UserError(f"{path} is corrupt: step {meta['step']}, world size {meta['world_size']}")
+    bad = next((name for name, t in sorted(tensors.items()) if t.is_floating_point() and not t.isfinite().all()), None)
+    if bad is not None:  # a resume would carry them into every later step
+        raise UserError(f"{path} is corrupt: its tensor {bad!r} holds NaN or infinite values")
     rng = tensors.get("rng.cpu")
     if rng is None or rng.dtype != torch.uint8 or rng.ndim != 1:
         raise UserError(f"{path} is incomplete: it lacks the CPU random state 'rng.cpu'")

@@ -35,7 +35,19 @@ import torch
 from .. import __version__
 from ..config import DEFAULT_ARTIFACTS_DIR, RunConfig
 from ..errors import UserError
-from ..io import atomic_write_bytes, atomic_write_json, fsync_dir, load_tensors_and_metadata, sha256_file
+from ..io import (
+    JSON_MAX_BYTES,
+    METRICS_MAX_BYTES,
+    NAME_MAX_BYTES,
+    NotReadable,
+    atomic_write_bytes,
+    atomic_write_json,
+    fsync_dir,
+    is_regular,
+    load_tensors_and_metadata,
+    read_bounded,
+    sha256_file,
+)
 from . import lock
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -164,19 +176,26 @@ def resolve_run(run: str | None, artifacts_dir: str | os.PathLike = DEFAULT_ARTI
     artifacts_dir = Path(artifacts_dir)
     if run is None:
         latest = artifacts_dir / "latest"
-        if not latest.is_file():
-            raise UserError(f"no runs yet in {artifacts_dir} (train one with `mnistdiff train`)")
-        run = latest.read_text().strip()
-    path = Path(run)
-    if path.is_dir() and (path / CONFIG).is_file():
-        return path
+        try:
+            run = read_bounded(latest, NAME_MAX_BYTES, "a run's name").decode(errors="replace").strip()
+        except FileNotFoundError:
+            raise UserError(f"no runs yet in {artifacts_dir} (train one with `mnistdiff train`)") from None
+    try:
+        path = Path(run)
+        if path.is_dir() and (path / CONFIG).is_file():
+            return path
+    except (OSError, ValueError):  # a name too long for the file system, or holding a NUL
+        pass
     root = runs_dir(artifacts_dir)
     candidates = sorted(root.iterdir()) if root.is_dir() else []
+    # A run by its number, "3": ASCII digits only ("²" is a digit to str.isdigit, not to int), and few of them.
+    number = int(run) if run.isascii() and run.isdigit() and len(run) <= 9 else None
     for p in reversed(candidates):
-        if p.name == run or p.name.split("-", 1)[-1] == run or (run.isdigit() and p.name[:5] == f"{int(run):05d}"):
+        if p.name == run or p.name.split("-", 1)[-1] == run or (number is not None and p.name[:5] == f"{number:05d}"):
             if (p / CONFIG).is_file():
                 return p
-    raise UserError(f"unknown run {run!r}: no such folder, and no run of that name in {root} (see `mnistdiff runs`)")
+    shown = run if len(run) <= 80 else run[:77] + "..."
+    raise UserError(f"unknown run {shown!r}: no such folder, and no run of that name in {root} (see `mnistdiff runs`)")
 
 
 def save_run_info(run_dir: Path, parent: dict[str, Any] | None = None) -> None:
@@ -200,8 +219,8 @@ def update_run_info(run_dir: Path, **fields: Any) -> None:
     """Add ``fields`` to the run's ``run.json`` (how the run was made)."""
     path = run_dir / RUN_INFO
     try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError):
+        info = json.loads(read_bounded(path, JSON_MAX_BYTES, "a JSON file"))
+    except (OSError, ValueError, RecursionError, NotReadable):
         info = {}
     atomic_write_json(path, {**(info if isinstance(info, dict) else {}), **fields})
 
@@ -211,14 +230,13 @@ def save_config(run_dir: Path, cfg: RunConfig) -> None:
 
 
 def load_config(run_dir: Path) -> RunConfig:
-    """A run's ``config.json``; a missing, unreadable, malformed or ill-typed one is a one-line UserError."""
+    """A run's ``config.json``; a missing, unreadable, malformed or ill-typed one is a one-line UserError,
+    as is one that is not a regular file or is over ``JSON_MAX_BYTES`` (:func:`read_bounded`)."""
     path = run_dir / CONFIG
     try:
-        data = json.loads(path.read_bytes())
+        data = json.loads(read_bounded(path, JSON_MAX_BYTES, "a JSON file"))
     except FileNotFoundError:
         raise UserError(f"{path} is missing") from None
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
     except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, over 4300 digits, nested past the stack
         raise UserError(f"{path} is not valid JSON: {e}") from None
     try:
@@ -281,12 +299,14 @@ def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The records of ``metrics.jsonl``, skipping lines that are not JSON objects (a line cut
-    short by a crash)."""
-    path = run_dir / METRICS
-    if not path.is_file():
+    short by a crash); none if there is no such file. One that is not a regular file or is over
+    ``METRICS_MAX_BYTES`` is a UserError (:func:`read_bounded`)."""
+    try:
+        text = read_bounded(run_dir / METRICS, METRICS_MAX_BYTES, "a metrics log").decode(errors="replace")
+    except FileNotFoundError:
         return []
     records = []
-    for line in path.read_text(errors="replace").splitlines():
+    for line in text.splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
@@ -307,11 +327,12 @@ def keep_metrics_until(run_dir: Path, step: int, source: Path | None = None) -> 
 
 
 def write_manifest(run_dir: Path) -> None:
-    """sha256 and size of every file in the run folder (but the report), and the package version."""
+    """sha256 and size of every regular file in the run folder (but the report; not symlinks,
+    FIFOs or devices), and the package version."""
     files = {
-        p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        p.name: {"sha256": sha256_file(p), "bytes": p.lstat().st_size}
         for p in sorted(run_dir.iterdir())
-        if p.is_file() and p.name not in _NOT_LISTED and not p.name.startswith(".")
+        if is_regular(p) and p.name not in _NOT_LISTED and not p.name.startswith(".")
     }
     atomic_write_json(
         run_dir / MANIFEST,
@@ -328,8 +349,8 @@ def manifest_entry(run_dir: Path, name: str) -> str | None:
     """The sha256 that the run's manifest records for the file ``name``, or None (no manifest, or
     a manifest that does not list it or cannot be read)."""
     try:
-        entry = json.loads((run_dir / MANIFEST).read_text())["files"][name]["sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
+        entry = json.loads(read_bounded(run_dir / MANIFEST, JSON_MAX_BYTES, "a JSON file"))["files"][name]["sha256"]
+    except (OSError, ValueError, RecursionError, KeyError, TypeError, NotReadable):
         return None
     return entry if isinstance(entry, str) else None
 
@@ -348,12 +369,9 @@ def write_finished(run_dir: Path, step: int) -> None:
 
 def finished_record(run_dir: Path) -> dict[str, Any] | None:
     """The run's ``finished.json`` as written by :func:`write_finished`, or None (none, or unreadable)."""
-    path = run_dir / FINISHED
     try:
-        if path.is_symlink() or not path.is_file() or path.stat().st_size > 4096:
-            return None
-        record = json.loads(path.read_bytes())
-    except (OSError, ValueError):
+        record = json.loads(read_bounded(run_dir / FINISHED, NAME_MAX_BYTES, "finished.json"))
+    except (OSError, ValueError, NotReadable):
         return None
     ok = isinstance(record, dict) and isinstance(record.get("weights_sha256"), str) and type(record.get("step")) is int
     return record if ok else None
@@ -372,19 +390,23 @@ def is_finished(run_dir: Path) -> bool:
 
 
 def verify_manifest(run_dir: Path) -> dict[str, str]:
-    """Each file's state against the manifest: "ok", "changed" (another sha256), "missing" (listed,
-    not there) or "unlisted" (there, not listed). Raises UserError for an unreadable manifest."""
+    """Each file's state against the manifest: "ok", "changed" (another sha256, or no longer a
+    regular file: a symlink, a FIFO, ...), "missing" (listed, not there) or "unlisted" (a regular
+    file there, not listed). Raises UserError for an unreadable manifest."""
     path = run_dir / MANIFEST
     try:
-        listed = json.loads(path.read_text())["files"]
+        listed = json.loads(read_bounded(path, JSON_MAX_BYTES, "a JSON file"))["files"]
         hashes = {name: entry["sha256"] for name, entry in listed.items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    except NotReadable as e:
+        raise UserError(f"{path} cannot be read: {e.reason}") from None
+    except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError) as e:
         raise UserError(f"{path} cannot be read: {e}") from None
-    present = {p.name for p in run_dir.iterdir() if p.is_file() and p.name not in _NOT_LISTED and p.name[:1] != "."}
-    status = {name: "missing" for name in hashes if name not in present}
-    for name in sorted(present):
+    there = {p.name: is_regular(p) for p in run_dir.iterdir() if p.name not in _NOT_LISTED and p.name[:1] != "."}
+    status = {name: "missing" for name in hashes if name not in there}
+    for name in sorted(there):
         if name not in hashes:
-            status[name] = "unlisted"
+            if there[name]:
+                status[name] = "unlisted"
         else:
-            status[name] = "ok" if sha256_file(run_dir / name) == hashes[name] else "changed"
+            status[name] = "ok" if there[name] and sha256_file(run_dir / name) == hashes[name] else "changed"
     return status

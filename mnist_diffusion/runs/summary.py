@@ -14,6 +14,7 @@ from typing import Any
 
 from ..config import INT_LIMIT
 from ..errors import UserError
+from ..io import JSON_MAX_BYTES, NotReadable, read_bounded
 from .store import _RUN_RE, CHECKPOINT_META, CONFIG, is_finished, load_config, runs_dir
 
 
@@ -50,7 +51,7 @@ def summarize_run(run_dir: Path) -> RunSummary:
     """The summary of one run folder (see :func:`summarize_runs`)."""
     summary = RunSummary(
         name=run_dir.name, path=run_dir, created=_created(run_dir), preset=None, epochs=None, step=None,
-        final_loss=None, fid=None, fid_n=None, finished=is_finished(run_dir),
+        final_loss=None, fid=None, fid_n=None, finished=_finished(run_dir),
     )  # fmt: skip
     problems = []
     try:
@@ -80,6 +81,14 @@ def summarize_run(run_dir: Path) -> RunSummary:
     return summary
 
 
+def _finished(run_dir: Path) -> bool:
+    """:func:`is_finished`, False where the weights cannot be hashed (a symlink, a FIFO, ...)."""
+    try:
+        return is_finished(run_dir)
+    except (UserError, OSError):
+        return False
+
+
 def _created(run_dir: Path) -> str:
     """When the run began (its config.json's mtime, else the folder's), or "?"."""
     for path in (run_dir / CONFIG, run_dir):
@@ -92,13 +101,14 @@ def _created(run_dir: Path) -> str:
 
 def _read_json_object(path: Path) -> dict[str, Any] | None:
     """The JSON object in ``path``; None if there is no such file. A file that cannot be read, is
-    not JSON or holds something other than an object is a UserError naming the file."""
+    not JSON, holds something other than an object, is not a regular file or is over
+    ``JSON_MAX_BYTES`` is a UserError naming the file."""
     try:
-        data = json.loads(path.read_bytes())
+        data = json.loads(read_bounded(path, JSON_MAX_BYTES, "a JSON file"))
     except FileNotFoundError:
         return None
-    except OSError as e:
-        raise UserError(f"{path.name}: cannot read it ({e.strerror or e})") from None
+    except NotReadable as e:
+        raise UserError(f"{path.name}: {e.reason}") from None
     except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, over 4300 digits, nested past the stack
         raise UserError(f"{path.name}: not valid JSON ({e})") from None
     if not isinstance(data, dict):

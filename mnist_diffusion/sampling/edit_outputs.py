@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..config import INPAINT_JUMPS, INPAINT_RESAMPLE, INTERPOLATE_FRAMES, SamplingConfig
-from ..io import save_tensors
+from ..io import check_output, save_tensors
 from ..pictures.animation import save_gif
 from ..pictures.grids import save_grid
 from ..runs.loader import LoadedRun
@@ -23,7 +23,7 @@ from .editing import (
     reconstruct,
     reconstruction_error,
 )
-from .outputs import check_folders
+from .outputs import PICTURE, PNG, TENSORS
 
 HOLE = 0.5  # the grey that shows the missing pixels of a masked input
 
@@ -48,7 +48,8 @@ def inpaint_to_files(
     completions. ``save_tensor`` also gets the completions as ``samples`` [N n x 1 x 28 x 28] in
     [0, 1] (readable by `eval --samples`), the ``originals`` and the ``missing`` mask (uint8),
     with the settings in its metadata. Returns the completions, [N x n x 1 x 28 x 28]."""
-    check_folders(output, save_tensor)
+    check_output(output, PNG, "-o")
+    check_output(save_tensor, TENSORS, "--save-tensor")
     completions = inpaint(run, images, missing, sampling, n=n, digit=digit, jumps=jumps, resample=resample,
                           progress=progress)  # fmt: skip
     missing = missing.to(torch.bool).broadcast_to(images.shape)
@@ -80,7 +81,7 @@ def interpolate_to_files(
 ) -> torch.Tensor:
     """Walk from ``a`` to ``b`` (:func:`interpolate`) and write the frames as one PNG strip, or as
     an animated GIF when ``output`` ends in ``.gif``. Returns them, [frames x 1 x 28 x 28]."""
-    check_folders(output)
+    check_output(output, PICTURE, "-o")
     interpolate_settings(run, sampling, not all(isinstance(e, int) for e in (a, b)))  # a bad setting fails first
     walk = interpolate(run, a, b, sampling, frames=frames, digit=digit, progress=progress)
     if output.suffix.lower() == ".gif":
@@ -105,7 +106,7 @@ def invert_to_files(
     :func:`reconstruct`) at each step count in ``steps``, and write a PNG grid, one row per image:
     the original, then its reconstruction at each count. Returns, per count, its ``steps``, the
     mean ``mse`` and the mean ``psnr`` (dB) over the images."""
-    check_folders(output)
+    check_output(output, PNG, "-o")
     rows, reconstructions = [], []
     for count in steps:
         noise = invert(run, images, sampling, digit=digit, steps=count, progress=progress)

@@ -14,8 +14,7 @@ from torch import nn
 from ..config import SDEDIT_STRENGTH, SamplingConfig
 from ..diffusion import x0_to_unit
 from ..diffusion.samplers import StepCallback
-from ..errors import UserError
-from ..io import save_tensors
+from ..io import check_output, save_tensors
 from ..pictures.animation import save_gif
 from ..pictures.figures import trajectory_figure
 from ..pictures.grids import save_grid
@@ -27,13 +26,8 @@ TRAJECTORY_ROWS = 4  # samples shown in a trajectory picture
 TRAJECTORY_FRAMES = 10  # moments shown, evenly spaced over the sampler's steps
 END_GRID = 64  # samples in the grid drawn at the end of training, 8 x 8
 END_GRID_CONDITIONAL = 80  # conditional runs: a row of 8 for each digit 0-9
-
-
-def check_folders(*paths: Path | None) -> None:
-    """A one-line UserError, before any work, if the folder of a file to write does not exist."""
-    for path in paths:
-        if path is not None and path.parent and not path.parent.is_dir():
-            raise UserError(f"cannot write {path}: the folder {path.parent} does not exist")
+# What the files written may be named (check_output): a PNG, a PNG or an animated GIF, safetensors.
+PNG, PICTURE, TENSORS = (".png",), (".png", ".gif"), (".safetensors",)
 
 
 def sample_to_files(
@@ -56,7 +50,9 @@ def sample_to_files(
     an animated GIF if its name ends in ``.gif``). With ``init``, a drawing [1 x 28 x 28] in
     [0, 1], the samples are SDEdits of it at ``strength`` (:func:`sdedit`).
     Returns the samples, [n x 1 x 28 x 28] in [0, 1]."""
-    check_folders(output, save_tensor, trajectory)
+    check_output(output, PNG, "-o")
+    check_output(save_tensor, TENSORS, "--save-tensor")
+    check_output(trajectory, PICTURE, "--trajectory")
     settings = resolve_for(run, sampling)
     frames: list[torch.Tensor] = []
     frame_labels: list[str] = []
