@@ -88,7 +88,7 @@ def train(
                                        rich_help_panel=WATCH)] = EVAL_SAMPLES,
     tensorboard: Annotated[bool, _flag(
         "Also write TensorBoard events (loss, learning rate, images/s, FID, the progress grids) into the run's "
-        "tensorboard/ folder; needs pip install 'mnist-diffusion\\[tensorboard]'.", "--tensorboard",
+        "tensorboard/ folder; needs the tensorboard package (pip install tensorboard).", "--tensorboard",
         rich_help_panel=WATCH)] = False,
     device: Device = "auto",
     artifacts_dir: ArtifactsDir = DEFAULT_ARTIFACTS_DIR,

@@ -1,6 +1,6 @@
 """`train --tensorboard`: the run's figures as TensorBoard events in ``tensorboard/`` of the run
 folder (`tensorboard --logdir artifacts/runs`). TensorBoard is an optional extra:
-``pip install 'mnist-diffusion[tensorboard]'``."""
+``pip install tensorboard`` (in a checkout, ``pip install -e '.[tensorboard]'``)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def require_tensorboard() -> None:
         import torch.utils.tensorboard  # noqa: F401
     except ImportError:
         raise UserError(
-            "--tensorboard needs the tensorboard package: pip install 'mnist-diffusion[tensorboard]'"
+            "--tensorboard needs the tensorboard package: pip install tensorboard (in a checkout: pip install -e '.[tensorboard]')"
         ) from None
 
 
