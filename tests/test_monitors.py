@@ -116,7 +116,8 @@ def test_train_flags_pass_the_monitors_and_tensorboard_without_its_package_is_on
     result = runner.invoke(app, ["train", *flags, "--tensorboard"])
     assert result.exit_code == 1 and not (tmp_path / "runs").exists()
     assert result.output.strip().splitlines() == [
-        "Error: --tensorboard needs the tensorboard package: pip install tensorboard (in a checkout: pip install -e '.[tensorboard]')"]
+        "Error: --tensorboard needs the tensorboard package: pip install tensorboard "
+        "(in a checkout: pip install -e '.[tensorboard]')"]
     result = runner.invoke(app, ["train", *flags, "--sample-every", "2", "--eval-every", "4", "--eval-samples", "10"])
     assert result.exit_code == 0, result.output
     (run_dir,) = (tmp_path / "runs").iterdir()

@@ -22,7 +22,8 @@ def require_tensorboard() -> None:
         import torch.utils.tensorboard  # noqa: F401
     except ImportError:
         raise UserError(
-            "--tensorboard needs the tensorboard package: pip install tensorboard (in a checkout: pip install -e '.[tensorboard]')"
+            "--tensorboard needs the tensorboard package: pip install tensorboard "
+            "(in a checkout: pip install -e '.[tensorboard]')"
         ) from None
 
 
