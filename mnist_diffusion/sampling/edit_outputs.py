@@ -23,6 +23,7 @@ from .editing import (
     reconstruct,
     reconstruction_error,
 )
+from .generate import count_for
 from .outputs import check_folders
 
 HOLE = 0.5  # the grey that shows the missing pixels of a masked input
@@ -49,6 +50,7 @@ def inpaint_to_files(
     [0, 1] (readable by `eval --samples`), the ``originals`` and the ``missing`` mask (uint8),
     with the settings in its metadata. Returns the completions, [N x n x 1 x 28 x 28]."""
     check_folders(output, save_tensor)
+    count_for(n, "-n", scale=scale, each=len(images))
     completions = inpaint(run, images, missing, sampling, n=n, digit=digit, jumps=jumps, resample=resample,
                           progress=progress)  # fmt: skip
     missing = missing.to(torch.bool).broadcast_to(images.shape)
@@ -81,6 +83,7 @@ def interpolate_to_files(
     """Walk from ``a`` to ``b`` (:func:`interpolate`) and write the frames as one PNG strip, or as
     an animated GIF when ``output`` ends in ``.gif``. Returns them, [frames x 1 x 28 x 28]."""
     check_folders(output)
+    count_for(frames, "--frames", scale=scale, low=2)
     interpolate_settings(run, sampling, not all(isinstance(e, int) for e in (a, b)))  # a bad setting fails first
     walk = interpolate(run, a, b, sampling, frames=frames, digit=digit, progress=progress)
     if output.suffix.lower() == ".gif":
