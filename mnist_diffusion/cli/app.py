@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from typing import Annotated
 
 import typer
@@ -32,8 +33,8 @@ def say(message: str) -> None:
 
 
 # What the allocators say when memory runs out: torch's CPU allocator ("can't allocate memory"),
-# CUDA's and MPS's ("out of memory"), the C library's (ENOMEM's "Cannot allocate memory").
-_ALLOCATION_FAILURES = ("can't allocate memory", "cannot allocate memory", "out of memory")
+# CUDA's and MPS's ("out of memory"), the C library's (ENOMEM's "Cannot allocate memory"), C++'s new.
+_ALLOCATION_FAILURES = ("can't allocate memory", "cannot allocate memory", "out of memory", "std::bad_alloc")
 
 
 def allocation_failure(error: BaseException) -> bool:
@@ -78,9 +79,10 @@ def user_errors(fn):
 
 
 def _first_line(error: BaseException) -> str:
-    """The gist of an allocator's message: its first line, without torch's "[enforce fail at ...]" prefix."""
+    """The gist of an allocator's message: its first line, without torch's "[enforce fail at ...]
+    err == 0." prefix."""
     text = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    return text.split("] ", 1)[1] if text.startswith("[enforce fail") and "] " in text else text
+    return re.sub(r"^\[enforce fail at [^]]*\]\s*(err == 0\.\s*)?", "", text)
 
 
 def checked(make, *args, **kwargs):
