@@ -2,8 +2,9 @@
 
 The package in layers; a module imports only from the layers above its own:
 
-- ``errors``, ``io``, ``config``: the one exception users see; crash-safe files and verified
-  safetensors; every default (RunConfig, SamplingConfig, presets).
+- ``errors``, ``io``, ``seeds``, ``config``: the one exception users see; crash-safe files and
+  verified safetensors; the seeds' range and derivation; every default (RunConfig,
+  SamplingConfig, presets) and range, with the memory estimates that bound counts.
 - ``allocator``: glibc's malloc, and torch's huge pages for training, set before anything allocates.
 - ``runtime``: devices, precision, CPU threads, torch.distributed.
 - ``diffusion``: the maths, no files (schedules, losses, guidance, samplers, editing, NLL).

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args
+
+from .seeds import check_seed
 
 Arch = Literal["unet", "seed"]
 ScheduleName = Literal["linear", "cosine", "sigmoid"]
@@ -26,6 +29,11 @@ LRSchedule = Literal["constant", "cosine"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 INT_LIMIT = 2**63  # every integer of a config fits in 64 bits (torch seeds and sizes)
+MAX_TIMESTEPS = 100_000  # the most diffusion steps T a run may have: 100 times the default 1000
+MAX_STEPS = 2**40  # the most optimizer steps a plan may have (--steps, --max-steps, --warmup): no run is longer
+MAX_EPOCHS = 1_000_000  # the most passes over the training images a plan may have
+MNIST_TRAIN_IMAGES = 60_000  # the most pixel clusters a run may learn: one per training image
+MEMORY_FALLBACK = 16 * 2**30  # bytes of memory assumed where the system does not say how much it has
 DEFAULT_DATA_DIR = Path("data")  # where MNIST lives: data/MNIST/raw/*-ubyte, as torchvision lays it out
 DEFAULT_ARTIFACTS_DIR = Path("artifacts")  # where runs live: artifacts/runs/NNNNN-NAME, artifacts/latest
 SAMPLE_EVERY = 500  # train --sample-every: steps between progress grids (0: none); under 1% of a CPU run
@@ -146,9 +154,24 @@ def _check_choice(value: str, literal: Any, what: str) -> None:
         raise ValueError(f"{what} must be one of {', '.join(get_args(literal))} (got {value!r})")
 
 
+def _numbers(cfg: RunConfig):
+    """(where, value) of every number of a config: each int (and each entry of channel_mult), each float."""
+    for section in (cfg.model, cfg.diffusion, cfg.train):
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            for v in value if isinstance(value, tuple) else (value,):
+                if isinstance(v, int | float) and not isinstance(v, bool):
+                    yield f.name, v
+
+
 def validate(cfg: RunConfig) -> RunConfig:
     """Raise ValueError with a one-line reason if any field is out of range; return cfg."""
     m, d, t = cfg.model, cfg.diffusion, cfg.train
+    for where, value in _numbers(cfg):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{where} must be a finite number (got {value})")
+        if isinstance(value, int) and not _is_int(value):
+            raise ValueError(f"{where} must be an integer of at most 64 bits (got {reprlib.repr(value)})")
     _check_choice(m.arch, Arch, "model arch")
     _check_choice(d.schedule, ScheduleName, "schedule")
     _check_choice(d.prediction, Prediction, "prediction")
@@ -164,14 +187,17 @@ def validate(cfg: RunConfig) -> RunConfig:
         (m.num_res_blocks >= 1, "num_res_blocks must be at least 1"),
         (0.0 <= m.dropout < 1.0, "dropout must be in [0, 1)"),
         (t.clusters >= 0, "clusters must not be negative"),
+        (t.clusters <= MNIST_TRAIN_IMAGES, f"clusters must be at most {MNIST_TRAIN_IMAGES:,}, one per training image"),
         (m.arch == "unet" or not m.num_classes, "the seed network takes no labels or clusters (use the unet)"),
         (
             m.num_classes == t.clusters if t.clusters else m.num_classes in (0, 10),
             "num_classes must be 0 (unconditional), 10 (digits) or the number of clusters",
         ),
         (d.timesteps >= 2, "timesteps must be at least 2"),
+        (d.timesteps <= MAX_TIMESTEPS, f"timesteps must be at most {MAX_TIMESTEPS:,}"),
         (0.0 < d.beta_start < d.beta_end < 1.0, "need 0 < beta_start < beta_end < 1"),
         (t.epochs >= 0, "epochs must not be negative"),
+        (t.epochs <= MAX_EPOCHS, f"epochs must be at most {MAX_EPOCHS:,}"),
         (t.batch_size >= 1, "batch size must be at least 1"),
         (t.lr > 0, "learning rate must be positive"),
         (t.warmup_steps >= 0, "warmup steps must not be negative"),
@@ -182,11 +208,131 @@ def validate(cfg: RunConfig) -> RunConfig:
         (0.0 <= t.guide_at < 1.0, "guide_at must be in [0, 1)"),
         (t.steps >= 0, "steps must not be negative"),
         (t.max_steps >= 0, "max steps must not be negative"),
-        (t.seed >= 0, "seed must not be negative"),
+        (max(t.steps, t.max_steps, t.warmup_steps) <= MAX_STEPS,
+         f"steps, max steps and warmup steps must be at most 2^40 = {MAX_STEPS:,}"),
     ]
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
+    check_seed(t.seed, "seed")
+    return cfg
+
+
+# ----------------------------------------------------------------------------- memory
+# Estimates made before anything is allocated, so that a size no machine here can hold is a
+# one-line error at once rather than a failure minutes into the work.
+
+IMAGE_BYTES = 4 * 28 * 28  # one digit as float32, (1, 28, 28)
+
+
+def memory_bytes() -> int:
+    """This machine's physical memory in bytes (os.sysconf), or MEMORY_FALLBACK where it cannot say."""
+    try:
+        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return MEMORY_FALLBACK
+    return pages * page_size if pages > 0 and page_size > 0 else MEMORY_FALLBACK
+
+
+def check_memory(need: int, what: str, hint: str) -> None:
+    """A ValueError saying ``what`` would need ``need`` bytes, and ``hint``, if that is more than
+    this machine's memory (:func:`memory_bytes`)."""
+    have = memory_bytes()
+    if need > have:
+        raise ValueError(f"{what} would need about {need / 2**30:.3g} GiB of memory, more than this machine's "
+                         f"{have / 2**30:.3g} GiB; {hint}")  # fmt: skip
+
+
+def image_bytes(scale: int = 1) -> int:
+    """The memory one digit takes while a command holds it: its float32 tensor a few times over
+    (the batches, their concatenation, a grid's tiles) and its pixels in a picture at ``scale``
+    (a byte each, a few copies)."""
+    return 6 * IMAGE_BYTES + 4 * (28 + 2) ** 2 * scale**2
+
+
+def check_image_count(n: int, flag: str, *, scale: int = 1, low: int = 1, each: int = 1) -> int:
+    """``n``, a number of digits a command makes (``flag``; ``each`` digits per unit of it), if it
+    is at least ``low`` and they fit in memory (:func:`image_bytes` at the picture's ``scale``);
+    else a ValueError."""
+    if n < low:
+        raise ValueError(f"{flag} must be at least {low} (got {n})")
+    what = f"{flag} {n}" + (f" ({n * each:,} digits)" if each > 1 else "")
+    check_memory(n * each * image_bytes(scale), what, f"use a smaller {flag}")
+    return n
+
+
+def _widths(m: ModelConfig) -> list[int]:
+    return [m.channels * k for k in m.channel_mult]  # at 28x28, 14x14, 7x7
+
+
+def parameter_count(m: ModelConfig) -> int:
+    """The number of parameters of the network ``m`` describes (nets/unet.py), from its shape alone."""
+    def conv(c_in: int, c_out: int, k: int) -> int:
+        return k * k * c_in * c_out + c_out
+
+    ch, c = m.channels, m.in_channels
+    if m.arch == "seed":  # three convolutions down, two transposed ones up, one out
+        return (conv(c, ch, 3) + conv(ch, 2 * ch, 3) + conv(2 * ch, 4 * ch, 3) + conv(4 * ch, 2 * ch, 4)
+                + conv(2 * ch, ch, 4) + conv(ch, c, 3))  # fmt: skip
+    emb = 4 * ch
+
+    def res(c_in: int, c_out: int) -> int:  # two GroupNorms, two 3x3 convolutions, the embedding's shift, a skip
+        return 2 * c_in + conv(c_in, c_out, 3) + emb * c_out + c_out + 2 * c_out + conv(c_out, c_out, 3) + (
+            conv(c_in, c_out, 1) if c_in != c_out else 0)  # fmt: skip
+
+    widths = _widths(m)
+    total = (ch * emb + emb) + (emb * emb + emb) + ((m.num_classes + 1) * emb if m.num_classes else 0)
+    total += conv(c, widths[0], 3)
+    cur, skips = widths[0], []
+    for level, width in enumerate(widths):
+        for _ in range(m.num_res_blocks):
+            total, cur = total + res(cur, width), width
+        skips.append(cur)
+        total += conv(cur, cur, 3) if level < len(widths) - 1 else 0
+    total += 2 * res(cur, cur) + (2 * cur + conv(cur, 3 * cur, 1) + conv(cur, cur, 1) if m.attention else 0)
+    for level in reversed(range(len(widths))):
+        for i in range(m.num_res_blocks):
+            total, cur = total + res(cur + skips[level] if i == 0 else cur, widths[level]), widths[level]
+    return total + 2 * cur + conv(cur, c, 3)
+
+
+def activation_bytes(m: ModelConfig) -> int:
+    """About the memory one image's feature maps take in a training step of the network ``m``
+    describes (float32, all kept for the backward pass); a sampling step holds less."""
+    sizes = [28 * 28, 14 * 14, 7 * 7]
+    if m.arch == "seed":
+        ch = m.channels
+        maps = sizes[0] * ch + sizes[1] * 2 * ch + sizes[2] * 4 * ch + sizes[1] * 2 * ch + sizes[0] * ch
+        return 4 * (3 * maps + 2 * sizes[0] * m.in_channels)  # each layer's input, output and activation
+
+    def res(c_in: int, c_out: int, hw: int) -> int:  # its input twice (norm, activation), 8 maps of its width
+        return hw * (2 * c_in + 8 * c_out)
+
+    widths = _widths(m)
+    total = sizes[0] * (m.in_channels + widths[0])
+    cur, skips = widths[0], []
+    for level, width in enumerate(widths):
+        for _ in range(m.num_res_blocks):
+            total, cur = total + res(cur, width, sizes[level]), width
+        skips.append(cur)
+        total += cur * sizes[level + 1] if level < len(widths) - 1 else 0
+    total += 2 * res(cur, cur, sizes[-1]) + (sizes[-1] * (6 * cur + 4 * sizes[-1]) if m.attention else 0)
+    for level in reversed(range(len(widths))):
+        total += sizes[level] * (cur + (cur + skips[level]))  # the upsampled map and its concatenation
+        for i in range(m.num_res_blocks):
+            total, cur = total + res(cur + skips[level] if i == 0 else cur, widths[level], sizes[level]), widths[level]
+    return 4 * (total + 3 * sizes[0] * cur)
+
+
+def check_training_memory(cfg: RunConfig) -> RunConfig:
+    """``cfg`` if training it fits in this machine's memory: the parameters six times over (the
+    weights, their gradients, AdamW's two moments, the EMA and the guide) and one batch of
+    activations; else a ValueError naming the flags that size it."""
+    m, t = cfg.model, cfg.train
+    params = parameter_count(m)
+    need = 6 * 4 * params + t.batch_size * activation_bytes(m)
+    check_memory(need, f"training a network of {params:,} parameters in batches of {t.batch_size:,}",
+                 "use a smaller --channels, --channel-mult or --batch-size")  # fmt: skip
     return cfg
 
 
@@ -227,7 +373,8 @@ PRESETS: dict[str, RunConfig] = {"default": DEFAULT, "seed": SEED, "large": LARG
 
 def build_config(preset: str, **overrides: Any) -> RunConfig:
     """The preset named ``preset`` with every override that is not None applied to the field of
-    that name (in whichever section has it), validated; a bad value is a ValueError."""
+    that name (in whichever section has it), validated, and small enough to train here
+    (:func:`check_training_memory`); a bad value is a ValueError."""
     if preset not in PRESETS:
         raise ValueError(f"--preset must be one of {', '.join(PRESETS)} (got {preset!r})")
     cfg = PRESETS[preset]
@@ -237,7 +384,7 @@ def build_config(preset: str, **overrides: Any) -> RunConfig:
             continue
         section = next(s for s, obj in sections.items() if key in {f.name for f in dataclasses.fields(obj)})
         sections[section] = dataclasses.replace(sections[section], **{key: value})
-    return validate(RunConfig(preset=preset, **sections))
+    return check_training_memory(validate(RunConfig(preset=preset, **sections)))
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -345,17 +492,25 @@ class SamplingConfig:
         _check_choice(self.precision, Precision, "--precision")
         low, high = SPACING_RANGE
         checks = [
-            (self.steps is None or self.steps >= 1, f"--steps must be at least 1 (got {self.steps})"),
+            (self.steps is None or 1 <= self.steps <= MAX_TIMESTEPS,
+             f"--steps must be between 1 and {MAX_TIMESTEPS:,} (got {self.steps})"),
             (self.spacing is None or low <= self.spacing <= high,
              f"--spacing must be between {low:g} and {high:g} (got {self.spacing})"),
             (0.0 <= self.eta <= 1.0, f"--eta must be between 0 and 1 (got {self.eta})"),
-            (self.seed >= 0, f"--seed must not be negative (got {self.seed})"),
-            (self.batch_size >= 1, f"--batch-size must be at least 1 (got {self.batch_size})"),
+            (1 <= self.batch_size < INT_LIMIT, f"--batch-size must be between 1 and 2^63 - 1 (got {self.batch_size})"),
         ]  # fmt: skip
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        check_seed(self.seed)
         self.guidance.check()
+        return self
+
+    def check_batch(self, model: ModelConfig, n: int) -> SamplingConfig:
+        """Raise ValueError if a batch of ``n`` samples (at most ``batch_size``) of the network
+        ``model`` describes would not fit in memory (:func:`activation_bytes`); return self."""
+        batch = min(self.batch_size, n)
+        check_memory(batch * activation_bytes(model), f"--batch-size {batch}", "use a smaller --batch-size")
         return self
 
     def resolve(self, num_timesteps: int, kinds: GuidanceKinds, run: str = "this run") -> SamplingConfig:
@@ -394,5 +549,6 @@ INPAINT_RESAMPLE = 5  # walk each block of j steps r times in all; 1: no resampl
 # the inversion error at 50 steps, a completion's mean a standard deviation off).
 EDIT_SPACING = 1.0
 SDEDIT_STRENGTH = 0.6  # `sample --init`: noise the drawing to t = strength * T (Meng et al. 2022)
+INPAINT_MAX_EVALUATIONS = 1_000_000  # the most network evaluations RePaint's walk may take (steps times about r)
 INTERPOLATE_FRAMES = 8  # `interpolate`: pictures from one end to the other, both ends included
 INVERT_STEPS = (20, 50, 100)  # `invert`: the step counts whose reconstruction errors are compared

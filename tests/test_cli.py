@@ -553,3 +553,119 @@ def test_eval_of_a_missing_samples_file_fails_before_fetching_mnist(tmp_path):
     result = invoke("eval", "--samples", tmp_path / "nothere.npy", "--data-dir", data)
     assert_one_line_error(result, "nothere.npy")
     assert not data.exists()  # no download was attempted
+
+
+# ----------------------------------------------------------------------------- every number bounded
+
+
+def assert_refused(result, *needles: str):
+    """A non-zero exit with a message (one Error: line, or Typer's usage error), not an exception."""
+    assert result.exit_code != 0, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    for needle in needles:
+        assert needle in result.output, result.output
+
+
+@pytest.mark.parametrize("seed", [2**63, 2**64, -1])
+def test_a_seed_out_of_range_is_refused_by_every_command(seed, trained, tmp_path):
+    where = ["--artifacts-dir", trained[0], "--device", "cpu", "-o", tmp_path / "out.png"]
+    for command in (["sample", "-n", 1, "--steps", 2], ["interpolate", "--frames", 2, "--steps", 2]):
+        assert_refused(invoke(*command, "--seed", seed, *where), "--seed")
+    assert_refused(invoke("visualize-forward", "--seed", seed, "-o", tmp_path / "f.png"), "--seed")
+    assert_refused(invoke("interpolate", "--seeds", f"0,{seed}", "--frames", 2, *where), "--seeds")
+    artifacts = tmp_path / "artifacts"
+    assert_refused(invoke("train", *TINY, "--seed", seed, "--artifacts-dir", artifacts), "--seed")
+    assert not artifacts.exists()  # refused before a run folder with an unreadable config.json
+
+
+def test_the_largest_seed_samples_and_interpolates(trained, tmp_path):
+    where = ["--artifacts-dir", trained[0], "--device", "cpu"]
+    result = invoke("sample", "-n", 2, "--steps", 2, "--seed", 2**63 - 1, "-o", tmp_path / "s.png", *where)
+    assert result.exit_code == 0, result.output
+    result = invoke("interpolate", "--frames", 2, "--steps", 2, "--seed", 2**63 - 1, "-o", tmp_path / "i.png", *where)
+    assert result.exit_code == 0, result.output
+
+
+def test_a_large_seed_trains_whose_derived_seeds_overflowed(data_dir, tmp_path):
+    result = invoke("train", *TINY, "--seed", 20_000_000_000_000, "--max-steps", 2, "--grid", 0, "--no-compile",
+                    "--data-dir", data_dir, "--artifacts-dir", tmp_path)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert load_config(run_dir).train.seed == 20_000_000_000_000
+
+
+@pytest.mark.parametrize(
+    "flags,needle",
+    [(["--lr", "inf"], "lr must be a finite number"), (["--lr", "nan"], "lr must be a finite number"),
+     (["--guide-at", "nan"], "guide_at must be a finite number"),
+     (["--channels", 8_000_000], "would need about"), (["--channel-mult", f"1,2,{2**40}"], "would need about"),
+     (["--timesteps", 10_000_000_000_000], "timesteps must be at most 100,000"),
+     (["--batch-size", 10**12], "would need about"), (["--epochs", 10**15], "epochs must be at most"),
+     (["--max-steps", 2**41], "at most 2^40"), (["--grid", 10**14], "--grid 100000000000000 would need about"),
+     (["--eval-every", 1, "--eval-samples", 10**14], "--eval-samples 100000000000000 would need about")],
+)  # fmt: skip
+def test_train_refuses_a_number_it_cannot_use_before_any_work(flags, needle, data_dir, tmp_path):
+    result = invoke("train", *TINY, *flags, "--data-dir", data_dir, "--artifacts-dir", tmp_path / "artifacts")
+    assert_one_line_error(result, needle)
+    assert not (tmp_path / "artifacts").exists()
+
+
+@pytest.mark.parametrize(
+    "command,needle",
+    [(["sample", "-n", 10**12], "-n 1000000000000 would need about"),
+     (["sample", "-n", 10**7, "--scale", 16], "use a smaller -n"),
+     (["sample", "--steps", 10**13], "--steps must be between 1 and 100,000"),
+     (["sample", "--init", "DRAWING", "--strength", "nan"], "--strength must be in (0, 1]"),
+     (["eval", "-n", 10**12], "-n 1000000000000 would need about"),
+     (["interpolate", "--frames", 10**12], "--frames 1000000000000 would need about"),
+     (["inpaint", "--test-index", "0,1", "-n", 10**12], "-n 1000000000000 (2,000,000,000,000 digits) would need"),
+     (["inpaint", "--test-index", 0, "--resample", 10**8], "more than 1,000,000"),
+     (["inpaint", "--test-index", 0, "--jumps", 0], "--jumps and --resample must be at least 1"),
+     (["visualize-forward", "--timesteps", 10**13], "timesteps must be at most 100,000")],
+)  # fmt: skip
+def test_sampling_commands_refuse_a_count_too_large_for_memory_before_any_work(command, needle, trained, data_dir,
+                                                                              tmp_path):  # fmt: skip
+    drawing = tmp_path / "drawing.png"
+    Image.new("L", (28, 28), 128).save(drawing)
+    command = [str(drawing) if part == "DRAWING" else part for part in command]
+    run, data, out = ["--artifacts-dir", trained[0]], ["--data-dir", data_dir], ["-o", tmp_path / "out.png"]
+    where = {"sample": run + out, "interpolate": run + out, "eval": run + data, "inpaint": run + data + out,
+             "visualize-forward": data + out}[command[0]]  # fmt: skip
+    result = invoke(*command, *where)
+    assert_one_line_error(result, needle)
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_an_allocation_failure_is_one_error_line():
+    """MemoryError, torch's OutOfMemoryError and an allocator's RuntimeError anywhere in a command
+    become one line with a hint; any other RuntimeError stays a bug with its traceback."""
+    failures = {
+        "python": MemoryError(),
+        "cuda": torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB (GPU 0; 79 GiB total)"),
+        "cpu": RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                            "memory: you tried to allocate 800000000000000 bytes. Error code 12"),
+        "other": RuntimeError("mat1 and mat2 shapes cannot be multiplied"),
+    }  # fmt: skip
+    from mnist_diffusion.cli.app import user_errors
+
+    def command(kind: str):
+        raise failures[kind]
+
+    import typer
+
+    small = typer.Typer()
+    small.command()(user_errors(command))
+    for kind in ("python", "cuda", "cpu"):
+        result = runner.invoke(small, [kind])
+        assert_one_line_error(result, "out of memory", "smaller -n or --batch-size")
+        assert len(result.output.strip().splitlines()) == 1, result.output
+    assert "DefaultCPUAllocator: can't allocate memory" in runner.invoke(small, ["cpu"]).output
+    assert isinstance(runner.invoke(small, ["other"]).exception, RuntimeError)
+
+
+def test_a_sampling_batch_too_large_for_memory_is_refused_before_any_work(trained, tmp_path):
+    from mnist_diffusion.config import image_bytes, memory_bytes
+
+    n = memory_bytes() // image_bytes(2) // 2  # the samples fit in memory; a batch of all of them does not
+    result = invoke("sample", "-n", n, "--batch-size", n, "--artifacts-dir", trained[0], "-o", tmp_path / "out.png")
+    assert_one_line_error(result, f"--batch-size {n} would need about", "use a smaller --batch-size")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from typing import Annotated
 
 import typer
@@ -31,16 +32,40 @@ def say(message: str) -> None:
     err_console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
+# What the allocators say when memory runs out: torch's CPU allocator ("can't allocate memory"),
+# CUDA's and MPS's ("out of memory"), the C library's (ENOMEM's "Cannot allocate memory"), C++'s new.
+_ALLOCATION_FAILURES = ("can't allocate memory", "cannot allocate memory", "out of memory", "std::bad_alloc")
+
+
+def allocation_failure(error: BaseException) -> bool:
+    """Whether ``error`` says that memory could not be allocated: a MemoryError, a
+    torch.OutOfMemoryError, or a RuntimeError of an allocator."""
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(error, RuntimeError) and any(s in str(error).lower() for s in _ALLOCATION_FAILURES)
+
+
+def _error_line(message: str) -> None:
+    err_console.print(f"[red]Error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+
+
 def user_errors(fn):
-    """Turn UserError (and OS errors on files) into one red line and a non-zero exit."""
+    """Turn UserError (and OS errors on files, and running out of memory) into one red line and
+    a non-zero exit."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            err_console.print(f"[red]Error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+            _error_line(str(e))
             raise typer.Exit(e.exit_code) from None
+        except (MemoryError, RuntimeError) as e:
+            if not allocation_failure(e):
+                raise
+            _error_line(f"out of memory ({_first_line(e)}): ask for less at once, with a smaller -n or --batch-size "
+                        "(or a smaller model)")  # fmt: skip
+            raise typer.Exit(1) from None
         except OSError as e:
             where = f"{e.filename}: " if getattr(e, "filename", None) else ""
             err_console.print(f"[red]Error:[/red] {escape(where + (e.strerror or str(e)))}", highlight=False,
@@ -51,6 +76,13 @@ def user_errors(fn):
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def _first_line(error: BaseException) -> str:
+    """The gist of an allocator's message: its first line, without torch's "[enforce fail at ...]
+    err == 0." prefix."""
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return re.sub(r"^\[enforce fail at [^]]*\]\s*(err == 0\.\s*)?", "", text)
 
 
 def checked(make, *args, **kwargs):

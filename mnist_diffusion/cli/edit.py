@@ -84,8 +84,6 @@ def inpaint(
 
     check_output(output, PNG, "-o")
     check_output(save_tensor, TENSORS, "--save-tensor")
-    if n < 1 or jumps < 1 or resample < 1:
-        raise UserError(f"-n, --jumps and --resample must be at least 1 (got {n}, {jumps}, {resample})")
     missing = parse_mask(mask, seed=sampling.settings.seed)
     images = _digits(image, test_index, data_dir)
     loaded = _load(run, artifacts_dir, device)
@@ -130,10 +128,9 @@ def interpolate(
     from ..io import check_output
     from ..sampling.edit_outputs import interpolate_to_files
     from ..sampling.outputs import PICTURE
+    from ..seeds import SEED_MAX, derive_seed
 
     check_output(output, PICTURE, "-o")
-    if frames < 2:
-        raise UserError(f"--frames must be at least 2 (got {frames})")
     if sampler not in ("ddim", "dpmpp-2m"):
         raise UserError(f"--sampler must be ddim or dpmpp-2m for an interpolation (got {sampler!r})")
     if image or test_index is not None:
@@ -145,7 +142,8 @@ def interpolate(
         a, b = ends[0], ends[1]
     else:
         seed = sampling.settings.seed
-        pair = int_list(seeds, "--seeds", example="0,1") if seeds is not None else [seed, seed + 1]
+        pair = (int_list(seeds, "--seeds", high=SEED_MAX, example="0,1") if seeds is not None
+                else [seed, derive_seed(seed, 1)])  # fmt: skip
         if len(pair) != 2:
             raise UserError(f"--seeds takes two different seeds, such as 0,1 (got {seeds!r})")
         a, b = pair

@@ -15,6 +15,7 @@ import typer
 
 from ..config import DEFAULT_STEPS, SPACING_RANGE, Guidance, GuidanceKinds, SamplerName, SamplingConfig
 from ..errors import UserError
+from ..seeds import SEED_MAX
 from .app import checked, say
 
 ArtifactsDir = Annotated[Path, typer.Option("--artifacts-dir", help="Folder holding runs/ and latest.")]
@@ -47,7 +48,8 @@ SAMPLING_OPTIONS = {
                         f"below 1 more steps at high noise (default {SamplingConfig.DEFAULT_SPACING:g}).",
                         min=SPACING_RANGE[0], max=SPACING_RANGE[1]), None),
     "eta": (_option(float, "--eta", "DDIM noise: 0 deterministic, 1 like DDPM.", min=0.0, max=1.0), _DEFAULTS.eta),
-    "seed": (_option(int, "--seed", "Random seed: same seed and flags, same images.", min=0), _DEFAULTS.seed),
+    "seed": (_option(int, "--seed", "Random seed (0 to 2^63 - 1): same seed and flags, same images.", min=0,
+                     max=SEED_MAX), _DEFAULTS.seed),
     "autoguidance": (_scale("--autoguidance", "Autoguidance scale: extrapolate away from the run's early weights "
                             f"(runs with a guide; default {Guidance.DEFAULTS['auto']:g}, 1: off)."), None),
     "label_guidance": (_scale("--label-guidance", "Classifier-free guidance on the digit (--conditional runs; "
@@ -118,15 +120,16 @@ def sampling_options(command=None, *, without: tuple[str, ...] = ()):
     return wrapper
 
 
-def int_list(text: str, flag: str, *, low: int = 0, example: str = "0,5,9") -> list[int]:
-    """A flag's comma-separated integers, such as ``example``, each at least ``low``, in the order
-    given and without repeats; anything else is a one-line UserError naming ``flag``."""
+def int_list(text: str, flag: str, *, low: int = 0, high: int | None = None, example: str = "0,5,9") -> list[int]:
+    """A flag's comma-separated integers, such as ``example``, each at least ``low`` (and at most
+    ``high``), in the order given and without repeats; anything else is a one-line UserError naming ``flag``."""
     items = [item.strip() for item in text.split(",")]
     try:
         values = [int(item) for item in items]
     except ValueError:
         values = []
-    if not values or any(v < low for v in values):
-        raise UserError(f"{flag} takes comma-separated whole numbers of at least {low}, such as {example} "
+    if not values or any(v < low or (high is not None and v > high) for v in values):
+        within = f"from {low} to {high}" if high is not None else f"of at least {low}"
+        raise UserError(f"{flag} takes comma-separated whole numbers {within}, such as {example} "
                         f"(got {text!r})")  # fmt: skip
     return list(dict.fromkeys(values))

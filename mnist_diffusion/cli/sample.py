@@ -51,14 +51,13 @@ def sample(
     from ..runs.store import resolve_run
     from ..runtime import setup_device
     from ..sampling.editing import check_strength
-    from ..sampling.generate import default_conditional_nrow, parse_labels
+    from ..sampling.generate import count_for, default_conditional_nrow, parse_labels
     from ..sampling.outputs import PICTURE, PNG, TENSORS, sample_to_files
 
     check_output(output, PNG, "-o")
     check_output(save_tensor, TENSORS, "--save-tensor")
     check_output(trajectory, PICTURE, "--trajectory")
-    if n < 1:
-        raise UserError(f"-n must be at least 1 (got {n})")
+    count_for(n, "-n", scale=scale)  # before the labels of n samples are made
     if strength is not None and init is None:
         raise UserError("--strength needs --init, the drawing to start from")
     strength = check_strength(SDEDIT_STRENGTH if strength is None else strength)

@@ -9,6 +9,7 @@ import typer
 
 from ..config import DEFAULT_ARTIFACTS_DIR, DEFAULT_DATA_DIR, build_config
 from ..errors import UserError
+from ..seeds import SEED_MAX
 from .app import app, checked, console, data_app, say, user_errors
 from .options import ArtifactsDir, DataDir
 
@@ -22,7 +23,7 @@ def visualize_forward(
     timesteps: Annotated[int, typer.Option(help="T, the number of diffusion steps.")] = 1000,
     digits: Annotated[int, typer.Option(help="Rows: how many test-set digits.")] = 8,
     columns: Annotated[int, typer.Option(help="Columns: evenly spaced t from 0 to T-1.")] = 10,
-    seed: Annotated[int, typer.Option(min=0, help="Which digits and which noise.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Which digits and which noise (0 to 2^63 - 1).")] = 0,
     data_dir: DataDir = DEFAULT_DATA_DIR,
 ):
     """Show real digits noised by the forward process q(x_t | x_0) at evenly spaced t.

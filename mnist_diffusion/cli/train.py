@@ -61,7 +61,8 @@ def train(
         "(sample --cluster-guidance); 0: none. The default preset uses 40.")] = None,
     guide_at: Annotated[Optional[float], _flag(
         "Runs without digit labels: keep the EMA weights at this share of training as the autoguidance guide.")] = None,
-    seed: Annotated[Optional[int], _flag("Seeds weights, batch order and noise.")] = None,
+    seed: Annotated[Optional[int], _flag("Seeds weights, batch order and noise (0 to 2^63 - 1).", min=0,
+                                         max=2**63 - 1)] = None,
     steps: Annotated[Optional[int], _flag(
         "The plan in optimizer steps (default: epochs x steps per epoch); the learning rate and guide follow it.")
     ] = None,

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..config import INPAINT_MAX_EVALUATIONS
 from .guidance import Denoiser
 from .samplers import _progress, ddim_step, spaced_timesteps
 from .schedule import Schedule
@@ -53,6 +54,25 @@ def ddim_invert(
     return x
 
 
+def repaint_evaluations(steps: int, jumps: int, resample: int) -> int:
+    """The network evaluations of :func:`repaint_schedule`'s walk, counted without walking it: the
+    ``steps`` down, and ``jumps`` more for each of the resample - 1 walks back of each of the
+    steps // jumps blocks."""
+    return steps + (resample - 1) * jumps * (steps // jumps)
+
+
+def check_repaint(steps: int, jumps: int, resample: int) -> None:
+    """A ValueError unless ``jumps`` and ``resample`` are at least 1 and RePaint's walk on
+    ``steps`` steps takes at most INPAINT_MAX_EVALUATIONS network evaluations."""
+    if steps < 1 or jumps < 1 or resample < 1:
+        raise ValueError(f"--steps, --jumps and --resample must be at least 1 (got {steps}, {jumps}, {resample})")
+    work = repaint_evaluations(steps, jumps, resample)
+    if work > INPAINT_MAX_EVALUATIONS:
+        raise ValueError(f"--resample {resample} with --jumps {jumps} on {steps} steps takes {work:,} network "
+                         f"evaluations, more than {INPAINT_MAX_EVALUATIONS:,}: use a smaller --resample or "
+                         "--steps")  # fmt: skip
+
+
 def repaint_schedule(steps: int, jumps: int, resample: int) -> list[int]:
     """The walk of RePaint's resampling (Lugmayr et al. 2022, Sec. 4.2 and their code's
     ``get_schedule_jump``) over positions 0..``steps`` of a sampler's timesteps (0: x_{T-1},
@@ -60,8 +80,7 @@ def repaint_schedule(steps: int, jumps: int, resample: int) -> list[int]:
     from x_0 it goes back up ``jumps`` positions and redoes them, until each such block has been
     walked ``resample`` times in all. ``resample`` = 1 is plain sampling, 0, 1, ..., steps.
     A top block shorter than ``jumps`` is walked once."""
-    if steps < 1 or jumps < 1 or resample < 1:
-        raise ValueError("steps, jumps and resample must be at least 1")
+    check_repaint(steps, jumps, resample)
     left = {k: resample - 1 for k in range(steps, jumps - 1, -jumps)}  # positions that jump back
     k, path = 0, [0]
     while k < steps:

@@ -31,7 +31,7 @@ from ..pictures.grids import check_images
 from ..runs.loader import LoadedRun, load_run
 from ..runs.store import write_manifest
 from ..runtime import autocast_dtype, precision_name
-from ..sampling.generate import generate, resolve_for
+from ..sampling.generate import count_for, generate, resolve_for
 from . import metrics
 from .features import extract, load_feature_net
 
@@ -232,6 +232,7 @@ def evaluate_run(
     """
     if n_samples < MIN_SAMPLES:
         raise UserError(f"need at least {MIN_SAMPLES} samples to evaluate, got {n_samples}")
+    count_for(n_samples, "-n")
     if nll_images < 0:
         raise UserError(f"the NLL needs a positive number of test images, got {nll_images}")
     run_dir = Path(run_dir)

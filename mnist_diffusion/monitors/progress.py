@@ -24,7 +24,7 @@ from ..evaluation.scoring import feature_net, fid_of, real_reference
 from ..pictures.grids import save_grid
 from ..runs.loader import LoadedRun
 from ..runs.store import PROGRESS, progress_grid
-from ..sampling.generate import generate
+from ..sampling.generate import count_for, generate
 from ..training.trainer import Trainer
 
 GRID_SAMPLES = 16  # samples in a progress grid, 4 x 4
@@ -104,7 +104,7 @@ class FidMonitor:
 
     def __init__(self, every: int, data_dir: str | os.PathLike, *, n: int = EVAL_SAMPLES, seed: int = 0):
         self.every, self.data_dir = every, Path(data_dir)
-        self.sampler = _Sampler(n, seed)
+        self.sampler = _Sampler(count_for(n, "--eval-samples"), seed)  # too many fail here, before training
         self._ready = False
 
     def after_step(self, trainer: Trainer, step: int) -> dict[str, float] | None:

@@ -23,6 +23,7 @@ from .editing import (
     reconstruct,
     reconstruction_error,
 )
+from .generate import count_for
 from .outputs import PICTURE, PNG, TENSORS
 
 HOLE = 0.5  # the grey that shows the missing pixels of a masked input
@@ -50,6 +51,7 @@ def inpaint_to_files(
     with the settings in its metadata. Returns the completions, [N x n x 1 x 28 x 28]."""
     check_output(output, PNG, "-o")
     check_output(save_tensor, TENSORS, "--save-tensor")
+    count_for(n, "-n", scale=scale, each=len(images))
     completions = inpaint(run, images, missing, sampling, n=n, digit=digit, jumps=jumps, resample=resample,
                           progress=progress)  # fmt: skip
     missing = missing.to(torch.bool).broadcast_to(images.shape)
@@ -82,6 +84,7 @@ def interpolate_to_files(
     """Walk from ``a`` to ``b`` (:func:`interpolate`) and write the frames as one PNG strip, or as
     an animated GIF when ``output`` ends in ``.gif``. Returns them, [frames x 1 x 28 x 28]."""
     check_output(output, PICTURE, "-o")
+    count_for(frames, "--frames", scale=scale, low=2)
     interpolate_settings(run, sampling, not all(isinstance(e, int) for e in (a, b)))  # a bad setting fails first
     walk = interpolate(run, a, b, sampling, frames=frames, digit=digit, progress=progress)
     if output.suffix.lower() == ".gif":

@@ -26,15 +26,16 @@ import torch
 from ..config import EDIT_SPACING, INPAINT_JUMPS, INPAINT_RESAMPLE, INTERPOLATE_FRAMES, SDEDIT_STRENGTH, SamplingConfig
 from ..data.clusters import draw_clusters
 from ..diffusion import x0_to_unit
-from ..diffusion.editing import ddim_invert, repaint, slerp
+from ..diffusion.editing import check_repaint, ddim_invert, repaint, slerp
 from ..diffusion.samplers import Start, StepCallback, sample, spaced_timesteps
 from ..errors import UserError
 from ..pictures.grids import check_images
 from ..runs.loader import LoadedRun
-from .generate import denoiser_for, generate, networks_for, resolve_for
+from ..seeds import derive_seed
+from .generate import check_batch, count_for, denoiser_for, generate, networks_for, resolve_for
 
 FORWARD_STREAM = 0x9E3779B97F4A7C15  # RePaint's forward-process noise: a generator seeded with seed ^ this
-Endpoint = int | torch.Tensor  # an end of an interpolation: a seed, or a digit [1 x 28 x 28] in [0, 1]
+Endpoint = int | torch.Tensor  # an end of an interpolation: a seed (0 to 2^64 - 1), or a digit [1 x 28 x 28] in [0, 1]
 
 
 def settings_of(sampling: SamplingConfig | None, overrides: dict[str, Any]) -> SamplingConfig:
@@ -110,16 +111,20 @@ def inpaint(
     :return: [N x n x 1 x 28 x 28] in [0, 1], equal to ``images`` where known.
     """
     x = as_images(images)
-    if n < 1 or jumps < 1 or resample < 1:
-        raise UserError(f"-n, --jumps and --resample must be at least 1 (got {n}, {jumps}, {resample})")
+    count_for(n, "-n", each=len(x))
     try:
         missing = torch.as_tensor(missing).cpu().to(torch.bool).broadcast_to(x.shape)
     except RuntimeError:
         raise UserError(f"a mask of shape {tuple(missing.shape)} does not fit images of {tuple(x.shape)}") from None
     settings = inpaint_settings(run, sampling, **overrides)
+    try:
+        check_repaint(settings.steps, jumps, resample)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    check_batch(run, settings, len(x) * n)
     device = run.device
     generator = torch.Generator(device=device).manual_seed(settings.seed)
-    forward = torch.Generator(device=device).manual_seed(settings.seed ^ FORWARD_STREAM)
+    forward = torch.Generator(device=device).manual_seed(derive_seed(settings.seed ^ FORWARD_STREAM))
     unguided = run.clustered and digit is None and settings.guidance.clusters == 1.0  # no cluster: the null label
     labels = None if unguided else edit_labels(run, len(x) * n, digit, generator)
     x0 = (x * 2 - 1).repeat_interleave(n, dim=0)  # (N n, 1, 28, 28) in [-1, 1], n copies of each in a row
@@ -147,6 +152,7 @@ def invert_settings(run: LoadedRun, sampling: SamplingConfig | None = None, **ov
 
 
 def _invert(run: LoadedRun, x: torch.Tensor, settings: SamplingConfig, labels, progress: bool) -> torch.Tensor:
+    check_batch(run, settings, len(x))
     networks = networks_for(run, settings)
     out = []
     for batch in _batches(len(x), settings.batch_size):
@@ -160,6 +166,7 @@ def _from_noise(run: LoadedRun, noise: torch.Tensor, settings: SamplingConfig, l
     """The deterministic sampler of ``settings`` from ``noise`` [N x 1 x 28 x 28] at T-1: images in [0, 1]."""
     top = run.schedule.num_timesteps - 1
     generator = torch.Generator(device=run.device).manual_seed(settings.seed)  # an ODE draws nothing from it
+    check_batch(run, settings, len(noise))
     networks = networks_for(run, settings)
     out = []
     for batch in _batches(len(noise), settings.batch_size):
@@ -202,6 +209,8 @@ def _endpoint(run: LoadedRun, end: Endpoint, settings: SamplingConfig, label, pr
     """An end of an interpolation as noise [1 x 1 x 28 x 28] at T-1: drawn as `sample -n 1 --seed
     S` draws its noise (after a clustered run's cluster), or a digit inverted."""
     if isinstance(end, int) and not isinstance(end, bool):
+        if derive_seed(end) != end:
+            raise UserError(f"an end of an interpolation that is a seed must be between 0 and 2^64 - 1 (got {end})")
         g = torch.Generator(device=run.device).manual_seed(end)
         if run.clustered:
             draw_clusters(run.cluster_counts.to(run.device), 1, g)  # drawn first, as generate does
@@ -239,8 +248,7 @@ def interpolate(
         first (:func:`invert`).
     :return: [frames x 1 x 28 x 28] in [0, 1].
     """
-    if frames < 2:
-        raise UserError(f"--frames must be at least 2 (got {frames})")
+    count_for(frames, "--frames", low=2)
     digits = not all(isinstance(end, int) for end in (a, b))
     settings = interpolate_settings(run, sampling, digits, **overrides)
     label = edit_labels(run, 1, digit, torch.Generator(device=run.device).manual_seed(settings.seed))

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..config import SamplingConfig
+from ..config import SamplingConfig, check_image_count
 from ..data.clusters import draw_clusters
 from ..diffusion import x0_to_unit
 from ..diffusion.guidance import Denoiser
@@ -26,6 +26,24 @@ def resolve_for(run: LoadedRun, sampling: SamplingConfig) -> SamplingConfig:
     cannot take is a one-line UserError."""
     try:
         return sampling.resolve(run.schedule.num_timesteps, run.guidance_kinds, f"run {run.path.name}")
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def count_for(n: int, flag: str, *, scale: int = 1, low: int = 1, each: int = 1) -> int:
+    """``n`` digits (``flag``), if at least ``low`` and they fit in memory
+    (:func:`~mnist_diffusion.config.check_image_count`); else a one-line UserError."""
+    try:
+        return check_image_count(n, flag, scale=scale, low=low, each=each)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def check_batch(run: LoadedRun, settings: SamplingConfig, n: int) -> None:
+    """A one-line UserError if a batch of ``n`` samples (at most ``settings.batch_size``) of the
+    run's network would not fit in memory (:meth:`SamplingConfig.check_batch`)."""
+    try:
+        settings.check_batch(run.cfg.model, n)
     except ValueError as e:
         raise UserError(str(e)) from None
 
@@ -124,9 +142,9 @@ def generate(
     :param callback: called after every step of the first batch (:data:`StepCallback`).
     :param start: where each batch begins instead of pure noise (:data:`BatchStart`).
     """
-    if n < 1:
-        raise UserError(f"number of samples must be at least 1 (got {n})")
+    count_for(n, "number of samples")
     settings = resolve_for(run, sampling)
+    check_batch(run, settings, n)
     device = run.device
     networks = networks_for(run, settings)
     generator = torch.Generator(device=device).manual_seed(settings.seed)

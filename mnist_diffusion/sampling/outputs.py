@@ -20,7 +20,7 @@ from ..pictures.figures import trajectory_figure
 from ..pictures.grids import save_grid
 from ..runs.loader import LoadedRun, load_run
 from .editing import sdedit, sdedit_steps
-from .generate import default_conditional_nrow, generate, parse_labels, resolve_for
+from .generate import count_for, default_conditional_nrow, generate, parse_labels, resolve_for
 
 TRAJECTORY_ROWS = 4  # samples shown in a trajectory picture
 TRAJECTORY_FRAMES = 10  # moments shown, evenly spaced over the sampler's steps
@@ -53,6 +53,7 @@ def sample_to_files(
     check_output(output, PNG, "-o")
     check_output(save_tensor, TENSORS, "--save-tensor")
     check_output(trajectory, PICTURE, "--trajectory")
+    count_for(n, "-n", scale=scale)
     settings = resolve_for(run, sampling)
     frames: list[torch.Tensor] = []
     frame_labels: list[str] = []
@@ -108,7 +109,10 @@ def trajectory(run: LoadedRun, sampling: SamplingConfig = SamplingConfig()) -> t
 def end_of_run_grid(n: int | None = None) -> Callable[[Path, nn.Module, bool], None]:
     """The trainer's ``on_finish`` hook that draws ``samples.png`` into the run folder: ``n``
     samples (default 64; 80, a row of 8 per digit, for a conditional run) of the final EMA weights,
-    with the default sampling settings and the run's seed."""
+    with the default sampling settings and the run's seed. A count too large for memory is a
+    one-line UserError here, before training."""
+    if n is not None:
+        count_for(n, "--grid", scale=2)
 
     def draw(run_dir: Path, model: nn.Module, progress: bool) -> None:
         run = load_run(run_dir, next(model.parameters()).device, model=model)  # with the guide, if any

@@ -158,12 +158,16 @@ class Batch:
 def _step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
     """Noise and timesteps of one step come from their own seed, so resuming needs no RNG
     state beyond the step number."""
-    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + step * 1_009 + rank)
+    from ..seeds import derive_seed
+
+    return torch.Generator(device=device).manual_seed(derive_seed(seed * 1_000_003, step * 1_009, rank))
 
 
 def _epoch_order(seed: int, epoch: int, n: int, info: DistInfo, device: torch.device) -> torch.Tensor:
     """This rank's disjoint shard of a fresh permutation of the n training images."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7_919 + epoch))
+    from ..seeds import derive_seed
+
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed * 7_919, epoch)))
     shard = n // info.world_size
     return perm[info.rank * shard : (info.rank + 1) * shard].to(device)
 
