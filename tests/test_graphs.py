@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 from mnist_diffusion.config import RunConfig
 from mnist_diffusion.errors import UserError
 from mnist_diffusion.runs.store import resolve_run
-from mnist_diffusion.training.graphs import GraphedForward, counter_normal, counter_uniform, mix32, step_key
+from mnist_diffusion.sampling.graphed import GraphedForward
+from mnist_diffusion.training.graphs import counter_normal, counter_uniform, mix32, step_key
 from mnist_diffusion.training.plan import plan_resume
 from mnist_diffusion.training.recipe import lr_at
 from mnist_diffusion.training.trainer import Trainer, train

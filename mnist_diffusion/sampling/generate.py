@@ -18,7 +18,7 @@ from ..diffusion.samplers import Start, StepCallback, sample
 from ..errors import UserError
 from ..runs.loader import LoadedRun
 from ..runtime import autocast_dtype, sampling_memory_format
-from ..training.graphs import GraphedForward
+from .graphed import GraphedForward
 
 
 def resolve_for(run: LoadedRun, sampling: SamplingConfig) -> SamplingConfig:

@@ -1,4 +1,4 @@
-"""The training step on the device alone: Trainer's recipe as tensor operations on static
+"""The training step on the device alone: the learner's recipe as tensor operations on static
 buffers, with no host work and no host sync inside, so that on a GPU it can be captured once as a
 CUDA graph and replayed (torch.cuda.CUDAGraph), one launch a step instead of hundreds.
 
@@ -13,17 +13,15 @@ step runs eagerly; the tests check it there (``train.device_step`` in the config
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 
 from ..diffusion import pixels_to_x0
 from ..diffusion.losses import diffusion_loss
 from ..runtime import autocast
+from .batches import Batch, Batches
+from .learner import Learner
 from .recipe import ema_decay_at, lr_at
-
-if TYPE_CHECKING:
-    from .trainer import Batch, Trainer
 
 _M32 = 0xFFFFFFFF
 # Streams of the counter hash: which random numbers of a step are which.
@@ -70,68 +68,70 @@ def counter_normal(key: torch.Tensor, stream: int, shape: tuple[int, ...]) -> to
 
 
 class DeviceStep:
-    """One training step of ``trainer``, with all its inputs in device buffers (see the module's
-    docstring). ``__call__`` takes the step whose 0-based number is in ``self.step`` and advances
-    it; the loss is added to ``self.loss_sum``, read only when the loop logs."""
+    """One training step of ``learner`` on ``batches``, with all its inputs in device buffers (see
+    the module's docstring). ``__call__`` takes the step whose 0-based number is in ``self.step``
+    and advances it; the loss is added to ``self.loss_sum``, read only when the loop logs."""
 
-    def __init__(self, trainer: Trainer):
-        self.trainer = trainer
-        cfg, device = trainer.cfg, trainer.device
+    def __init__(self, learner: Learner, batches: Batches):
+        self.learner, self.batches = learner, batches
+        cfg, device = learner.cfg, learner.device
         b = cfg.train.batch_size
         self.step = torch.zeros((), dtype=torch.int64, device=device)
-        self.order = torch.zeros(trainer.steps_per_epoch * b, dtype=torch.int64, device=device)
+        self.order = torch.zeros(batches.steps_per_epoch * b, dtype=torch.int64, device=device)
         self.offsets = torch.arange(b, device=device)
         self.loss_sum = torch.zeros((), device=device)
         self.ema_weight = torch.zeros((), device=device)  # 1 - the EMA's decay
-        self.lr = trainer.opt.param_groups[0]["lr"]  # a device tensor (recipe.make_optimizer): set, never replaced
+        self.lr = learner.opt.param_groups[0]["lr"]  # a device tensor (recipe.make_optimizer): set, never replaced
         if not torch.is_tensor(self.lr):
             raise ValueError("the step on the device needs an optimizer with a tensor learning rate")
 
-    def set(self, step: int, order: torch.Tensor) -> None:
-        """Point the buffers at optimizer step ``step`` (0-based) of the epoch whose ``order`` is
-        given (copied in place, so a captured graph sees it)."""
+    def buffers(self) -> list[torch.Tensor]:
+        """The tensors a step changes besides the learner's (for its snapshots)."""
+        return [self.step, self.order, self.loss_sum, self.ema_weight, self.lr]
+
+    def set(self, step: int) -> None:
+        """Point the buffers at optimizer step ``step`` (0-based) and its epoch's batch order
+        (copied in place, so a captured graph sees it)."""
         self.step.fill_(step)
-        self.order.copy_(order[: self.order.numel()])
+        self.order.copy_(self.batches.order(step)[: self.order.numel()])
 
     def prepare(self, step: int) -> None:
         """Before step ``step``: its learning rate and EMA weight, computed on the host as the eager
         recipe computes them and written into the device buffers the step reads."""
-        t = self.trainer
-        self.lr.fill_(lr_at(step, t.cfg, t.total_steps))
+        learner = self.learner
+        self.lr.fill_(lr_at(step, learner.cfg, learner.total_steps))
         # swa_utils.AveragedModel copies the weights at its first update, then averages
-        self.ema_weight.fill_(1.0 - ema_decay_at(t.ema.updates, t.cfg) if t.ema.updates else 1.0)
+        self.ema_weight.fill_(1.0 - ema_decay_at(learner.ema.updates, learner.cfg) if learner.ema.updates else 1.0)
 
     def batch(self) -> Batch:
         """The batch of ``self.step``: images at its place in the order, with its own timesteps,
         noise and label dropout."""
-        from .trainer import Batch
-
-        t, cfg = self.trainer, self.trainer.cfg
+        data, cfg = self.batches, self.learner.cfg
         b = cfg.train.batch_size
-        idx = self.order[(self.step % t.steps_per_epoch) * b + self.offsets]
-        x0 = pixels_to_x0(t.images[idx])  # (B, 1, 28, 28) in [-1, 1]
-        if t.device.type == "cuda":
+        idx = self.order[(self.step % data.steps_per_epoch) * b + self.offsets]
+        x0 = pixels_to_x0(data.images[idx])  # (B, 1, 28, 28) in [-1, 1]
+        if data.device.type == "cuda":
             x0 = x0.contiguous(memory_format=torch.channels_last)
-        key = step_key(cfg.train.seed, self.step, t.info.rank)
+        key = step_key(cfg.train.seed, self.step, data.info.rank)
         timesteps = (counter_uniform(key, STREAM_TIMESTEPS, b) * cfg.diffusion.timesteps).to(torch.int64)
         noise = counter_normal(key, STREAM_NOISE, tuple(x0.shape)).to(memory_format=torch.preserve_format)
         y = None
         if cfg.model.num_classes:
             drop = counter_uniform(key, STREAM_DROPOUT, b) < cfg.train.label_dropout
-            y = torch.where(drop, torch.full_like(idx, cfg.model.num_classes), t.labels[idx])
+            y = torch.where(drop, torch.full_like(idx, cfg.model.num_classes), data.labels[idx])
         return Batch(x0, y, timesteps, noise)
 
     def __call__(self) -> None:
-        trainer, cfg = self.trainer, self.trainer.cfg
+        learner, cfg = self.learner, self.learner.cfg
         batch = self.batch()
-        trainer.opt.zero_grad(set_to_none=False)  # a graph keeps its gradient buffers
-        with autocast(trainer.device, trainer.autocast):
-            loss = diffusion_loss(trainer.net, trainer.schedule, cfg.diffusion, batch.x0, batch.t, batch.noise, batch.y)
+        learner.opt.zero_grad(set_to_none=False)  # a graph keeps its gradient buffers
+        with autocast(learner.device, learner.autocast):
+            loss = diffusion_loss(learner.net, learner.schedule, cfg.diffusion, batch.x0, batch.t, batch.noise, batch.y)
         loss.backward()
-        params = list(trainer.model.parameters())
+        params = list(learner.model.parameters())
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip or math.inf)
-        trainer.watch(loss.detach(), grad_norm)
-        trainer.opt.step()
+        learner.watch(loss.detach(), grad_norm)
+        learner.opt.step()
         self._update_ema(params)
         self.loss_sum += loss.detach()
         self.step += 1
@@ -140,7 +140,7 @@ class DeviceStep:
     def _update_ema(self, params: list[torch.Tensor]) -> None:
         """recipe.make_ema's update, ema <- ema + w (weights - ema), with w = 1 - decay read from
         its device buffer (set by :meth:`prepare`)."""
-        ema = self.trainer.ema
+        ema = self.learner.ema
         averages = list(ema.module.parameters())
         torch._foreach_lerp_(averages, params, [self.ema_weight] * len(averages))
         ema.n_averaged += 1
@@ -148,69 +148,22 @@ class DeviceStep:
 
 class GraphStep:
     """A :class:`DeviceStep` captured as one CUDA graph: warmed up on a side stream (on a copy of
-    the trainer's state, put back afterwards), captured once, replayed each step."""
+    the learner's state, put back afterwards), captured once, replayed each step."""
 
     def __init__(self, step: DeviceStep, warmup: int = 3):
         self.device_step = step
-        trainer = step.trainer
-        saved = trainer.snapshot()
-        side = torch.cuda.Stream(trainer.device)
-        side.wait_stream(torch.cuda.current_stream(trainer.device))
+        learner, device = step.learner, step.learner.device
+        saved = learner.snapshot(step.buffers())
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(warmup):
                 step()
-        torch.cuda.current_stream(trainer.device).wait_stream(side)
+        torch.cuda.current_stream(device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             step()
-        trainer.restore_snapshot(saved)  # in place: the graph holds these very tensors
+        learner.restore_snapshot(saved, step.buffers())  # in place: the graph holds these very tensors
 
     def __call__(self) -> None:
         self.graph.replay()
-
-
-class GraphedForward(torch.nn.Module):
-    """``module(*args)`` for inference, replayed from one CUDA graph per argument signature
-    (shapes, dtypes, and which arguments are None): a sampler's network calls, guided ones
-    included, become one launch each. Arguments are copied into the graph's static inputs, and
-    the static output is copied out. ``capture`` (a test's stand-in) turns a function of the
-    static inputs into its replay; the default captures a CUDA graph."""
-
-    def __init__(self, module: torch.nn.Module, capture=None):
-        super().__init__()
-        self.module = module
-        self.num_classes = getattr(module, "num_classes", 0)  # the Denoiser reads it
-        self.capture = capture or _capture_cuda_graph
-        self.graphs: dict[tuple, tuple] = {}
-
-    def forward(self, *args: torch.Tensor | None) -> torch.Tensor:
-        key = tuple(None if a is None else (tuple(a.shape), a.dtype) for a in args)
-        if key not in self.graphs:
-            static = [None if a is None else a.clone() for a in args]
-            output: list[torch.Tensor] = []
-
-            def run() -> None:
-                output[:] = [self.module(*static)]
-
-            replay = self.capture(run)
-            self.graphs[key] = (static, replay, output)
-        static, replay, output = self.graphs[key]
-        for buffer, a in zip(static, args, strict=True):
-            if buffer is not None:
-                buffer.copy_(a)
-        replay()
-        return output[0].clone()
-
-
-def _capture_cuda_graph(run) -> callable:
-    """Warm ``run`` up on a side stream, capture it as a CUDA graph, and return its replay."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            run()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        run()
-    return graph.replay

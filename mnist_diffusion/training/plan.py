@@ -1,4 +1,5 @@
-"""The resume rules: what ``train --resume RUN`` does to a run on disk."""
+"""The plan of a run: which optimizer steps it takes and what is due after each (:class:`StepPlan`),
+and the resume rules, what ``train --resume RUN`` does to a run on disk (:func:`plan_resume`)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,70 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import torch
+
 from ..config import RunConfig, validate
+from ..data.clusters import save_clusters
 from ..errors import UserError
+from ..io import copy_file, fsync_dir
 from ..runs.checkpoint import Checkpoint, read_checkpoint
-from ..runs.store import WEIGHTS, finished_record, is_finished, load_config
+from ..runs.store import (
+    GUIDE,
+    WEIGHTS,
+    NewRun,
+    finished_record,
+    is_finished,
+    keep_metrics_until,
+    load_config,
+    reserve_run,
+    save_config,
+    save_run_info,
+)
+
+LOG_EVERY = 50  # optimizer steps between metrics.jsonl lines (and loss read-backs on a GPU)
+CHECKPOINT_EVERY = 500  # optimizer steps between checkpoints, besides every epoch's end
+
+
+@dataclass(frozen=True)
+class Due:
+    """What is due after an optimizer step."""
+
+    last: bool  # the plan's last step: the run finishes after it
+    check: bool  # read the divergence watch
+    log: bool  # a metrics.jsonl line
+    guide: bool  # keep the EMA weights as the autoguidance guide
+    checkpoint: bool  # save a checkpoint
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """Which steps a run takes: ``total_steps`` planned (the learning rate and the guide follow
+    them), stopping after ``stop_step`` (``max_steps``, or a spent time budget, can end it first).
+    :meth:`due` says what comes after each step."""
+
+    steps_per_epoch: int
+    total_steps: int
+    stop_step: int
+    guide_step: int  # the step whose EMA weights become the guide, or -1
+    check_every: int  # steps between reads of the divergence watch besides the save points
+
+    @classmethod
+    def of(cls, cfg: RunConfig, steps_per_epoch: int, check_every: int) -> StepPlan:
+        """The plan of ``cfg``: ``steps``, or epochs x steps per epoch, stopped at ``max_steps``."""
+        t = cfg.train
+        total = t.steps or t.epochs * steps_per_epoch
+        stop = min(total, t.max_steps) if t.max_steps else total
+        # Runs without digit labels keep their EMA weights at this step as the autoguidance guide.
+        guided = t.guide_at > 0 and (t.clusters or not cfg.model.num_classes)
+        guide = max(1, round(t.guide_at * total)) if guided else -1
+        return cls(steps_per_epoch, total, stop, guide, check_every)
+
+    def due(self, step: int) -> Due:
+        """What is due after optimizer step ``step`` (1-based)."""
+        last = step == self.stop_step
+        log = step % LOG_EVERY == 0 or last
+        checkpoint = step % self.steps_per_epoch == 0 or step % CHECKPOINT_EVERY == 0 or last
+        return Due(last, log or step % self.check_every == 0, log, step == self.guide_step, checkpoint)
 
 
 @dataclass(frozen=True)
@@ -56,3 +117,40 @@ def plan_resume(run_dir: Path, *, epochs: int | None = None, steps: int | None =
             "trains a new run from its checkpoint"
         )
     return ResumePlan(run_dir, cfg, "continue" if same_plan else "extend", read_checkpoint(run_dir, cfg))
+
+
+def open_run_folder(artifacts_dir: Path, run_name: str | None, cfg: RunConfig, resume: ResumePlan | None, *,
+                    clusters: torch.Tensor | None) -> tuple[Path, NewRun | None]:  # fmt: skip
+    """The folder a training writes (rank 0 alone calls this), and for a new run its
+    :class:`NewRun`, to publish once its first checkpoint is in it:
+
+    - an interrupted run (``continue``) trains in its own folder: temporary files of a killed
+      write are removed, and metrics.jsonl is cut back to the checkpoint's step;
+    - anything else is a new run folder (named ``run_name``, else the parent's or the preset's
+      name), hidden until published, holding its config, run.json and ``clusters``; a child run
+      (``extend``) also gets its parent's guide and its metrics up to the step it starts from,
+      and run.json names the parent.
+    """
+    if resume is not None and resume.action == "continue":
+        for junk in resume.run_dir.glob(".*.tmp"):  # left by a process killed inside a write
+            junk.unlink(missing_ok=True)
+        keep_metrics_until(resume.run_dir, resume.step)  # the steps after it are replayed
+        return resume.run_dir, None
+    name = run_name or (resume.run_dir.name.split("-", 1)[-1] if resume is not None else cfg.preset)
+    new = reserve_run(artifacts_dir, name)
+    try:
+        save_config(new.path, cfg)
+        if clusters is not None:
+            save_clusters(new.path, clusters, cfg.train.clusters)
+        parent = None
+        if resume is not None:  # extend: start from the parent's state, keep its history
+            parent = {"run": resume.run_dir.name, "step": resume.step}
+            if (resume.run_dir / GUIDE).is_file():
+                copy_file(resume.run_dir / GUIDE, new.path / GUIDE)
+            keep_metrics_until(new.path, resume.step, source=resume.run_dir)
+        save_run_info(new.path, parent)
+        fsync_dir(new.path)
+    except BaseException:
+        new.discard()
+        raise
+    return new.path, new

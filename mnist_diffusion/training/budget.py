@@ -1,0 +1,119 @@
+"""`train --time-budget`: how many steps fit a wall-clock budget on this machine.
+
+A budget plans in two steps, both recorded as ``--steps N`` so the run repeats bit for bit on any
+machine without a budget:
+
+1. Before the loop: the pace of a few scratch steps (put back afterwards) and the measured cost
+   of each monitor give the steps that fit what is left once the planning itself is paid.
+2. Once, within warm-up (where the learning rate does not depend on the plan): the loop's own
+   pace, without the monitors' time, gives a better plan.
+
+Then the run stops where the budget is spent, if that comes first. :class:`TimeBudget` holds the
+clock (injectable, for the tests) and the arithmetic; the trainer applies the step counts.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+BUDGET_MARGIN = 0.03  # share of a time budget left for checkpoints and logging
+REPLAN_AFTER = 200  # steps after which a time-budget run plans again from its own pace (within warm-up)
+SCRATCH_STEPS = 12  # steps timed to plan from (the first two untimed: caches warm up)
+
+Events = Sequence[tuple[int, float]]  # (every, seconds): a monitor's cost, once after every `every`-th step
+
+
+class TimeBudget:
+    """``seconds`` of wall time on ``clock``, counted from :meth:`start` (before any planning)."""
+
+    def __init__(self, seconds: float, *, clock: Callable[[], float] = time.perf_counter,
+                 replan_after: int = REPLAN_AFTER):  # fmt: skip
+        self.seconds, self.clock, self.replan_after = seconds, clock, replan_after
+        self.started = 0.0
+        self.events: list[tuple[int, float]] = []  # the monitors' measured costs, set by :meth:`plan`
+        self.planning_seconds = 0.0  # of the budget, spent measuring the pace and the monitors
+        self._halfway = (-1, 0.0)  # (step, seconds of loop time without the monitors), for loop_pace
+
+    def start(self) -> None:
+        self.started = self.clock()
+
+    def elapsed(self) -> float:
+        return self.clock() - self.started
+
+    def spent(self) -> bool:
+        """Whether the budget has run out."""
+        return self.elapsed() >= self.seconds
+
+    def step_seconds(self, advance: Callable[[int], None], first: int) -> float:
+        """Seconds per step of ``advance(step)`` for steps ``first``, ``first + 1``, ...: the median
+        of SCRATCH_STEPS, the first two untimed. ``advance`` must wait for its step to end."""
+        times = []
+        for i in range(SCRATCH_STEPS):
+            start = self.clock()
+            advance(first + i)
+            times.append(self.clock() - start)
+        return statistics.median(times[2:])
+
+    @property
+    def monitor_seconds(self) -> float:
+        """What the monitors add to an average step, as measured."""
+        return sum(cost / every for every, cost in self.events)
+
+    def plan(self, step_seconds: float, events: Events) -> int:
+        """The steps from step 0 that fit what is left of the budget, at ``step_seconds`` a step
+        and with the monitors' ``events``."""
+        self.events = list(events)
+        self.planning_seconds = self.elapsed()
+        left = self.seconds * (1 - BUDGET_MARGIN) - self.planning_seconds
+        return steps_that_fit(0, left, step_seconds, self.events)
+
+    def replan_step(self, warmup_steps: int, guide_step: int, stop_step: int) -> int:
+        """The step at which to plan again from the loop's own pace (which the scratch steps, without
+        checkpoints, logging and a warm machine's slow-down, overrate), or -1. Only within warm-up,
+        where the learning rate does not depend on the plan, and before the guide's step, so the
+        new plan still trains as ``--steps N`` would, bit for bit."""
+        at = min(self.replan_after, warmup_steps)
+        before_guide = guide_step < 0 or at < guide_step
+        return at if 0 < at < stop_step and before_guide else -1
+
+    def mark_halfway(self, step: int, loop_seconds: float) -> None:
+        """Note the loop's time (without the monitors') at ``step``, halfway to the replan."""
+        self._halfway = (step, loop_seconds)
+
+    def replan(self, step: int, loop_seconds: float) -> tuple[int, float]:
+        """The steps that fit after ``step``, from the loop's pace (its ``loop_seconds`` without
+        the monitors, :func:`loop_pace`), and that pace in seconds per step."""
+        pace = loop_pace(step, loop_seconds, *self._halfway)
+        due = sum(cost for every, cost in self.events if step % every == 0)  # this step's, run after the plan
+        left = self.seconds * (1 - BUDGET_MARGIN) - self.elapsed() - due
+        return step + steps_that_fit(step, left, pace, self.events), pace
+
+
+def steps_that_fit(first: int, seconds: float, step_seconds: float, events: Events) -> int:
+    """The most steps after step ``first`` that fit in ``seconds`` (at least 1): each step takes
+    ``step_seconds``, and each (every, cost) of ``events`` costs ``cost`` after every step whose
+    number is a multiple of ``every``, as many times as the steps reach one."""
+
+    def seconds_of(n: int) -> float:
+        return n * step_seconds + sum(((first + n) // every - first // every) * cost for every, cost in events)
+
+    lo, hi = 0, int(seconds / step_seconds) + 1  # seconds_of(hi) > seconds: the steps alone overrun
+    while hi - lo > 1:  # seconds_of only grows with n: the last n that fits, by bisection
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if seconds_of(mid) <= seconds else (lo, mid)
+    return max(1, lo)
+
+
+def loop_pace(step: int, elapsed: float, halfway: int, halfway_elapsed: float) -> float:
+    """Seconds per step of a loop at ``step`` after ``elapsed`` seconds (``halfway_elapsed`` at
+    step ``halfway``): the slower of its whole mean and its second half's. A machine that slows
+    down as it stays busy (a shared host, a CPU leaving its boost clock) shows it in the second
+    half; the first steps' fast pace would plan steps the budget cannot hold, and a run the
+    budget stops early ends off its plan (its learning rate above the plan's last), while one
+    planned a little short only leaves a little time unused."""
+    mean = elapsed / step
+    if not 0 < halfway < step:
+        return mean
+    return max(mean, (elapsed - halfway_elapsed) / (step - halfway))
