@@ -28,7 +28,7 @@ from mnist_diffusion.runs.store import (
     read_metrics,
     verify_manifest,
 )
-from mnist_diffusion.training.trainer import make_ema
+from mnist_diffusion.training.recipe import make_ema
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8),

@@ -28,21 +28,22 @@ def device_config(**train):
 
 
 def test_the_captured_step_computes_the_eager_device_step(tmp_path, data_dir):
-    def trainer(name, graphs):
+    from mnist_diffusion.training.graphs import DeviceStep, GraphStep
+
+    def stepper(name, graphs):
         t = Trainer(device_config(max_steps=8), data_dir=data_dir, artifacts_dir=tmp_path / name, run_name="t",
-                    device="cuda", progress=False, log=lambda m: None, cuda_graphs=graphs)  # fmt: skip
-        if graphs:
-            from mnist_diffusion.training.graphs import GraphStep
+                    device="cuda", progress=False, log=lambda m: None, cuda_graphs=False)  # fmt: skip
+        device_step = DeviceStep(t.learner, t.batches)
+        device_step.set(0)
+        return t.learner, device_step, GraphStep(device_step) if graphs else device_step
 
-            t._point_device_step(0)
-            t._graph = GraphStep(t._device_step)
-        return t
-
-    eager, graphed = trainer("a", False), trainer("b", True)
+    eager, graphed = stepper("a", False), stepper("b", True)
     for step in range(8):
-        eager.advance(step)
-        graphed.advance(step)
-    for a, b in ((eager.model, graphed.model), (eager.ema, graphed.ema)):
+        for learner, device_step, call in (eager, graphed):
+            device_step.prepare(step)
+            call()
+            learner.ema.updates += 1
+    for a, b in ((eager[0].model, graphed[0].model), (eager[0].ema, graphed[0].ema)):
         for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
             torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=name)
 

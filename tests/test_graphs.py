@@ -19,7 +19,7 @@ from mnist_diffusion.config import RunConfig
 from mnist_diffusion.errors import UserError
 from mnist_diffusion.runs.store import resolve_run
 from mnist_diffusion.sampling.graphed import GraphedForward
-from mnist_diffusion.training.graphs import counter_normal, counter_uniform, mix32, step_key
+from mnist_diffusion.training.graphs import DeviceStep, counter_normal, counter_uniform, mix32, step_key
 from mnist_diffusion.training.plan import plan_resume
 from mnist_diffusion.training.recipe import lr_at
 from mnist_diffusion.training.trainer import Trainer, train
@@ -73,16 +73,18 @@ def test_counter_numbers_are_a_function_of_key_stream_and_index():
 def test_a_device_step_is_the_eager_recipe_on_the_same_batch(tmp_path, data_dir):
     on_device, eager = trainer(device_config(max_steps=4), tmp_path, data_dir, "a"), trainer(
         tiny_config(max_steps=4), tmp_path, data_dir, "b")  # fmt: skip
+    batches = DeviceStep(on_device.learner, on_device.batches)  # the batch a step on the device takes
     for step in range(6):  # past the 4 warm-up steps: the learning rate's both phases
-        on_device._point_device_step(step)
-        batch = on_device._device_step.batch()
+        batches.set(step)
+        batch = batches.batch()
         on_device.advance(step)
-        eager.step(batch, step)
+        eager.learner.step(batch, step)
     # the same operations in the same order on the CPU: the same bits
-    for a, b in ((on_device.model, eager.model), (on_device.ema, eager.ema)):
+    for a, b in ((on_device.learner.model, eager.learner.model), (on_device.learner.ema, eager.learner.ema)):
         for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
             assert torch.equal(x, y), name
-    assert float(on_device._device_step.lr) == lr_at(5, eager.cfg, eager.total_steps)
+    lr = on_device.learner.opt.param_groups[0]["lr"]  # the device tensor the step reads
+    assert float(lr) == lr_at(5, eager.cfg, eager.plan.total_steps)
 
 
 def test_a_run_on_the_device_resumes_exactly(tmp_path, data_dir):
@@ -104,15 +106,16 @@ def test_a_run_on_the_device_resumes_exactly(tmp_path, data_dir):
 
 def test_no_host_sync_inside_a_device_step(tmp_path, data_dir, monkeypatch):
     t = trainer(device_config(max_steps=4), tmp_path, data_dir)
-    t._point_device_step(0)
-    t._device_step.prepare(0)
-    t._device_step()  # a first step creates AdamW's state
+    device_step = DeviceStep(t.learner, t.batches)
+    device_step.set(0)
+    device_step.prepare(0)
+    device_step()  # a first step creates AdamW's state
     for step in (1, 2):
-        t._device_step.prepare(step)  # host to device only
+        device_step.prepare(step)  # host to device only
         with monkeypatch.context() as m:
             for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__"):
                 m.setattr(torch.Tensor, name, lambda *a, _n=name, **k: pytest.fail(f"host sync: Tensor.{_n}"))
-            t._device_step()
+            device_step()
 
 
 def test_cuda_graphs_need_a_cuda_gpu(tmp_path, data_dir):

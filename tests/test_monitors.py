@@ -73,10 +73,10 @@ def test_a_monitor_leaves_the_ema_mode_and_the_random_state_as_it_found_them(tmp
     trainer = Trainer(tiny_config(), data_dir=data_dir, artifacts_dir=tmp_path, run_name="t", device="cpu",
                       progress=False, log=lambda m: None)  # fmt: skip
     for training in (True, False):
-        trainer.ema.module.train(training)
+        trainer.learner.ema.module.train(training)
         state = torch.get_rng_state()
         SampleMonitor(1).after_step(trainer, 1)
-        assert trainer.ema.module.training is training and torch.equal(torch.get_rng_state(), state)
+        assert trainer.learner.ema.module.training is training and torch.equal(torch.get_rng_state(), state)
     assert SampleMonitor(2).after_step(trainer, 3) is None  # not its step
     assert [p.name for p in (trainer.run_dir / "progress").iterdir()] == ["samples-00000001.png"]
 
@@ -98,7 +98,9 @@ def test_a_resumed_run_takes_the_same_grids_and_fids_as_a_straight_one(tmp_path,
 
 
 def test_a_time_budget_prices_the_monitors_and_still_trains_what_its_plan_says(tmp_path, data_dir):
-    budgeted = run(tiny_config(epochs=3), tmp_path / "a", data_dir, time_budget=4.0, monitors=watchers(data_dir))
+    # A budget roomy enough for a FID step (4) on a loaded machine, and the run stopped at step 8 either way
+    budgeted = run(tiny_config(epochs=3, max_steps=8), tmp_path / "a", data_dir, time_budget=15.0,
+                   monitors=watchers(data_dir))  # fmt: skip
     plan = json.loads((budgeted.run_dir / "run.json").read_text())["time_budget"]
     assert plan["monitor_seconds_per_step"] > 0  # a grid and a FID, each timed once
     assert progress(budgeted.run_dir) and fids(budgeted.run_dir)  # and still taken at their steps

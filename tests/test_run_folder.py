@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from mnist_diffusion.cli import app
 from mnist_diffusion.runs import lock
 from mnist_diffusion.runs.store import is_finished, load_config, read_metrics, reserve_run
+from mnist_diffusion.training.monitor import Monitor
 from mnist_diffusion.training.trainer import train
 
 runner = CliRunner()
@@ -104,18 +105,10 @@ def test_a_failure_before_the_first_checkpoint_removes_the_half_made_run(tmp_pat
     """A time budget measures its monitors before the first checkpoint: one that fails there
     leaves no run folder, no number and no `latest` behind."""
 
-    class Broken:
-        every = 1
-
-        def after_step(self, trainer, step):
-            return None
-
+    class Broken(Monitor):
         def seconds_per_step(self, trainer):
             assert (trainer.run_dir / "config.json").is_file()  # the hidden folder was being filled
             raise RuntimeError("the monitor broke")
-
-        def close(self):
-            pass
 
     artifacts = tmp_path / "artifacts"
     artifacts.mkdir()

@@ -25,6 +25,7 @@ from ..pictures.grids import save_grid
 from ..runs.loader import LoadedRun
 from ..runs.store import PROGRESS, progress_grid
 from ..sampling.generate import count_for, generate
+from ..training.monitor import Monitor
 from ..training.trainer import Trainer
 
 GRID_SAMPLES = 16  # samples in a progress grid, 4 x 4
@@ -35,7 +36,7 @@ GRID_ROW = 4
 def untouched(trainer: Trainer):
     """The EMA network in eval mode for the block, then back in its mode, and the global random
     states (the CPU's, and the GPU's) as they were before it."""
-    net = trainer.ema.module
+    net = trainer.learner.ema.module
     was_training = net.training
     devices = [trainer.device] if trainer.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
@@ -58,14 +59,14 @@ class _Sampler:
         cfg = trainer.cfg
         if cfg.train.clusters and self._counts is None:
             self._counts = load_clusters(trainer.run_dir, cfg.train.clusters)[1]
-        run = LoadedRun(trainer.run_dir, cfg, trainer.ema.module, trainer.schedule, None, self._counts)
+        run = LoadedRun(trainer.run_dir, cfg, trainer.learner.ema.module, trainer.learner.schedule, None, self._counts)
         labels = torch.arange(self.n) % 10 if run.conditional else None
         settings = SamplingConfig(seed=self.seed, precision=cfg.train.precision)
         with untouched(trainer):
             return generate(run, self.n, settings, labels=labels)
 
 
-class SampleMonitor:
+class SampleMonitor(Monitor):
     """`train --sample-every N`: after every N-th step, a grid of GRID_SAMPLES samples into
     ``progress/samples-SSSSSSSS.png`` (S the step), the same seed every time."""
 
@@ -95,7 +96,7 @@ class SampleMonitor:
         pass
 
 
-class FidMonitor:
+class FidMonitor(Monitor):
     """`train --eval-every N`: after every N-th step, the FID of ``n`` samples (the same seed every
     time) against the MNIST test set in the shipped feature net's space (``scoring.fid_of``: eval's
     feature net and reference features, loaded once), logged with its cost:

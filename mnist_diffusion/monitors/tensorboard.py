@@ -9,6 +9,7 @@ import math
 from ..errors import UserError
 from ..pictures.grids import tile
 from ..runs.store import METRICS, read_metrics
+from ..training.monitor import Monitor
 from ..training.trainer import Trainer
 from .progress import GRID_ROW, SampleMonitor
 
@@ -27,7 +28,7 @@ def require_tensorboard() -> None:
         ) from None
 
 
-class TensorBoardMonitor:
+class TensorBoardMonitor(Monitor):
     """Writes every figure of ``metrics.jsonl`` (loss, learning rate, images/s, FID and its cost) as
     a scalar at its step, and the grids of ``grids`` as images. Give it last in the list of
     monitors: it reads the lines the others logged for the same step. A resumed run drops the

@@ -34,6 +34,8 @@ class TimeBudget:
         self.started = 0.0
         self.events: list[tuple[int, float]] = []  # the monitors' measured costs, set by :meth:`plan`
         self.planning_seconds = 0.0  # of the budget, spent measuring the pace and the monitors
+        self.replan_at = -1  # the step at which to plan again from the loop's pace (replan_step), or -1
+        self.loop_started, self.watched = 0.0, 0.0  # on the clock: the loop's start, its time in the monitors
         self._halfway = (-1, 0.0)  # (step, seconds of loop time without the monitors), for loop_pace
 
     def start(self) -> None:
@@ -78,9 +80,16 @@ class TimeBudget:
         before_guide = guide_step < 0 or at < guide_step
         return at if 0 < at < stop_step and before_guide else -1
 
-    def mark_halfway(self, step: int, loop_seconds: float) -> None:
-        """Note the loop's time (without the monitors') at ``step``, halfway to the replan."""
-        self._halfway = (step, loop_seconds)
+    def begin_loop(self) -> None:
+        self.loop_started, self.watched = self.clock(), 0.0
+
+    def after_step(self, step: int) -> tuple[int, float] | None:
+        """Once the loop reaches :attr:`replan_at`: the steps that fit after ``step`` at the loop's
+        own pace (:meth:`replan`), and that pace; else None. Halfway there, notes the time."""
+        loop_seconds = self.clock() - self.loop_started - self.watched  # the steps' own time
+        if step == self.replan_at // 2:
+            self._halfway = (step, loop_seconds)
+        return self.replan(step, loop_seconds) if step == self.replan_at else None
 
     def replan(self, step: int, loop_seconds: float) -> tuple[int, float]:
         """The steps that fit after ``step``, from the loop's pace (its ``loop_seconds`` without
@@ -89,6 +98,30 @@ class TimeBudget:
         due = sum(cost for every, cost in self.events if step % every == 0)  # this step's, run after the plan
         left = self.seconds * (1 - BUDGET_MARGIN) - self.elapsed() - due
         return step + steps_that_fit(step, left, pace, self.events), pace
+
+
+    def record(self, planned: int, seconds_per_step: float, images_per_step: int, measured_over: int) -> dict:
+        """What run.json records of a plan of ``planned`` steps at ``seconds_per_step`` (without the
+        monitors); ``measured_over`` is the number of the run's own steps that pace comes from (0:
+        the scratch steps)."""
+        return {"seconds": self.seconds, "planned_steps": planned,
+                "images_per_sec": round(images_per_step / (seconds_per_step + self.monitor_seconds), 1),
+                "measured_over_steps": measured_over, "monitor_seconds_per_step": round(self.monitor_seconds, 6),
+                "planning_seconds": round(self.planning_seconds, 3)}  # fmt: skip
+
+    def describe(self, planned: int, seconds_per_step: float, images_per_step: int, measured_over: int) -> str:
+        """A plan in words, such as "time budget 10 min: 4,685 steps at 425 images/s (watching the
+        run takes 4% of it)"."""
+        from .speed import duration
+
+        rate = seconds_per_step + self.monitor_seconds
+        share = self.monitor_seconds / rate
+        watching = f" (watching the run takes {share:.0%} of it)" if share >= 0.005 else ""
+        pace = f"{planned:,} steps at {images_per_step / rate:,.0f} images/s{watching}"
+        if measured_over:
+            return f"time budget: {pace} over the first {measured_over} steps"
+        measuring = f", after {duration(self.planning_seconds)} of measuring" if self.planning_seconds >= 1 else ""
+        return f"time budget {duration(self.seconds)}: {pace}{measuring}"
 
 
 def steps_that_fit(first: int, seconds: float, step_seconds: float, events: Events) -> int:

@@ -167,3 +167,14 @@ class GraphStep:
 
     def __call__(self) -> None:
         self.graph.replay()
+
+
+def graphs_wanted(asked: bool | None, learner: Learner, log) -> bool:
+    """Whether a run whose step is on the device replays it as a CUDA graph: as ``asked``, else
+    wherever it can (on CUDA), and never under torchrun, with dropout or in fp16."""
+    if asked is None:
+        asked = learner.device.type == "cuda"
+    if asked and (learner.distributed or learner.cfg.model.dropout or learner.autocast == torch.float16):
+        log("CUDA graphs are not used under torchrun, with dropout or in fp16: eager steps instead")
+        return False
+    return asked

@@ -15,6 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..config import RunConfig
 from ..diffusion.losses import diffusion_loss
 from ..diffusion.schedule import Schedule
+from ..errors import UserError
 from ..nets.unet import build_model
 from ..runs.checkpoint import Checkpoint, restore
 from ..runtime import DistInfo, EagerFallback, autocast, autocast_dtype, compile_by_default, compile_network
@@ -57,6 +58,7 @@ class Learner:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = make_ema(self.model, cfg)
         self.opt = make_optimizer(self.model, cfg, device)
+        self.distributed = info.enabled  # one of several processes, under torchrun
         self.net = DistributedDataParallel(self.model) if info.enabled else self.model
         if compile is None:
             why = compile_by_default(device, self.autocast, total_steps)
@@ -71,8 +73,12 @@ class Learner:
         self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
         self.step_number = torch.full((), start_step, dtype=torch.long, device=device)
 
-    def restore(self, ckpt: Checkpoint) -> None:
-        """Load a verified checkpoint's weights, EMA, optimizer and loss-scaler state."""
+    def restore(self, ckpt: Checkpoint, world_size: int) -> None:
+        """Load a verified checkpoint's weights, EMA, optimizer and loss-scaler state; it must come
+        from as many processes as this one is trained by."""
+        if ckpt.meta["world_size"] != world_size:
+            raise UserError(f"{ckpt.path.parent.name} was trained by {ckpt.meta['world_size']} process(es); resume "
+                            f"it with as many (this is {world_size})")  # fmt: skip
         restore(ckpt, model=self.model, ema=self.ema, opt=self.opt, device=self.device)
         self.ema.updates = ckpt.meta["ema_updates"]
         if self.scaler.is_enabled() and isinstance(ckpt.meta.get("grad_scaler"), dict):
@@ -131,6 +137,13 @@ class Learner:
         return first
 
     # ---------------------------------------------------------------------------- state
+
+    def checkpoint_meta(self) -> dict:
+        """What a checkpoint records of the learner besides its tensors."""
+        meta = {"ema_updates": self.ema.updates, "compiled": self.compiled}  # a resumed run compiles as this one did
+        if self.scaler.is_enabled():
+            meta["grad_scaler"] = self.scaler.state_dict()
+        return meta
 
     def snapshot(self, extra: Sequence[torch.Tensor] = ()) -> Snapshot:
         """Everything a training step changes, copied: weights, EMA, optimizer and loss-scaler

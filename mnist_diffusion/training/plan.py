@@ -14,6 +14,7 @@ from ..config import RunConfig, validate
 from ..data.clusters import save_clusters
 from ..errors import UserError
 from ..io import copy_file, fsync_dir
+from ..runs import lock
 from ..runs.checkpoint import Checkpoint, read_checkpoint
 from ..runs.store import (
     GUIDE,
@@ -119,10 +120,37 @@ def plan_resume(run_dir: Path, *, epochs: int | None = None, steps: int | None =
     return ResumePlan(run_dir, cfg, "continue" if same_plan else "extend", read_checkpoint(run_dir, cfg))
 
 
+class RunFolder:
+    """The folder a training writes (:func:`open_run_folder`): a resumed run's own, or a new run's,
+    hidden until :meth:`publish` (after its first checkpoint). Its lock is held until :meth:`close`."""
+
+    def __init__(self, path: Path, new: NewRun | None):
+        self.path, self._new, self._published = path, new, False
+
+    @property
+    def name(self) -> str:
+        """The folder's name (a new run's as it will be published)."""
+        return self._new.final.name if self._new is not None else self.path.name
+
+    def publish(self) -> Path:
+        """A new run's folder under its real name, with ``latest`` pointing at it."""
+        if self._new is not None and not self._published:
+            self.path, self._published = self._new.publish(), True
+        return self.path
+
+    def close(self) -> None:
+        """A new run never published is removed (the artifacts folder is as it was before); a
+        published one's lock is released. A resumed run's lock is its resumer's."""
+        if self._new is not None and not self._published:
+            self._new.discard()
+        elif self._published:
+            lock.release(self.path)
+        self._new = None
+
+
 def open_run_folder(artifacts_dir: Path, run_name: str | None, cfg: RunConfig, resume: ResumePlan | None, *,
-                    clusters: torch.Tensor | None) -> tuple[Path, NewRun | None]:  # fmt: skip
-    """The folder a training writes (rank 0 alone calls this), and for a new run its
-    :class:`NewRun`, to publish once its first checkpoint is in it:
+                    clusters: torch.Tensor | None) -> RunFolder:  # fmt: skip
+    """The :class:`RunFolder` a training writes (rank 0 alone calls this):
 
     - an interrupted run (``continue``) trains in its own folder: temporary files of a killed
       write are removed, and metrics.jsonl is cut back to the checkpoint's step;
@@ -135,7 +163,7 @@ def open_run_folder(artifacts_dir: Path, run_name: str | None, cfg: RunConfig, r
         for junk in resume.run_dir.glob(".*.tmp"):  # left by a process killed inside a write
             junk.unlink(missing_ok=True)
         keep_metrics_until(resume.run_dir, resume.step)  # the steps after it are replayed
-        return resume.run_dir, None
+        return RunFolder(resume.run_dir, None)
     name = run_name or (resume.run_dir.name.split("-", 1)[-1] if resume is not None else cfg.preset)
     new = reserve_run(artifacts_dir, name)
     try:
@@ -153,4 +181,4 @@ def open_run_folder(artifacts_dir: Path, run_name: str | None, cfg: RunConfig, r
     except BaseException:
         new.discard()
         raise
-    return new.path, new
+    return RunFolder(new.path, new)

@@ -53,3 +53,14 @@ def duration(seconds: float) -> str:
     if seconds < 5400:
         return f"{seconds / 60:.0f} min"
     return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+
+
+def machine_line(cfg: RunConfig, device: torch.device) -> str:
+    """What this machine is and can do for ``cfg``'s training step (its matrix rate in the step's
+    precision), for the estimate that follows the first steps."""
+    from ..runtime import autocast_dtype, describe_machine, matmul_rate, precision_name
+
+    dtype = autocast_dtype(cfg.train.precision, device)
+    return (f"{describe_machine(device).line()}; {precision_name(dtype)} matrix rate "
+            f"{matmul_rate(device, dtype or torch.float32):.0f} GFLOP/s; a training step is "
+            f"{step_flops_per_image(cfg) / 1e6:.0f} MFLOP per image")  # fmt: skip

@@ -31,7 +31,6 @@ from ..runs.checkpoint import save_checkpoint
 from ..runs.store import (
     GUIDE,
     WEIGHTS,
-    NewRun,
     append_metrics,
     keep_metrics_until,
     read_metrics,
@@ -42,49 +41,25 @@ from ..runs.store import (
     write_manifest,
 )
 from ..runtime import (
-    autocast_dtype,
     broadcast_object,
     compile_by_default,
-    describe_machine,
     init_distributed,
     matmul_rate,
-    precision_name,
     setup_device,
     sync,
 )
 from .batches import Batches, cluster_labels, load_training_set, steps_per_epoch
 from .budget import TimeBudget
-from .graphs import DeviceStep, GraphStep
+from .graphs import DeviceStep, GraphStep, graphs_wanted
 from .learner import Learner
 from .log import RunLog
+from .monitor import Monitor
 from .plan import LOG_EVERY, ResumePlan, StepPlan, open_run_folder
-from .speed import duration, step_flops_per_image
+from .speed import machine_line, step_flops_per_image
 
 
 class TrainingDiverged(UserError):
     pass
-
-
-class Monitor:
-    """Something that watches a run as it trains (samples or scores it every N steps, writes
-    TensorBoard events): called after every optimizer step, on every rank, with the step's 1-based
-    number. It must leave the trainer's state and random number generators as it found them, so a
-    run with monitors trains the same weights as one without."""
-
-    every: int = 1  # its cost comes as one event after every `every`-th step
-
-    def after_step(self, trainer: Trainer, step: int) -> dict[str, float] | None:
-        """Figures to log for this step (a metrics.jsonl line; the first is also shown in the
-        progress bar), or None."""
-        return None
-
-    def seconds_per_step(self, trainer: Trainer) -> float:
-        """The seconds it adds to an average optimizer step, measured once as a time budget plans
-        (on the budget's clock), so the plan leaves time for it."""
-        return 0.0
-
-    def close(self) -> None:
-        """The run stopped (finished, interrupted or failed)."""
 
 
 @dataclass
@@ -135,7 +110,8 @@ class Trainer:
             saved_in = resume.run_dir if resume is not None else None
             labels = clusters = cluster_labels(images, self.cfg, self.info, self.log, saved_in=saved_in)
         self.batches = Batches(images, labels, self.cfg, self.info, self.device)
-        self._describe_machine()
+        if self.progress:  # before the network's random weights: measuring the machine draws random numbers
+            self.log(machine_line(self.cfg, self.device))
         if compile is None and resume is not None:  # a resumed run compiles as the run did
             compile = bool(resume.checkpoint.meta.get("compiled", False))
         elif compile is None and self.budget is not None:  # its steps are not planned yet: eager
@@ -143,50 +119,18 @@ class Trainer:
         self.learner = Learner(self.cfg, self.device, self.info, total_steps=self.plan.total_steps,
                                start_step=self.start_step, compile=compile, log=self.log)  # fmt: skip
         if resume is not None:
-            self._restore(resume)
+            self.learner.restore(resume.checkpoint, self.info.world_size)
+            self.log(f"resuming {resume.run_dir.name} from step {self.start_step}")
         self._device_step = DeviceStep(self.learner, self.batches) if self.cfg.train.step_on_device else None
         self._graph: GraphStep | None = None
         self._device_at: int | None = None  # the step the device step's buffers point at
-        self.cuda_graphs = self._graphs_choice(cuda_graphs)
+        self.cuda_graphs = self._device_step is not None and graphs_wanted(cuda_graphs, self.learner, self.log)
         self._saved_step = self.start_step  # the step of the run folder's checkpoint
-        self._clock = self.budget.clock if self.budget is not None else time.perf_counter
-        self._loop_start, self._watched = 0.0, 0.0  # on that clock: the loop's start, its time in the monitors
-        self._replan_at = -1  # the step at which a budget plans again from the loop's own pace
         self._resumed = resume.run_dir if resume is not None else None
         self._unpublished = resume is None or resume.action != "continue"  # on every rank, till _publish
-        self._new_run: NewRun | None = None  # a new run's hidden folder (rank 0), published after its first checkpoint
-        self._published: Path | None = None  # that folder once published (its lock is ours)
-        run_dir = None
-        if self.info.is_main:
-            run_dir, self._new_run = open_run_folder(artifacts_dir, run_name, self.cfg, resume, clusters=clusters)
-        self.run_dir = Path(broadcast_object(str(run_dir), self.info))
-
-    def _describe_machine(self) -> None:
-        """What this machine is and can do, for the estimate that follows the first steps."""
-        if self.progress:
-            dtype = autocast_dtype(self.cfg.train.precision, self.device)
-            rate = matmul_rate(self.device, dtype or torch.float32)
-            self.log(f"{describe_machine(self.device).line()}; {precision_name(dtype)} matrix rate {rate:.0f} "
-                     f"GFLOP/s; a training step is {step_flops_per_image(self.cfg) / 1e6:.0f} MFLOP per image")
-
-    def _restore(self, resume: ResumePlan) -> None:
-        ckpt = resume.checkpoint
-        if ckpt.meta["world_size"] != self.info.world_size:
-            raise UserError(f"run {resume.run_dir.name} was trained by {ckpt.meta['world_size']} process(es); resume "
-                            f"it with as many (this is {self.info.world_size})")  # fmt: skip
-        self.learner.restore(ckpt)
-        self.log(f"resuming {resume.run_dir.name} from step {self.start_step}")
-
-    def _graphs_choice(self, cuda_graphs: bool | None) -> bool:
-        """Whether the step on the device is replayed as a CUDA graph: wherever it can, unless told."""
-        if self._device_step is None:
-            return False
-        if cuda_graphs is None:
-            cuda_graphs = self.device.type == "cuda"
-        if cuda_graphs and (self.info.enabled or self.cfg.model.dropout or self.learner.autocast == torch.float16):
-            self.log("CUDA graphs are not used under torchrun, with dropout or in fp16: eager steps instead")
-            return False
-        return cuda_graphs
+        self.folder = open_run_folder(artifacts_dir, run_name, self.cfg, resume, clusters=clusters) if (
+            self.info.is_main) else None  # fmt: skip
+        self.run_dir = Path(broadcast_object(str(self.folder.path) if self.folder else None, self.info))
 
     @property
     def check_every(self) -> int:
@@ -212,7 +156,8 @@ class Trainer:
             self._publish()
         log = self._run_log()
         step, loss, interrupted, started = self.start_step, None, False, time.perf_counter()
-        self._loop_start = self._clock()
+        if self.budget is not None:
+            self.budget.begin_loop()
         try:
             while step < self.plan.stop_step and not interrupted:
                 log.add(self.advance(step))
@@ -277,10 +222,11 @@ class Trainer:
 
     def _watch(self, step: int, log: RunLog) -> None:
         """The monitors after ``step``, their time kept apart from the steps' for a budget's pace."""
-        start = self._clock()
+        start = self.budget.clock() if self.budget is not None else 0.0
         for monitor in self.monitors:
             log.extra(step, monitor.after_step(self, step))
-        self._watched += self._clock() - start
+        if self.budget is not None:
+            self.budget.watched += self.budget.clock() - start
 
     def _agree(self, flag: bool, step: int) -> bool:
         """``flag`` on any rank, for every rank. Under torchrun the ranks agree every LOG_EVERY
@@ -298,7 +244,7 @@ class Trainer:
     def _plan_budget(self) -> None:
         """Plan the steps that fit the time budget at this machine's pace, measured on scratch
         steps put back afterwards (so the run trains as ``--steps N`` would, bit for bit), with
-        the monitors' measured cost; record the plan. The measuring is taken from the budget."""
+        the monitors' measured cost. The measuring is taken from the budget."""
         budget = self.budget
         budget.start()
         if self.start_step:
@@ -308,60 +254,41 @@ class Trainer:
         saved = self.learner.snapshot(extra)
         step_seconds = budget.step_seconds(lambda step: (self.advance(step), sync(self.device)), self.start_step)
         self.learner.restore_snapshot(saved, extra)
-        planned = broadcast_object(budget.plan(step_seconds, events), self.info)  # rank 0's pace decides
-        self._set_plan(planned, step_seconds + budget.monitor_seconds, measured_over=0)
-        measuring = f", after {duration(budget.planning_seconds)} of measuring" if budget.planning_seconds >= 1 else ""
-        self.log(f"time budget {duration(budget.seconds)}: {planned:,} steps at {self._budget_pace}"
-                 f"{self._monitor_share(step_seconds)}{measuring}; `mnistdiff train --steps {planned}"
-                 f"{self._compile_flag()}` trains this plan again on any machine")  # fmt: skip
-        self._replan_at = budget.replan_step(self.cfg.train.warmup_steps, self.plan.guide_step, self.plan.stop_step)
+        self._set_plan(budget.plan(step_seconds, events), step_seconds, measured_over=0)
+        budget.replan_at = budget.replan_step(self.cfg.train.warmup_steps, self.plan.guide_step, self.plan.stop_step)
 
     def _keep_to_budget(self, step: int, log: RunLog) -> None:
         """Within warm-up, plan again once from the loop's own pace; end the run where the budget
         runs out."""
-        budget = self.budget
-        loop_seconds = budget.clock() - self._loop_start - self._watched
-        if step == self._replan_at // 2:
-            budget.mark_halfway(step, loop_seconds)
-        if step == self._replan_at:
-            planned, pace = budget.replan(step, loop_seconds)
-            planned = broadcast_object(planned, self.info)  # rank 0's measurement decides for all
+        if (replanned := self.budget.after_step(step)) is not None:
+            planned, pace = broadcast_object(replanned, self.info)  # rank 0's measurement decides for all
             behind = self.plan.guide_step >= 0 and round(self.cfg.train.guide_at * planned) <= step
-            if planned != self.plan.total_steps and not behind:  # else: stop on time instead
-                self._set_plan(planned, pace + budget.monitor_seconds, measured_over=step)
+            if planned != self.plan.total_steps and not behind:  # else: stop on time
+                self._set_plan(planned, pace, measured_over=step)
                 log.set_stop(self.plan.stop_step)
-                self.log(f"time budget: {planned:,} steps at {self._budget_pace}{self._monitor_share(pace)} over the "
-                         f"first {step} steps; `mnistdiff train --steps {planned}{self._compile_flag()}` trains this "
-                         "plan again")  # fmt: skip
-        if step < self.plan.stop_step and self._agree(budget.spent(), step):
-            self._record_plan(max_steps=step)
+        if step < self.plan.stop_step and self._agree(self.budget.spent(), step):
+            self.record_plan(max_steps=step)
             self.log(f"time budget spent: the run ends at step {step:,} of the {self.plan.total_steps:,} planned")
 
     def _set_plan(self, planned: int, seconds_per_step: float, measured_over: int) -> None:
-        """Make ``planned`` the run's steps and record it in config.json and run.json;
-        ``measured_over`` is the number of the run's own steps the pace comes from (0: scratch steps)."""
-        self._record_plan(steps=planned)
-        images_per_sec = self.cfg.train.batch_size * self.info.world_size / seconds_per_step
-        self._budget_pace = f"{images_per_sec:,.0f} images/s"
+        """Make ``planned`` (rank 0's) the run's steps, recorded in config.json and run.json."""
+        planned, seconds_per_step = broadcast_object((planned, seconds_per_step), self.info)
+        self.record_plan(steps=planned)
+        images = self.cfg.train.batch_size * self.info.world_size
         if self.info.is_main:
-            plan = {"seconds": self.budget.seconds, "planned_steps": planned,
-                    "images_per_sec": round(images_per_sec, 1), "measured_over_steps": measured_over,
-                    "monitor_seconds_per_step": round(self.budget.monitor_seconds, 6),
-                    "planning_seconds": round(self.budget.planning_seconds, 3)}  # fmt: skip
-            update_run_info(self.run_dir, time_budget=plan)
+            update_run_info(self.run_dir, time_budget=self.budget.record(planned, seconds_per_step, images,
+                                                                         measured_over))  # fmt: skip
+        again = " on any machine" if not measured_over else ""
+        self.log(f"{self.budget.describe(planned, seconds_per_step, images, measured_over)}; `mnistdiff train "
+                 f"--steps {planned}{self._compile_flag()}` trains this plan again{again}")  # fmt: skip
 
-    def _record_plan(self, **train) -> None:
-        """A new plan (``steps`` planned, or ``max_steps`` where the budget ends it), in config.json."""
+    def record_plan(self, **train) -> None:
+        """A new plan (``steps`` planned, or ``max_steps`` where a budget ends it), in config.json."""
         self.cfg = dataclasses.replace(self.cfg, train=dataclasses.replace(self.cfg.train, **train))
         self.plan = StepPlan.of(self.cfg, self.plan.steps_per_epoch, self.plan.check_every)
         self.learner.total_steps = self.plan.total_steps
         if self.info.is_main:
             save_config(self.run_dir, self.cfg)
-
-    def _monitor_share(self, seconds_per_step: float) -> str:
-        """ " (watching the run takes 4% of it)", or "" when the monitors cost next to nothing."""
-        share = self.budget.monitor_seconds / (seconds_per_step + self.budget.monitor_seconds)
-        return f" (watching the run takes {share:.0%} of it)" if share >= 0.005 else ""
 
     def _compile_flag(self) -> str:
         """The flag a `train --steps N` that repeats this plan needs to compile as this run does:
@@ -387,20 +314,10 @@ class Trainer:
         self._saved_step = step
         if not self.info.is_main:
             return
-        learner = self.learner
-        meta = {
-            "step": step,
-            "epoch": step / self.plan.steps_per_epoch,
-            "steps_per_epoch": self.plan.steps_per_epoch,
-            "stop_step": self.plan.stop_step,
-            "loss": loss,
-            "ema_updates": learner.ema.updates,
-            "world_size": self.info.world_size,
-            "train_seconds": seconds,
-            "compiled": learner.compiled,  # a resumed run compiles as this one did (the same floats)
-        }
-        if learner.scaler.is_enabled():
-            meta["grad_scaler"] = learner.scaler.state_dict()
+        learner, spe = self.learner, self.plan.steps_per_epoch
+        meta = {"step": step, "epoch": step / spe, "steps_per_epoch": spe, "stop_step": self.plan.stop_step,
+                "loss": loss, "world_size": self.info.world_size, "train_seconds": seconds,
+                **learner.checkpoint_meta()}  # fmt: skip
         save_checkpoint(self.run_dir, self.cfg, model=learner.model, ema=learner.ema, opt=learner.opt, meta=meta,
                         device=self.device)  # fmt: skip
         write_manifest(self.run_dir)
@@ -439,24 +356,16 @@ class Trainer:
     def _publish(self) -> None:
         """Give a new run's folder its real name and point ``latest`` at it (rank 0; every rank
         learns the name)."""
-        final = None
-        if self._new_run is not None:
-            final = self._published = self._new_run.publish()
-            self._new_run = None
-            if self._resumed is not None:
-                self.log(f"{self._resumed.name} continues as {final.name} (from step {self.start_step})")
+        final = self.folder.publish() if self.folder is not None else None
+        if final is not None and self._resumed is not None:
+            self.log(f"{self._resumed.name} continues as {final.name} (from step {self.start_step})")
         self.run_dir = Path(broadcast_object(str(final or self.run_dir), self.info))
         self._unpublished = False
 
     def close(self) -> None:
-        """Remove a new run's folder that was never published (the artifacts folder is then as it
-        was before), and release the run's lock."""
-        if self._new_run is not None:
-            self._new_run.discard()
-            self._new_run = None
-        if self._published is not None:
-            lock.release(self._published)
-            self._published = None
+        """Remove a new run's folder that was never published, and release the run's lock."""
+        if self.folder is not None:
+            self.folder.close()
 
 
 def train(cfg: RunConfig, **kwargs) -> TrainResult:
