@@ -27,7 +27,7 @@ DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 
 def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     """The torch device for ``--device``; asking for one that is not there is a UserError."""
-    has_mps = _has_mps()
+    has_mps = mps_available()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
     if name == "cuda":
@@ -43,7 +43,7 @@ def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     raise UserError(f"--device must be one of {', '.join(get_args(DeviceName))} (got {name!r})")
 
 
-def _has_mps() -> bool:
+def mps_available() -> bool:
     mps = getattr(torch.backends, "mps", None)
     return bool(mps and mps.is_available())
 
@@ -130,7 +130,7 @@ def init_distributed(device_name: str) -> DistInfo:
         return DistInfo()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
-    if not use_cuda and (device_name == "mps" or (device_name == "auto" and _has_mps())):
+    if not use_cuda and (device_name == "mps" or (device_name == "auto" and mps_available())):
         raise UserError("torchrun on Apple's MPS is not supported (it has no collective backend): train in one process")
     if not dist.is_initialized():
         if use_cuda:
@@ -184,6 +184,7 @@ class Machine:
     threads: int  # torch's CPU threads
     gpu: str | None  # the GPU's name and memory, if the device is one
     capability: str | None  # CUDA compute capability, such as "9.0"
+    commit: str | None  # the git commit of the checkout the package runs from (None if not one)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -210,7 +211,28 @@ def describe_machine(device: torch.device) -> Machine:
     elif device.type == "mps":
         gpu = "Apple GPU (MPS)"
     return Machine(device.type, _cpu_model(), units, cpu_has_bf16(), _usable_cores(), torch.get_num_threads(), gpu,
-                   capability)  # fmt: skip
+                   capability, git_commit())  # fmt: skip
+
+
+CHECKOUT = Path(__file__).resolve().parents[1]  # the repository, when the package runs from a git checkout
+
+
+def git_commit(root: Path = CHECKOUT) -> str | None:
+    """The short commit of the checkout the package runs from, "+ local changes" if tracked files
+    differ from it; None outside a git checkout or without git."""
+    if not (root / ".git").exists():
+        return None
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()  # fmt: skip
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + (" + local changes" if changed else "")
 
 
 def _usable_cores() -> int:

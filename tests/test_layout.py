@@ -4,6 +4,7 @@ no module is a tangle, and no product file points outside the repository."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,31 @@ def test_imports_only_point_down(path):
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_no_product_file_points_outside_the_repository(path):
     assert "shared/" not in path.read_text()
+
+
+# A module a reader takes in one sitting; the training loop on one screen.
+MODULE_LINES, CLASS_LINES, LOOP_LINES = 400, 300, 50
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_modules_and_classes_stay_small(path):
+    text = path.read_text()
+    assert len(text.splitlines()) <= MODULE_LINES, f"{path.name} has {len(text.splitlines())} lines"
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.ClassDef):
+            lines = node.end_lineno - node.lineno + 1
+            assert lines <= CLASS_LINES, f"class {node.name} has {lines} lines"
+
+
+def test_the_training_loop_fits_one_screen():
+    tree = ast.parse((PACKAGE / "training" / "trainer.py").read_text())
+    (run,) = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "run"]
+    assert run.end_lineno - run.lineno + 1 <= LOOP_LINES
+
+
+def test_no_test_patches_a_private_name():
+    """Tests go through public seams: a rename inside a module must not break them."""
+    pattern = re.compile(r"""setattr\((?!torch)[^,]+,\s*["']_\w""")  # torch's own private names aside
+    for path in sorted(Path(__file__).parent.glob("test_*.py")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            assert not pattern.search(line), f"{path.name}:{number} patches a private name: {line.strip()}"

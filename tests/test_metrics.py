@@ -242,7 +242,7 @@ def test_chunked_distances_match_single_block(monkeypatch):
     g = torch.Generator().manual_seed(15)
     x, y = torch.randn(120, 6, generator=g), 1.3 * torch.randn(90, 6, generator=g)
     whole = metrics.precision_recall(x, y), metrics.density_coverage(x, y)
-    monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 7 * 90)  # blocks of 7 or 5 rows, ragged last block
+    monkeypatch.setattr(metrics, "CHUNK_ELEMENTS", 7 * 90)  # blocks of 7 or 5 rows, ragged last block
     assert (metrics.precision_recall(x, y), metrics.density_coverage(x, y)) == whole
 
 

@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 
 from mnist_diffusion.cli import app
 from mnist_diffusion.runs import lock
-from mnist_diffusion.runs.store import is_finished, load_config, read_metrics, reserve_run
+from mnist_diffusion.runs.folder import reserve_run
+from mnist_diffusion.runs.store import is_finished, load_config, read_metrics
 from mnist_diffusion.training.monitor import Monitor
 from mnist_diffusion.training.trainer import train
 

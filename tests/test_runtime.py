@@ -108,7 +108,7 @@ def test_torchrun_backend_is_nccl_only_where_it_exists(monkeypatch, torchrun_env
 
 def test_torchrun_on_mps_is_refused_in_one_line(monkeypatch, torchrun_env):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(runtime, "_has_mps", lambda: True)
+    monkeypatch.setattr(runtime, "mps_available", lambda: True)
     for device in ("auto", "mps"):
         with pytest.raises(UserError, match="torchrun on Apple's MPS is not supported"):
             init_distributed(device)

@@ -22,12 +22,12 @@ from mnist_diffusion import io as io_module
 from mnist_diffusion.errors import UserError
 from mnist_diffusion.io import atomic_open, atomic_write_bytes, load_tensors, save_tensors
 from mnist_diffusion.nets.unet import build_model
+from mnist_diffusion.runs.folder import reserve_run
 from mnist_diffusion.runs.store import (
     append_metrics,
     keep_metrics_until,
     load_weights_into,
     read_metrics,
-    reserve_run,
     verify_manifest,
     weights_metadata,
     write_manifest,

@@ -10,7 +10,7 @@ and return plain Python floats / lists / dicts, so the results go straight into 
 - Classifier-output summaries of one sample set: :func:`inception_score` (Salimans et al. 2016),
   :func:`class_histogram`, :func:`mean_confidence`, :func:`confident_share`, :func:`label_accuracy`.
 
-Pairwise distances are computed in row chunks of at most ``_CHUNK_ELEMENTS`` entries, so two
+Pairwise distances are computed in row chunks of at most ``CHUNK_ELEMENTS`` entries, so two
 10,000-sample sets need about 100 MB of working memory, never the full 10,000 x 10,000 matrix.
 """
 
@@ -21,7 +21,7 @@ import torch
 
 ArrayLike = torch.Tensor | np.ndarray
 
-_CHUNK_ELEMENTS = 2**23  # entries of one (rows, N) float64 distance block: 64 MB
+CHUNK_ELEMENTS = 2**23  # entries of one (rows, N) float64 distance block: 64 MB
 
 
 def _as_matrix(x: ArrayLike, name: str, min_rows: int = 1) -> torch.Tensor:
@@ -163,8 +163,8 @@ def kid(
 
 
 def _row_step(n_cols: int) -> int:
-    """Rows per chunk so that a ``(rows, n_cols)`` block stays within ``_CHUNK_ELEMENTS``."""
-    return max(1, _CHUNK_ELEMENTS // n_cols)
+    """Rows per chunk so that a ``(rows, n_cols)`` block stays within ``CHUNK_ELEMENTS``."""
+    return max(1, CHUNK_ELEMENTS // n_cols)
 
 
 def _knn_radii(x: torch.Tensor, k: int) -> torch.Tensor:

@@ -31,7 +31,7 @@ from ..pictures.grids import check_images
 from ..runs.loader import LoadedRun, load_run
 from ..runs.store import write_manifest
 from ..runtime import autocast_dtype, precision_name
-from ..sampling.generate import count_for, generate, resolve_for
+from ..sampling.generate import balanced_labels, count_for, generate, resolve_for
 from . import metrics
 from .features import extract, load_feature_net
 
@@ -242,7 +242,7 @@ def evaluate_run(
     settings = resolve_for(run, sampling)
 
     start = time.perf_counter()
-    labels = torch.arange(n_samples) % 10 if run.conditional else None
+    labels = balanced_labels(n_samples) if run.conditional else None
     images = generate(run, n_samples, settings, labels=labels, progress=progress)
     sample_seconds = time.perf_counter() - start
 

@@ -24,7 +24,7 @@ from ..evaluation.scoring import feature_net, fid_of, real_reference
 from ..pictures.grids import save_grid
 from ..runs.loader import LoadedRun
 from ..runs.store import PROGRESS, progress_grid
-from ..sampling.generate import count_for, generate
+from ..sampling.generate import balanced_labels, count_for, generate
 from ..training.monitor import Monitor
 from ..training.trainer import Trainer
 
@@ -60,7 +60,7 @@ class _Sampler:
         if cfg.train.clusters and self._counts is None:
             self._counts = load_clusters(trainer.run_dir, cfg.train.clusters)[1]
         run = LoadedRun(trainer.run_dir, cfg, trainer.learner.ema.module, trainer.learner.schedule, None, self._counts)
-        labels = torch.arange(self.n) % 10 if run.conditional else None
+        labels = balanced_labels(self.n) if run.conditional else None
         settings = SamplingConfig(seed=self.seed, precision=cfg.train.precision)
         with untouched(trainer):
             return generate(run, self.n, settings, labels=labels)

@@ -48,6 +48,13 @@ def check_batch(run: LoadedRun, settings: SamplingConfig, n: int) -> None:
         raise UserError(str(e)) from None
 
 
+def balanced_labels(n: int) -> torch.Tensor:
+    """The labels a conditional run is scored with (eval, train --eval-every): ``i % 10``, so
+    every digit comes equally often in any n that is a multiple of 10. (A picture of a
+    conditional run draws a row per digit instead: :func:`parse_labels`.)"""
+    return torch.arange(n) % 10
+
+
 def parse_labels(digit: int | None, labels: str | None, n: int, conditional: bool) -> torch.Tensor | None:
     """The class labels for ``n`` samples from ``--digit`` / ``--labels`` (comma-separated,
     repeated to length n); a conditional run with neither gets rows of 0..9."""

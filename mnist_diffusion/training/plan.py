@@ -16,15 +16,14 @@ from ..errors import UserError
 from ..io import copy_file, fsync_dir
 from ..runs import lock
 from ..runs.checkpoint import Checkpoint, read_checkpoint
+from ..runs.folder import NewRun, reserve_run
 from ..runs.store import (
     GUIDE,
     WEIGHTS,
-    NewRun,
     finished_record,
     is_finished,
     keep_metrics_until,
     load_config,
-    reserve_run,
     save_config,
     save_run_info,
 )
