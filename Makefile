@@ -9,7 +9,7 @@ RUN ?=
 N ?= 10000
 N_1000 ?=
 
-.PHONY: install data train sample test lint eval features bench bench-cpu bench-samplers bench-editing clean
+.PHONY: install data train sample test lint format eval features bench bench-cpu bench-samplers bench-editing clean
 
 install: $(STAMP)
 
@@ -33,8 +33,12 @@ sample: install  ## 64 digits from the latest run
 test: install  ## the whole test suite
 	$(BIN)/python -m pytest
 
-lint: install
+lint: install  ## ruff's checks and its formatter (make format rewrites the files)
 	$(BIN)/ruff check mnist_diffusion tests benchmarks
+	$(BIN)/ruff format --check mnist_diffusion tests benchmarks
+
+format: install
+	$(BIN)/ruff format mnist_diffusion tests benchmarks
 
 eval: install  ## sample-quality metrics of the latest run (N=10,000)
 	$(BIN)/mnistdiff eval --n-samples $(N) $(if $(RUN),--run $(RUN))
