@@ -48,7 +48,8 @@ SAMPLING_OPTIONS = {
                         f"below 1 more steps at high noise (default {SamplingConfig.DEFAULT_SPACING:g}).",
                         min=SPACING_RANGE[0], max=SPACING_RANGE[1]), None),
     "eta": (_option(float, "--eta", "DDIM noise: 0 deterministic, 1 like DDPM.", min=0.0, max=1.0), _DEFAULTS.eta),
-    "seed": (_option(int, "--seed", "Random seed (0 to 2^63 - 1): same seed and flags, same images.", min=0,
+    "seed": (_option(int, "--seed", "Random seed (0 to 2^63 - 1): same seed and flags, same images (on one machine "
+                    "and precision).", min=0,
                      max=SEED_MAX), _DEFAULTS.seed),
     "autoguidance": (_scale("--autoguidance", "Autoguidance scale: extrapolate away from the run's early weights "
                             f"(runs with a guide; default {Guidance.DEFAULTS['auto']:g}, 1: off)."), None),
