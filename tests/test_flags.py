@@ -588,3 +588,18 @@ def test_every_eval_flag_has_a_row():
 @pytest.mark.parametrize("flag", sorted(EVAL))
 def test_eval_flag_reaches_what_it_names(flag, runs, tmp_path, data_dir):
     check("eval", flag, runs, tmp_path, data_dir)
+
+
+@pytest.mark.parametrize("command", ["sample", "inpaint", "interpolate", "invert"])
+def test_a_picture_says_how_it_was_made_and_the_same_settings_give_the_same_bytes(command, runs, tmp_path, data_dir):
+    t = Tool(command, tmp_path, runs, data_dir)
+    ends = ("--seeds", "0,1") if command == "interpolate" else ()  # not drawn from --seed
+    t("-o", "{tmp}/a.png", "--seed", "3", *ends)
+    t("-o", "{tmp}/b.png", "--seed", "3", *ends)
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    made = t.made(tmp_path / "a.png")
+    assert made["run"] == "00001-plain" and made["sampling"]["seed"] == 3
+    if command in ("sample", "inpaint"):  # the picture and the tensors say the same
+        assert made["sampling"] == json.loads(t.metadata()["sampling"])
+    t("-o", "{tmp}/c.png", "--seed", "4", *ends)
+    assert t.made(tmp_path / "c.png") == {**made, "sampling": {**made["sampling"], "seed": 4}}
