@@ -2,7 +2,8 @@
 command, read from the command itself, so a flag added later without a row fails here.
 
 A row runs the command as a user types it (CliRunner) with that flag at a non-default value,
-and checks where the value lands: the run's config.json, its run.json or checkpoint, a file
+and checks where the value lands: the run's config.json, its run.json or checkpoint, the
+settings a sampling command records (tensor metadata, eval.json, a picture's text), a file
 the flag asks for, or the one-line error of a value that cannot work on this machine."""
 
 from __future__ import annotations
