@@ -129,7 +129,7 @@ def invert_to_files(
         rows.append({"steps": count, "mse": float(mse.mean()), "psnr": float(psnr.mean())})
         reconstructions.append(back)
     grid = torch.stack([images, *reconstructions], dim=1)  # (N, 1 + len(steps), 1, 28, 28)
-    settings = {**invert_settings(run, sampling, steps=max(steps)).to_dict(), "steps": list(steps)}
+    settings = {**invert_settings(run, sampling, steps=max(steps, default=None)).to_dict(), "steps": list(steps)}
     picture = made_with(run, settings, inversion={"digit": digit})
     save_grid(grid.reshape(-1, *images.shape[1:]), output, nrow=1 + len(steps), scale=scale, metadata=picture)
     return rows
