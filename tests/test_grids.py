@@ -11,7 +11,9 @@ from PIL import Image
 from mnist_diffusion.data.mnist import as_unit as _unit
 from mnist_diffusion.errors import UserError
 from mnist_diffusion.io import save_tensors
-from mnist_diffusion.pictures.grids import grid_scale, load_samples, save_grid, tile
+from mnist_diffusion.pictures.animation import save_gif
+from mnist_diffusion.pictures.figures import trajectory_figure
+from mnist_diffusion.pictures.grids import grid_scale, load_samples, picture_text, save_grid, tile
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +105,42 @@ def test_tile_lays_out_a_grid_as_torchvision_does(n, nrow, pad_value):
     if n == 1:  # make_grid returns a lone image unpadded; tile pads it like any other
         reference = torch.nn.functional.pad(images[0], (2, 2, 2, 2), value=pad_value)
     assert torch.equal(ours, reference[0])
+
+
+MADE = {"mnistdiff": '{"run": "00001-tiny", "sampling": {"seed": 7, "steps": 2}}', "note": "a ≈ b, ü"}
+
+
+def test_a_png_grid_carries_its_metadata_as_text(tmp_path, digits):
+    save_grid(_unit(digits), tmp_path / "a.png", scale=2, metadata=MADE)
+    save_grid(_unit(digits), tmp_path / "b.png", scale=2, metadata=MADE)
+    assert Image.open(tmp_path / "a.png").text == MADE == picture_text(tmp_path / "a.png")
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()  # no time in it
+    torch.testing.assert_close(load_samples(tmp_path / "a.png"), _unit(digits))  # the grid reads back as before
+    save_grid(_unit(digits), tmp_path / "other.png", scale=2, metadata={**MADE, "mnistdiff": "{}"})
+    assert Image.open(tmp_path / "other.png").text["mnistdiff"] == "{}"
+    save_grid(_unit(digits), tmp_path / "plain.png")
+    assert Image.open(tmp_path / "plain.png").text == {}
+
+
+def test_a_gif_carries_its_metadata_in_its_comment(tmp_path, digits):
+    frames = _unit(digits[:12]).reshape(3, 4, 1, 28, 28)
+    save_gif(frames, tmp_path / "a.gif", metadata=MADE)
+    save_gif(frames, tmp_path / "b.gif", metadata=MADE)
+    with Image.open(tmp_path / "a.gif") as gif:
+        assert gif.n_frames == 3
+        assert gif.info["comment"].decode().splitlines()[0] == f"mnistdiff: {MADE['mnistdiff']}"
+    assert picture_text(tmp_path / "a.gif") == MADE
+    assert (tmp_path / "a.gif").read_bytes() == (tmp_path / "b.gif").read_bytes()
+    save_gif(frames, tmp_path / "plain.gif")
+    assert picture_text(tmp_path / "plain.gif") == {}
+    for bad in ({"a: b": "c"}, {"a": "two\nlines"}):
+        with pytest.raises(ValueError, match="key: value"):
+            save_gif(frames, tmp_path / "bad.gif", metadata=bad)
+
+
+def test_a_trajectory_figure_carries_its_metadata_as_text(tmp_path, digits):
+    frames = _unit(digits[:6]).reshape(3, 2, 1, 28, 28)
+    trajectory_figure(frames, ["a", "b", "c"], tmp_path / "a.png", metadata=MADE)
+    trajectory_figure(frames, ["a", "b", "c"], tmp_path / "b.png", metadata=MADE)
+    assert picture_text(tmp_path / "a.png") == MADE
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()

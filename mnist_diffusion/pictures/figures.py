@@ -17,17 +17,19 @@ from ..io import atomic_write_bytes  # noqa: E402
 from .grids import GRID_PADDING, tile  # noqa: E402
 
 
-def figure_png(fig, dpi: int = 110, *, tight: bool = True) -> bytes:
-    """The figure as PNG bytes, closed; without the software version in the metadata, so the same
-    figure gives the same bytes. ``tight`` crops it to what is drawn (which draws it twice)."""
+def figure_png(fig, dpi: int = 110, *, tight: bool = True, metadata: dict[str, str] | None = None) -> bytes:
+    """The figure as PNG bytes, closed, with ``metadata`` as text chunks; without the software
+    version, so the same figure gives the same bytes. ``tight`` crops it to what is drawn (which
+    draws it twice)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight" if tight else None, metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight" if tight else None,
+                metadata={"Software": None, **(metadata or {})})  # fmt: skip
     plt.close(fig)
     return buf.getvalue()
 
 
-def save_figure(fig, path: str | Path) -> None:
-    atomic_write_bytes(path, figure_png(fig))
+def save_figure(fig, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    atomic_write_bytes(path, figure_png(fig, metadata=metadata))
 
 
 def forward_figure(
@@ -68,9 +70,10 @@ def loss_figure(records: list[dict], path: str | Path, title: str) -> None:
     save_figure(fig, path)
 
 
-def trajectory_figure(frames: torch.Tensor, labels: list[str], path: str | Path) -> None:
-    """Denoising trajectories as a PNG file (see :func:`trajectory_plot`)."""
-    save_figure(trajectory_plot(frames, labels), path)
+def trajectory_figure(frames: torch.Tensor, labels: list[str], path: str | Path,
+                      metadata: dict[str, str] | None = None) -> None:  # fmt: skip
+    """Denoising trajectories as a PNG file (see :func:`trajectory_plot`), carrying ``metadata`` as text."""
+    save_figure(trajectory_plot(frames, labels), path, metadata)
 
 
 def trajectory_plot(frames: torch.Tensor, labels: list[str]):

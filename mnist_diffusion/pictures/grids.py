@@ -13,6 +13,7 @@ from tokenize import TokenError
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
 
 from ..errors import UserError
 from ..io import PNG_MAX_BYTES, atomic_write_bytes, load_tensors, read_bounded
@@ -51,14 +52,36 @@ def grid_image(images: torch.Tensor, nrow: int | None = None, scale: int = 1) ->
     return Image.fromarray(pixels.numpy(), mode="L")
 
 
-def save_png(image: Image.Image, path: str | Path) -> None:
+def save_png(image: Image.Image, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Write ``image`` as a PNG, crash-safely, with each item of ``metadata`` as a text chunk (tEXt,
+    or iTXt for text beyond Latin-1) that :func:`picture_text` reads back. No time is recorded:
+    the same image and metadata give the same bytes."""
+    info = None
+    if metadata:
+        info = PngInfo()
+        for key, value in metadata.items():
+            info.add_text(key, value)
     buf = io.BytesIO()
-    image.save(buf, format="PNG")
+    image.save(buf, format="PNG", pnginfo=info)
     atomic_write_bytes(path, buf.getvalue())
 
 
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, scale: int = 1) -> None:
-    save_png(grid_image(images, nrow, scale), path)
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, scale: int = 1,
+              metadata: dict[str, str] | None = None) -> None:  # fmt: skip
+    """[N x 1 x H x W] images in [0, 1] as a PNG grid (:func:`grid_image`), carrying ``metadata``
+    as text (:func:`save_png`): how the images were made."""
+    save_png(grid_image(images, nrow, scale), path, metadata)
+
+
+def picture_text(path: str | Path) -> dict[str, str]:
+    """The text a picture carries: a PNG's text chunks (:func:`save_png`), or the ``key: value``
+    lines of a GIF's comment (:func:`~mnist_diffusion.pictures.animation.save_gif`)."""
+    with Image.open(path) as img:
+        if img.format == "PNG":
+            return dict(img.text)
+        comment = img.info.get("comment", b"")
+    text = comment.decode("utf-8") if isinstance(comment, bytes) else comment
+    return dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
 
 
 # ----------------------------------------------------------------------------- sample files, read back

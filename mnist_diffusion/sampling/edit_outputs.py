@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..config import INPAINT_JUMPS, INPAINT_RESAMPLE, INTERPOLATE_FRAMES, SamplingConfig
@@ -20,11 +21,12 @@ from .editing import (
     interpolate,
     interpolate_settings,
     invert,
+    invert_settings,
     reconstruct,
     reconstruction_error,
 )
 from .generate import count_for
-from .outputs import PICTURE, PNG, TENSORS
+from .outputs import PICTURE, PNG, TENSORS, made_with
 
 HOLE = 0.5  # the grey that shows the missing pixels of a masked input
 
@@ -48,7 +50,9 @@ def inpaint_to_files(
     grid, one row per image: the original, the masked input (the hole in grey) and the
     completions. ``save_tensor`` also gets the completions as ``samples`` [N n x 1 x 28 x 28] in
     [0, 1] (readable by `eval --samples`), the ``originals`` and the ``missing`` mask (uint8),
-    with the settings in its metadata. Returns the completions, [N x n x 1 x 28 x 28]."""
+    with the settings in its metadata. The PNG says how it was made (:func:`made_with`): the
+    settings, and ``inpainting``: jumps, resample, n, digit and each image's ``missing`` mask (the
+    hex of its 28 x 28 bits, row-major, 1 where missing). Returns the completions, [N x n x 1 x 28 x 28]."""
     check_output(output, PNG, "-o")
     check_output(save_tensor, TENSORS, "--save-tensor")
     count_for(n, "-n", scale=scale, each=len(images))
@@ -57,10 +61,12 @@ def inpaint_to_files(
     missing = missing.to(torch.bool).broadcast_to(images.shape)
     masked = torch.where(missing, torch.full_like(images, HOLE), images)
     rows = torch.cat([images[:, None], masked[:, None], completions], dim=1)  # (N, n + 2, 1, 28, 28)
-    save_grid(rows.reshape(-1, *images.shape[1:]), output, nrow=n + 2, scale=scale)
+    settings = inpaint_settings(run, sampling)
+    inpainting = {"jumps": jumps, "resample": resample, "n": n, "digit": digit}
+    masks = [np.packbits(m.flatten().numpy()).tobytes().hex() for m in missing]  # 28 x 28 bits each
+    picture = made_with(run, settings, inpainting={**inpainting, "missing": masks})
+    save_grid(rows.reshape(-1, *images.shape[1:]), output, nrow=n + 2, scale=scale, metadata=picture)
     if save_tensor is not None:
-        settings = inpaint_settings(run, sampling)
-        inpainting = {"jumps": jumps, "resample": resample, "n": n, "digit": digit}
         metadata = {"run": run.path.name, "sampling": json.dumps(settings.to_dict(), sort_keys=True),
                     "inpainting": json.dumps(inpainting)}  # fmt: skip
         tensors = {"samples": completions.reshape(-1, *images.shape[1:]), "originals": images,
@@ -82,15 +88,19 @@ def interpolate_to_files(
     progress: bool = True,
 ) -> torch.Tensor:
     """Walk from ``a`` to ``b`` (:func:`interpolate`) and write the frames as one PNG strip, or as
-    an animated GIF when ``output`` ends in ``.gif``. Returns them, [frames x 1 x 28 x 28]."""
+    an animated GIF when ``output`` ends in ``.gif``. The picture says how it was made
+    (:func:`made_with`): the settings, and ``interpolation``: frames, digit and the ``ends``, each
+    a seed or ``"digit"`` (a digit inverted). Returns the frames, [frames x 1 x 28 x 28]."""
     check_output(output, PICTURE, "-o")
     count_for(frames, "--frames", scale=scale, low=2)
-    interpolate_settings(run, sampling, not all(isinstance(e, int) for e in (a, b)))  # a bad setting fails first
+    ends = [end if isinstance(end, int) and not isinstance(end, bool) else "digit" for end in (a, b)]
+    settings = interpolate_settings(run, sampling, "digit" in ends)  # a bad setting fails first
     walk = interpolate(run, a, b, sampling, frames=frames, digit=digit, progress=progress)
+    picture = made_with(run, settings, interpolation={"frames": frames, "digit": digit, "ends": ends})
     if output.suffix.lower() == ".gif":
-        save_gif(walk[:, None], output, nrow=1, scale=scale)  # one digit per frame
+        save_gif(walk[:, None], output, nrow=1, scale=scale, metadata=picture)  # one digit per frame
     else:
-        save_grid(walk, output, nrow=frames, scale=scale)
+        save_grid(walk, output, nrow=frames, scale=scale, metadata=picture)
     return walk
 
 
@@ -107,8 +117,9 @@ def invert_to_files(
 ) -> list[dict[str, float]]:
     """Invert ``images`` [N x 1 x 28 x 28] and reconstruct them (:func:`invert`,
     :func:`reconstruct`) at each step count in ``steps``, and write a PNG grid, one row per image:
-    the original, then its reconstruction at each count. Returns, per count, its ``steps``, the
-    mean ``mse`` and the mean ``psnr`` (dB) over the images."""
+    the original, then its reconstruction at each count. The PNG says how it was made
+    (:func:`made_with`): the settings, whose ``steps`` are the counts, and ``inversion``: digit.
+    Returns, per count, its ``steps``, the mean ``mse`` and the mean ``psnr`` (dB) over the images."""
     check_output(output, PNG, "-o")
     rows, reconstructions = [], []
     for count in steps:
@@ -118,5 +129,7 @@ def invert_to_files(
         rows.append({"steps": count, "mse": float(mse.mean()), "psnr": float(psnr.mean())})
         reconstructions.append(back)
     grid = torch.stack([images, *reconstructions], dim=1)  # (N, 1 + len(steps), 1, 28, 28)
-    save_grid(grid.reshape(-1, *images.shape[1:]), output, nrow=1 + len(steps), scale=scale)
+    settings = {**invert_settings(run, sampling, steps=max(steps, default=None)).to_dict(), "steps": list(steps)}
+    picture = made_with(run, settings, inversion={"digit": digit})
+    save_grid(grid.reshape(-1, *images.shape[1:]), output, nrow=1 + len(steps), scale=scale, metadata=picture)
     return rows

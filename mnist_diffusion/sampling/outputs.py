@@ -7,6 +7,7 @@ import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,6 +29,16 @@ END_GRID = 64  # samples in the grid drawn at the end of training, 8 x 8
 END_GRID_CONDITIONAL = 80  # conditional runs: a row of 8 for each digit 0-9
 # What the files written may be named (check_output): a PNG, a PNG or an animated GIF, safetensors.
 PNG, PICTURE, TENSORS = (".png",), (".png", ".gif"), (".safetensors",)
+MADE_WITH = "mnistdiff"  # the text key of a picture that says how it was made (:func:`made_with`)
+
+
+def made_with(run: LoadedRun, settings: SamplingConfig | dict[str, Any], **own: Any) -> dict[str, str]:
+    """What a picture of ``run`` carries of how it was made (the ``metadata`` of
+    :func:`~mnist_diffusion.pictures.grids.save_grid`): under the key ``mnistdiff``, JSON of the
+    run's name, the resolved sampling ``settings`` and the command's own settings ``own``. The
+    same settings give the same text."""
+    sampling = settings.to_dict() if isinstance(settings, SamplingConfig) else settings
+    return {MADE_WITH: json.dumps({"run": run.path.name, "sampling": sampling, **own}, sort_keys=True)}
 
 
 def sample_to_files(
@@ -48,7 +59,8 @@ def sample_to_files(
     """Draw ``n`` samples and write them as a PNG grid (and optionally as safetensors, with the
     resolved settings in its metadata, and as a trajectory of the first samples: a picture, or
     an animated GIF if its name ends in ``.gif``). With ``init``, a drawing [1 x 28 x 28] in
-    [0, 1], the samples are SDEdits of it at ``strength`` (:func:`sdedit`).
+    [0, 1], the samples are SDEdits of it at ``strength`` (:func:`sdedit`). Each picture says how
+    it was made (:func:`made_with`): the settings, the ``labels`` and the SDEdit ``strength``.
     Returns the samples, [n x 1 x 28 x 28] in [0, 1]."""
     check_output(output, PNG, "-o")
     check_output(save_tensor, TENSORS, "--save-tensor")
@@ -66,16 +78,18 @@ def sample_to_files(
         images = generate(run, n, settings, labels=labels, progress=progress, callback=callback)
     else:
         images = sdedit(run, init, n, settings, strength=strength, labels=labels, progress=progress, callback=callback)
-    save_grid(images, output, nrow=nrow, scale=scale)
+    sdedit_record = {"sdedit": {"strength": strength}} if init is not None else {}
+    picture = made_with(run, settings, labels=labels.tolist() if labels is not None else None, **sdedit_record)
+    save_grid(images, output, nrow=nrow, scale=scale, metadata=picture)
     if save_tensor is not None:
         metadata = {"run": run.path.name, "sampling": json.dumps(settings.to_dict(), sort_keys=True)}
         if init is not None:
-            metadata["sdedit"] = json.dumps({"strength": strength})
+            metadata["sdedit"] = json.dumps(sdedit_record["sdedit"])
         save_tensors(save_tensor, {"samples": images}, metadata)
     if trajectory is not None and trajectory.suffix.lower() == ".gif":
-        save_gif(torch.stack(frames), trajectory, nrow=len(frames[0]), scale=scale)
+        save_gif(torch.stack(frames), trajectory, nrow=len(frames[0]), scale=scale, metadata=picture)
     elif trajectory is not None:
-        trajectory_figure(torch.stack(frames), frame_labels, trajectory)
+        trajectory_figure(torch.stack(frames), frame_labels, trajectory, metadata=picture)
     return images
 
 
