@@ -123,7 +123,7 @@ class WindowClock:
         self.edges: set[int] = set()
         self.durations: list[float] = []  # seconds per window
         self.last = 0.0
-        self.stopped_at = (0, 0.0)  # (step, time) when stop was asked for
+        self.stopped_at = 0.0  # when stop was asked for (time.perf_counter)
 
     def __call__(self, step: int) -> None:
         if step < self.warmup - 1 or (self.edges and step not in self.edges):
@@ -143,7 +143,7 @@ class WindowClock:
             self.durations.append(now - self.last)
             if len(self.durations) == self.windows:
                 self.stop.set()
-                self.stopped_at = (step, now)
+                self.stopped_at = now
         self.last = now
 
 
@@ -185,7 +185,7 @@ def bench_training(name: str, args, device: torch.device, artifacts: Path) -> tu
     returned = time.perf_counter()
     if not result.interrupted or len(clock.durations) != args.windows:
         raise RuntimeError("the training run ended before its timed windows did")
-    checkpoint_s = returned - clock.stopped_at[1]  # a stopped run saves one checkpoint after its last step
+    checkpoint_s = returned - clock.stopped_at  # a stopped run saves one checkpoint after its last step
     row = training_row(name, trainer, clock, checkpoint_s, args, device)
     trainer.close()  # the run's lock, released for the run that finishes it
     return row, result
