@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_speed import RESULTS_DIR, machine_info, machine_line, run_script, say, write_results
+from common import ISA_ENV, RESULTS_DIR, machine_info, machine_line, run_script, say, write_results
 
 from mnist_diffusion.allocator import THP_VARIABLE, prefer_huge_pages
 from mnist_diffusion.config import DEFAULT_DATA_DIR, PRESETS, SamplingConfig
@@ -47,18 +47,13 @@ from mnist_diffusion.runs.loader import LoadedRun
 from mnist_diffusion.runtime import autocast_dtype, describe_machine, matmul_rate, precision_name, setup_device
 from mnist_diffusion.sampling.generate import generate
 from mnist_diffusion.training.speed import step_flops_per_image
-from mnist_diffusion.training.trainer import Trainer
+from mnist_diffusion.training.trainer import train
 
 LIBS = {  # preloadable allocators, where Debian's packages put them (libjemalloc2, libtcmalloc-minimal4)
     "jemalloc": ["/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2"],
     "tcmalloc": ["/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
                  "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4"],
 }  # fmt: skip
-
-
-ISA_ENV = {  # the children's kernels kept to an instruction set: ATen's dispatch, oneDNN, MKL
-    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
-}
 
 
 def variant_env(name: str, cores: int, isa: str = "native") -> dict[str, str] | None:
@@ -150,18 +145,16 @@ def huge_pages_mib() -> float | None:
 
 
 def train_rate(args, device: torch.device) -> dict:
-    """Images/s of whole training steps of the default preset (Trainer.run on MNIST), median of
+    """Images/s of whole training steps of the default preset (``train``: Trainer.run on MNIST), median of
     windows of ``train_steps / 4`` steps after 3 untimed ones."""
     cfg = preset(args.precision)
     marks: list[float] = []
     stop = threading.Event()
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(cfg, data_dir=args.data_dir, artifacts_dir=Path(tmp), run_name="bench", device=device.type,
-                          progress=False, log=lambda m: None, stop=stop,
-                          on_step=lambda s: (marks.append(time.perf_counter()), s >= 3 + args.train_steps
-                                             and stop.set()))  # fmt: skip
         before = resource.getrusage(resource.RUSAGE_SELF)
-        trainer.run()
+        train(cfg, data_dir=args.data_dir, artifacts_dir=Path(tmp), run_name="bench", device=device.type,
+              progress=False, log=lambda m: None, stop=stop,
+              on_step=lambda s: (marks.append(time.perf_counter()), s >= 3 + args.train_steps and stop.set()))
         after = resource.getrusage(resource.RUSAGE_SELF)
     window = max(1, args.train_steps // 4)
     timed = marks[3 : 3 + args.train_steps]

@@ -24,8 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_samplers import output_paths, run_info
-from bench_speed import machine_info, machine_line, run_script, say, update_readme
+from common import machine_info, machine_line, output_paths, run_info, run_script, say, update_readme
 
 from mnist_diffusion.config import INPAINT_JUMPS, INPAINT_RESAMPLE, INVERT_STEPS, Guidance, SamplingConfig
 from mnist_diffusion.data.mnist import DEFAULT_DATA_DIR, as_unit, test_digits

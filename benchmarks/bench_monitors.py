@@ -1,7 +1,7 @@
 """What watching a run costs: `train --sample-every` (a progress grid) and `train --eval-every`
 (a FID of --eval-samples samples), per call and as a share of a preset's training time.
 
-A training step is timed through the trainer's own ``step`` on the real data; each monitor through
+A training step is timed through the trainer's own ``advance`` on the real data; each monitor through
 its ``after_step``, the call the training loop makes, on the same trainer. The FID's first call
 also loads the test set's reference features, once per process: it is reported apart. Shares
 are for a whole run of the preset at the given intervals:
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import json
 import shlex
 import statistics
 import sys
@@ -25,12 +24,12 @@ import time
 from pathlib import Path
 
 import torch
-from bench_speed import RESULTS_DIR, machine_info, run_script, say, sync, time_windows
+from common import RESULTS_DIR, machine_info, run_script, say, time_windows, write_results
 
 from mnist_diffusion.config import EVAL_SAMPLES, PRESETS, SAMPLE_EVERY
 from mnist_diffusion.data.mnist import DEFAULT_DATA_DIR
 from mnist_diffusion.monitors.progress import FidMonitor, SampleMonitor
-from mnist_diffusion.runtime import setup_device
+from mnist_diffusion.runtime import setup_device, sync
 from mnist_diffusion.training.trainer import Trainer
 
 SHARE_LIMIT = 0.05  # a monitor on by default must cost under 5% of the training time
@@ -50,9 +49,10 @@ def time_calls(monitor, trainer: Trainer, step: int, calls: int) -> list[float]:
 
 def share(call_s: float, every: int, trainer: Trainer, step_s: float) -> dict:
     """A monitor's cost over a whole run of the trainer's plan, called every ``every`` steps."""
-    calls = trainer.total_steps // every if every else 0
+    total = trainer.plan.total_steps
+    calls = total // every if every else 0
     return {"every": every, "calls_per_run": calls, "seconds_per_run": calls * call_s,
-            "share": calls * call_s / (trainer.total_steps * step_s)}  # fmt: skip
+            "share": calls * call_s / (total * step_s)}  # fmt: skip
 
 
 def measure(args, device: torch.device, artifacts: Path) -> dict:
@@ -61,9 +61,8 @@ def measure(args, device: torch.device, artifacts: Path) -> dict:
     trainer = Trainer(cfg, data_dir=args.data_dir, artifacts_dir=artifacts, run_name=f"bench-{args.preset}",
                       device=device.type, progress=False, log=say)  # fmt: skip
     say(f"{args.preset}: {args.steps} training steps, after 3 untimed ones")
-    trainer.model.train()
-    step_s = statistics.median(time_windows(lambda i: trainer.step(trainer.batch_for(i), i), device, 1,
-                                            args.steps, warmup=3))  # fmt: skip
+    trainer.learner.model.train()
+    step_s = statistics.median(time_windows(trainer.advance, device, 1, args.steps, warmup=3))
     say(f"{args.preset}: {step_s * 1e3:.1f} ms a step; the progress grid, {args.calls} calls")
     grid_s = time_calls(SampleMonitor(1), trainer, 1, args.calls)
     say(f"{args.preset}: the FID of {args.eval_samples} samples, 1 + {args.calls} calls")
@@ -74,7 +73,7 @@ def measure(args, device: torch.device, artifacts: Path) -> dict:
     return {
         "preset": args.preset,
         "step_ms": step_s * 1e3,
-        "planned_steps": trainer.total_steps,
+        "planned_steps": trainer.plan.total_steps,
         "grid_seconds": grid_s,
         "grid_in_steps": grid / step_s,
         "grid": share(grid, args.sample_every, trainer, step_s),
@@ -132,10 +131,8 @@ def main(argv: list[str] | None = None) -> dict:
         "result": result,
     }
     out = args.out or RESULTS_DIR / f"monitors-{device.type}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
     table = markdown(results)
-    out.with_suffix(".md").write_text(table)
+    write_results(out, results, table)
     print(table)
     for name, run in (("grid", result["grid"]), ("fid", result["fid"])):
         if run["share"] > SHARE_LIMIT:

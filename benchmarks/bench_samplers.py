@@ -22,7 +22,17 @@ from typing import get_args
 
 import matplotlib.pyplot as plt
 import torch
-from bench_speed import DEFAULTS, machine_info, machine_line, rate, run_script, say, sync, update_readme
+from common import (
+    SAMPLE_BATCH,
+    machine_info,
+    machine_line,
+    output_paths,
+    rate,
+    run_info,
+    run_script,
+    say,
+    update_readme,
+)
 from matplotlib import ticker
 from tqdm.auto import tqdm
 
@@ -30,12 +40,11 @@ from mnist_diffusion.config import Guidance, SamplerName, SamplingConfig
 from mnist_diffusion.data.mnist import DEFAULT_DATA_DIR
 from mnist_diffusion.errors import UserError
 from mnist_diffusion.evaluation.scoring import MIN_SAMPLES, RealData, evaluate_images
-from mnist_diffusion.io import atomic_write_bytes, atomic_write_json, sha256_file
-from mnist_diffusion.nets import count_parameters
+from mnist_diffusion.io import atomic_write_bytes, atomic_write_json
 from mnist_diffusion.pictures.figures import save_figure
 from mnist_diffusion.runs.loader import LoadedRun, load_run
-from mnist_diffusion.runs.store import DEFAULT_ARTIFACTS_DIR, WEIGHTS, read_metrics, resolve_run
-from mnist_diffusion.runtime import setup_device
+from mnist_diffusion.runs.store import DEFAULT_ARTIFACTS_DIR, resolve_run
+from mnist_diffusion.runtime import setup_device, sync
 from mnist_diffusion.sampling.generate import generate, resolve_for
 
 SAMPLERS = get_args(SamplerName)
@@ -327,37 +336,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def run_info(run: LoadedRun) -> dict:
-    cfg = run.cfg
-    done = [r for r in read_metrics(run.path) if r.get("done")]
-    return {
-        "name": run.path.name,
-        "path": str(run.path),
-        "preset": cfg.preset,
-        "arch": cfg.model.arch,
-        "parameters": count_parameters(run.model),
-        "timesteps": run.schedule.num_timesteps,
-        "schedule": cfg.diffusion.schedule,
-        "prediction": cfg.diffusion.prediction,
-        "conditional": run.conditional,
-        "guidance_kinds": dataclasses.asdict(run.guidance_kinds),
-        "trained_steps": done[-1]["step"] if done else None,
-        "weights_sha256": sha256_file(run.path / WEIGHTS),
-    }
-
-
-def output_paths(stem: Path) -> dict[str, Path]:
-    """The .json, .md and .png beside ``stem`` ("results/sweep-0.4" keeps its ".4"; a stem given
-    with one of those three extensions loses it)."""
-    if stem.suffix in (".json", ".md", ".png"):
-        stem = stem.with_suffix("")
-    return {ext: stem.with_name(stem.name + ext) for ext in (".json", ".md", ".png")}
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device = setup_device(args.device)
-    args.batch_size = args.batch_size or DEFAULTS[device.type].sample_batch
+    args.batch_size = args.batch_size or SAMPLE_BATCH[device.type]
     run = load_run(resolve_run(args.run, args.artifacts_dir), device)
     guidance = Guidance(auto=args.autoguidance, labels=args.label_guidance, clusters=args.cluster_guidance)
     requested = SamplingConfig(seed=args.seed, spacing=args.spacing, batch_size=args.batch_size, guidance=guidance)

@@ -2,7 +2,8 @@
 share of a training step, and peak memory. `make bench` runs it with no arguments.
 
 Training is timed through the real loop, ``Trainer.run()`` on the real data with its logging
-and checkpoints; sampling through the path of ``mnistdiff sample`` (``load_run`` + ``generate``).
+and checkpoints, and its parts through the learner's own halves of a step; sampling through the
+path of ``mnistdiff sample`` (``load_run`` + ``generate``) on the run the package finished.
 ``--full-epochs`` also trains the default preset's 5 epochs for real and draws 10,000 samples
 (the GPU targets). Sampling is timed unguided: one network evaluation per step (guidance
 takes two). benchmarks/README.md says what each number means.
@@ -14,12 +15,9 @@ import argparse
 import dataclasses
 import datetime as dt
 import gc
-import os
-import platform
 import resource
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -28,20 +26,30 @@ from pathlib import Path
 from typing import get_args
 
 import torch
+from common import (
+    RESULTS_DIR,
+    SAMPLE_BATCH,
+    machine_info,
+    machine_line,
+    rate,
+    run_script,
+    say,
+    time_windows,
+    update_readme,
+    write_results,
+)
 
-from mnist_diffusion import __version__
 from mnist_diffusion.config import PRESETS, Guidance, Precision, RunConfig, SamplingConfig
 from mnist_diffusion.data.mnist import DEFAULT_DATA_DIR
 from mnist_diffusion.errors import UserError
-from mnist_diffusion.io import atomic_write_bytes, atomic_write_json, save_tensors
 from mnist_diffusion.nets import count_parameters
 from mnist_diffusion.runs.loader import load_run
-from mnist_diffusion.runs.store import WEIGHTS, read_metrics, weights_metadata
-from mnist_diffusion.runtime import setup_device
+from mnist_diffusion.runs.store import read_metrics
+from mnist_diffusion.runtime import setup_device, sync
 from mnist_diffusion.sampling.generate import generate
-from mnist_diffusion.training.trainer import CHECKPOINT_EVERY, Trainer
+from mnist_diffusion.training.plan import StepPlan, plan_resume
+from mnist_diffusion.training.trainer import Trainer, TrainResult, train
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 UNGUIDED = Guidance(auto=1.0, labels=1.0, clusters=1.0)  # sampling is timed at one network call a step
 SAMPLER_RUNS = (("ddim", 20), ("dpmpp-2m", 20), ("ddpm", 1000), ("ddim", 1000))  # (sampler, model evaluations)
 NETWORK_SHARE_TARGET = 0.95  # the target share of a training step spent in forward + backward
@@ -58,18 +66,10 @@ class DeviceDefaults:
 
 
 DEFAULTS = {
-    "cpu": DeviceDefaults(warmup_steps=3, window_seconds=4.0, sample_batch=256, sample_seconds=15.0),
-    "cuda": DeviceDefaults(warmup_steps=20, window_seconds=1.0, sample_batch=10_000, sample_seconds=5.0),
+    "cpu": DeviceDefaults(warmup_steps=3, window_seconds=4.0, sample_batch=SAMPLE_BATCH["cpu"], sample_seconds=15.0),
+    "cuda": DeviceDefaults(warmup_steps=20, window_seconds=1.0, sample_batch=SAMPLE_BATCH["cuda"],
+                           sample_seconds=5.0),
 }
-
-
-def say(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -86,49 +86,17 @@ def peak_memory_mib(device: torch.device) -> float:
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
-def machine_info(device: torch.device) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    info = {
-        "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": device.type,
-        "gpu": None,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "mnist_diffusion": __version__,
-        "git_commit": commit,
-    }
+def free_memory(device: torch.device) -> None:
+    """Give back what the objects no longer referenced held, on the GPU too."""
+    gc.collect()
     if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        info["gpu"] = f"{props.name} ({props.total_memory / 2**30:.0f} GiB)"
-    return info
+        torch.cuda.empty_cache()
 
 
-def checkpoints_per_run(total_steps: int, steps_per_epoch: int) -> int:
-    """How many checkpoints Trainer.run saves in an uninterrupted run (the first, before step 1,
-    every epoch's end, every CHECKPOINT_EVERY steps, and the last step)."""
-    saved = {s for s in range(1, total_steps + 1) if s % steps_per_epoch == 0 or s % CHECKPOINT_EVERY == 0}
-    return len(saved | {0, total_steps})
+def checkpoints_per_run(plan: StepPlan) -> int:
+    """How many checkpoints Trainer.run saves in an uninterrupted run of ``plan``: the first,
+    before step 1, and one after every step the plan says one is due."""
+    return 1 + sum(plan.due(step).checkpoint for step in range(1, plan.stop_step + 1))
 
 
 # --------------------------------------------------------------------------------------- training
@@ -155,7 +123,7 @@ class WindowClock:
         self.edges: set[int] = set()
         self.durations: list[float] = []  # seconds per window
         self.last = 0.0
-        self.stopped_at = (0, 0.0)  # (step, time) when stop was asked for
+        self.stopped_at = 0.0  # when stop was asked for (time.perf_counter)
 
     def __call__(self, step: int) -> None:
         if step < self.warmup - 1 or (self.edges and step not in self.edges):
@@ -165,23 +133,26 @@ class WindowClock:
         if step == self.warmup:  # size the windows from the last warm-up step
             if not self.window_steps:
                 self.window_steps = max(2, round(self.window_seconds / max(now - self.last, 1e-9)))
-            room = (self.trainer.stop_step - 1 - self.warmup) // self.windows  # never reach the run's end
+            stop_step = self.trainer.plan.stop_step
+            room = (stop_step - 1 - self.warmup) // self.windows  # never reach the run's end
             if room < 1:
-                raise UserError(f"the preset's {self.trainer.stop_step} steps are too few for {self.windows} windows")
+                raise UserError(f"the preset's {stop_step} steps are too few for {self.windows} windows")
             self.window_steps = min(self.window_steps, room)
             self.edges = {self.warmup + k * self.window_steps for k in range(1, self.windows + 1)}
         elif step in self.edges:
             self.durations.append(now - self.last)
             if len(self.durations) == self.windows:
                 self.stop.set()
-                self.stopped_at = (step, now)
+                self.stopped_at = now
         self.last = now
 
 
-def make_trainer(cfg: RunConfig, args, device: torch.device, artifacts: Path, name: str, **kw) -> Trainer:
-    return Trainer(cfg, data_dir=args.data_dir, artifacts_dir=artifacts, run_name=name, device=device.type,
-                   compile={"auto": None, "on": True, "off": False}[args.compile], progress=False, log=say,
-                   cuda_graphs=args.path == "graphs", **kw)  # fmt: skip
+def run_options(args, device: torch.device, artifacts: Path) -> dict:
+    """The options of the benchmark's training runs, as `mnistdiff train` takes them from the
+    benchmark's flags (--compile/--no-compile, --cuda-graphs), quiet."""
+    return dict(data_dir=args.data_dir, artifacts_dir=artifacts, device=device.type,
+                compile={"auto": None, "on": True, "off": False}[args.compile], progress=False, log=say,
+                cuda_graphs=args.path == "graphs")  # fmt: skip
 
 
 def preset_config(name: str, args) -> RunConfig:
@@ -199,12 +170,14 @@ def path_label(name: str, args) -> str:
     return name if args.path == "eager" else f"{name}, graphs"
 
 
-def bench_training(name: str, args, device: torch.device, artifacts: Path) -> tuple[dict, Trainer]:
-    """Whole training steps through Trainer.run, then forward + loss + backward alone."""
+def bench_training(name: str, args, device: torch.device, artifacts: Path) -> tuple[dict, TrainResult]:
+    """Whole training steps through Trainer.run, then the parts of a step alone. Returns the
+    row, and the run's result: its folder, and the step of the checkpoint its stop saved."""
     cfg = preset_config(name, args)
     stop = threading.Event()
     clock = None  # needs the trainer's step budget, so it is made just after the trainer
-    trainer = make_trainer(cfg, args, device, artifacts, f"bench-{name}", stop=stop, on_step=lambda step: clock(step))
+    trainer = Trainer(cfg, run_name=f"bench-{name}", stop=stop, on_step=lambda step: clock(step),
+                      **run_options(args, device, artifacts))  # fmt: skip
     clock = WindowClock(trainer, stop, args.warmup_steps, args.windows, args.window_steps, args.window_seconds)
     reset_peak_memory(device)
     say(f"{name}: training steps through Trainer.run ({args.windows} windows after {args.warmup_steps} warm-up steps)")
@@ -212,16 +185,24 @@ def bench_training(name: str, args, device: torch.device, artifacts: Path) -> tu
     returned = time.perf_counter()
     if not result.interrupted or len(clock.durations) != args.windows:
         raise RuntimeError("the training run ended before its timed windows did")
-    stop_step, stopped_at = clock.stopped_at
-    periodic = stop_step % trainer.steps_per_epoch == 0 or stop_step % CHECKPOINT_EVERY == 0
-    checkpoint_s = (returned - stopped_at) / (2 if periodic else 1)  # the stop saved one, maybe two
-    batch = cfg.train.batch_size
+    checkpoint_s = returned - clock.stopped_at  # a stopped run saves one checkpoint after its last step
+    row = training_row(name, trainer, clock, checkpoint_s, args, device)
+    trainer.close()  # the run's lock, released for the run that finishes it
+    return row, result
+
+
+def training_row(name: str, trainer: Trainer, clock: WindowClock, checkpoint_s: float, args,
+                 device: torch.device) -> dict:  # fmt: skip
+    """A preset's training row: the loop's windows with its checkpoints amortized over a whole run
+    (as many as the run's plan saves), and, on the eager path, the parts of a step alone."""
+    batch = trainer.cfg.train.batch_size
+    plan, learner = trainer.plan, trainer.learner
     steady_s = statistics.median(clock.durations) / clock.window_steps  # seconds per step
-    per_run = checkpoints_per_run(trainer.total_steps, trainer.steps_per_epoch)
-    step_s = steady_s + checkpoint_s * per_run / trainer.total_steps  # checkpoints amortized over a run
+    per_run = checkpoints_per_run(plan)
+    step_s = steady_s + checkpoint_s * per_run / plan.total_steps  # checkpoints amortized over a run
 
     if args.path == "graphs":  # one replay a step: its halves cannot be timed apart
-        return graph_training_row(trainer, clock, batch, steady_s, checkpoint_s, per_run, step_s, device), trainer
+        return graph_training_row(trainer, clock, batch, steady_s, checkpoint_s, per_run, step_s, device)
     say(f"{name}: forward + loss + backward alone, {clock.window_steps} steps a window")
     network_s = statistics.median(bench_network(trainer, args.windows, clock.window_steps))
     say(f"{name}: everything but the network alone (batch, noise, lr, clipping, AdamW, EMA)")
@@ -232,15 +213,15 @@ def bench_training(name: str, args, device: torch.device, artifacts: Path) -> tu
                                                    args.windows, 5, warmup=1))  # fmt: skip
     out = {
         "batch_size": batch,
-        "parameters": count_parameters(trainer.model),
-        "compile": trainer.compiled,
+        "parameters": count_parameters(learner.model),
+        "compile": learner.compiled,
         "warmup_steps": args.warmup_steps,
         "window_steps": clock.window_steps,
         "window_images_per_sec": [round(batch * clock.window_steps / d, 2) for d in clock.durations],
         "steady_step_ms": steady_s * 1e3,
         "checkpoint_ms": checkpoint_s * 1e3,
         "checkpoints_per_run": per_run,
-        "steps_per_run": trainer.total_steps,
+        "steps_per_run": plan.total_steps,
         "step_ms": step_s * 1e3,
         "images_per_sec": batch / step_s,
         "network_ms": network_s * 1e3,
@@ -250,7 +231,7 @@ def bench_training(name: str, args, device: torch.device, artifacts: Path) -> tu
         # Both timings are taken minutes apart on a shared machine, so network ms can exceed the
         # step's; the small non-network part measured directly is the steadier figure.
         "overhead_ms": overhead_s * 1e3,
-        "network_share_direct": 1 - (overhead_s + checkpoint_s * per_run / trainer.total_steps) / step_s,
+        "network_share_direct": 1 - (overhead_s + checkpoint_s * per_run / plan.total_steps) / step_s,
         "network_share_target": NETWORK_SHARE_TARGET,
         # The guard against non-finite weights: the per-step watch (and on the CPU its read-back),
         # and the check of every weight, EMA weight and optimizer state before each write.
@@ -263,78 +244,61 @@ def bench_training(name: str, args, device: torch.device, artifacts: Path) -> tu
         f"{name}: {out['images_per_sec']:.1f} img/s, {out['step_ms']:.1f} ms/step, "
         f"network {out['network_ms']:.1f} ms ({out['network_share']:.1%})"
     )
-    return out, trainer
+    return out
 
 
 def graph_training_row(trainer, clock, batch, steady_s, checkpoint_s, per_run, step_s, device) -> dict:
     """The training row of the CUDA-graph path: whole steps only."""
-    return {"batch_size": batch, "parameters": count_parameters(trainer.model), "compile": False,
+    return {"batch_size": batch, "parameters": count_parameters(trainer.learner.model), "compile": False,
             "window_steps": clock.window_steps,
             "window_images_per_sec": [round(batch * clock.window_steps / d, 2) for d in clock.durations],
             "steady_step_ms": steady_s * 1e3, "checkpoint_ms": checkpoint_s * 1e3, "checkpoints_per_run": per_run,
-            "steps_per_run": trainer.total_steps, "step_ms": step_s * 1e3, "images_per_sec": batch / step_s,
+            "steps_per_run": trainer.plan.total_steps, "step_ms": step_s * 1e3, "images_per_sec": batch / step_s,
             "network_ms": None, "other_ms": None, "network_share": None, "overhead_ms": None,
             "network_share_direct": None, "network_share_target": NETWORK_SHARE_TARGET, "guard_ms": None,
             "guard_share": None, "state_check_ms": None, "peak_memory_mib": peak_memory_mib(device)}  # fmt: skip
 
 
 def bench_overhead(trainer: Trainer, windows: int, window_steps: int, warmup: int = 2) -> list[float]:
-    """Seconds per step of what a training step does besides the network: ``Trainer.make_batch``
-    (batch assembly, timesteps, noise) and ``Trainer.update`` (learning rate, clipping, the
-    divergence watch, AdamW, EMA), on the gradients one ``forward_backward`` left. One value per
-    window."""
-    device = trainer.device
-    order = torch.randperm(len(trainer.images), device=device)
-    loss = trainer.forward_backward(trainer.make_batch(order, 0, 0))  # every .grad set
+    """Seconds per step of what a training step does besides the network: ``Batches.batch_for``
+    (batch assembly, timesteps, noise) and ``Learner.update`` (learning rate, clipping, the
+    divergence watch, AdamW, EMA), on the gradients one ``Learner.forward_backward`` left. One
+    value per window."""
+    batches, learner = trainer.batches, trainer.learner
+    loss = learner.forward_backward(batches.batch_for(0))  # every .grad set
 
     def step(i: int):
-        trainer.make_batch(order, i % trainer.steps_per_epoch, i)
-        trainer.update(i, loss)
+        batches.batch_for(i)
+        learner.update(i, loss)
 
-    durations = time_windows(step, device, windows, window_steps, warmup)
-    trainer.opt.zero_grad(set_to_none=True)
+    durations = time_windows(step, trainer.device, windows, window_steps, warmup)
+    learner.opt.zero_grad(set_to_none=True)
     return durations
 
 
 def bench_guard(trainer: Trainer, windows: int, window_steps: int, warmup: int = 2) -> list[float]:
-    """Seconds per step of the divergence guard as ``Trainer.run`` pays it: ``Trainer.watch`` on a
-    loss and a gradient norm, and, every ``check_every`` steps, ``check_finite``'s read of the flag
-    (every step on the CPU). One value per window."""
+    """Seconds per step of the divergence guard as ``Trainer.run`` pays it: ``Learner.watch`` on a
+    loss and a gradient norm, and, after the steps the run's plan says a check is due (every step
+    on the CPU), ``Trainer.check_finite``'s read of the flag. One value per window."""
     loss = torch.ones((), device=trainer.device)
     norm = torch.ones((), device=trainer.device)
 
     def step(i: int):
-        trainer.watch(loss, norm)
-        if i % trainer.check_every == 0:
+        trainer.learner.watch(loss, norm)
+        if trainer.plan.due(i).check:
             trainer.check_finite(i)
 
     return time_windows(step, trainer.device, windows, window_steps, warmup)
 
 
 def bench_network(trainer: Trainer, windows: int, window_steps: int, warmup: int = 2) -> list[float]:
-    """Seconds per step of ``Trainer.forward_backward`` (zero_grad, forward, loss, backward) on one
-    batch of the training shape, with the trainer's network (compiled or not), autocast and memory
+    """Seconds per step of ``Learner.forward_backward`` (zero_grad, forward, loss, backward) on one
+    batch of the training shape, with the run's network (compiled or not), autocast and memory
     format: no batch assembly, optimizer, EMA, logging or checkpoints. One value per window."""
-    order = torch.arange(len(trainer.images), device=trainer.device)
-    batch = trainer.make_batch(order, 0, 0)
-    durations = time_windows(lambda i: trainer.forward_backward(batch), trainer.device, windows, window_steps, warmup)
-    trainer.opt.zero_grad(set_to_none=True)
-    return durations
-
-
-def time_windows(step, device: torch.device, windows: int, window_steps: int, warmup: int) -> list[float]:
-    """``step(i)`` for i = 0, 1, ...: ``warmup`` untimed calls, then seconds per call in each of
-    ``windows`` windows of ``window_steps`` calls (the device synchronized at window edges)."""
-    for i in range(warmup):
-        step(i)
-    durations = []
-    for w in range(windows):
-        sync(device)
-        start = time.perf_counter()
-        for i in range(window_steps):
-            step(warmup + w * window_steps + i)
-        sync(device)
-        durations.append((time.perf_counter() - start) / window_steps)
+    learner = trainer.learner
+    batch = trainer.batches.batch_for(0)
+    durations = time_windows(lambda i: learner.forward_backward(batch), trainer.device, windows, window_steps, warmup)
+    learner.opt.zero_grad(set_to_none=True)
     return durations
 
 
@@ -377,11 +341,19 @@ def time_sampler(run, settings: SamplingConfig, batch: int, budget_s: float, dev
     }
 
 
-def bench_sampling(name: str, trainer: Trainer, args, device: torch.device) -> dict:
-    """Each sampler at 20 and 1000 evaluations, loaded like `mnistdiff sample` loads a run (the
-    benchmark's EMA weights saved as the run's model.safetensors, then load_run)."""
-    save_tensors(trainer.run_dir / WEIGHTS, trainer.ema.module.state_dict(), weights_metadata(trainer.cfg))
-    run = load_run(trainer.run_dir, device)
+def finish_run(stopped: TrainResult, args, device: torch.device, artifacts: Path) -> Path:
+    """The benchmark's stopped run, finished by the package as `train --resume RUN --max-steps
+    N+1` finishes it: one more step from the checkpoint its stop saved, into a new run folder
+    with its final weights. Eager, as sampling's speed does not depend on how a step was taken."""
+    plan = plan_resume(stopped.run_dir, max_steps=stopped.step + 1)
+    options = {**run_options(args, device, artifacts), "compile": False, "cuda_graphs": False}
+    return train(plan.cfg, resume=plan, run_name=None, **options).run_dir
+
+
+def bench_sampling(name: str, run_dir: Path, args, device: torch.device) -> dict:
+    """Each sampler at 20 and 1000 evaluations, on a run loaded as `mnistdiff sample` loads it
+    (load_run: the EMA weights the run's finish saved)."""
+    run = load_run(run_dir, device)
     reset_peak_memory(device)
     b = args.sample_batch
     say(f"{name}: sampling, batch {b}")
@@ -411,7 +383,7 @@ def bench_full_epochs(args, device: torch.device, artifacts: Path) -> dict:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=args.epochs))
     say(f"full run ({args.path}): {cfg.train.epochs} epoch(s) of the default preset")
     reset_peak_memory(device)
-    result = make_trainer(cfg, args, device, artifacts, "full-epochs").run()
+    result = train(cfg, run_name="full-epochs", **run_options(args, device, artifacts))
     done = [r for r in read_metrics(result.run_dir) if r.get("done")][-1]
     train_peak = peak_memory_mib(device)
     run = load_run(result.run_dir, device)
@@ -448,23 +420,6 @@ def bench_full_epochs(args, device: torch.device, artifacts: Path) -> dict:
 
 
 # --------------------------------------------------------------------------------------- report
-
-
-def rate(x: float) -> str:
-    """Images/s with as many digits as a reader needs."""
-    return f"{x:,.0f}" if x >= 100 else f"{x:.1f}" if x >= 1 else f"{x:.3g}"
-
-
-def machine_line(results: dict) -> str:
-    """The first line of a results table: the machine, the versions, the commit and the date."""
-    m = results["machine"]
-    gpu = f", {m['gpu']}" if m["gpu"] else ""
-    return (
-        f"**{m['device'].upper()}**: {m['cpu']} ({m['cores']} cores, {m['torch_threads']} torch threads){gpu}; "
-        f"torch {m['torch']}; mnistdiff {m['mnist_diffusion']}"
-        + (f" at {m['git_commit']}" if m["git_commit"] else "")
-        + f"; {results['date']}  "
-    )
 
 
 def markdown(results: dict) -> str:
@@ -525,16 +480,6 @@ def overall_peak_memory(results: dict, device: torch.device) -> dict:
     if "full_epochs" in results:
         phases.append(results["full_epochs"]["train_peak_memory_mib"])
     return {"kind": "torch.cuda.max_memory_allocated (largest phase)", "mib": max(phases)}
-
-
-def update_readme(path: Path, device: str, table: str) -> None:
-    """Replace the block between <!-- bench:DEVICE:start --> and <!-- bench:DEVICE:end -->."""
-    begin, end = f"<!-- bench:{device}:start -->", f"<!-- bench:{device}:end -->"
-    text = path.read_text()
-    if begin not in text or end not in text:
-        raise UserError(f"{path} has no {begin} ... {end} block to fill")
-    head, rest = text.split(begin, 1)
-    path.write_text(f"{head}{begin}\n{table}{end}{rest.split(end, 1)[1]}")
 
 
 # --------------------------------------------------------------------------------------- main
@@ -627,39 +572,21 @@ def main(argv: list[str] | None = None) -> dict:
             args.path = path
             if args.full_epochs:  # first, in a fresh process as `mnistdiff train` would be
                 results.setdefault("full_epochs", {})[path] = bench_full_epochs(args, device, Path(tmp))
-                gc.collect()
+                free_memory(device)
                 save()
             for name in args.presets:
                 label = path_label(name, args)
-                results["train"][label], trainer = bench_training(name, args, device, Path(tmp))
-                results["sample"][label] = bench_sampling(name, trainer, args, device)
-                del trainer  # and its data, weights and optimizer state (it sits in a cycle with its clock)
-                gc.collect()
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+                results["train"][label], stopped = bench_training(name, args, device, Path(tmp))
+                free_memory(device)  # the trainer's data, weights and optimizer state (in a cycle with its clock)
+                run_dir = finish_run(stopped, args, device, Path(tmp))
+                free_memory(device)
+                results["sample"][label] = bench_sampling(name, run_dir, args, device)
                 save()
     if args.readme:
         update_readme(args.readme, device.type, table)
     print(table)
     say(f"wrote {out} and {out.with_suffix('.md')}")
     return results
-
-
-def write_results(out: Path, results: dict, table: str) -> None:
-    """A benchmark's results: ``out`` (JSON) and its markdown table beside it (``.md``), each
-    written whole or not at all."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out, results)
-    atomic_write_bytes(out.with_suffix(".md"), table.encode())
-
-
-def run_script(main) -> None:
-    """Run a benchmark's ``main()``: a bad flag or missing input is one line on stderr and exit 2."""
-    try:
-        main()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Where a training step's time goes on this machine, and what the step's variants are worth.
 
-1. The profile: `torch.profiler` over a few steps of the default preset (Trainer.step on MNIST),
+1. The profile: `torch.profiler` over a few steps of the default preset (Learner.step on MNIST),
    each op's own time put into one of the step's parts (the convolutions, GroupNorm, SiLU, the
    attention at 7x7, the linear layers, AdamW, the EMA, gradient clipping, everything else), with
    the FLOPs FlopCounterMode counts for each part and the rate the part reaches against the
@@ -26,23 +26,30 @@ import shlex
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from unittest import mock
 
 import torch
-from bench_cpu import ISA_ENV
-from bench_speed import RESULTS_DIR, machine_info, machine_line, run_script, say, write_results
+from common import ISA_ENV, RESULTS_DIR, machine_info, machine_line, run_script, say, write_results
 
 from mnist_diffusion.allocator import prefer_huge_pages
 from mnist_diffusion.config import DEFAULT_DATA_DIR, PRESETS, RunConfig
 from mnist_diffusion.errors import UserError
 from mnist_diffusion.nets import unet
-from mnist_diffusion.runtime import autocast_dtype, describe_machine, measure_matmul_rate, precision_name, setup_device
+from mnist_diffusion.runtime import (
+    DistInfo,
+    autocast_dtype,
+    describe_machine,
+    measure_matmul_rate,
+    precision_name,
+    setup_device,
+)
+from mnist_diffusion.training.batches import Batch, Batches, load_training_set
+from mnist_diffusion.training.learner import Learner
+from mnist_diffusion.training.plan import StepPlan
 from mnist_diffusion.training.speed import step_flop_counts
-from mnist_diffusion.training.trainer import Trainer
 
 # The parts of a step, each named by the aten ops that make it (first match wins; the rest is "other").
 PARTS = {
@@ -83,26 +90,34 @@ def variant_parts(variant: str) -> set[str] | None:
     return set(parts) if parts and all(p in VARIANT_PARTS for p in parts) else None
 
 
-def make_trainer(cfg: RunConfig, variant: str, data_dir: Path, tmp: str) -> Trainer:
+def training_batches(cfg: RunConfig, data_dir: Path) -> Batches:
+    """The batches of a run of ``cfg`` on the CPU, as training draws them."""
+    info = DistInfo()
+    images, labels = load_training_set(data_dir, info, log=lambda m: None)
+    return Batches(images, labels, cfg, info, torch.device("cpu"))
+
+
+def make_learner(cfg: RunConfig, variant: str, steps_per_epoch: int) -> Learner:
+    """The network, EMA and optimizer of a run of ``cfg`` on the CPU, built as ``variant`` says."""
     parts = variant_parts(variant) or set()
+    total = StepPlan.of(cfg, steps_per_epoch, check_every=1).total_steps  # the learning rate follows the run's plan
     norm = (lambda channels: torch.nn.Identity()) if "no-norm" in parts else unet._norm
     with mock.patch.object(unet, "_norm", norm):  # the network's blocks take their norm layers from _norm
-        trainer = Trainer(cfg, data_dir=data_dir, artifacts_dir=Path(tmp), run_name=variant.replace("+", "-"),
-                          device="cpu", progress=False, log=lambda m: None, stop=threading.Event(),
-                          compile="compile" in parts)  # fmt: skip
+        learner = Learner(cfg, torch.device("cpu"), DistInfo(), total_steps=total, compile="compile" in parts,
+                          log=lambda m: None)  # fmt: skip
     if "channels-last" in parts:
-        trainer.model.to(memory_format=torch.channels_last)
-    return trainer
+        learner.model.to(memory_format=torch.channels_last)
+    learner.model.train()
+    return learner
 
 
-def profile(trainer: Trainer, steps: int) -> dict[str, float]:
+def profile(learner: Learner, batch: Batch, steps: int) -> dict[str, float]:
     """Milliseconds per step of each part: the sum of its ops' own (self) CPU time."""
-    batch = trainer.batch_for(0)
     for i in range(3):  # warm-up: oneDNN's primitives, the allocator
-        trainer.step(batch, i)
+        learner.step(batch, i)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for i in range(steps):
-            trainer.step(batch, 3 + i)
+            learner.step(batch, 3 + i)
     out: dict[str, float] = {}
     for event in prof.key_averages():
         part = part_of(event.key)
@@ -110,18 +125,17 @@ def profile(trainer: Trainer, steps: int) -> dict[str, float]:
     return out
 
 
-def onednn_primitives(trainer: Trainer, start: int) -> dict[str, dict[str, float]]:
+def onednn_primitives(learner: Learner, batch: Batch, start: int) -> dict[str, dict[str, float]]:
     """What oneDNN runs in one training step, from its verbose log: per primitive kind
     (convolution, reorder, ...) the number of calls and their milliseconds. Reorders convert
     activations and weights between PyTorch's layout and oneDNN's blocked one."""
-    batch = trainer.batch_for(0)
     with tempfile.TemporaryFile(mode="w+") as log:
         sys.stdout.flush()
         saved = os.dup(1)
         os.dup2(log.fileno(), 1)  # oneDNN writes its log from C++ to the process's stdout
         try:
             with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
-                trainer.step(batch, start)
+                learner.step(batch, start)
         finally:
             os.dup2(saved, 1)
             os.close(saved)
@@ -137,35 +151,34 @@ def onednn_primitives(trainer: Trainer, start: int) -> dict[str, dict[str, float
     return out
 
 
-def step_seconds(trainer: Trainer, steps: int, start: int) -> float:
-    """The median wall time of ``steps`` training steps."""
-    batch = trainer.batch_for(0)
+def step_seconds(learner: Learner, batch: Batch, steps: int, start: int) -> float:
+    """The median wall time of ``steps`` training steps on ``batch``."""
     times = []
     for i in range(steps):
         begin = time.perf_counter()
-        trainer.step(batch, start + i)
+        learner.step(batch, start + i)
         times.append(time.perf_counter() - begin)
     return statistics.median(times)
 
 
-def compare(trainers: dict[str, Trainer], rounds: int, block: int,
+def compare(learners: dict[str, Learner], batch: Batch, rounds: int, block: int,
             rate: Callable[[], float] | None = None) -> tuple[dict[str, dict], list[float]]:
     """Each variant's median step time over ``rounds`` blocks of ``block`` steps, the variants'
     blocks alternating (order reversed each round), and the median of each round's speed ratio to
     the first variant. With ``rate`` (a function measuring the matrix rate), each round first
     measures it again, and the rates come back with the variants: a step's share of the rate can
     then be taken against the machine's pace in its own round (:func:`paired_share`)."""
-    names = list(trainers)
+    names = list(learners)
     for name in names:  # warm-up, and torch.compile's compilation
         say(f"{name}: warm-up")
-        step_seconds(trainers[name], 3, 0)
+        step_seconds(learners[name], batch, 3, 0)
     blocks: dict[str, list[float]] = {name: [] for name in names}
     rates: list[float] = []
     for r in range(rounds):
         if rate is not None:
             rates.append(rate())
         for name in names if r % 2 == 0 else names[::-1]:
-            blocks[name].append(step_seconds(trainers[name], block, 3 + r * block))
+            blocks[name].append(step_seconds(learners[name], batch, block, 3 + r * block))
     first = names[0]
     return {name: {"step_ms": statistics.median(blocks[name]) * 1e3, "blocks_ms": [s * 1e3 for s in blocks[name]],
                   "speed_vs_first": statistics.median(a / b for a, b in zip(blocks[first], blocks[name], strict=True))}
@@ -207,19 +220,20 @@ def main(argv: list[str] | None = None) -> dict:
         "batch": cfg.train.batch_size, "step_gflop": total_flops / 1e9,
         "matmul_gflops": measure_matmul_rate(device, dtype or torch.float32),
     }  # fmt: skip
-    with tempfile.TemporaryDirectory() as tmp:
-        say(f"profiling {args.profile_steps} steps")
-        eager = make_trainer(cfg, "eager", args.data_dir, tmp)
-        ms = profile(eager, args.profile_steps)
-        if args.onednn:
-            results["onednn"] = onednn_primitives(eager, 3 + args.profile_steps)
-        results["parts"] = {part: {"ms": ms.get(part, 0.0), "gflop": flops.get(part, 0.0) / 1e9}
-                            for part in [*PARTS, "other"]}  # fmt: skip
-        if variants:
-            trainers = {name: make_trainer(cfg, name, args.data_dir, tmp) for name in variants}
-            yardstick = lambda: measure_matmul_rate(device, dtype or torch.float32, repeats=3)  # noqa: E731
-            results["variants"], results["rounds_matmul_gflops"] = compare(trainers, args.rounds, args.block,
-                                                                           yardstick)
+    batches = training_batches(cfg, args.data_dir)
+    batch = batches.batch_for(0)  # every step of every variant trains on this one batch
+    say(f"profiling {args.profile_steps} steps")
+    eager = make_learner(cfg, "eager", batches.steps_per_epoch)
+    ms = profile(eager, batch, args.profile_steps)
+    if args.onednn:
+        results["onednn"] = onednn_primitives(eager, batch, 3 + args.profile_steps)
+    results["parts"] = {part: {"ms": ms.get(part, 0.0), "gflop": flops.get(part, 0.0) / 1e9}
+                        for part in [*PARTS, "other"]}  # fmt: skip
+    if variants:
+        learners = {name: make_learner(cfg, name, batches.steps_per_epoch) for name in variants}
+        yardstick = lambda: measure_matmul_rate(device, dtype or torch.float32, repeats=3)  # noqa: E731
+        results["variants"], results["rounds_matmul_gflops"] = compare(learners, batch, args.rounds, args.block,
+                                                                       yardstick)
     table = markdown(results)
     write_results(args.out or RESULTS_DIR / "profile-step.json", results, table)
     print(table)

@@ -1,7 +1,10 @@
-"""benchmarks/bench_speed.py end to end on the CPU, with the tiniest settings on the fake MNIST."""
+"""The benchmark scripts: bench_speed.py end to end on the CPU, with the tiniest settings on the
+fake MNIST; bench_cpu.py's variants and table; profile_step.py's parts, FLOPs and variants; and
+what they share."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import platform
@@ -95,6 +98,36 @@ def test_bench_speed_writes_json_and_table(tmp_path, data_dir):
     assert "old" not in text and "| default | 8 |" in text
 
 
+
+def test_checkpoints_per_run_counts_the_saves_of_the_run_plan():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_speed
+
+    from mnist_diffusion.training.plan import CHECKPOINT_EVERY, StepPlan
+
+    assert CHECKPOINT_EVERY > 150  # so these plans save at epoch ends and their last step alone
+    plan = StepPlan(steps_per_epoch=64, total_steps=150, stop_step=150, guide_step=-1, check_every=1)
+    assert bench_speed.checkpoints_per_run(plan) == 4  # before step 1, after steps 64, 128 and 150
+    stopped_early = StepPlan(steps_per_epoch=64, total_steps=150, stop_step=100, guide_step=-1, check_every=1)
+    assert bench_speed.checkpoints_per_run(stopped_early) == 3  # before step 1, after steps 64 and 100
+    long = StepPlan(steps_per_epoch=CHECKPOINT_EVERY + 1, total_steps=3 * CHECKPOINT_EVERY, guide_step=-1,
+                    stop_step=3 * CHECKPOINT_EVERY, check_every=1)  # fmt: skip
+    # before step 1; every CHECKPOINT_EVERY steps (the third is the last step); the epochs' ends, 2 of them
+    assert bench_speed.checkpoints_per_run(long) == 1 + 3 + 2
+
+
+def test_benchmarks_share_helpers_through_common_alone():
+    scripts = {path.stem for path in (ROOT / "benchmarks").glob("*.py")}
+    assert "common" in scripts
+    for path in (ROOT / "benchmarks").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = {a.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                    for a in node.names}  # fmt: skip
+        imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom) and node.module}  # fmt: skip
+        assert imported & scripts <= {"common"}, f"{path.name} imports {sorted(imported & scripts - {'common'})}"
+
+
 def test_bench_cpu_variants_and_table(monkeypatch):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import bench_cpu
@@ -171,7 +204,7 @@ def test_profile_step_parts_flops_and_variants(tmp_path, data_dir):
     assert profile_step.variant_parts("eager") == set()
     assert profile_step.variant_parts("compile+channels-last+no-norm") == {"compile", "channels-last", "no-norm"}
     assert profile_step.variant_parts("compile+fast") is None and profile_step.variant_parts("eager+compile") is None
-    bound = profile_step.make_trainer(cfg, "no-norm", data_dir, str(tmp_path))
+    bound = profile_step.make_learner(cfg, "no-norm", steps_per_epoch=8)
     assert not any(isinstance(m, torch.nn.GroupNorm) for m in bound.model.modules())
     assert any(isinstance(m, torch.nn.GroupNorm) for m in build_model(cfg.model).modules())  # left as it was
 
