@@ -6,9 +6,7 @@ Each script imports these from here; no script imports another."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -22,7 +20,7 @@ from mnist_diffusion.io import atomic_write_bytes, atomic_write_json, sha256_fil
 from mnist_diffusion.nets import count_parameters
 from mnist_diffusion.runs.loader import LoadedRun
 from mnist_diffusion.runs.store import WEIGHTS, read_metrics
-from mnist_diffusion.runtime import sync
+from mnist_diffusion.runtime import describe_machine, sync
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SAMPLE_BATCH = {"cpu": 256, "cuda": 10_000}  # images per sampling batch, chosen for throughput
@@ -57,50 +55,33 @@ def time_windows(step: Callable[[int], object], device: torch.device, windows: i
 
 
 def machine_info(device: torch.device) -> dict:
-    """The CPU model, cores, torch threads, GPU, versions and git commit a result was measured with."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    info = {
-        "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+    """The machine a result was measured on, as the package describes it (runtime.describe_machine:
+    the CPU model, its vector and bf16 units, cores, torch threads, the GPU, the git commit), and
+    the versions."""
+    machine = describe_machine(device)
+    return {
+        "cpu": machine.cpu,
+        "vector_units": list(machine.vector_units),
+        "bf16_units": machine.bf16_units,
+        "cores": machine.cores,
+        "torch_threads": machine.threads,
         "device": device.type,
-        "gpu": None,
+        "gpu": machine.gpu,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "mnist_diffusion": __version__,
-        "git_commit": commit,
+        "git_commit": machine.commit,
     }
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        info["gpu"] = f"{props.name} ({props.total_memory / 2**30:.0f} GiB)"
-    return info
 
 
 def machine_line(results: dict) -> str:
     """The first line of a results table: the machine, the versions, the commit and the date."""
     m = results["machine"]
     gpu = f", {m['gpu']}" if m["gpu"] else ""
+    units = "" if "bf16_units" not in m else "; bf16 units" if m["bf16_units"] else "; no bf16 units"
     return (
-        f"**{m['device'].upper()}**: {m['cpu']} ({m['cores']} cores, {m['torch_threads']} torch threads){gpu}; "
+        f"**{m['device'].upper()}**: {m['cpu']} ({m['cores']} cores, {m['torch_threads']} torch threads{units}){gpu}; "
         f"torch {m['torch']}; mnistdiff {m['mnist_diffusion']}"
         + (f" at {m['git_commit']}" if m["git_commit"] else "")
         + f"; {results['date']}  "
