@@ -56,11 +56,28 @@ def main(argv: list[str] | None = None) -> None:
     for start in range(0, len(chosen), args.parallel):
         batch = chosen[start : start + args.parallel]
         procs = [
-            subprocess.Popen([*CLI, "train", "--epochs", str(args.epochs), "--run-name", f"v{start + i}", *NETWORK,
-                              "--artifacts-dir", str(artifacts), "--data-dir", args.data_dir, *VARIANTS[name]],
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+            subprocess.Popen(
+                [
+                    *CLI,
+                    "train",
+                    "--epochs",
+                    str(args.epochs),
+                    "--run-name",
+                    f"v{start + i}",
+                    *NETWORK,
+                    "--artifacts-dir",
+                    str(artifacts),
+                    "--data-dir",
+                    args.data_dir,
+                    *VARIANTS[name],
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                env=env,
+            )
             for i, name in enumerate(batch)
-        ]  # fmt: skip
+        ]
         for name, proc in zip(batch, procs, strict=True):
             out, _ = proc.communicate()
             if proc.returncode:
@@ -68,17 +85,48 @@ def main(argv: list[str] | None = None) -> None:
             runs[name] = out.strip().splitlines()[-1]
     rows = []
     for name, run in runs.items():
-        out = subprocess.run([*CLI, "eval", "--run", run, "-n", str(args.n), "--sampler", args.sampler, "--spacing",
-                              args.spacing, "--autoguidance", "1", "--cluster-guidance", "1", "--precision", "fp32",
-                              "--json", "--data-dir", args.data_dir],
-                             capture_output=True, text=True, check=True)  # fmt: skip
+        out = subprocess.run(
+            [
+                *CLI,
+                "eval",
+                "--run",
+                run,
+                "-n",
+                str(args.n),
+                "--sampler",
+                args.sampler,
+                "--spacing",
+                args.spacing,
+                "--autoguidance",
+                "1",
+                "--cluster-guidance",
+                "1",
+                "--precision",
+                "fp32",
+                "--json",
+                "--data-dir",
+                args.data_dir,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         r = json.loads(out.stdout)
         m = r["model"]
         seconds = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()][-1]
-        rows.append({"variant": name, "flags": " ".join(VARIANTS[name]), "fid": m["fid"], "floor_fid": r["real"]["fid"],
-                     "precision": m["precision"], "recall": m["recall"], "confident_share": m["confident_share"],
-                     "class_histogram": m["class_histogram"],
-                     "train_seconds": seconds.get("train_seconds")})  # fmt: skip
+        rows.append(
+            {
+                "variant": name,
+                "flags": " ".join(VARIANTS[name]),
+                "fid": m["fid"],
+                "floor_fid": r["real"]["fid"],
+                "precision": m["precision"],
+                "recall": m["recall"],
+                "confident_share": m["confident_share"],
+                "class_histogram": m["class_histogram"],
+                "train_seconds": seconds.get("train_seconds"),
+            }
+        )
         print(f"{name}: FID {m['fid']:.2f} (floor {r['real']['fid']:.2f})", flush=True)
     lines = [
         f"| variant ({args.epochs} epoch, N = {args.n}) | FID | real-data FID | precision | recall | confident > 0.9 |"
@@ -86,8 +134,10 @@ def main(argv: list[str] | None = None) -> None:
         "|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['variant']} | {r['fid']:.2f} | {r['floor_fid']:.2f} | {r['precision']:.3f} | "
-                     f"{r['recall']:.3f} | {100 * r['confident_share']:.1f}% | {r['class_histogram']} |")  # fmt: skip
+        lines.append(
+            f"| {r['variant']} | {r['fid']:.2f} | {r['floor_fid']:.2f} | {r['precision']:.3f} | "
+            f"{r['recall']:.3f} | {100 * r['confident_share']:.1f}% | {r['class_histogram']} |"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_name(args.out.name + ".json").write_text(
         json.dumps({"epochs": args.epochs, "n": args.n, "rows": rows}, indent=2)

@@ -51,15 +51,20 @@ from mnist_diffusion.training.trainer import train
 
 LIBS = {  # preloadable allocators, where Debian's packages put them (libjemalloc2, libtcmalloc-minimal4)
     "jemalloc": ["/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2"],
-    "tcmalloc": ["/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
-                 "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4"],
-}  # fmt: skip
+    "tcmalloc": [
+        "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+        "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4",
+    ],
+}
 
 
 def variant_env(name: str, cores: int, isa: str = "native") -> dict[str, str] | None:
     """The environment of a child process for a variant, or None where this machine lacks it."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("MALLOC_") and k not in ("LD_PRELOAD", THP_VARIABLE, *ISA_ENV["avx2"])}  # fmt: skip
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("MALLOC_") and k not in ("LD_PRELOAD", THP_VARIABLE, *ISA_ENV["avx2"])
+    }
     env.update(ISA_ENV.get(isa, {}))
     env["OMP_NUM_THREADS"] = str(cores)
     env.pop("MNISTDIFF_CHANNELS_LAST", None)
@@ -101,8 +106,11 @@ def child(args) -> dict:
     # In the precision the part runs in (bf16 on a CPU with bf16 units): the share of a bf16 step
     # in the fp32 rate would mean nothing.
     dtype = autocast_dtype(cfg.train.precision, device)
-    out = {"threads": torch.get_num_threads(), "precision": precision_name(dtype),
-           "isa": torch.backends.cpu.get_cpu_capability()}  # fmt: skip
+    out = {
+        "threads": torch.get_num_threads(),
+        "precision": precision_name(dtype),
+        "isa": torch.backends.cpu.get_cpu_capability(),
+    }
     if args.child == "sample":
         out["sample"] = sample_time(args, cfg)
     else:
@@ -125,8 +133,14 @@ def sample_time(args, cfg) -> dict:
     before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     generate(run, args.sample_n, sampling)
     wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
-    return {"n": args.sample_n, "steps": args.sample_steps, "wall_s": wall, "user_s": after.ru_utime - before.ru_utime,
-            "sys_s": after.ru_stime - before.ru_stime, "images_per_sec": args.sample_n / wall}  # fmt: skip
+    return {
+        "n": args.sample_n,
+        "steps": args.sample_steps,
+        "wall_s": wall,
+        "user_s": after.ru_utime - before.ru_utime,
+        "sys_s": after.ru_stime - before.ru_stime,
+        "images_per_sec": args.sample_n / wall,
+    }
 
 
 def preset(precision: str):
@@ -152,16 +166,28 @@ def train_rate(args, device: torch.device) -> dict:
     stop = threading.Event()
     with tempfile.TemporaryDirectory() as tmp:
         before = resource.getrusage(resource.RUSAGE_SELF)
-        train(cfg, data_dir=args.data_dir, artifacts_dir=Path(tmp), run_name="bench", device=device.type,
-              progress=False, log=lambda m: None, stop=stop,
-              on_step=lambda s: (marks.append(time.perf_counter()), s >= 3 + args.train_steps and stop.set()))
+        train(
+            cfg,
+            data_dir=args.data_dir,
+            artifacts_dir=Path(tmp),
+            run_name="bench",
+            device=device.type,
+            progress=False,
+            log=lambda m: None,
+            stop=stop,
+            on_step=lambda s: (marks.append(time.perf_counter()), s >= 3 + args.train_steps and stop.set()),
+        )
         after = resource.getrusage(resource.RUSAGE_SELF)
     window = max(1, args.train_steps // 4)
     timed = marks[3 : 3 + args.train_steps]
     starts = range(0, len(timed) - window, window)
     rates = [window * cfg.train.batch_size / (timed[i + window] - timed[i]) for i in starts]
-    return {"steps": args.train_steps, "images_per_sec": statistics.median(rates),
-            "sys_s": after.ru_stime - before.ru_stime, "user_s": after.ru_utime - before.ru_utime}  # fmt: skip
+    return {
+        "steps": args.train_steps,
+        "images_per_sec": statistics.median(rates),
+        "sys_s": after.ru_stime - before.ru_stime,
+        "user_s": after.ru_utime - before.ru_utime,
+    }
 
 
 # --------------------------------------------------------------------------------------- the parent
@@ -189,11 +215,17 @@ def main(argv: list[str] | None = None) -> dict:
     for r in range(args.repeat):
         runs = {}
         for name in names if r % 2 == 0 else names[::-1]:  # reversed every other round: no variant always first
-            say(f"round {r + 1}/{args.repeat}, {name}: {args.sample_n} samples at {args.sample_steps} steps, then "
-                f"{args.train_steps} training steps")  # fmt: skip
+            say(
+                f"round {r + 1}/{args.repeat}, {name}: {args.sample_n} samples at {args.sample_steps} steps, then "
+                f"{args.train_steps} training steps"
+            )
             parts = [run_child(part, name, argv, variant_env(name, cores, args.isa)) for part in ("sample", "train")]
-            runs[name] = {**parts[0], **parts[1], "peak_rss_mib": max(p["peak_rss_mib"] for p in parts),
-                          "huge_pages_mib": [p["huge_pages_mib"] for p in parts]}  # fmt: skip
+            runs[name] = {
+                **parts[0],
+                **parts[1],
+                "peak_rss_mib": max(p["peak_rss_mib"] for p in parts),
+                "huge_pages_mib": [p["huge_pages_mib"] for p in parts],
+            }
         results["rounds"].append({name: runs[name] for name in names})
     results["variants"] = summarize(results["rounds"])
     table = markdown(results)
@@ -232,13 +264,16 @@ def summarize(rounds: list[dict[str, dict]]) -> dict[str, dict]:
     train = itemgetter("train", "images_per_sec")
     out = {}
     for name in rounds[0]:
-        out[name] = {**rounds[0][name], "runs": len(rounds),
-                     "sample": {"wall_s": median_of(name, wall), "sys_s": median_of(name, sys_s)},
-                     "train": {"images_per_sec": median_of(name, train)},
-                     "matmul_gflops": median_of(name, itemgetter("matmul_gflops")),
-                     "huge_pages_mib": rounds[0][name].get("huge_pages_mib"),
-                     "peak_rss_mib": max(r[name]["peak_rss_mib"] for r in rounds),
-                     "vs_first": {"sample": ratio(name, wall, False), "train": ratio(name, train, True)}}  # fmt: skip
+        out[name] = {
+            **rounds[0][name],
+            "runs": len(rounds),
+            "sample": {"wall_s": median_of(name, wall), "sys_s": median_of(name, sys_s)},
+            "train": {"images_per_sec": median_of(name, train)},
+            "matmul_gflops": median_of(name, itemgetter("matmul_gflops")),
+            "huge_pages_mib": rounds[0][name].get("huge_pages_mib"),
+            "peak_rss_mib": max(r[name]["peak_rss_mib"] for r in rounds),
+            "vs_first": {"sample": ratio(name, wall, False), "train": ratio(name, train, True)},
+        }
     return out
 
 
@@ -252,42 +287,62 @@ def markdown(results: dict) -> str:
     rates = ", ".join(f"{p} {statistics.median(g):.0f}" for p, g in sorted(by_precision.items()))
     isa = sorted({v.get("isa", "native") for v in variants.values()})
     runs = max(v.get("runs", 1) for v in variants.values())
-    lines = [machine_line(results), f"`{results['command']}`", "",
-             f"matrix rate (GFLOP/s), measured in the children: {rates}; kernels: {' and '.join(isa)}; each "
-             f"variant's share is of the rate in the precision it trains in, measured in its own process; a "
-             f"training step is {flops / 1e6:.0f} MFLOP per image"
-             + (f"; medians of {runs} runs per variant, ratios the median of each round's" if runs > 1 else ""), "",
-             f"| variant | threads | sampling s | of it system | vs {first} | training images/s | share of the matrix "
-             f"rate | vs {first} | huge pages MiB, sampling / training | peak RSS MiB |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        machine_line(results),
+        f"`{results['command']}`",
+        "",
+        f"matrix rate (GFLOP/s), measured in the children: {rates}; kernels: {' and '.join(isa)}; each "
+        f"variant's share is of the rate in the precision it trains in, measured in its own process; a "
+        f"training step is {flops / 1e6:.0f} MFLOP per image"
+        + (f"; medians of {runs} runs per variant, ratios the median of each round's" if runs > 1 else ""),
+        "",
+        f"| variant | threads | sampling s | of it system | vs {first} | training images/s | share of the matrix "
+        f"rate | vs {first} | huge pages MiB, sampling / training | peak RSS MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, v in variants.items():
         s, t = v["sample"], v["train"]
         share = t["images_per_sec"] * flops / 1e9 / v["matmul_gflops"]
         base = variants[first]
-        vs = v.get("vs_first") or {"sample": base["sample"]["wall_s"] / s["wall_s"],
-                                   "train": t["images_per_sec"] / base["train"]["images_per_sec"]}  # fmt: skip
+        vs = v.get("vs_first") or {
+            "sample": base["sample"]["wall_s"] / s["wall_s"],
+            "train": t["images_per_sec"] / base["train"]["images_per_sec"],
+        }
         huge = " / ".join("-" if mib is None else f"{mib:.0f}" for mib in v.get("huge_pages_mib") or [None, None])
-        lines.append(f"| {name} | {v['threads']} | {s['wall_s']:.1f} | {s['sys_s'] / s['wall_s']:.0%} "
-                     f"| {vs['sample']:.2f}x | {t['images_per_sec']:.1f} | {share:.0%} | {vs['train']:.2f}x | {huge} "
-                     f"| {v['peak_rss_mib']:.0f} |")  # fmt: skip
+        lines.append(
+            f"| {name} | {v['threads']} | {s['wall_s']:.1f} | {s['sys_s'] / s['wall_s']:.0%} "
+            f"| {vs['sample']:.2f}x | {t['images_per_sec']:.1f} | {share:.0%} | {vs['train']:.2f}x | {huge} "
+            f"| {v['peak_rss_mib']:.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variants", default="default,tuned,nchw,jemalloc,tcmalloc,threads-1",
-                   help="default (glibc as it comes, NCHW: the tool before its CPU tuning), tuned (what mnistdiff "
-                        "does: its mallopt, huge pages in training, channels-last sampling), no-thp (tuned without "
-                        "huge pages), nchw (tuned, NCHW sampling), glibc-env, jemalloc, tcmalloc, threads-N; the "
-                        "first listed is what the others are compared with")
+    p.add_argument(
+        "--variants",
+        default="default,tuned,nchw,jemalloc,tcmalloc,threads-1",
+        help="default (glibc as it comes, NCHW: the tool before its CPU tuning), tuned (what mnistdiff "
+        "does: its mallopt, huge pages in training, channels-last sampling), no-thp (tuned without "
+        "huge pages), nchw (tuned, NCHW sampling), glibc-env, jemalloc, tcmalloc, threads-N; the "
+        "first listed is what the others are compared with",
+    )
     p.add_argument("--sample-n", type=int, default=500, help="images sampled (one batch of 500, as `sample` draws)")
     p.add_argument("--sample-steps", type=int, default=20, help="sampler steps (the default: 20)")
     p.add_argument("--train-steps", type=int, default=40, help="timed training steps")
     p.add_argument("--repeat", type=int, default=1, help="runs of every variant, the order reversed each round")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="sampling and training precision (auto: bf16 where the CPU has bf16 units)")
-    p.add_argument("--isa", choices=["native", *ISA_ENV], default="native",
-                   help="the instruction set the children's kernels may use (avx2: a CPU without AVX-512 or bf16)")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="sampling and training precision (auto: bf16 where the CPU has bf16 units)",
+    )
+    p.add_argument(
+        "--isa",
+        choices=["native", *ISA_ENV],
+        default="native",
+        help="the instruction set the children's kernels may use (avx2: a CPU without AVX-512 or bf16)",
+    )
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     p.add_argument("--out", type=Path, help="the .json to write (a .md beside it); default benchmarks/results/cpu.json")
     p.add_argument("--child", choices=["sample", "train"], help=argparse.SUPPRESS)

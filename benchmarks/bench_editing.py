@@ -57,8 +57,9 @@ def completion_row(run, images, labels, mask: str, args, net) -> dict:
     beside the floor (the hole left black)."""
     missing = parse_mask(mask)
     start = time.perf_counter()
-    completed = inpaint(run, images, missing, args.sampling, jumps=args.jumps, resample=args.resample,
-                        progress=not args.no_progress)[:, 0]  # fmt: skip
+    completed = inpaint(
+        run, images, missing, args.sampling, jumps=args.jumps, resample=args.resample, progress=not args.no_progress
+    )[:, 0]
     seconds = time.perf_counter() - start
     holed = images.masked_fill(missing, 0.0)
     return {
@@ -76,8 +77,14 @@ def inversion_row(run, images, steps: int, args) -> dict:
     noise = invert(run, images, args.sampling, steps=steps, progress=not args.no_progress)
     back = reconstruct(run, noise, args.sampling, steps=steps, progress=not args.no_progress)
     mse, psnr = reconstruction_error(images, back)
-    return {"steps": steps, "n": len(images), "mse": mse.mean().item(), "psnr": psnr.mean().item(),
-            "psnr_median": psnr.median().item(), "seconds": time.perf_counter() - start}  # fmt: skip
+    return {
+        "steps": steps,
+        "n": len(images),
+        "mse": mse.mean().item(),
+        "psnr": psnr.mean().item(),
+        "psnr_median": psnr.median().item(),
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def markdown(results: dict) -> str:
@@ -99,13 +106,21 @@ def markdown(results: dict) -> str:
     ceiling = results["ceiling"]
     for r in results["completion"]:
         lines.append(f"| {r['mask']} | {r['accuracy']:.1%} | {r['floor']:.1%} | {ceiling:.1%} | {r['seconds']:.1f} |")
-    lines += ["", "| inversion steps | digits | PSNR (dB), mean | PSNR, median | MSE | seconds |",
-              "|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines += [
+        "",
+        "| inversion steps | digits | PSNR (dB), mean | PSNR, median | MSE | seconds |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in results["inversion"]:
-        lines.append(f"| {r['steps']} | {r['n']:,} | {r['psnr']:.2f} | {r['psnr_median']:.2f} | {r['mse']:.2e} "
-                     f"| {r['seconds']:.1f} |")  # fmt: skip
-    lines += ["", "Read by the shipped feature net (`mnistdiff eval`'s): the argmax of its class probabilities. "
-              "Inversion: DDIM inversion, then DDIM back, evenly spaced steps; PSNR of pixels in [0, 1]."]  # fmt: skip
+        lines.append(
+            f"| {r['steps']} | {r['n']:,} | {r['psnr']:.2f} | {r['psnr_median']:.2f} | {r['mse']:.2e} "
+            f"| {r['seconds']:.1f} |"
+        )
+    lines += [
+        "",
+        "Read by the shipped feature net (`mnistdiff eval`'s): the argmax of its class probabilities. "
+        "Inversion: DDIM inversion, then DDIM back, evenly spaced steps; PSNR of pixels in [0, 1].",
+    ]
     if results["cut_short"]:
         lines += ["", "_Cut short: not every planned row was measured._"]
     return "\n".join(lines) + "\n"
@@ -125,8 +140,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--invert-steps", default=",".join(map(str, INVERT_STEPS)), help="inversion step counts")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     for flag, kind in (("--autoguidance", "auto"), ("--label-guidance", "labels"), ("--cluster-guidance", "clusters")):
-        p.add_argument(flag, type=float, help=f"as `inpaint` {flag} (default {Guidance.DEFAULTS[kind]:g} where the "
-                       "run has it; 1: none)")  # fmt: skip
+        p.add_argument(
+            flag,
+            type=float,
+            help=f"as `inpaint` {flag} (default {Guidance.DEFAULTS[kind]:g} where the run has it; 1: none)",
+        )
     p.add_argument("--batch-size", type=int, default=500, help="images per forward pass")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda if there is one")
     p.add_argument("--out", type=Path, default=RESULTS, help="path stem of the .json and .md to write")
@@ -167,11 +185,17 @@ def main(argv: list[str] | None = None) -> dict:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join(["python", *sys.argv]) if argv is None else shlex.join(["bench_editing.py", *argv]),
         "machine": machine_info(device),
-        "settings": {k: (str(v) if isinstance(v, Path) else v.to_dict() if isinstance(v, SamplingConfig) else v)
-                     for k, v in vars(args).items()},  # fmt: skip
+        "settings": {
+            k: (str(v) if isinstance(v, Path) else v.to_dict() if isinstance(v, SamplingConfig) else v)
+            for k, v in vars(args).items()
+        },
         "run": run_info(run),
-        "inpainting": {"steps": settings.steps, "spacing": settings.spacing, "guidance": settings.guidance.describe(),
-                       "sampling": settings.to_dict()},  # fmt: skip
+        "inpainting": {
+            "steps": settings.steps,
+            "spacing": settings.spacing,
+            "guidance": settings.guidance.describe(),
+            "sampling": settings.to_dict(),
+        },
         "inversion_sampling": invert_settings(run, args.sampling).to_dict(),
         "ceiling": (read_as(net, images[: args.n]) == labels[: args.n]).float().mean().item(),
         "completion": [],
@@ -187,8 +211,10 @@ def main(argv: list[str] | None = None) -> dict:
         atomic_write_bytes(paths[".md"], table.encode())
         return table
 
-    say(f"{run.path.name} on {device}: {args.n:,} digits, masks {', '.join(args.masks)}; real digits read right: "
-        f"{results['ceiling']:.1%}")  # fmt: skip
+    say(
+        f"{run.path.name} on {device}: {args.n:,} digits, masks {', '.join(args.masks)}; real digits read right: "
+        f"{results['ceiling']:.1%}"
+    )
     try:
         for mask in args.masks:
             row = completion_row(run, images[: args.n], labels[: args.n], mask, args, net)

@@ -51,15 +51,26 @@ def share(call_s: float, every: int, trainer: Trainer, step_s: float) -> dict:
     """A monitor's cost over a whole run of the trainer's plan, called every ``every`` steps."""
     total = trainer.plan.total_steps
     calls = total // every if every else 0
-    return {"every": every, "calls_per_run": calls, "seconds_per_run": calls * call_s,
-            "share": calls * call_s / (total * step_s)}  # fmt: skip
+    return {
+        "every": every,
+        "calls_per_run": calls,
+        "seconds_per_run": calls * call_s,
+        "share": calls * call_s / (total * step_s),
+    }
 
 
 def measure(args, device: torch.device, artifacts: Path) -> dict:
     cfg = PRESETS[args.preset]
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=args.precision))
-    trainer = Trainer(cfg, data_dir=args.data_dir, artifacts_dir=artifacts, run_name=f"bench-{args.preset}",
-                      device=device.type, progress=False, log=say)  # fmt: skip
+    trainer = Trainer(
+        cfg,
+        data_dir=args.data_dir,
+        artifacts_dir=artifacts,
+        run_name=f"bench-{args.preset}",
+        device=device.type,
+        progress=False,
+        log=say,
+    )
     say(f"{args.preset}: {args.steps} training steps, after 3 untimed ones")
     trainer.learner.model.train()
     step_s = statistics.median(time_windows(trainer.advance, device, 1, args.steps, warmup=3))
@@ -87,13 +98,22 @@ def measure(args, device: torch.device, artifacts: Path) -> dict:
 
 def markdown(results: dict) -> str:
     r = results["result"]
-    rows = [("progress grid (16 samples)", statistics.median(r["grid_seconds"]), r["grid_in_steps"], r["grid"]),
-            (f"FID of {results['settings']['eval_samples']} samples", statistics.median(r["fid_seconds"]),
-             r["fid_in_steps"], r["fid"])]  # fmt: skip
-    lines = [f"{r['preset']} preset: {r['step_ms']:.1f} ms a training step, {r['planned_steps']} planned steps; "
-             f"the FID's first call {r['fid_first_call_seconds']:.1f} s (reference features)", "",
-             "| monitor | s per call | training steps | every | share of the run |",
-             "|---|---:|---:|---:|---:|"]  # fmt: skip
+    rows = [
+        ("progress grid (16 samples)", statistics.median(r["grid_seconds"]), r["grid_in_steps"], r["grid"]),
+        (
+            f"FID of {results['settings']['eval_samples']} samples",
+            statistics.median(r["fid_seconds"]),
+            r["fid_in_steps"],
+            r["fid"],
+        ),
+    ]
+    lines = [
+        f"{r['preset']} preset: {r['step_ms']:.1f} ms a training step, {r['planned_steps']} planned steps; "
+        f"the FID's first call {r['fid_first_call_seconds']:.1f} s (reference features)",
+        "",
+        "| monitor | s per call | training steps | every | share of the run |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for name, seconds, steps, run in rows:
         every = run["every"] or "off"
         lines.append(f"| {name} | {seconds:.2f} | {steps:.1f} | {every} | {run['share']:.1%} |")

@@ -68,8 +68,15 @@ class Row:
     n: int
 
 
-def plan_rows(samplers: list[str], evaluations: list[int], num_timesteps: int, n: int, n_1000: int,
-              compare: bool = True, ddpm_first: bool = False) -> list[Row]:  # fmt: skip
+def plan_rows(
+    samplers: list[str],
+    evaluations: list[int],
+    num_timesteps: int,
+    n: int,
+    n_1000: int,
+    compare: bool = True,
+    ddpm_first: bool = False,
+) -> list[Row]:
     """The rows to measure, cheapest first (a run cut short keeps the most rows).
 
     DDPM runs once, at the run's T. DDIM and DPM-Solver++ run at each count up to T. Rows at
@@ -99,13 +106,22 @@ def measure(run: LoadedRun, row: Row, args, real: RealData, device: torch.device
     labels = torch.arange(row.n) % 10 if run.conditional else None
     batches = math.ceil(row.n / args.batch_size)
     desc = f"{row.sampler} x{row.evaluations}, N={row.n}"
-    with tqdm(total=batches * row.evaluations, desc=desc, unit="step", disable=args.no_progress or None,
-              mininterval=1.0, leave=False) as bar:  # fmt: skip
+    with tqdm(
+        total=batches * row.evaluations,
+        desc=desc,
+        unit="step",
+        disable=args.no_progress or None,
+        mininterval=1.0,
+        leave=False,
+    ) as bar:
         sync(device)
         start = time.perf_counter()
-        settings = dataclasses.replace(args.sampling, sampler=row.sampler,
-                                       steps=None if row.sampler == "ddpm" else row.evaluations,
-                                       spacing=None if row.sampler == "ddpm" else args.sampling.spacing)  # fmt: skip
+        settings = dataclasses.replace(
+            args.sampling,
+            sampler=row.sampler,
+            steps=None if row.sampler == "ddpm" else row.evaluations,
+            spacing=None if row.sampler == "ddpm" else args.sampling.spacing,
+        )
         images = generate(run, row.n, settings, labels=labels, callback=lambda *_: bar.update())
         sample_s = time.perf_counter() - start  # generate returns CPU tensors, so a GPU is done
     start = time.perf_counter()
@@ -257,14 +273,20 @@ def plot(results: dict, path: Path) -> None:
             kw = dict(color=COLORS[sampler], linestyle=style, marker="o" if i == 0 else "s", label=sampler + suffix)
             ax_fid.plot(x, [r["fid"] for r in pts], **kw)
             ax_time.plot(x, [1000 * r["sample_seconds"] / r["n"] for r in pts], **kw)
-        ax_fid.axhline(group[0]["floor_fid"], color="grey", linestyle=style, linewidth=1,
-                       label=f"real data{suffix or ''}")  # fmt: skip
+        ax_fid.axhline(
+            group[0]["floor_fid"], color="grey", linestyle=style, linewidth=1, label=f"real data{suffix or ''}"
+        )
     ax_fid.set_xscale("log")
     if all(r["fid"] > 0 for r in rows) and all(r["floor_fid"] > 0 for r in rows):
         ax_fid.set_yscale("log")
     ax_fid.set(xlabel="model evaluations per image", ylabel="FID (lower is better)", title="sample quality")
-    ax_time.set(xscale="log", yscale="log", xlabel="model evaluations per image",
-                ylabel="sampling wall time per 1,000 images (s)", title=f"sampling cost ({m['device']})")  # fmt: skip
+    ax_time.set(
+        xscale="log",
+        yscale="log",
+        xlabel="model evaluations per image",
+        ylabel="sampling wall time per 1,000 images (s)",
+        title=f"sampling cost ({m['device']})",
+    )
     counts = sorted({r["evaluations"] for r in rows})
     plain = ticker.FuncFormatter(lambda v, _: f"{v:g}")
     for ax in (ax_fid, ax_time):
@@ -295,23 +317,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--n-1000", type=int, help="samples for the rows at 1000 evaluations or more and for DDPM (default: --n)"
     )
-    p.add_argument("--compare-at-n-1000", action=argparse.BooleanOptionalAction, default=True,
-                   help="when --n-1000 < --n, also run the shorter DDIM/DPM-Solver++ rows at --n-1000,\n"
-                        "so that they compare with DDPM at the same N")  # fmt: skip
+    p.add_argument(
+        "--compare-at-n-1000",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="when --n-1000 < --n, also run the shorter DDIM/DPM-Solver++ rows at --n-1000,\n"
+        "so that they compare with DDPM at the same N",
+    )
     p.add_argument(
         "--evaluations",
         default=",".join(map(str, EVALUATIONS)),
         help="model evaluations for DDIM and DPM-Solver++ (DDPM: always the run's T)",
     )
-    p.add_argument("--ddpm-first", action="store_true",
-                   help="measure the DDPM row first (the reference of every ratio), not cheapest first")  # fmt: skip
+    p.add_argument(
+        "--ddpm-first",
+        action="store_true",
+        help="measure the DDPM row first (the reference of every ratio), not cheapest first",
+    )
     p.add_argument("--samplers", default=",".join(SAMPLERS), help=f"comma-separated, from {', '.join(SAMPLERS)}")
     p.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every row")
     for flag, kind in (("--autoguidance", "auto"), ("--label-guidance", "labels"), ("--cluster-guidance", "clusters")):
         default = Guidance.DEFAULTS[kind]
         p.add_argument(flag, type=float, help=f"as `sample` {flag} (default {default:g} where the run has it; 1: none)")
-    p.add_argument("--spacing", type=float,
-                   help=f"timestep spacing power of DDIM / DPM-Solver++ (default {SamplingConfig.DEFAULT_SPACING:g})")
+    p.add_argument(
+        "--spacing",
+        type=float,
+        help=f"timestep spacing power of DDIM / DPM-Solver++ (default {SamplingConfig.DEFAULT_SPACING:g})",
+    )
     p.add_argument("--batch-size", type=int, help="samples per forward pass (CPU 256, CUDA 10000)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda if there is one")
     p.add_argument("--out", type=Path, default=RESULTS, help="path stem of the .json, .md and .png to write")
@@ -346,8 +378,9 @@ def main(argv: list[str] | None = None) -> dict:
     args.sampling = resolve_for(run, requested)  # the run's defaults where not given, as `mnistdiff sample`
     real = RealData.from_dir(args.data_dir)  # fail before any sampling if MNIST is missing
     num_timesteps = run.schedule.num_timesteps
-    plan = plan_rows(args.samplers, args.evaluations, num_timesteps, args.n, args.n_1000, args.compare_at_n_1000,
-                     args.ddpm_first)  # fmt: skip
+    plan = plan_rows(
+        args.samplers, args.evaluations, num_timesteps, args.n, args.n_1000, args.compare_at_n_1000, args.ddpm_first
+    )
     skipped = [e for e in args.evaluations if e > num_timesteps]
     if skipped:
         say(f"skipping {', '.join(map(str, skipped))} evaluations: more than the run's T = {num_timesteps}")
@@ -357,8 +390,10 @@ def main(argv: list[str] | None = None) -> dict:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join(["python", *sys.argv]) if argv is None else shlex.join(["bench_samplers.py", *argv]),
         "machine": machine_info(device),
-        "settings": {k: (str(v) if isinstance(v, Path) else v.to_dict() if isinstance(v, SamplingConfig) else v)
-                     for k, v in vars(args).items()},  # fmt: skip
+        "settings": {
+            k: (str(v) if isinstance(v, Path) else v.to_dict() if isinstance(v, SamplingConfig) else v)
+            for k, v in vars(args).items()
+        },
         "run": run_info(run),
         "plan": [asdict(r) for r in plan],
         "rows": [],

@@ -67,8 +67,7 @@ class DeviceDefaults:
 
 DEFAULTS = {
     "cpu": DeviceDefaults(warmup_steps=3, window_seconds=4.0, sample_batch=SAMPLE_BATCH["cpu"], sample_seconds=15.0),
-    "cuda": DeviceDefaults(warmup_steps=20, window_seconds=1.0, sample_batch=SAMPLE_BATCH["cuda"],
-                           sample_seconds=5.0),
+    "cuda": DeviceDefaults(warmup_steps=20, window_seconds=1.0, sample_batch=SAMPLE_BATCH["cuda"], sample_seconds=5.0),
 }
 
 
@@ -150,9 +149,15 @@ class WindowClock:
 def run_options(args, device: torch.device, artifacts: Path) -> dict:
     """The options of the benchmark's training runs, as `mnistdiff train` takes them from the
     benchmark's flags (--compile/--no-compile, --cuda-graphs), quiet."""
-    return dict(data_dir=args.data_dir, artifacts_dir=artifacts, device=device.type,
-                compile={"auto": None, "on": True, "off": False}[args.compile], progress=False, log=say,
-                cuda_graphs=args.path == "graphs")  # fmt: skip
+    return dict(
+        data_dir=args.data_dir,
+        artifacts_dir=artifacts,
+        device=device.type,
+        compile={"auto": None, "on": True, "off": False}[args.compile],
+        progress=False,
+        log=say,
+        cuda_graphs=args.path == "graphs",
+    )
 
 
 def preset_config(name: str, args) -> RunConfig:
@@ -176,8 +181,13 @@ def bench_training(name: str, args, device: torch.device, artifacts: Path) -> tu
     cfg = preset_config(name, args)
     stop = threading.Event()
     clock = None  # needs the trainer's step budget, so it is made just after the trainer
-    trainer = Trainer(cfg, run_name=f"bench-{name}", stop=stop, on_step=lambda step: clock(step),
-                      **run_options(args, device, artifacts))  # fmt: skip
+    trainer = Trainer(
+        cfg,
+        run_name=f"bench-{name}",
+        stop=stop,
+        on_step=lambda step: clock(step),
+        **run_options(args, device, artifacts),
+    )
     clock = WindowClock(trainer, stop, args.warmup_steps, args.windows, args.window_steps, args.window_seconds)
     reset_peak_memory(device)
     say(f"{name}: training steps through Trainer.run ({args.windows} windows after {args.warmup_steps} warm-up steps)")
@@ -191,8 +201,9 @@ def bench_training(name: str, args, device: torch.device, artifacts: Path) -> tu
     return row, result
 
 
-def training_row(name: str, trainer: Trainer, clock: WindowClock, checkpoint_s: float, args,
-                 device: torch.device) -> dict:  # fmt: skip
+def training_row(
+    name: str, trainer: Trainer, clock: WindowClock, checkpoint_s: float, args, device: torch.device
+) -> dict:
     """A preset's training row: the loop's windows with its checkpoints amortized over a whole run
     (as many as the run's plan saves), and, on the eager path, the parts of a step alone."""
     batch = trainer.cfg.train.batch_size
@@ -209,8 +220,9 @@ def training_row(name: str, trainer: Trainer, clock: WindowClock, checkpoint_s: 
     overhead_s = statistics.median(bench_overhead(trainer, args.windows, clock.window_steps))
     say(f"{name}: the divergence guard alone (per step, and the full check before a write)")
     guard_s = statistics.median(bench_guard(trainer, args.windows, 200))
-    state_check_s = statistics.median(time_windows(lambda i: trainer.check_finite(i, state=True), device,
-                                                   args.windows, 5, warmup=1))  # fmt: skip
+    state_check_s = statistics.median(
+        time_windows(lambda i: trainer.check_finite(i, state=True), device, args.windows, 5, warmup=1)
+    )
     out = {
         "batch_size": batch,
         "parameters": count_parameters(learner.model),
@@ -249,14 +261,29 @@ def training_row(name: str, trainer: Trainer, clock: WindowClock, checkpoint_s: 
 
 def graph_training_row(trainer, clock, batch, steady_s, checkpoint_s, per_run, step_s, device) -> dict:
     """The training row of the CUDA-graph path: whole steps only."""
-    return {"batch_size": batch, "parameters": count_parameters(trainer.learner.model), "compile": False,
-            "window_steps": clock.window_steps,
-            "window_images_per_sec": [round(batch * clock.window_steps / d, 2) for d in clock.durations],
-            "steady_step_ms": steady_s * 1e3, "checkpoint_ms": checkpoint_s * 1e3, "checkpoints_per_run": per_run,
-            "steps_per_run": trainer.plan.total_steps, "step_ms": step_s * 1e3, "images_per_sec": batch / step_s,
-            "network_ms": None, "other_ms": None, "network_share": None, "overhead_ms": None,
-            "network_share_direct": None, "network_share_target": NETWORK_SHARE_TARGET, "guard_ms": None,
-            "guard_share": None, "state_check_ms": None, "peak_memory_mib": peak_memory_mib(device)}  # fmt: skip
+    return {
+        "batch_size": batch,
+        "parameters": count_parameters(trainer.learner.model),
+        "compile": False,
+        "window_steps": clock.window_steps,
+        "window_images_per_sec": [round(batch * clock.window_steps / d, 2) for d in clock.durations],
+        "steady_step_ms": steady_s * 1e3,
+        "checkpoint_ms": checkpoint_s * 1e3,
+        "checkpoints_per_run": per_run,
+        "steps_per_run": trainer.plan.total_steps,
+        "step_ms": step_s * 1e3,
+        "images_per_sec": batch / step_s,
+        "network_ms": None,
+        "other_ms": None,
+        "network_share": None,
+        "overhead_ms": None,
+        "network_share_direct": None,
+        "network_share_target": NETWORK_SHARE_TARGET,
+        "guard_ms": None,
+        "guard_share": None,
+        "state_check_ms": None,
+        "peak_memory_mib": peak_memory_mib(device),
+    }
 
 
 def bench_overhead(trainer: Trainer, windows: int, window_steps: int, warmup: int = 2) -> list[float]:
@@ -357,14 +384,16 @@ def bench_sampling(name: str, run_dir: Path, args, device: torch.device) -> dict
     reset_peak_memory(device)
     b = args.sample_batch
     say(f"{name}: sampling, batch {b}")
-    unguided = SamplingConfig(guidance=UNGUIDED, precision=args.precision, batch_size=b,
-                              cuda_graphs=args.path == "graphs")  # fmt: skip
+    unguided = SamplingConfig(
+        guidance=UNGUIDED, precision=args.precision, batch_size=b, cuda_graphs=args.path == "graphs"
+    )
     generate(run, b, dataclasses.replace(unguided, sampler="ddim", steps=2))  # warm-up: allocations and kernels
     rows = []
     for sampler, evals in SAMPLER_RUNS:
         steps = None if sampler == "ddpm" else min(evals, run.schedule.num_timesteps)
-        row = time_sampler(run, dataclasses.replace(unguided, sampler=sampler, steps=steps), b, args.sample_seconds,
-                           device)  # fmt: skip
+        row = time_sampler(
+            run, dataclasses.replace(unguided, sampler=sampler, steps=steps), b, args.sample_seconds, device
+        )
         rows.append(row)
         say(
             f"{name}: {sampler} at {row['evaluations']} evaluations: {row['images_per_sec']:.1f} img/s"
@@ -436,8 +465,10 @@ def markdown(results: dict) -> str:
     for name, r in results["train"].items():
         ckpt = r["step_ms"] - r["steady_step_ms"]
         if r["network_ms"] is None:  # the graph path: whole steps only
-            lines.append(f"| {name} | {r['batch_size']} | {rate(r['images_per_sec'])} | {r['step_ms']:.2f} | - | - | - "
-                         f"| - | {ckpt:.3f} | - | {r['peak_memory_mib']:.0f} |")  # fmt: skip
+            lines.append(
+                f"| {name} | {r['batch_size']} | {rate(r['images_per_sec'])} | {r['step_ms']:.2f} | - | - | - "
+                f"| - | {ckpt:.3f} | - | {r['peak_memory_mib']:.0f} |"
+            )
             continue
         mark = "✓" if r["network_share_direct"] >= r["network_share_target"] else "✗"
         lines.append(
@@ -505,11 +536,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         help="time each sampler run at most this long, then extrapolate (0: all of it; CPU 15, CUDA 5)",
     )
-    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
-                   help="torch.compile the training network: auto as `mnistdiff train` does for the preset's run "
-                        "(on for fp32 on a Linux CPU with AVX2 kernels), on as train --compile, off as --no-compile")
-    p.add_argument("--paths", help="eager and/or graphs (train/sample --cuda-graphs), comma-separated "
-                   "(default: both on CUDA, eager elsewhere)")  # fmt: skip
+    p.add_argument(
+        "--compile",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="torch.compile the training network: auto as `mnistdiff train` does for the preset's run "
+        "(on for fp32 on a Linux CPU with AVX2 kernels), on as train --compile, off as --no-compile",
+    )
+    p.add_argument(
+        "--paths",
+        help="eager and/or graphs (train/sample --cuda-graphs), comma-separated "
+        "(default: both on CUDA, eager elsewhere)",
+    )
     p.add_argument("--precision", choices=get_args(Precision), default="auto", help="as train --precision")
     p.add_argument(
         "--full-epochs",

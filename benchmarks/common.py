@@ -34,8 +34,9 @@ def say(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def time_windows(step: Callable[[int], object], device: torch.device, windows: int, window_steps: int,
-                 warmup: int) -> list[float]:  # fmt: skip
+def time_windows(
+    step: Callable[[int], object], device: torch.device, windows: int, window_steps: int, warmup: int
+) -> list[float]:
     """``step(i)`` for i = 0, 1, ...: ``warmup`` untimed calls, then seconds per call in each of
     ``windows`` windows of ``window_steps`` calls (the device synchronized at window edges)."""
     for i in range(warmup):

@@ -103,8 +103,9 @@ def make_learner(cfg: RunConfig, variant: str, steps_per_epoch: int) -> Learner:
     total = StepPlan.of(cfg, steps_per_epoch, check_every=1).total_steps  # the learning rate follows the run's plan
     norm = (lambda channels: torch.nn.Identity()) if "no-norm" in parts else unet._norm
     with mock.patch.object(unet, "_norm", norm):  # the network's blocks take their norm layers from _norm
-        learner = Learner(cfg, torch.device("cpu"), DistInfo(), total_steps=total, compile="compile" in parts,
-                          log=lambda m: None)  # fmt: skip
+        learner = Learner(
+            cfg, torch.device("cpu"), DistInfo(), total_steps=total, compile="compile" in parts, log=lambda m: None
+        )
     if "channels-last" in parts:
         learner.model.to(memory_format=torch.channels_last)
     learner.model.train()
@@ -161,8 +162,9 @@ def step_seconds(learner: Learner, batch: Batch, steps: int, start: int) -> floa
     return statistics.median(times)
 
 
-def compare(learners: dict[str, Learner], batch: Batch, rounds: int, block: int,
-            rate: Callable[[], float] | None = None) -> tuple[dict[str, dict], list[float]]:
+def compare(
+    learners: dict[str, Learner], batch: Batch, rounds: int, block: int, rate: Callable[[], float] | None = None
+) -> tuple[dict[str, dict], list[float]]:
     """Each variant's median step time over ``rounds`` blocks of ``block`` steps, the variants'
     blocks alternating (order reversed each round), and the median of each round's speed ratio to
     the first variant. With ``rate`` (a function measuring the matrix rate), each round first
@@ -180,9 +182,14 @@ def compare(learners: dict[str, Learner], batch: Batch, rounds: int, block: int,
         for name in names if r % 2 == 0 else names[::-1]:
             blocks[name].append(step_seconds(learners[name], batch, block, 3 + r * block))
     first = names[0]
-    return {name: {"step_ms": statistics.median(blocks[name]) * 1e3, "blocks_ms": [s * 1e3 for s in blocks[name]],
-                  "speed_vs_first": statistics.median(a / b for a, b in zip(blocks[first], blocks[name], strict=True))}
-            for name in names}, rates  # fmt: skip
+    return {
+        name: {
+            "step_ms": statistics.median(blocks[name]) * 1e3,
+            "blocks_ms": [s * 1e3 for s in blocks[name]],
+            "speed_vs_first": statistics.median(a / b for a, b in zip(blocks[first], blocks[name], strict=True)),
+        }
+        for name in names
+    }, rates
 
 
 def paired_share(step_gflop: float, variant: dict, rates: list[float]) -> float | None:
@@ -190,25 +197,34 @@ def paired_share(step_gflop: float, variant: dict, rates: list[float]) -> float 
     (None without those rates)."""
     if not rates:
         return None
-    return statistics.median(step_gflop / (ms / 1e3) / rate
-                             for ms, rate in zip(variant["blocks_ms"], rates, strict=True))  # fmt: skip
+    return statistics.median(
+        step_gflop / (ms / 1e3) / rate for ms, rate in zip(variant["blocks_ms"], rates, strict=True)
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     isa_env = ISA_ENV.get(args.isa, {})
     if any(os.environ.get(k) != v for k, v in isa_env.items()):  # the kernels are chosen at start-up: start again
-        os.execve(sys.executable, [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])],
-                  {**os.environ, **isa_env})  # fmt: skip
+        os.execve(
+            sys.executable,
+            [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])],
+            {**os.environ, **isa_env},
+        )
     prefer_huge_pages()  # as train does, before the first tensor
     variants = args.variants.split(",") if args.variants else []
     if unknown := [v for v in variants if variant_parts(v) is None]:
-        raise UserError(f"unknown variant(s) {', '.join(unknown)}: each is eager or parts joined by + "
-                        f"({', '.join(VARIANT_PARTS)})")
+        raise UserError(
+            f"unknown variant(s) {', '.join(unknown)}: each is eager or parts joined by + ({', '.join(VARIANT_PARTS)})"
+        )
     device = setup_device("cpu")
     cfg = PRESETS["default"]
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=args.precision,
-                                                             batch_size=args.batch_size or cfg.train.batch_size))
+    cfg = dataclasses.replace(
+        cfg,
+        train=dataclasses.replace(
+            cfg.train, precision=args.precision, batch_size=args.batch_size or cfg.train.batch_size
+        ),
+    )
     dtype = autocast_dtype(cfg.train.precision, device)
     flops = flops_by_part(cfg)
     total_flops = sum(flops.values())
@@ -216,10 +232,12 @@ def main(argv: list[str] | None = None) -> dict:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join(["python", *sys.argv]) if argv is None else shlex.join(["profile_step.py", *argv]),
         "machine": {**machine_info(device), **describe_machine(device).to_dict()},
-        "isa": torch.backends.cpu.get_cpu_capability(), "precision": precision_name(dtype),
-        "batch": cfg.train.batch_size, "step_gflop": total_flops / 1e9,
+        "isa": torch.backends.cpu.get_cpu_capability(),
+        "precision": precision_name(dtype),
+        "batch": cfg.train.batch_size,
+        "step_gflop": total_flops / 1e9,
         "matmul_gflops": measure_matmul_rate(device, dtype or torch.float32),
-    }  # fmt: skip
+    }
     batches = training_batches(cfg, args.data_dir)
     batch = batches.batch_for(0)  # every step of every variant trains on this one batch
     say(f"profiling {args.profile_steps} steps")
@@ -227,13 +245,15 @@ def main(argv: list[str] | None = None) -> dict:
     ms = profile(eager, batch, args.profile_steps)
     if args.onednn:
         results["onednn"] = onednn_primitives(eager, batch, 3 + args.profile_steps)
-    results["parts"] = {part: {"ms": ms.get(part, 0.0), "gflop": flops.get(part, 0.0) / 1e9}
-                        for part in [*PARTS, "other"]}  # fmt: skip
+    results["parts"] = {
+        part: {"ms": ms.get(part, 0.0), "gflop": flops.get(part, 0.0) / 1e9} for part in [*PARTS, "other"]
+    }
     if variants:
         learners = {name: make_learner(cfg, name, batches.steps_per_epoch) for name in variants}
         yardstick = lambda: measure_matmul_rate(device, dtype or torch.float32, repeats=3)  # noqa: E731
-        results["variants"], results["rounds_matmul_gflops"] = compare(learners, batch, args.rounds, args.block,
-                                                                       yardstick)
+        results["variants"], results["rounds_matmul_gflops"] = compare(
+            learners, batch, args.rounds, args.block, yardstick
+        )
     table = markdown(results)
     write_results(args.out or RESULTS_DIR / "profile-step.json", results, table)
     print(table)
@@ -244,54 +264,86 @@ def markdown(results: dict) -> str:
     rate = results["matmul_gflops"]
     parts = results["parts"]
     step_ms = sum(p["ms"] for p in parts.values())
-    lines = [machine_line(results), f"`{results['command']}`", "",
-             f"kernels {results['isa']}, {results['precision']}; batch {results['batch']}, "
-             f"{results['step_gflop']:.1f} GFLOP a step; matrix rate {rate:.0f} GFLOP/s; the profiled step "
-             f"{step_ms:.1f} ms: {results['step_gflop'] / step_ms * 1e3 / rate:.0%} of the matrix rate", "",
-             "| part of the step | ms per step | share of the step | GFLOP | GFLOP/s | of the matrix rate |",
-             "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        machine_line(results),
+        f"`{results['command']}`",
+        "",
+        f"kernels {results['isa']}, {results['precision']}; batch {results['batch']}, "
+        f"{results['step_gflop']:.1f} GFLOP a step; matrix rate {rate:.0f} GFLOP/s; the profiled step "
+        f"{step_ms:.1f} ms: {results['step_gflop'] / step_ms * 1e3 / rate:.0%} of the matrix rate",
+        "",
+        "| part of the step | ms per step | share of the step | GFLOP | GFLOP/s | of the matrix rate |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for name, p in sorted(parts.items(), key=lambda kv: -kv[1]["ms"]):
         gflops = p["gflop"] / p["ms"] * 1e3 if p["ms"] and p["gflop"] else None
         speed = "-" if gflops is None else f"{gflops:.0f} | {gflops / rate:.0%}"
-        lines.append(f"| {name} | {p['ms']:.1f} | {p['ms'] / step_ms:.1%} | {p['gflop']:.2f} | "
-                     + (speed if gflops is not None else "- | -") + " |")  # fmt: skip
+        lines.append(
+            f"| {name} | {p['ms']:.1f} | {p['ms'] / step_ms:.1%} | {p['gflop']:.2f} | "
+            + (speed if gflops is not None else "- | -")
+            + " |"
+        )
     if results.get("onednn"):
         lines += ["", "| oneDNN in one eager step | calls | ms |", "|---|---:|---:|"]
         for kind, v in sorted(results["onednn"].items(), key=lambda kv: -kv[1]["ms"]):
             lines.append(f"| {kind} | {v['calls']:.0f} | {v['ms']:.1f} |")
     if results.get("variants"):
         first = next(iter(results["variants"]))
-        lines += ["", f"| variant | step ms (median of blocks) | images/s | of the matrix rate | of the rate beside it "
-                  f"| speed vs {first} |", "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+        lines += [
+            "",
+            f"| variant | step ms (median of blocks) | images/s | of the matrix rate | of the rate beside it "
+            f"| speed vs {first} |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
         for name, v in results["variants"].items():
             share = results["step_gflop"] / v["step_ms"] * 1e3 / rate
             paired = paired_share(results["step_gflop"], v, results.get("rounds_matmul_gflops", []))
-            lines.append(f"| {name} | {v['step_ms']:.1f} | {results['batch'] / v['step_ms'] * 1e3:.1f} | {share:.0%} | "
-                         f"{'-' if paired is None else f'{paired:.0%}'} | {v['speed_vs_first']:.3f}x |")  # fmt: skip
-        lines += ["", "Of the matrix rate: the median step against the rate measured at the start. Of the rate "
-                  "beside it: the median over rounds of each block's step against the rate measured in its round."]
+            lines.append(
+                f"| {name} | {v['step_ms']:.1f} | {results['batch'] / v['step_ms'] * 1e3:.1f} | {share:.0%} | "
+                f"{'-' if paired is None else f'{paired:.0%}'} | {v['speed_vs_first']:.3f}x |"
+            )
+        lines += [
+            "",
+            "Of the matrix rate: the median step against the rate measured at the start. Of the rate "
+            "beside it: the median over rounds of each block's step against the rate measured in its round.",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="the step's precision (auto: bf16 where the CPU has bf16 units)")
-    p.add_argument("--isa", choices=["native", *ISA_ENV], default="native",
-                   help="the instruction set the kernels may use (avx2: a CPU without AVX-512 or bf16)")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="the step's precision (auto: bf16 where the CPU has bf16 units)",
+    )
+    p.add_argument(
+        "--isa",
+        choices=["native", *ISA_ENV],
+        default="native",
+        help="the instruction set the kernels may use (avx2: a CPU without AVX-512 or bf16)",
+    )
     p.add_argument("--batch-size", type=int, default=0, help="training batch (0: the preset's, 64)")
     p.add_argument("--profile-steps", type=int, default=10, help="steps under the profiler")
-    p.add_argument("--variants", default="eager,compile,channels-last",
-                   help=f"variants to time against the first: eager, or parts joined by + ({', '.join(VARIANT_PARTS)}; "
-                        "no-norm leaves the GroupNorms out, a bound); empty: none")
+    p.add_argument(
+        "--variants",
+        default="eager,compile,channels-last",
+        help=f"variants to time against the first: eager, or parts joined by + ({', '.join(VARIANT_PARTS)}; "
+        "no-norm leaves the GroupNorms out, a bound); empty: none",
+    )
     p.add_argument("--rounds", type=int, default=6, help="blocks of steps per variant")
     p.add_argument("--block", type=int, default=10, help="steps per block")
-    p.add_argument("--onednn", action="store_true",
-                   help="also count oneDNN's primitives in one eager step (ONEDNN_VERBOSE): convolutions and the "
-                        "reorders between PyTorch's layout and oneDNN's")
+    p.add_argument(
+        "--onednn",
+        action="store_true",
+        help="also count oneDNN's primitives in one eager step (ONEDNN_VERBOSE): convolutions and the "
+        "reorders between PyTorch's layout and oneDNN's",
+    )
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    p.add_argument("--out", type=Path, help="the .json to write (a .md beside it); default "
-                   "benchmarks/results/profile-step.json")  # fmt: skip
+    p.add_argument(
+        "--out", type=Path, help="the .json to write (a .md beside it); default benchmarks/results/profile-step.json"
+    )
     return p.parse_args(argv)
 
 

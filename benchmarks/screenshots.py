@@ -23,17 +23,34 @@ from mnist_diffusion.runs.store import resolve_run
 
 WIDTHS = {"desktop": 1280, "phone": 390}
 TALL = 16000  # pixels: taller than any report, so one shot holds the whole page
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
-         "--disable-background-networking", "--host-resolver-rules=MAP * ~NOTFOUND"]  # fmt: skip
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--hide-scrollbars",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--host-resolver-rules=MAP * ~NOTFOUND",
+]
 
 
 def shoot(chromium: str, page: Path, width: int, out: Path) -> None:
     """``page`` drawn ``width`` pixels wide into ``out`` (PNG), cropped to what the page drew."""
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.png"
-        subprocess.run([chromium, *FLAGS, f"--user-data-dir={tmp}/profile", f"--window-size={width},{TALL}",
-                        f"--screenshot={raw}", page.resolve().as_uri()], check=True, capture_output=True,
-                       timeout=120)  # fmt: skip
+        subprocess.run(
+            [
+                chromium,
+                *FLAGS,
+                f"--user-data-dir={tmp}/profile",
+                f"--window-size={width},{TALL}",
+                f"--screenshot={raw}",
+                page.resolve().as_uri(),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         image = Image.open(raw).convert("RGB")
     background = Image.new("RGB", image.size, image.getpixel((image.width - 1, image.height - 1)))
     box = ImageChops.difference(image, background).getbbox()
@@ -45,8 +62,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--run", help="run folder, name or number (default: the latest)")
     p.add_argument("--artifacts-dir", type=Path, default=DEFAULT_ARTIFACTS_DIR)
-    p.add_argument("--out", type=Path, default=Path("docs"), help="folder for report-{desktop,phone}.png and "
-                   "index-{desktop,phone}.png")  # fmt: skip
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("docs"),
+        help="folder for report-{desktop,phone}.png and index-{desktop,phone}.png",
+    )
     args = p.parse_args()
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:

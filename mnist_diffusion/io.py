@@ -112,8 +112,14 @@ class NotReadable(UserError):
 
 def _kind(mode: int) -> str:
     """What a file that is not a regular file is, for an error message."""
-    kinds = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
-             (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket"))  # fmt: skip
+    kinds = (
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a device"),
+        (stat.S_ISBLK, "a device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
     return next((name for test, name in kinds if test(mode)), "a special file")
 
 
@@ -148,8 +154,7 @@ def open_regular(path: str | os.PathLike, *, follow_links: bool = False) -> Iter
         yield f, info.st_size
 
 
-def read_bounded(path: str | os.PathLike, max_bytes: int, what: str = "a file", *, follow_links: bool = False
-                 ) -> bytes:  # fmt: skip
+def read_bounded(path: str | os.PathLike, max_bytes: int, what: str = "a file", *, follow_links: bool = False) -> bytes:
     """The bytes of the regular file ``path`` (:func:`open_regular`), refused as a
     :class:`NotReadable` if it holds more than ``max_bytes`` (``what``, such as "a JSON file",
     names the kind of file in that message). A missing file raises ``FileNotFoundError``."""

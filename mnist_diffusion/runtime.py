@@ -193,7 +193,8 @@ class Machine:
         """ "AMD EPYC (2 cores, 2 threads; AVX2; no bf16 units)", or the GPU's description."""
         units = ", ".join(self.vector_units) or "no AVX"
         cpu = f"{self.cpu} ({self.cores} cores, {self.threads} threads; {units}; " + (
-            "bf16 units)" if self.bf16_units else "no bf16 units)")
+            "bf16 units)" if self.bf16_units else "no bf16 units)"
+        )
         return f"{self.gpu} (compute capability {self.capability}); CPU {cpu}" if self.gpu else cpu
 
 
@@ -210,8 +211,17 @@ def describe_machine(device: torch.device) -> Machine:
         gpu, capability = f"{props.name} ({props.total_memory / 2**30:.0f} GiB)", f"{props.major}.{props.minor}"
     elif device.type == "mps":
         gpu = "Apple GPU (MPS)"
-    return Machine(device.type, _cpu_model(), units, cpu_has_bf16(), _usable_cores(), torch.get_num_threads(), gpu,
-                   capability, git_commit())  # fmt: skip
+    return Machine(
+        device.type,
+        _cpu_model(),
+        units,
+        cpu_has_bf16(),
+        _usable_cores(),
+        torch.get_num_threads(),
+        gpu,
+        capability,
+        git_commit(),
+    )
 
 
 CHECKOUT = Path(__file__).resolve().parents[1]  # the repository, when the package runs from a git checkout
@@ -224,8 +234,9 @@ def git_commit(root: Path = CHECKOUT) -> str | None:
         return None
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
-                              check=True).stdout.strip()  # fmt: skip
+        return subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
 
     try:
         commit = git("rev-parse", "--short", "HEAD")
@@ -268,8 +279,9 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def measure_matmul_rate(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048,
-                        repeats: int = 6) -> float:  # fmt: skip
+def measure_matmul_rate(
+    device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 6
+) -> float:
     """The measured rate, in GFLOP/s, of an n x n matrix product in ``dtype`` on ``device``: the
     yardstick the training step's speed is given against. What the machine can do, so the fastest
     of ``repeats`` timed products: on a shared host a median of a few still catches a stall."""

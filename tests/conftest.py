@@ -70,8 +70,9 @@ def tiny_run(tmp_path_factory, data_dir) -> tuple[Path, Path]:
     from mnist_diffusion.cli import app
 
     artifacts = tmp_path_factory.mktemp("tiny-run")
-    result = CliRunner().invoke(app, ["train", *TINY_FLAGS, "--max-steps", "4", "--data-dir", str(data_dir),
-                                      "--artifacts-dir", str(artifacts)])  # fmt: skip
+    result = CliRunner().invoke(
+        app, ["train", *TINY_FLAGS, "--max-steps", "4", "--data-dir", str(data_dir), "--artifacts-dir", str(artifacts)]
+    )
     assert result.exit_code == 0, result.output
     (run_dir,) = (artifacts / "runs").iterdir()
     assert (run_dir / "model.safetensors").is_file()

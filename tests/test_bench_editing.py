@@ -17,11 +17,36 @@ def test_bench_editing_end_to_end(tmp_path, data_dir, tiny_run):
     readme = tmp_path / "README.md"
     readme.write_text("before\n<!-- bench:editing:start -->\nold\n<!-- bench:editing:end -->\nafter\n")
     cmd = [
-        sys.executable, str(ROOT / "benchmarks" / "bench_editing.py"), "--artifacts-dir", str(artifacts),
-        "--data-dir", str(data_dir), "--device", "cpu", "--n", "6", "--n-invert", "3", "--masks", "left,center",
-        "--steps", "4", "--jumps", "2", "--resample", "2", "--invert-steps", "4,10,100", "--batch-size", "4",
-        "--out", str(out), "--readme", str(readme), "--no-progress",
-    ]  # fmt: skip
+        sys.executable,
+        str(ROOT / "benchmarks" / "bench_editing.py"),
+        "--artifacts-dir",
+        str(artifacts),
+        "--data-dir",
+        str(data_dir),
+        "--device",
+        "cpu",
+        "--n",
+        "6",
+        "--n-invert",
+        "3",
+        "--masks",
+        "left,center",
+        "--steps",
+        "4",
+        "--jumps",
+        "2",
+        "--resample",
+        "2",
+        "--invert-steps",
+        "4,10,100",
+        "--batch-size",
+        "4",
+        "--out",
+        str(out),
+        "--readme",
+        str(readme),
+        "--no-progress",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)  # a hang guard, not a speed test
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -18,10 +18,18 @@ def test_plan_runs_ddpm_once_at_t_and_uses_n_1000_for_full_length_rows():
     plan = bs.plan_rows(["ddpm", "ddim", "dpmpp-2m"], [10, 20, 1000], 1000, n=10_000, n_1000=2000)
     rows = {(r.sampler, r.evaluations, r.n) for r in plan}
     assert rows == {
-        ("ddpm", 1000, 2000), ("ddim", 1000, 2000), ("dpmpp-2m", 1000, 2000),
-        ("ddim", 10, 10_000), ("ddim", 20, 10_000), ("dpmpp-2m", 10, 10_000), ("dpmpp-2m", 20, 10_000),
-        ("ddim", 10, 2000), ("ddim", 20, 2000), ("dpmpp-2m", 10, 2000), ("dpmpp-2m", 20, 2000),  # vs DDPM
-    }  # fmt: skip
+        ("ddpm", 1000, 2000),
+        ("ddim", 1000, 2000),
+        ("dpmpp-2m", 1000, 2000),
+        ("ddim", 10, 10_000),
+        ("ddim", 20, 10_000),
+        ("dpmpp-2m", 10, 10_000),
+        ("dpmpp-2m", 20, 10_000),
+        ("ddim", 10, 2000),
+        ("ddim", 20, 2000),
+        ("dpmpp-2m", 10, 2000),
+        ("dpmpp-2m", 20, 2000),  # vs DDPM
+    }
     costs = [r.evaluations * r.n for r in plan]
     assert costs == sorted(costs)  # cheapest first
 
@@ -39,8 +47,14 @@ def test_ratios_targets_and_recommendation_stay_within_one_n():
     def row(sampler, evaluations, n, fid):
         return {"sampler": sampler, "evaluations": evaluations, "n": n, "fid": fid}
 
-    rows = [row("ddpm", 1000, 100, 10.0), row("dpmpp-2m", 10, 100, 12.5), row("dpmpp-2m", 20, 100, 11.5),
-            row("ddim", 50, 100, 10.5), row("dpmpp-2m", 20, 500, 4.0), row("ddim", 10, 500, 9.0)]  # fmt: skip
+    rows = [
+        row("ddpm", 1000, 100, 10.0),
+        row("dpmpp-2m", 10, 100, 12.5),
+        row("dpmpp-2m", 20, 100, 11.5),
+        row("ddim", 50, 100, 10.5),
+        row("dpmpp-2m", 20, 500, 4.0),
+        row("ddim", 10, 500, 9.0),
+    ]
     bs.compare_with_ddpm(rows)
     ddpm, d10, d20, ddim50, d20_big, _ = rows
     assert ddpm["fid_vs_ddpm"] == 1.0 and ddpm["meets_target"] is None
@@ -62,8 +76,9 @@ def test_output_paths_keep_dots_in_the_stem():
 
 def test_guidance_label_names_every_guidance_used():
     def label(auto=1.0, labels=1.0, clusters=1.0):
-        return bs.guidance_label({"settings": {"sampling": {"guidance": dict(auto=auto, labels=labels,
-                                                                             clusters=clusters)}}})  # fmt: skip
+        return bs.guidance_label(
+            {"settings": {"sampling": {"guidance": dict(auto=auto, labels=labels, clusters=clusters)}}}
+        )
 
     assert label(auto=2.0, clusters=1.6) == "autoguidance 2 + cluster guidance 1.6"  # the default preset
     assert label(auto=2.0) == "autoguidance 2"
@@ -77,11 +92,30 @@ def test_bench_samplers_end_to_end(tmp_path, data_dir, tiny_run):
     readme = tmp_path / "README.md"
     readme.write_text("before\n<!-- bench:samplers:start -->\nold\n<!-- bench:samplers:end -->\nafter\n")
     cmd = [
-        sys.executable, str(ROOT / "benchmarks" / "bench_samplers.py"), "--artifacts-dir", str(artifacts),
-        "--cluster-guidance", "1",
-        "--data-dir", str(data_dir), "--device", "cpu", "--n", "20", "--n-1000", "12", "--evaluations", "2,5,100",
-        "--batch-size", "8", "--out", str(out), "--readme", str(readme), "--no-progress",
-    ]  # fmt: skip
+        sys.executable,
+        str(ROOT / "benchmarks" / "bench_samplers.py"),
+        "--artifacts-dir",
+        str(artifacts),
+        "--cluster-guidance",
+        "1",
+        "--data-dir",
+        str(data_dir),
+        "--device",
+        "cpu",
+        "--n",
+        "20",
+        "--n-1000",
+        "12",
+        "--evaluations",
+        "2,5,100",
+        "--batch-size",
+        "8",
+        "--out",
+        str(out),
+        "--readme",
+        str(readme),
+        "--no-progress",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)  # a hang guard, not a speed test
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -98,7 +98,6 @@ def test_bench_speed_writes_json_and_table(tmp_path, data_dir):
     assert "old" not in text and "| default | 8 |" in text
 
 
-
 def test_checkpoints_per_run_counts_the_saves_of_the_run_plan():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import bench_speed
@@ -110,8 +109,13 @@ def test_checkpoints_per_run_counts_the_saves_of_the_run_plan():
     assert bench_speed.checkpoints_per_run(plan) == 4  # before step 1, after steps 64, 128 and 150
     stopped_early = StepPlan(steps_per_epoch=64, total_steps=150, stop_step=100, guide_step=-1, check_every=1)
     assert bench_speed.checkpoints_per_run(stopped_early) == 3  # before step 1, after steps 64 and 100
-    long = StepPlan(steps_per_epoch=CHECKPOINT_EVERY + 1, total_steps=3 * CHECKPOINT_EVERY, guide_step=-1,
-                    stop_step=3 * CHECKPOINT_EVERY, check_every=1)  # fmt: skip
+    long = StepPlan(
+        steps_per_epoch=CHECKPOINT_EVERY + 1,
+        total_steps=3 * CHECKPOINT_EVERY,
+        guide_step=-1,
+        stop_step=3 * CHECKPOINT_EVERY,
+        check_every=1,
+    )
     # before step 1; every CHECKPOINT_EVERY steps (the third is the last step); the epochs' ends, 2 of them
     assert bench_speed.checkpoints_per_run(long) == 1 + 3 + 2
 
@@ -121,10 +125,10 @@ def test_benchmarks_share_helpers_through_common_alone():
     assert "common" in scripts
     for path in (ROOT / "benchmarks").glob("*.py"):
         tree = ast.parse(path.read_text())
-        imported = {a.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-                    for a in node.names}  # fmt: skip
-        imported |= {node.module.split(".")[0] for node in ast.walk(tree)
-                     if isinstance(node, ast.ImportFrom) and node.module}  # fmt: skip
+        imported = {a.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+        imported |= {
+            node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+        }
         assert imported & scripts <= {"common"}, f"{path.name} imports {sorted(imported & scripts - {'common'})}"
 
 
@@ -150,22 +154,43 @@ def test_bench_cpu_variants_and_table(monkeypatch):
     assert bench_cpu.variant_env("jemalloc", 2) is None  # not installed: skipped
 
     def run(wall, rate, gflops=100.0):
-        return {"threads": 2, "matmul_gflops": gflops, "peak_rss_mib": 1000.0, "precision": "fp32", "isa": "AVX2",
-                "huge_pages_mib": [0.0, 512.0], "sample": {"wall_s": wall, "sys_s": wall / 10},
-                "train": {"images_per_sec": rate}}  # fmt: skip
+        return {
+            "threads": 2,
+            "matmul_gflops": gflops,
+            "peak_rss_mib": 1000.0,
+            "precision": "fp32",
+            "isa": "AVX2",
+            "huge_pages_mib": [0.0, 512.0],
+            "sample": {"wall_s": wall, "sys_s": wall / 10},
+            "train": {"images_per_sec": rate},
+        }
 
-    results = {"machine": {"device": "cpu", "cpu": "x", "cores": 2, "torch_threads": 2, "gpu": None, "torch": "2",
-                           "mnist_diffusion": "0", "git_commit": None},
-               "date": "d", "command": "c", "step_mflop_per_image": 400.0,
-               "variants": {"default": run(100.0, 100.0), "tuned": run(50.0, 125.0)}}  # fmt: skip
+    results = {
+        "machine": {
+            "device": "cpu",
+            "cpu": "x",
+            "cores": 2,
+            "torch_threads": 2,
+            "gpu": None,
+            "torch": "2",
+            "mnist_diffusion": "0",
+            "git_commit": None,
+        },
+        "date": "d",
+        "command": "c",
+        "step_mflop_per_image": 400.0,
+        "variants": {"default": run(100.0, 100.0), "tuned": run(50.0, 125.0)},
+    }
     table = bench_cpu.markdown(results)
     assert "| tuned | 2 | 50.0 | 10% | 2.00x | 125.0 | 50% | 1.25x | 0 / 512 | 1000 |" in table
     assert "matrix rate (GFLOP/s), measured in the children: fp32 100; kernels: AVX2;" in table
     # Three rounds: medians per variant, and each round's ratio to the first variant, whose median
     # is not the ratio of the medians when the host's pace moves between rounds.
-    rounds = [{"default": run(100.0, 100.0), "tuned": run(50.0, 110.0)},
-              {"default": run(200.0, 50.0, gflops=50.0), "tuned": run(150.0, 60.0)},
-              {"default": run(100.0, 100.0), "tuned": run(80.0, 130.0)}]  # fmt: skip
+    rounds = [
+        {"default": run(100.0, 100.0), "tuned": run(50.0, 110.0)},
+        {"default": run(200.0, 50.0, gflops=50.0), "tuned": run(150.0, 60.0)},
+        {"default": run(100.0, 100.0), "tuned": run(80.0, 130.0)},
+    ]
     summary = bench_cpu.summarize(rounds)
     assert summary["tuned"]["train"]["images_per_sec"] == 110.0 and summary["tuned"]["sample"]["wall_s"] == 80.0
     assert summary["default"]["matmul_gflops"] == 100.0 and summary["tuned"]["runs"] == 3
@@ -209,9 +234,29 @@ def test_profile_step_parts_flops_and_variants(tmp_path, data_dir):
     assert any(isinstance(m, torch.nn.GroupNorm) for m in build_model(cfg.model).modules())  # left as it was
 
     out = tmp_path / "profile.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "profile_step.py"), "--data-dir", str(data_dir),
-           "--batch-size", "8", "--profile-steps", "2", "--variants", "eager,channels-last,no-norm", "--rounds", "2",
-           "--block", "1", "--precision", "fp32", "--isa", "avx2", "--onednn", "--out", str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "profile_step.py"),
+        "--data-dir",
+        str(data_dir),
+        "--batch-size",
+        "8",
+        "--profile-steps",
+        "2",
+        "--variants",
+        "eager,channels-last,no-norm",
+        "--rounds",
+        "2",
+        "--block",
+        "1",
+        "--precision",
+        "fp32",
+        "--isa",
+        "avx2",
+        "--onednn",
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)  # a hang guard, not a speed test
     assert proc.returncode == 0, proc.stderr[-3000:]

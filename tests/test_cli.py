@@ -109,8 +109,21 @@ def test_sample_trajectory_of_several_batches(trained, tmp_path):
     # 6 samples in batches of 5: the trajectory shows the first batch's first samples only
     artifacts, run_dir = trained
     traj = tmp_path / "traj.png"
-    result = invoke("sample", "--run", run_dir, "-n", 6, "--batch-size", 5, "--steps", 5, "-o", tmp_path / "g.png",
-                    "--trajectory", traj)  # fmt: skip
+    result = invoke(
+        "sample",
+        "--run",
+        run_dir,
+        "-n",
+        6,
+        "--batch-size",
+        5,
+        "--steps",
+        5,
+        "-o",
+        tmp_path / "g.png",
+        "--trajectory",
+        traj,
+    )
     assert result.exit_code == 0, result.output
     assert Image.open(traj).format == "PNG"
 
@@ -124,8 +137,9 @@ def test_runs_lists_the_run(trained):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="huge pages are asked for on Linux only")
-@pytest.mark.parametrize("command, allocator, asked", [("train", None, "1"), ("train", "system", None),
-                                                       ("sample", None, None)])  # fmt: skip
+@pytest.mark.parametrize(
+    "command, allocator, asked", [("train", None, "1"), ("train", "system", None), ("sample", None, None)]
+)
 def test_train_asks_for_huge_pages_before_its_work(monkeypatch, tmp_path, command, allocator, asked):
     """train sets THP_MEM_ALLOC_ENABLE before anything else (torch reads it once, at its first CPU
     allocation, which --resume makes before the device is set up); sampling gains nothing from huge
@@ -302,8 +316,21 @@ def test_ctrl_c_saves_checkpoint_and_the_printed_command_finishes_the_run(tmp_pa
     whose command, as printed, continues the run in place to its planned end."""
     artifacts = tmp_path / "artifacts"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "mnist_diffusion", "train", *TINY, "--epochs", "20", "--max-steps", "40",
-           "--data-dir", str(data_dir), "--artifacts-dir", str(artifacts)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "mnist_diffusion",
+        "train",
+        *TINY,
+        "--epochs",
+        "20",
+        "--max-steps",
+        "40",
+        "--data-dir",
+        str(data_dir),
+        "--artifacts-dir",
+        str(artifacts),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 120  # a hang guard
     while time.time() < deadline and not list(artifacts.glob("runs/*/checkpoint.json")):
@@ -416,8 +443,21 @@ def test_sample_precision(trained, tmp_path):
     out = {}
     for name, precision in (("a", "fp32"), ("b", "fp32"), ("c", "bf16")):
         out[name] = tmp_path / f"{name}.safetensors"
-        result = invoke("sample", "--artifacts-dir", artifacts, "-n", 3, "-o", tmp_path / "g.png", "--steps", 3,
-                        "--precision", precision, "--save-tensor", out[name])  # fmt: skip
+        result = invoke(
+            "sample",
+            "--artifacts-dir",
+            artifacts,
+            "-n",
+            3,
+            "-o",
+            tmp_path / "g.png",
+            "--steps",
+            3,
+            "--precision",
+            precision,
+            "--save-tensor",
+            out[name],
+        )
         assert result.exit_code == 0, result.output
     a, b, c = (load_file(out[k])["samples"] for k in "abc")
     assert torch.equal(a, b) and not torch.equal(a, c)
@@ -429,17 +469,20 @@ def test_sample_precision(trained, tmp_path):
 def test_guidance_on_a_run_without_a_guide(data_dir, tmp_path):
     # --clusters 0 and 4 steps, before guide_at (20% of training): no guide.safetensors and no clusters
     artifacts = tmp_path / "artifacts"
-    result = invoke("train", *TINY, "--clusters", 0, "--max-steps", 4, "--data-dir", data_dir, "--artifacts-dir",
-                    artifacts)  # fmt: skip
+    result = invoke(
+        "train", *TINY, "--clusters", 0, "--max-steps", 4, "--data-dir", data_dir, "--artifacts-dir", artifacts
+    )
     assert result.exit_code == 0, result.output
     (run_dir,) = (artifacts / "runs").iterdir()
     assert not (run_dir / "guide.safetensors").exists() and not (run_dir / "clusters.safetensors").exists()
     out = tmp_path / "g.png"
     sample = ["sample", "--artifacts-dir", artifacts, "-n", 2, "-o", out, "--steps", 2]
-    for flag, needle in (("--autoguidance", "--autoguidance needs a run with a guide"),
-                         ("--label-guidance", "--label-guidance needs a run trained on digit labels"),
-                         ("--cluster-guidance", "--cluster-guidance needs a run trained on pixel clusters"),
-                         ("--guidance", "--autoguidance needs a run with a guide")):  # fmt: skip
+    for flag, needle in (
+        ("--autoguidance", "--autoguidance needs a run with a guide"),
+        ("--label-guidance", "--label-guidance needs a run trained on digit labels"),
+        ("--cluster-guidance", "--cluster-guidance needs a run trained on pixel clusters"),
+        ("--guidance", "--autoguidance needs a run with a guide"),
+    ):
         assert_one_line_error(invoke(*sample, flag, 3), needle)
     for flag in ("--autoguidance", "--label-guidance", "--cluster-guidance", "--guidance"):
         result = invoke(*sample, flag, 1)  # 1: off, which every run can do
@@ -457,8 +500,23 @@ def test_autoguidance_by_the_runs_guide(trained, data_dir, tmp_path):
     paths = {}
     for w in (1, 2):  # a guide equal to the model: autoguidance changes nothing
         paths[w] = tmp_path / f"w{w}.safetensors"
-        result = invoke("sample", "--run", run, "-n", 3, "-o", tmp_path / "g.png", "--steps", 3, "--autoguidance", w,
-                        "--precision", "fp32", "--save-tensor", paths[w])  # fmt: skip
+        result = invoke(
+            "sample",
+            "--run",
+            run,
+            "-n",
+            3,
+            "-o",
+            tmp_path / "g.png",
+            "--steps",
+            3,
+            "--autoguidance",
+            w,
+            "--precision",
+            "fp32",
+            "--save-tensor",
+            paths[w],
+        )
         assert result.exit_code == 0, result.output
     # Not bit for bit: w = 2 runs the guide on a batch of another shape than the model's, and some
     # CPUs' kernels round those differently. A wrong formula moves the pixels by far more than 1e-4.
@@ -466,12 +524,28 @@ def test_autoguidance_by_the_runs_guide(trained, data_dir, tmp_path):
     torch.testing.assert_close(guided, unguided, rtol=0, atol=1e-4)
     noisy = {k: v + 0.05 * torch.randn_like(v) for k, v in weights.items()}
     save_tensors(run / "guide.safetensors", noisy, weights_metadata(load_config(run)))
-    for name, flags in (("default", []), ("w2", ["--autoguidance", 2, "--cluster-guidance", 1.6]),
-                        ("w1", ["--autoguidance", 1]), ("s1", ["--cluster-guidance", 1]),
-                        ("legacy", ["--guidance", 1])):  # fmt: skip
+    for name, flags in (
+        ("default", []),
+        ("w2", ["--autoguidance", 2, "--cluster-guidance", 1.6]),
+        ("w1", ["--autoguidance", 1]),
+        ("s1", ["--cluster-guidance", 1]),
+        ("legacy", ["--guidance", 1]),
+    ):
         paths[name] = tmp_path / f"{name}.safetensors"
-        result = invoke("sample", "--run", run, "-n", 3, "-o", tmp_path / "g.png", "--steps", 3, *flags,
-                        "--save-tensor", paths[name])  # fmt: skip
+        result = invoke(
+            "sample",
+            "--run",
+            run,
+            "-n",
+            3,
+            "-o",
+            tmp_path / "g.png",
+            "--steps",
+            3,
+            *flags,
+            "--save-tensor",
+            paths[name],
+        )
         assert result.exit_code == 0, result.output
     samples = {name: load_file(path)["samples"] for name, path in paths.items() if isinstance(name, str)}
     assert torch.equal(samples["default"], samples["w2"])  # the defaults are 2 and 1.6
@@ -479,8 +553,11 @@ def test_autoguidance_by_the_runs_guide(trained, data_dir, tmp_path):
     assert torch.equal(samples["legacy"], samples["w1"])  # the deprecated --guidance is autoguidance here
     legacy = invoke("sample", "--run", run, "-n", 1, "-o", tmp_path / "g.png", "--steps", 1, "--guidance", 1)
     assert "--guidance is deprecated" in " ".join(legacy.output.split()) and "--autoguidance" in legacy.output
-    result = runner.invoke(app, ["eval", "--run", str(run), "-n", "20", "--steps", "2", "--data-dir", str(data_dir),
-                                 "--device", "cpu"], terminal_width=200)  # fmt: skip
+    result = runner.invoke(
+        app,
+        ["eval", "--run", str(run), "-n", "20", "--steps", "2", "--data-dir", str(data_dir), "--device", "cpu"],
+        terminal_width=200,
+    )
     assert result.exit_code == 0, result.output
     caption = " ".join(result.output.split())
     assert "spacing 0.4, autoguidance 2 + cluster guidance 1.6, seed 0" in caption  # the table's caption
@@ -490,8 +567,20 @@ def test_autoguidance_by_the_runs_guide(trained, data_dir, tmp_path):
 
 
 def test_train_warns_when_the_schedule_does_not_reach_pure_noise(data_dir, tmp_path):
-    args = ["--channels", "8", "--batch-size", "16", "--max-steps", 1, "--grid", 0, "--data-dir", data_dir,
-            "--artifacts-dir", tmp_path]  # fmt: skip
+    args = [
+        "--channels",
+        "8",
+        "--batch-size",
+        "16",
+        "--max-steps",
+        1,
+        "--grid",
+        0,
+        "--data-dir",
+        data_dir,
+        "--artifacts-dir",
+        tmp_path,
+    ]
     noisy = invoke("train", *args, "--schedule", "linear", "--timesteps", 300)
     assert noisy.exit_code == 0, noisy.output
     assert "warning" in noisy.output and "0.22" in noisy.output
@@ -510,14 +599,27 @@ def test_clustered_run_draws_its_clusters_and_guides_with_them(data_dir, tmp_pat
     paths = {}
     for name, extra in (("a", []), ("b", []), ("w1", ["--cluster-guidance", 1])):
         paths[name] = tmp_path / f"{name}.safetensors"
-        result = invoke("sample", "--artifacts-dir", artifacts, "-n", 6, "-o", tmp_path / "g.png", "--steps", 2,
-                        "--save-tensor", paths[name], *extra)  # fmt: skip
+        result = invoke(
+            "sample",
+            "--artifacts-dir",
+            artifacts,
+            "-n",
+            6,
+            "-o",
+            tmp_path / "g.png",
+            "--steps",
+            2,
+            "--save-tensor",
+            paths[name],
+            *extra,
+        )
         assert result.exit_code == 0, result.output
     samples = {name: load_file(path)["samples"] for name, path in paths.items()}
     assert torch.equal(samples["a"], samples["b"]) and not torch.equal(samples["a"], samples["w1"])
     assert_one_line_error(invoke("sample", "--artifacts-dir", artifacts, "--digit", 3), "class-conditional")
-    result = runner.invoke(app, ["eval", "-n", "20", "--steps", "2", "--device", "cpu", *map(str, flags)],
-                           terminal_width=200)  # fmt: skip
+    result = runner.invoke(
+        app, ["eval", "-n", "20", "--steps", "2", "--device", "cpu", *map(str, flags)], terminal_width=200
+    )
     assert result.exit_code == 0, result.output
     assert "spacing 0.4, cluster guidance 1.6, seed 0" in " ".join(result.output.split())
     sampling = json.loads((run_dir / "eval.json").read_text())["sampling"]
@@ -543,8 +645,9 @@ def test_clustered_run_draws_its_clusters_and_guides_with_them(data_dir, tmp_pat
 
 
 def test_conditional_and_clusters_together(tmp_path, data_dir):
-    result = invoke("train", *TINY, "--conditional", "--clusters", 4, "--data-dir", data_dir,
-                    "--artifacts-dir", tmp_path)  # fmt: skip
+    result = invoke(
+        "train", *TINY, "--conditional", "--clusters", 4, "--data-dir", data_dir, "--artifacts-dir", tmp_path
+    )
     assert_one_line_error(result, "--clusters")
 
 
@@ -587,8 +690,21 @@ def test_the_largest_seed_samples_and_interpolates(trained, tmp_path):
 
 
 def test_a_large_seed_trains_whose_derived_seeds_overflowed(data_dir, tmp_path):
-    result = invoke("train", *TINY, "--seed", 20_000_000_000_000, "--max-steps", 2, "--grid", 0, "--no-compile",
-                    "--data-dir", data_dir, "--artifacts-dir", tmp_path)  # fmt: skip
+    result = invoke(
+        "train",
+        *TINY,
+        "--seed",
+        20_000_000_000_000,
+        "--max-steps",
+        2,
+        "--grid",
+        0,
+        "--no-compile",
+        "--data-dir",
+        data_dir,
+        "--artifacts-dir",
+        tmp_path,
+    )
     assert result.exit_code == 0, result.output
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert load_config(run_dir).train.seed == 20_000_000_000_000
@@ -596,14 +712,20 @@ def test_a_large_seed_trains_whose_derived_seeds_overflowed(data_dir, tmp_path):
 
 @pytest.mark.parametrize(
     "flags,needle",
-    [(["--lr", "inf"], "lr must be a finite number"), (["--lr", "nan"], "lr must be a finite number"),
-     (["--guide-at", "nan"], "guide_at must be a finite number"),
-     (["--channels", 8_000_000], "would need about"), (["--channel-mult", f"1,2,{2**40}"], "would need about"),
-     (["--timesteps", 10_000_000_000_000], "timesteps must be at most 100,000"),
-     (["--batch-size", 10**12], "would need about"), (["--epochs", 10**15], "epochs must be at most"),
-     (["--max-steps", 2**41], "at most 2^40"), (["--grid", 10**14], "--grid 100000000000000 would need about"),
-     (["--eval-every", 1, "--eval-samples", 10**14], "--eval-samples 100000000000000 would need about")],
-)  # fmt: skip
+    [
+        (["--lr", "inf"], "lr must be a finite number"),
+        (["--lr", "nan"], "lr must be a finite number"),
+        (["--guide-at", "nan"], "guide_at must be a finite number"),
+        (["--channels", 8_000_000], "would need about"),
+        (["--channel-mult", f"1,2,{2**40}"], "would need about"),
+        (["--timesteps", 10_000_000_000_000], "timesteps must be at most 100,000"),
+        (["--batch-size", 10**12], "would need about"),
+        (["--epochs", 10**15], "epochs must be at most"),
+        (["--max-steps", 2**41], "at most 2^40"),
+        (["--grid", 10**14], "--grid 100000000000000 would need about"),
+        (["--eval-every", 1, "--eval-samples", 10**14], "--eval-samples 100000000000000 would need about"),
+    ],
+)
 def test_train_refuses_a_number_it_cannot_use_before_any_work(flags, needle, data_dir, tmp_path):
     result = invoke("train", *TINY, *flags, "--data-dir", data_dir, "--artifacts-dir", tmp_path / "artifacts")
     assert_one_line_error(result, needle)
@@ -612,25 +734,33 @@ def test_train_refuses_a_number_it_cannot_use_before_any_work(flags, needle, dat
 
 @pytest.mark.parametrize(
     "command,needle",
-    [(["sample", "-n", 10**12], "-n 1000000000000 would need about"),
-     (["sample", "-n", 10**7, "--scale", 16], "use a smaller -n"),
-     (["sample", "--steps", 10**13], "--steps must be between 1 and 100,000"),
-     (["sample", "--init", "DRAWING", "--strength", "nan"], "--strength must be in (0, 1]"),
-     (["eval", "-n", 10**12], "-n 1000000000000 would need about"),
-     (["interpolate", "--frames", 10**12], "--frames 1000000000000 would need about"),
-     (["inpaint", "--test-index", "0,1", "-n", 10**12], "-n 1000000000000 (2,000,000,000,000 digits) would need"),
-     (["inpaint", "--test-index", 0, "--resample", 10**8], "more than 1,000,000"),
-     (["inpaint", "--test-index", 0, "--jumps", 0], "--jumps and --resample must be at least 1"),
-     (["visualize-forward", "--timesteps", 10**13], "timesteps must be at most 100,000")],
-)  # fmt: skip
-def test_sampling_commands_refuse_a_count_too_large_for_memory_before_any_work(command, needle, trained, data_dir,
-                                                                              tmp_path):  # fmt: skip
+    [
+        (["sample", "-n", 10**12], "-n 1000000000000 would need about"),
+        (["sample", "-n", 10**7, "--scale", 16], "use a smaller -n"),
+        (["sample", "--steps", 10**13], "--steps must be between 1 and 100,000"),
+        (["sample", "--init", "DRAWING", "--strength", "nan"], "--strength must be in (0, 1]"),
+        (["eval", "-n", 10**12], "-n 1000000000000 would need about"),
+        (["interpolate", "--frames", 10**12], "--frames 1000000000000 would need about"),
+        (["inpaint", "--test-index", "0,1", "-n", 10**12], "-n 1000000000000 (2,000,000,000,000 digits) would need"),
+        (["inpaint", "--test-index", 0, "--resample", 10**8], "more than 1,000,000"),
+        (["inpaint", "--test-index", 0, "--jumps", 0], "--jumps and --resample must be at least 1"),
+        (["visualize-forward", "--timesteps", 10**13], "timesteps must be at most 100,000"),
+    ],
+)
+def test_sampling_commands_refuse_a_count_too_large_for_memory_before_any_work(
+    command, needle, trained, data_dir, tmp_path
+):
     drawing = tmp_path / "drawing.png"
     Image.new("L", (28, 28), 128).save(drawing)
     command = [str(drawing) if part == "DRAWING" else part for part in command]
     run, data, out = ["--artifacts-dir", trained[0]], ["--data-dir", data_dir], ["-o", tmp_path / "out.png"]
-    where = {"sample": run + out, "interpolate": run + out, "eval": run + data, "inpaint": run + data + out,
-             "visualize-forward": data + out}[command[0]]  # fmt: skip
+    where = {
+        "sample": run + out,
+        "interpolate": run + out,
+        "eval": run + data,
+        "inpaint": run + data + out,
+        "visualize-forward": data + out,
+    }[command[0]]
     result = invoke(*command, *where)
     assert_one_line_error(result, needle)
     assert not (tmp_path / "out.png").exists()
@@ -642,10 +772,12 @@ def test_an_allocation_failure_is_one_error_line():
     failures = {
         "python": MemoryError(),
         "cuda": torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB (GPU 0; 79 GiB total)"),
-        "cpu": RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
-                            "memory: you tried to allocate 800000000000000 bytes. Error code 12"),
+        "cpu": RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+            "memory: you tried to allocate 800000000000000 bytes. Error code 12"
+        ),
         "other": RuntimeError("mat1 and mat2 shapes cannot be multiplied"),
-    }  # fmt: skip
+    }
     from mnist_diffusion.cli.app import user_errors
 
     def command(kind: str):

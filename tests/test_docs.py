@@ -43,8 +43,7 @@ def anchors(path: Path) -> set[str]:
 
 
 def relative_links() -> list[tuple[Path, str, str]]:
-    return [(doc, text, target) for doc in DOCUMENTS for text, target in links(doc)
-            if not re.match(r"[a-z]+:", target)]  # fmt: skip
+    return [(doc, text, target) for doc in DOCUMENTS for text, target in links(doc) if not re.match(r"[a-z]+:", target)]
 
 
 def test_documents_are_found():
@@ -69,8 +68,11 @@ def test_relative_links_lead_to_files_and_headings(doc):
 
 
 def test_how_it_works_cites_functions_that_exist():
-    cited = [(text.strip("`").removesuffix("()"), target) for text, target in links(HOW_IT_WORKS)
-             if target.partition("#")[0].endswith(".py")]  # fmt: skip
+    cited = [
+        (text.strip("`").removesuffix("()"), target)
+        for text, target in links(HOW_IT_WORKS)
+        if target.partition("#")[0].endswith(".py")
+    ]
     assert len(cited) >= 15, cited  # the page links the code section by section
     wrong = []
     for name, target in cited:

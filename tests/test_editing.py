@@ -85,15 +85,24 @@ def gaussian_samples(n: int, seed: int = 0) -> torch.Tensor:
 
 def test_a_sampler_started_at_the_top_is_plain_sampling_and_walks_only_the_timesteps_below():
     denoiser, shape = gaussian(), (5, 1, 2, 2)
-    for run in (lambda **kw: ddim_sample(denoiser, shape, steps=8, spacing=0.5, eta=0.5, **kw),
-                lambda **kw: dpmpp_2m_sample(denoiser, shape, steps=8, sde=True, **kw)):  # fmt: skip
+    for run in (
+        lambda **kw: ddim_sample(denoiser, shape, steps=8, spacing=0.5, eta=0.5, **kw),
+        lambda **kw: dpmpp_2m_sample(denoiser, shape, steps=8, sde=True, **kw),
+    ):
         plain = run(generator=torch.Generator().manual_seed(4))
         g = torch.Generator().manual_seed(4)
         x_top = torch.randn(shape, generator=g)  # what the sampler draws first; its noise then comes from g
         assert torch.equal(run(generator=g, start=Start(x_top, 999)), plain)  # the same computation, bit for bit
     seen = []
-    ddim_sample(denoiser, shape, steps=8, spacing=0.5, generator=torch.Generator(), start=Start(x_top, 600),
-                callback=lambda i, t, x, x0: seen.append(t))  # fmt: skip
+    ddim_sample(
+        denoiser,
+        shape,
+        steps=8,
+        spacing=0.5,
+        generator=torch.Generator(),
+        start=Start(x_top, 600),
+        callback=lambda i, t, x, x0: seen.append(t),
+    )
     assert seen == [600] + [t for t in spaced_timesteps(1000, 8, 0.5) if t < 600]
     with pytest.raises(ValueError, match="shape"):
         ddim_sample(denoiser, (4, 1, 2, 2), steps=8, generator=g, start=Start(x_top, 600))
@@ -105,8 +114,9 @@ def test_ddim_inversion_then_ddim_returns_the_input_better_with_more_steps(predi
     errors = {}
     for steps in (10, 50, 200):
         noise = ddim_invert(denoiser, x0, steps=steps, spacing=1.0)
-        back = ddim_sample(denoiser, x0.shape, steps=steps, spacing=1.0, generator=torch.Generator(),
-                           start=Start(noise, 999))  # fmt: skip
+        back = ddim_sample(
+            denoiser, x0.shape, steps=steps, spacing=1.0, generator=torch.Generator(), start=Start(noise, 999)
+        )
         errors[steps] = (back - x0).pow(2).mean().item()
     assert errors[10] > 2 * errors[50] > 4 * errors[200] and errors[200] < 1e-4, errors
     # The sampling spacing 0.4 leaves a long first step up from x_0: editing's EDIT_SPACING of 1 is why.
@@ -126,9 +136,16 @@ def test_repaint_completes_a_gaussian_with_its_conditional_mean_and_variance():
     x0[:, known] = x_k
 
     def completions(resample: int, jumps: int = 5) -> torch.Tensor:
-        out = repaint(gaussian(), x0.reshape(n, 1, 2, 2), known.reshape(1, 1, 2, 2), steps=50, jumps=jumps,
-                      resample=resample, generator=torch.Generator().manual_seed(0),
-                      forward_generator=torch.Generator().manual_seed(1))  # fmt: skip
+        out = repaint(
+            gaussian(),
+            x0.reshape(n, 1, 2, 2),
+            known.reshape(1, 1, 2, 2),
+            steps=50,
+            jumps=jumps,
+            resample=resample,
+            generator=torch.Generator().manual_seed(0),
+            forward_generator=torch.Generator().manual_seed(1),
+        )
         assert torch.equal(out.reshape(n, 4)[:, known], x0[:, known])  # the known pixels, exactly
         return out.reshape(n, 4)[:, ~known]
 
@@ -211,8 +228,9 @@ def test_inpainting_with_everything_missing_is_ddim_eta_1_sampling(run, digits):
     # The same shapes, batches and kernels as generate: equal bit for bit (STYLE.md, 13). Asked
     # for cluster guidance, inpainting draws clusters as generate does.
     guided = Guidance(clusters=1.6)
-    out = inpaint(run, digits[:2], torch.ones(28, 28, dtype=torch.bool), n=2, steps=6, resample=1, seed=3,
-                  guidance=guided)  # fmt: skip
+    out = inpaint(
+        run, digits[:2], torch.ones(28, 28, dtype=torch.bool), n=2, steps=6, resample=1, seed=3, guidance=guided
+    )
     plain = generate(run, 4, SamplingConfig(sampler="ddim", eta=1.0, steps=6, spacing=1.0, seed=3, guidance=guided))
     assert torch.equal(out.reshape(4, 1, 28, 28), plain)
 
@@ -243,14 +261,21 @@ def test_interpolation_starts_and_ends_at_its_ends_samples(run, digits):
         torch.testing.assert_close(walk[frame], alone[0], atol=1e-5, rtol=0)  # batches of 4 and of 1
     walk = interpolate(run, digits[0], digits[1], frames=3, **ddim)
     for end, frame in ((digits[0], 0), (digits[1], -1)):
-        torch.testing.assert_close(walk[frame], reconstruct(run, invert(run, end, **ddim), **ddim)[0],
-                                   atol=1e-5, rtol=0)  # fmt: skip
+        torch.testing.assert_close(
+            walk[frame], reconstruct(run, invert(run, end, **ddim), **ddim)[0], atol=1e-5, rtol=0
+        )
     assert walk.shape == (3, 1, 28, 28)
 
 
 def test_labels_follow_sample_digit_on_a_conditional_run_clusters_drawn_as_generate_draws(run):
-    conditional = dataclasses.replace(run, cfg=dataclasses.replace(run.cfg, model=dataclasses.replace(
-        run.cfg.model, num_classes=10), train=dataclasses.replace(run.cfg.train, clusters=0)))  # fmt: skip
+    conditional = dataclasses.replace(
+        run,
+        cfg=dataclasses.replace(
+            run.cfg,
+            model=dataclasses.replace(run.cfg.model, num_classes=10),
+            train=dataclasses.replace(run.cfg.train, clusters=0),
+        ),
+    )
     assert conditional.conditional and not conditional.clustered
     assert edit_labels(conditional, 3, 7, torch.Generator()).tolist() == [7, 7, 7]
     assert edit_labels(conditional, 3, None, torch.Generator()) is None  # the unconditional model, the null label
@@ -366,8 +391,24 @@ def test_inpaint_command_writes_the_same_grid_for_the_same_seed(cli, tmp_path):
     runs = []
     for name in ("a", "b"):
         out, tensor = tmp_path / f"{name}.png", tmp_path / f"{name}.safetensors"
-        result = invoke("inpaint", *cli, "--test-index", "0,5", "--mask", "top", "-n", 3, "--jumps", 2,
-                        "--resample", 2, "-o", out, "--save-tensor", tensor)  # fmt: skip
+        result = invoke(
+            "inpaint",
+            *cli,
+            "--test-index",
+            "0,5",
+            "--mask",
+            "top",
+            "-n",
+            3,
+            "--jumps",
+            2,
+            "--resample",
+            2,
+            "-o",
+            out,
+            "--save-tensor",
+            tensor,
+        )
         assert result.exit_code == 0, result.output
         runs.append((out.read_bytes(), tensor.read_bytes()))
     assert runs[0] == runs[1]
@@ -404,17 +445,43 @@ def test_sample_from_a_drawing_and_animated_trajectories(tiny_run, data_dir, tmp
     pixels[5:8, 6:22], pixels[8:24, 18:21] = 255, 255
     Image.fromarray(pixels).save(drawing)
     artifacts = ["--artifacts-dir", tiny_run[0]]
-    result = invoke("sample", *artifacts, "--init", drawing, "--strength", 0.9, "-n", 4, "--steps", 10,
-                    "-o", tmp_path / "s.png", "--trajectory", tmp_path / "sd.gif")  # fmt: skip
+    result = invoke(
+        "sample",
+        *artifacts,
+        "--init",
+        drawing,
+        "--strength",
+        0.9,
+        "-n",
+        4,
+        "--steps",
+        10,
+        "-o",
+        tmp_path / "s.png",
+        "--trajectory",
+        tmp_path / "sd.gif",
+    )
     assert result.exit_code == 0, result.output
     below = [t for t in spaced_timesteps(50, 10, SamplingConfig.DEFAULT_SPACING) if t < 44]  # t = 0.9 T - 1
     assert gif_frames(tmp_path / "sd.gif") == 1 + len(below) < 10
-    result = invoke("sample", *artifacts, "-n", 4, "--steps", 10, "-o", tmp_path / "g.png", "--trajectory",
-                    tmp_path / "traj.gif")  # fmt: skip
+    result = invoke(
+        "sample", *artifacts, "-n", 4, "--steps", 10, "-o", tmp_path / "g.png", "--trajectory", tmp_path / "traj.gif"
+    )
     assert result.exit_code == 0, result.output
     assert gif_frames(tmp_path / "traj.gif") == 10
-    result = invoke("visualize-forward", "--data-dir", data_dir, "--timesteps", 50, "--digits", 3, "--columns", 7,
-                    "-o", tmp_path / "fwd.gif")  # fmt: skip
+    result = invoke(
+        "visualize-forward",
+        "--data-dir",
+        data_dir,
+        "--timesteps",
+        50,
+        "--digits",
+        3,
+        "--columns",
+        7,
+        "-o",
+        tmp_path / "fwd.gif",
+    )
     assert result.exit_code == 0, result.output
     assert gif_frames(tmp_path / "fwd.gif") == 7
 

@@ -106,8 +106,15 @@ def test_evaluate_run_writes_eval_json(tmp_path, reference):
     save_config(run_dir, cfg)
     torch.manual_seed(0)
     save_tensors(run_dir / "model.safetensors", build_model(cfg.model).state_dict(), weights_metadata(cfg))
-    result = evaluate_run(run_dir, SamplingConfig(sampler="ddim", steps=2, batch_size=10), n_samples=20,
-                          reference=reference, nll_images=4, nll_timesteps=3, kid_subsets=2)  # fmt: skip
+    result = evaluate_run(
+        run_dir,
+        SamplingConfig(sampler="ddim", steps=2, batch_size=10),
+        n_samples=20,
+        reference=reference,
+        nll_images=4,
+        nll_timesteps=3,
+        kid_subsets=2,
+    )
     on_disk = json.loads((run_dir / "eval.json").read_text())
     assert on_disk["model"]["fid"] == pytest.approx(result["model"]["fid"]) and on_disk["n"] == 20
     assert on_disk["sampling"]["sampler"] == "ddim" and on_disk["sampling"]["steps"] == 2

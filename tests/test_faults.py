@@ -30,8 +30,23 @@ runner = CliRunner()
 # A tiny default-preset run: 32 steps per epoch on the 512 fake images; 2 epochs planned, stopped at
 # step 40. Checkpoints at steps 0, 32 and 40; the guide at step 13 (20% of 64); manifests after each
 # checkpoint and last after the final weights.
-TRAIN = ["train", "--channels", "8", "--channel-mult", "1,2,2", "--batch-size", "16", "--timesteps", "50",
-         "--epochs", "2", "--max-steps", "40", "--grid", "4"]  # fmt: skip
+TRAIN = [
+    "train",
+    "--channels",
+    "8",
+    "--channel-mult",
+    "1,2,2",
+    "--batch-size",
+    "16",
+    "--timesteps",
+    "50",
+    "--epochs",
+    "2",
+    "--max-steps",
+    "40",
+    "--grid",
+    "4",
+]
 # (name, the write to pause in as NAME:K, or "mid-step": killed between steps once the guide exists)
 KILL_POINTS = [
     ("mid-step", None),
@@ -77,8 +92,20 @@ def run_folder(artifacts: Path) -> Path:
 
 
 def resume(artifacts: Path, data_dir: Path, run_dir: Path):
-    return runner.invoke(app, ["train", "--resume", run_dir.name, "--grid", "4", "--artifacts-dir", str(artifacts),
-                               "--data-dir", str(data_dir)])  # fmt: skip
+    return runner.invoke(
+        app,
+        [
+            "train",
+            "--resume",
+            run_dir.name,
+            "--grid",
+            "4",
+            "--artifacts-dir",
+            str(artifacts),
+            "--data-dir",
+            str(data_dir),
+        ],
+    )
 
 
 def assert_nothing_half_written(run_dir: Path) -> None:

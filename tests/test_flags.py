@@ -125,8 +125,9 @@ def _data_dir(t: Train) -> None:
         x, y = fake_digits(n, 5)
         write_idx_images(raw / f"{split}-images-idx3-ubyte", x)
         write_idx_labels(raw / f"{split}-labels-idx1-ubyte", y)
-    result = runner.invoke(app, ["train", *BASE, "--data-dir", str(raw.parent.parent), "--artifacts-dir",
-                                 str(t.artifacts)])  # fmt: skip
+    result = runner.invoke(
+        app, ["train", *BASE, "--data-dir", str(raw.parent.parent), "--artifacts-dir", str(t.artifacts)]
+    )
     assert result.exit_code == 0, result.output
     assert t.json("checkpoint.json")["steps_per_epoch"] == 4
 
@@ -143,37 +144,68 @@ TRAIN: dict[str, Row | Callable[[Train], None]] = {
     "schedule": Row(("--schedule", "linear"), config(lambda c: c.diffusion.schedule), "linear"),
     "prediction": Row(("--prediction", "eps"), config(lambda c: c.diffusion.prediction), "eps"),
     "loss_weighting": Row(("--loss-weighting", "none"), config(lambda c: c.diffusion.loss_weighting), "none"),
-    "preset": Row(("--preset", "seed", "--channels", "8", "--timesteps", "50", "--batch-size", "16", "--max-steps",
-                   "1", "--grid", "0"), config(lambda c: (c.preset, c.model.arch)), ("seed", "seed"), base=False),
+    "preset": Row(
+        (
+            "--preset",
+            "seed",
+            "--channels",
+            "8",
+            "--timesteps",
+            "50",
+            "--batch-size",
+            "16",
+            "--max-steps",
+            "1",
+            "--grid",
+            "0",
+        ),
+        config(lambda c: (c.preset, c.model.arch)),
+        ("seed", "seed"),
+        base=False,
+    ),
     "channels": Row(("--channels", "16"), config(lambda c: c.model.channels), 16),
     "channel_mult": Row(("--channel-mult", "1,1,2"), config(lambda c: c.model.channel_mult), (1, 1, 2)),
     "conditional": Row(("--conditional",), config(lambda c: (c.model.num_classes, c.train.clusters)), (10, 0)),
-    "clusters": Row(("--clusters", "4"), lambda t, r: (t.config().model.num_classes,
-                                                        (t.run / "clusters.safetensors").is_file()), (4, True)),
+    "clusters": Row(
+        ("--clusters", "4"),
+        lambda t, r: (t.config().model.num_classes, (t.run / "clusters.safetensors").is_file()),
+        (4, True),
+    ),
     "guide_at": Row(("--guide-at", "0.5"), config(lambda c: c.train.guide_at), 0.5),
     "seed": Row(("--seed", "7"), config(lambda c: c.train.seed), 7),
     "steps": Row(("--steps", "3", "--max-steps", "0"), lambda t, r: (t.config().train.steps, t.done_at()), (3, 3)),
-    "time_budget": Row(("--time-budget", "3s", "--max-steps", "0"),
-                       lambda t, r: t.json("run.json")["time_budget"]["seconds"], 3.0),
+    "time_budget": Row(
+        ("--time-budget", "3s", "--max-steps", "0"), lambda t, r: t.json("run.json")["time_budget"]["seconds"], 3.0
+    ),
     "max_steps": Row(("--max-steps", "3"), lambda t, r: t.done_at(), 3),
     "precision": Row(("--precision", "fp32"), config(lambda c: c.train.precision), "fp32"),
     "run_name": Row(("--run-name", "named"), lambda t, r: t.run.name.split("-", 1)[1], "named"),
     "resume": _resume,
     "grid": _grid,
     "compile": _compile,
-    "cuda_graphs": Row(("--cuda-graphs", "--device", "cpu"), lambda t, r: "--cuda-graphs needs a CUDA GPU" in error(r),
-                       ok=False),
-    "sample_every": Row(("--sample-every", "1"), lambda t, r: sorted(p.name for p in (t.run / "progress").iterdir()),
-                        ["samples-00000001.png", "samples-00000002.png"]),
-    "eval_every": Row(("--eval-every", "2", "--eval-samples", "10"),
-                      lambda t, r: [x["step"] for x in read_metrics(t.run) if "fid" in x], [2]),
-    "eval_samples": Row(("--eval-every", "2", "--eval-samples", "12"),
-                        lambda t, r: [x["fid_n"] for x in read_metrics(t.run) if "fid" in x], [12]),
+    "cuda_graphs": Row(
+        ("--cuda-graphs", "--device", "cpu"), lambda t, r: "--cuda-graphs needs a CUDA GPU" in error(r), ok=False
+    ),
+    "sample_every": Row(
+        ("--sample-every", "1"),
+        lambda t, r: sorted(p.name for p in (t.run / "progress").iterdir()),
+        ["samples-00000001.png", "samples-00000002.png"],
+    ),
+    "eval_every": Row(
+        ("--eval-every", "2", "--eval-samples", "10"),
+        lambda t, r: [x["step"] for x in read_metrics(t.run) if "fid" in x],
+        [2],
+    ),
+    "eval_samples": Row(
+        ("--eval-every", "2", "--eval-samples", "12"),
+        lambda t, r: [x["fid_n"] for x in read_metrics(t.run) if "fid" in x],
+        [12],
+    ),
     "tensorboard": Row(("--tensorboard",), lambda t, r: any((t.run / "tensorboard").iterdir())),
     "device": Row(("--device", "cuda"), lambda t, r: "CUDA" in error(r), ok=False),
     "artifacts_dir": Row((), lambda t, r: t.run.parent.parent == t.artifacts and (t.artifacts / "latest").is_file()),
     "data_dir": _data_dir,
-}  # fmt: skip
+}
 
 
 def test_every_train_flag_has_a_row():
@@ -211,8 +243,22 @@ def runs(tmp_path_factory, tiny_run, data_dir) -> Path:
     weights = load_file(guided / "model.safetensors")
     noisy = {k: v + 0.05 * torch.randn(v.shape, generator=torch.Generator().manual_seed(0)) for k, v in weights.items()}
     save_tensors(guided / "guide.safetensors", noisy, weights_metadata(load_config(guided)))
-    result = runner.invoke(app, ["train", *TINY_FLAGS, "--conditional", "--max-steps", "2", "--run-name", "conditional",
-                                 "--data-dir", str(data_dir), "--artifacts-dir", str(artifacts)])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            *TINY_FLAGS,
+            "--conditional",
+            "--max-steps",
+            "2",
+            "--run-name",
+            "conditional",
+            "--data-dir",
+            str(data_dir),
+            "--artifacts-dir",
+            str(artifacts),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert (artifacts / "runs" / "00003-conditional").is_dir()
     return artifacts
@@ -244,12 +290,18 @@ class Tool:
 
     BASE = {
         "sample": {"-n": "2", "-o": "{tmp}/out.png", "--save-tensor": "{tmp}/out.safetensors"},
-        "inpaint": {"--test-index": "0", "-n": "2", "--jumps": "1", "--resample": "1", "-o": "{tmp}/out.png",
-                    "--save-tensor": "{tmp}/out.safetensors"},
+        "inpaint": {
+            "--test-index": "0",
+            "-n": "2",
+            "--jumps": "1",
+            "--resample": "1",
+            "-o": "{tmp}/out.png",
+            "--save-tensor": "{tmp}/out.safetensors",
+        },
         "interpolate": {"--frames": "2", "-o": "{tmp}/out.png"},
         "invert": {"--test-index": "0", "-o": "{tmp}/out.png"},
         "eval": {"-n": "10"},
-    }  # fmt: skip
+    }
     SAMPLING = {"--steps": "2", "--batch-size": "2", "--precision": "fp32", "--device": "cpu"}
 
     def __init__(self, command: str, tmp_path: Path, artifacts: Path, data_dir: Path):
@@ -359,13 +411,16 @@ def sampling_rows(without: tuple[str, ...] = ()) -> dict[str, Use]:
         "autoguidance": Use(("--autoguidance", "1.5"), setting("guidance", "auto"), 1.5, run="guided"),
         "label_guidance": Use(("--label-guidance", "2.5"), setting("guidance", "labels"), 2.5, run="conditional"),
         "cluster_guidance": Use(("--cluster-guidance", "1.2"), setting("guidance", "clusters"), 1.2),
-        "guidance": Use(("--guidance", "1.3"), lambda t, r: (setting("guidance", "auto")(t, r),
-                                                              "for this run it means --autoguidance" in r.output),
-                        (1.3, True), run="guided"),
+        "guidance": Use(
+            ("--guidance", "1.3"),
+            lambda t, r: (setting("guidance", "auto")(t, r), "for this run it means --autoguidance" in r.output),
+            (1.3, True),
+            run="guided",
+        ),
         "precision": Use(("--precision", "bf16"), setting("precision"), "bf16"),
         "batch_size": Use(("--batch-size", "1"), setting("batch_size"), 1),
         "cuda_graphs": no_cuda("--cuda-graphs"),
-    }  # fmt: skip
+    }
     return {name: row for name, row in rows.items() if name not in without}
 
 
@@ -393,18 +448,26 @@ SAMPLE: dict[str, Use | Callable[[Tool], None]] = {
     "output": Use(("-o", "{tmp}/other.png"), lambda t, r: t.made(t.tmp / "other.png")["run"], "00001-plain"),
     "nrow": Use(("--nrow", "1"), size, (64, 124)),  # 2 digits in a column, (1 x 30 + 2) x (2 x 30 + 2) at scale 2
     "scale": Use(("--scale", "3"), size, (186, 96)),  # (2 x 30 + 2) x (30 + 2) at scale 3
-    "save_tensor": Use(("--save-tensor", "{tmp}/other.safetensors"),
-                       lambda t, r: list(t.tensors(t.tmp / "other.safetensors")["samples"].shape), [2, 1, 28, 28]),
+    "save_tensor": Use(
+        ("--save-tensor", "{tmp}/other.safetensors"),
+        lambda t, r: list(t.tensors(t.tmp / "other.safetensors")["samples"].shape),
+        [2, 1, 28, 28],
+    ),
     "digit": Use(("--digit", "3"), lambda t, r: t.made()["labels"], [3, 3], run="conditional"),
     "labels": Use(("--labels", "1,2"), lambda t, r: t.made()["labels"], [1, 2], run="conditional"),
     "trajectory": _sample_trajectory,
-    "init": Use(("--init", "{tmp}/drawing.png"), lambda t, r: (json.loads(t.metadata()["sdedit"]), t.made()["sdedit"]),
-                ({"strength": 0.6}, {"strength": 0.6})),
-    "strength": Use(("--init", "{tmp}/drawing.png", "--strength", "0.3"),
-                    lambda t, r: (json.loads(t.metadata()["sdedit"]), t.made()["sdedit"]),
-                    ({"strength": 0.3}, {"strength": 0.3})),
+    "init": Use(
+        ("--init", "{tmp}/drawing.png"),
+        lambda t, r: (json.loads(t.metadata()["sdedit"]), t.made()["sdedit"]),
+        ({"strength": 0.6}, {"strength": 0.6}),
+    ),
+    "strength": Use(
+        ("--init", "{tmp}/drawing.png", "--strength", "0.3"),
+        lambda t, r: (json.loads(t.metadata()["sdedit"]), t.made()["sdedit"]),
+        ({"strength": 0.3}, {"strength": 0.3}),
+    ),
     **sampling_rows(),
-}  # fmt: skip
+}
 
 
 def _inpaint_image(t: Tool) -> None:
@@ -432,8 +495,10 @@ def inpainting(key: str) -> Callable[[Tool, object], object]:
 INPAINT: dict[str, Use | Callable[[Tool], None]] = {
     **where_rows(lambda t: t.metadata()["run"]),
     "image": _inpaint_image,
-    "test_index": Use(("--test-index", "5"), lambda t, r: torch.equal(t.tensors()["originals"][0, 0],
-                                                                       torch.from_numpy(data_digits()[5]) / 255)),
+    "test_index": Use(
+        ("--test-index", "5"),
+        lambda t, r: torch.equal(t.tensors()["originals"][0, 0], torch.from_numpy(data_digits()[5]) / 255),
+    ),
     "mask": Use(("--mask", "top"), _mask, (True, True)),
     "n": Use(("-n", "3"), lambda t, r: (len(t.tensors()["samples"]), *inpainting("n")(t, r)), (3, 3, 3)),
     "digit": Use(("--digit", "3"), inpainting("digit"), (3, 3), run="conditional"),
@@ -441,11 +506,14 @@ INPAINT: dict[str, Use | Callable[[Tool], None]] = {
     "resample": Use(("--resample", "2"), inpainting("resample"), (2, 2)),
     "output": Use(("-o", "{tmp}/other.png"), lambda t, r: t.made(t.tmp / "other.png")["run"], "00001-plain"),
     "scale": Use(("--scale", "3"), size, (366, 96)),  # original, masked and 2 completions: (4 x 30 + 2) x 32, x 3
-    "save_tensor": Use(("--save-tensor", "{tmp}/other.safetensors"),
-                       lambda t, r: list(t.tensors(t.tmp / "other.safetensors")["samples"].shape), [2, 1, 28, 28]),
+    "save_tensor": Use(
+        ("--save-tensor", "{tmp}/other.safetensors"),
+        lambda t, r: list(t.tensors(t.tmp / "other.safetensors")["samples"].shape),
+        [2, 1, 28, 28],
+    ),
     "data_dir": _inpaint_data_dir,
     **sampling_rows(without=("sampler", "eta")),
-}  # fmt: skip
+}
 
 
 def _walk(t: Tool, *digits: np.ndarray) -> np.ndarray:
@@ -484,8 +552,10 @@ INTERPOLATE: dict[str, Use | Callable[[Tool], None]] = {
     **where_rows(lambda t: t.made()["run"]),
     "seeds": Use(("--seeds", "3,4"), interpolation("ends"), [3, 4]),
     "image": _interpolate_image,
-    "test_index": Use(("--test-index", "5,0"), lambda t, r: np.array_equal(
-        np.asarray(Image.open(t.out)), _walk(t, data_digits()[5], data_digits()[0]))),
+    "test_index": Use(
+        ("--test-index", "5,0"),
+        lambda t, r: np.array_equal(np.asarray(Image.open(t.out)), _walk(t, data_digits()[5], data_digits()[0])),
+    ),
     "frames": Use(("--frames", "3"), lambda t, r: (interpolation("frames")(t, r), size(t, r)), (3, (184, 64))),
     "sampler": Use(("--sampler", "dpmpp-2m"), setting("sampler"), "dpmpp-2m"),
     "digit": Use(("--digit", "3"), interpolation("digit"), 3, run="conditional"),
@@ -493,7 +563,7 @@ INTERPOLATE: dict[str, Use | Callable[[Tool], None]] = {
     "scale": Use(("--scale", "3"), size, (186, 96)),
     "data_dir": _interpolate_data_dir,
     **sampling_rows(without=("sampler", "eta")),
-}  # fmt: skip
+}
 
 
 def first_tile_is(digit: np.ndarray) -> Callable[[Tool, object], object]:
@@ -511,14 +581,14 @@ INVERT: dict[str, Use | Callable[[Tool], None]] = {
     "scale": Use(("--scale", "3"), size, (186, 96)),
     "data_dir": Use(("--data-dir", "{tmp}/other-data"), first_tile_is(fake_digits(OTHER_TEST, 6)[0][0])),
     **sampling_rows(without=("sampler", "eta", "steps")),
-}  # fmt: skip
+}
 
 
 def _eval_samples(t: Tool) -> None:
     path = t.tmp / "mine.safetensors"
     save_tensors(path, {"samples": torch.rand(10, 1, 28, 28, generator=torch.Generator().manual_seed(0))})
     result = t("--samples", str(path), "--json", drop=("--run",))
-    printed = json.loads(result.output[result.output.index("{"):])
+    printed = json.loads(result.output[result.output.index("{") :])
     assert printed["samples"] == str(path) and printed["n"] == 10 and "run" not in printed
     assert not any((p / "eval.json").exists() for p in (t.artifacts / "runs").iterdir())
 
@@ -527,14 +597,17 @@ EVAL: dict[str, Use | Callable[[Tool], None]] = {
     **where_rows(lambda t: t.eval_json()["run"]),
     "samples": _eval_samples,
     "n_samples": Use(("-n", "12"), lambda t, r: t.eval_json()["n"], 12),
-    "nll": Use(("--nll",  "--nll-images", "2"), lambda t, r: t.eval_json()["nll"]["n_images"], 2),
+    "nll": Use(("--nll", "--nll-images", "2"), lambda t, r: t.eval_json()["nll"]["n_images"], 2),
     "nll_images": Use(("--nll", "--nll-images", "3"), lambda t, r: t.eval_json()["nll"]["n_images"], 3),
-    "json_output": Use(("--json",), lambda t, r: json.loads(r.output[r.output.index("{"):])["run"], "00001-plain"),
+    "json_output": Use(("--json",), lambda t, r: json.loads(r.output[r.output.index("{") :])["run"], "00001-plain"),
     "data_dir": Use(("--data-dir", "{tmp}/other-data"), lambda t, r: t.eval_json()["n_reference"], OTHER_TEST),
     **sampling_rows(),
-    "precision": Use(("--precision", "bf16"), lambda t, r: (setting("precision")(t, r),
-                                                            setting("network_precision")(t, r)), ("bf16", "bf16")),
-}  # fmt: skip
+    "precision": Use(
+        ("--precision", "bf16"),
+        lambda t, r: (setting("precision")(t, r), setting("network_precision")(t, r)),
+        ("bf16", "bf16"),
+    ),
+}
 
 TABLES = {"sample": SAMPLE, "inpaint": INPAINT, "interpolate": INTERPOLATE, "invert": INVERT, "eval": EVAL}
 

@@ -41,8 +41,15 @@ def device_config(**train) -> RunConfig:
 
 
 def trainer(cfg, tmp_path, data_dir, name="t"):
-    return Trainer(cfg, data_dir=data_dir, artifacts_dir=tmp_path / name, run_name="t", device="cpu",
-                   progress=False, log=lambda m: None)  # fmt: skip
+    return Trainer(
+        cfg,
+        data_dir=data_dir,
+        artifacts_dir=tmp_path / name,
+        run_name="t",
+        device="cpu",
+        progress=False,
+        log=lambda m: None,
+    )
 
 
 def test_the_hash_matches_its_reference_and_is_a_bijection():
@@ -71,8 +78,10 @@ def test_counter_numbers_are_a_function_of_key_stream_and_index():
 
 
 def test_a_device_step_is_the_eager_recipe_on_the_same_batch(tmp_path, data_dir):
-    on_device, eager = trainer(device_config(max_steps=4), tmp_path, data_dir, "a"), trainer(
-        tiny_config(max_steps=4), tmp_path, data_dir, "b")  # fmt: skip
+    on_device, eager = (
+        trainer(device_config(max_steps=4), tmp_path, data_dir, "a"),
+        trainer(tiny_config(max_steps=4), tmp_path, data_dir, "b"),
+    )
     batches = DeviceStep(on_device.learner, on_device.batches)  # the batch a step on the device takes
     for step in range(6):  # past the 4 warm-up steps: the learning rate's both phases
         batches.set(step)
@@ -89,8 +98,16 @@ def test_a_device_step_is_the_eager_recipe_on_the_same_batch(tmp_path, data_dir)
 
 def test_a_run_on_the_device_resumes_exactly(tmp_path, data_dir):
     def run(cfg, where, **kw):
-        return train(cfg, data_dir=data_dir, artifacts_dir=where, run_name="t", device="cpu", progress=False,
-                     log=lambda m: None, **kw)  # fmt: skip
+        return train(
+            cfg,
+            data_dir=data_dir,
+            artifacts_dir=where,
+            run_name="t",
+            device="cpu",
+            progress=False,
+            log=lambda m: None,
+            **kw,
+        )
 
     cfg = device_config(max_steps=12)
     straight = run(cfg, tmp_path / "a").run_dir
@@ -120,8 +137,16 @@ def test_no_host_sync_inside_a_device_step(tmp_path, data_dir, monkeypatch):
 
 def test_cuda_graphs_need_a_cuda_gpu(tmp_path, data_dir):
     with pytest.raises(UserError, match="--cuda-graphs needs a CUDA GPU"):
-        Trainer(device_config(max_steps=2), data_dir=data_dir, artifacts_dir=tmp_path, run_name="t", device="cpu",
-                progress=False, log=lambda m: None, cuda_graphs=True)  # fmt: skip
+        Trainer(
+            device_config(max_steps=2),
+            data_dir=data_dir,
+            artifacts_dir=tmp_path,
+            run_name="t",
+            device="cpu",
+            progress=False,
+            log=lambda m: None,
+            cuda_graphs=True,
+        )
     assert not (tmp_path / "runs").exists()  # refused before any folder was made
 
 
@@ -150,6 +175,19 @@ def test_cuda_graph_sampling_needs_a_cuda_gpu(tiny_run, tmp_path):
     from mnist_diffusion.cli import app
 
     artifacts, _ = tiny_run
-    result = CliRunner().invoke(app, ["sample", "--artifacts-dir", str(artifacts), "-n", "2", "--steps", "2",
-                                      "-o", str(tmp_path / "g.png"), "--cuda-graphs"])  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        [
+            "sample",
+            "--artifacts-dir",
+            str(artifacts),
+            "-n",
+            "2",
+            "--steps",
+            "2",
+            "-o",
+            str(tmp_path / "g.png"),
+            "--cuda-graphs",
+        ],
+    )
     assert result.exit_code == 1 and "--cuda-graphs needs a CUDA GPU" in result.output

@@ -11,12 +11,29 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mnist_diffusion"
 # Lowest first: a module may import from its own part and from the parts before it, never after.
-LAYERS = ["errors", "io", "seeds", "config", "allocator", "runtime", "diffusion", "nets", "data", "pictures", "runs",
-          "training", "sampling", "evaluation", "monitors", "report", "cli"]  # fmt: skip
+LAYERS = [
+    "errors",
+    "io",
+    "seeds",
+    "config",
+    "allocator",
+    "runtime",
+    "diffusion",
+    "nets",
+    "data",
+    "pictures",
+    "runs",
+    "training",
+    "sampling",
+    "evaluation",
+    "monitors",
+    "report",
+    "cli",
+]
 
 
 def part_of(module: str) -> str:
-    """"mnist_diffusion.runs.store" -> "runs"; the package itself -> ""."""
+    """ "mnist_diffusion.runs.store" -> "runs"; the package itself -> ""."""
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else ""
 

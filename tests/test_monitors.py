@@ -28,8 +28,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run(cfg, artifacts, data_dir, *, resume=None, **kw):
     plan = plan_resume(resolve_run(str(resume), artifacts)) if resume is not None else None
-    return train(cfg, data_dir=data_dir, artifacts_dir=artifacts, run_name="t", device="cpu", progress=False,
-                 log=lambda m: None, resume=plan, **kw)  # fmt: skip
+    return train(
+        cfg,
+        data_dir=data_dir,
+        artifacts_dir=artifacts,
+        run_name="t",
+        device="cpu",
+        progress=False,
+        log=lambda m: None,
+        resume=plan,
+        **kw,
+    )
 
 
 def clustered(**train):
@@ -70,8 +79,15 @@ def test_monitors_write_at_their_steps_and_train_the_same_weights(tmp_path, data
 
 
 def test_a_monitor_leaves_the_ema_mode_and_the_random_state_as_it_found_them(tmp_path, data_dir):
-    trainer = Trainer(tiny_config(), data_dir=data_dir, artifacts_dir=tmp_path, run_name="t", device="cpu",
-                      progress=False, log=lambda m: None)  # fmt: skip
+    trainer = Trainer(
+        tiny_config(),
+        data_dir=data_dir,
+        artifacts_dir=tmp_path,
+        run_name="t",
+        device="cpu",
+        progress=False,
+        log=lambda m: None,
+    )
     for training in (True, False):
         trainer.learner.ema.module.train(training)
         state = torch.get_rng_state()
@@ -85,8 +101,14 @@ def test_a_resumed_run_takes_the_same_grids_and_fids_as_a_straight_one(tmp_path,
     cfg = clustered(max_steps=8)
     straight = run(cfg, tmp_path / "a", data_dir, monitors=watchers(data_dir)).run_dir
     stop = threading.Event()
-    half = run(cfg, tmp_path / "b", data_dir, monitors=watchers(data_dir), stop=stop,
-               on_step=lambda s: stop.set() if s == 5 else None)  # fmt: skip
+    half = run(
+        cfg,
+        tmp_path / "b",
+        data_dir,
+        monitors=watchers(data_dir),
+        stop=stop,
+        on_step=lambda s: stop.set() if s == 5 else None,
+    )
     assert half.interrupted and half.step == 5 and fids(half.run_dir) == fids(straight)[:1]
     # What a process killed after step 8 (its checkpoint still at 5) would have left: replayed on resume.
     append_metrics(half.run_dir, {"step": 8, "fid": 1.0, "fid_n": 20})
@@ -99,8 +121,9 @@ def test_a_resumed_run_takes_the_same_grids_and_fids_as_a_straight_one(tmp_path,
 
 def test_a_time_budget_prices_the_monitors_and_still_trains_what_its_plan_says(tmp_path, data_dir):
     # A budget roomy enough for a FID step (4) on a loaded machine, and the run stopped at step 8 either way
-    budgeted = run(tiny_config(epochs=3, max_steps=8), tmp_path / "a", data_dir, time_budget=15.0,
-                   monitors=watchers(data_dir))  # fmt: skip
+    budgeted = run(
+        tiny_config(epochs=3, max_steps=8), tmp_path / "a", data_dir, time_budget=15.0, monitors=watchers(data_dir)
+    )
     plan = json.loads((budgeted.run_dir / "run.json").read_text())["time_budget"]
     assert plan["monitor_seconds_per_step"] > 0  # a grid and a FID, each timed once
     assert progress(budgeted.run_dir) and fids(budgeted.run_dir)  # and still taken at their steps
@@ -111,15 +134,15 @@ def test_a_time_budget_prices_the_monitors_and_still_trains_what_its_plan_says(t
 runner = CliRunner()
 
 
-def test_train_flags_pass_the_monitors_and_tensorboard_without_its_package_is_one_line(tmp_path, data_dir,
-                                                                                       monkeypatch):  # fmt: skip
+def test_train_flags_pass_the_monitors_and_tensorboard_without_its_package_is_one_line(tmp_path, data_dir, monkeypatch):
     flags = [*TINY_FLAGS, "--max-steps", "4", "--data-dir", str(data_dir), "--artifacts-dir", str(tmp_path)]
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
     result = runner.invoke(app, ["train", *flags, "--tensorboard"])
     assert result.exit_code == 1 and not (tmp_path / "runs").exists()
     assert result.output.strip().splitlines() == [
         "Error: --tensorboard needs the tensorboard package: pip install tensorboard "
-        "(in a checkout: pip install -e '.[tensorboard]')"]
+        "(in a checkout: pip install -e '.[tensorboard]')"
+    ]
     result = runner.invoke(app, ["train", *flags, "--sample-every", "2", "--eval-every", "4", "--eval-samples", "10"])
     assert result.exit_code == 0, result.output
     (run_dir,) = (tmp_path / "runs").iterdir()
@@ -134,8 +157,12 @@ def test_tensorboard_gets_every_figure_and_the_grids(tmp_path, data_dir):
     from mnist_diffusion.monitors.tensorboard import TensorBoardMonitor
 
     grids = SampleMonitor(2)
-    result = run(tiny_config(max_steps=4), tmp_path, data_dir,
-                 monitors=[grids, FidMonitor(4, data_dir, n=10), TensorBoardMonitor(grids)])  # fmt: skip
+    result = run(
+        tiny_config(max_steps=4),
+        tmp_path,
+        data_dir,
+        monitors=[grids, FidMonitor(4, data_dir, n=10), TensorBoardMonitor(grids)],
+    )
     events = EventAccumulator(str(result.run_dir / "tensorboard"), size_guidance={"images": 0}).Reload()
     tags = events.Tags()
     assert {"loss", "lr", "images_per_sec", "fid", "fid_seconds"} <= set(tags["scalars"])
@@ -146,8 +173,22 @@ def test_tensorboard_gets_every_figure_and_the_grids(tmp_path, data_dir):
 
 def test_bench_monitors_prices_both_monitors(tmp_path, data_dir):
     out = tmp_path / "monitors.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_monitors.py"), "--device", "cpu", "--data-dir",
-           str(data_dir), "--steps", "1", "--calls", "1", "--eval-samples", "10", "--out", str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "bench_monitors.py"),
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(data_dir),
+        "--steps",
+        "1",
+        "--calls",
+        "1",
+        "--eval-samples",
+        "10",
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)  # a hang guard
     assert proc.returncode == 0, proc.stderr[-3000:]

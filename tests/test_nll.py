@@ -118,7 +118,11 @@ def setup():
 
 def _bpd(model, cfg, schedule, images, k, seed=0):
     return nll_bpd(
-        model, schedule, images, batch_size=len(images), generator=torch.Generator().manual_seed(seed),
+        model,
+        schedule,
+        images,
+        batch_size=len(images),
+        generator=torch.Generator().manual_seed(seed),
         timesteps_subsample=k,
     )
 

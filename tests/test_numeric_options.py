@@ -36,8 +36,9 @@ from mnist_diffusion.cli import app
 from mnist_diffusion.config import activation_bytes, image_bytes, memory_bytes
 from mnist_diffusion.runs.store import load_config
 
-pytestmark = pytest.mark.skipif(not (hasattr(os, "fork") and Path("/proc/self/statm").exists()),
-                                reason="needs fork and /proc (Linux)")  # fmt: skip
+pytestmark = pytest.mark.skipif(
+    not (hasattr(os, "fork") and Path("/proc/self/statm").exists()), reason="needs fork and /proc (Linux)"
+)
 
 COMMANDS = ("train", "sample", "eval", "inpaint", "interpolate", "invert", "visualize-forward")
 EXTRA_ADDRESS_SPACE = 3 * 2**30  # what a case may map beyond the interpreter with torch loaded
@@ -128,8 +129,13 @@ class Cases:
     """Runs command lines through the SERVER, each with the flags that keep a success quick
     (``base``); the fuzzed flag replaces its own companion and brings the flags it needs."""
 
-    def __init__(self, server: subprocess.Popen, folder: Path, base: dict[str, dict[str, str | None]],
-                 needs: dict[str, dict[str, str | None]]):  # fmt: skip
+    def __init__(
+        self,
+        server: subprocess.Popen,
+        folder: Path,
+        base: dict[str, dict[str, str | None]],
+        needs: dict[str, dict[str, str | None]],
+    ):
         self.server, self.folder, self.base, self.needs = server, folder, base, needs
         self.count = 0
 
@@ -145,8 +151,9 @@ class Cases:
     def run(self, args: list[str]) -> tuple[int, str, str]:
         self.count += 1
         out, err = self.folder / "stdout.txt", self.folder / "stderr.txt"
-        request = dict(args=args, stdout=str(out), stderr=str(err), extra_address_space=EXTRA_ADDRESS_SPACE,
-                       seconds=CASE_SECONDS)  # fmt: skip
+        request = dict(
+            args=args, stdout=str(out), stderr=str(err), extra_address_space=EXTRA_ADDRESS_SPACE, seconds=CASE_SECONDS
+        )
         self.server.stdin.write(json.dumps(request) + "\n")
         self.server.stdin.flush()
         ready, _, _ = select.select([self.server.stdout], [], [], CASE_SECONDS + 30)
@@ -183,23 +190,45 @@ def cases(tiny_run, data_dir, tmp_path_factory):
     where = {"--device": "cpu", "--artifacts-dir": str(artifacts)}
     data = {"--data-dir": str(data_dir)}
     base = {
-        "train": {"--channels": "8", "--channel-mult": "1,2,2", "--batch-size": "16", "--timesteps": "50",
-                  "--clusters": "0", "--epochs": "1", "--max-steps": "1", "--grid": "0", "--sample-every": "0",
-                  "--no-compile": None, "--device": "cpu", "--artifacts-dir": str(folder / "trained"), **data},
+        "train": {
+            "--channels": "8",
+            "--channel-mult": "1,2,2",
+            "--batch-size": "16",
+            "--timesteps": "50",
+            "--clusters": "0",
+            "--epochs": "1",
+            "--max-steps": "1",
+            "--grid": "0",
+            "--sample-every": "0",
+            "--no-compile": None,
+            "--device": "cpu",
+            "--artifacts-dir": str(folder / "trained"),
+            **data,
+        },
         "sample": {"--num-samples": "2", "--steps": "2", "-o": out, **where},
         "eval": {"--n-samples": "10", "--steps": "2", "--json": None, **where, **data},
         "inpaint": {"--test-index": "0", "--num-samples": "1", "--steps": "2", "-o": out, **where, **data},
         "interpolate": {"--frames": "2", "--steps": "2", "-o": out, **where},
         "invert": {"--test-index": "0", "--steps": "2", "-o": out, **where, **data},
         "visualize-forward": {"--digits": "2", "--columns": "2", "--timesteps": "50", "-o": out, **data},
-    }  # fmt: skip
-    needs = {"--strength": {"--init": str(folder / "drawing.png")}, "--nll-images": {"--nll": None},
-             "--eval-samples": {"--eval-every": "1"}, "--eval-every": {"--eval-samples": "10"}}  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200",
-           "PYTHONPATH": os.pathsep.join([str(Path(mnist_diffusion.__file__).parents[1]),
-                                          os.environ.get("PYTHONPATH", "")])}  # fmt: skip
-    server = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True, env=env, cwd=folder)  # fmt: skip
+    }
+    needs = {
+        "--strength": {"--init": str(folder / "drawing.png")},
+        "--nll-images": {"--nll": None},
+        "--eval-samples": {"--eval-every": "1"},
+        "--eval-every": {"--eval-samples": "10"},
+    }
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "COLUMNS": "200",
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(mnist_diffusion.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=folder
+    )
     yield Cases(server, folder, base, needs)
     server.stdin.close()
     server.wait(timeout=60)
@@ -210,8 +239,23 @@ def test_the_fuzzed_commands_are_every_command_with_a_number():
     with_numbers = {name for name in group.commands if name != "data" and numeric_options(name)}
     assert with_numbers == set(COMMANDS)
     flags = {flag for command in COMMANDS for flag, _ in numeric_options(command)}
-    assert {"--seed", "--num-samples", "--n-samples", "--frames", "--jumps", "--resample", "--lr", "--channels",
-            "--timesteps", "--batch-size", "--eta", "--strength", "--digits", "--columns", "--eval-samples"} <= flags
+    assert {
+        "--seed",
+        "--num-samples",
+        "--n-samples",
+        "--frames",
+        "--jumps",
+        "--resample",
+        "--lr",
+        "--channels",
+        "--timesteps",
+        "--batch-size",
+        "--eta",
+        "--strength",
+        "--digits",
+        "--columns",
+        "--eval-samples",
+    } <= flags
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -222,8 +266,13 @@ def test_every_numeric_option_ends_in_success_or_one_error_line(command, cases):
         for value in BOUNDARY[kind]:
             cases.check(command, flag, value)
 
-    @settings(max_examples=max(3, len(options) // 2), deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @settings(
+        max_examples=max(3, len(options) // 2),
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(st.data())
     def drawn(data):
         flag, kind = data.draw(st.sampled_from(options), label="option")
@@ -234,8 +283,10 @@ def test_every_numeric_option_ends_in_success_or_one_error_line(command, cases):
 
 def _address_space_limit(env: dict[str, str], extra: int) -> int:
     """The address space ``python -m mnist_diffusion`` maps once its modules are loaded, plus ``extra``."""
-    probe = ("import os, torch, mnist_diffusion.cli, mnist_diffusion.sampling.outputs;"
-             "print(int(open('/proc/self/statm').read().split()[0]) * os.sysconf('SC_PAGE_SIZE'))")  # fmt: skip
+    probe = (
+        "import os, torch, mnist_diffusion.cli, mnist_diffusion.sampling.outputs;"
+        "print(int(open('/proc/self/statm').read().split()[0]) * os.sysconf('SC_PAGE_SIZE'))"
+    )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
     return int(out.stdout) + extra
 
@@ -244,8 +295,15 @@ def _python_m(args: list, env: dict[str, str], limit: int, cwd: Path) -> tuple[i
     def preexec():
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
-    result = subprocess.run([sys.executable, "-m", "mnist_diffusion", *map(str, args)], capture_output=True, text=True,
-                            env=env, cwd=cwd, preexec_fn=preexec, timeout=CASE_SECONDS)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "mnist_diffusion", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        preexec_fn=preexec,
+        timeout=CASE_SECONDS,
+    )
     return result.returncode, result.stdout, result.stderr
 
 
@@ -253,9 +311,14 @@ def test_python_m_under_an_address_space_limit(tiny_run, tmp_path):
     """``python -m mnist_diffusion`` itself, under RLIMIT_AS: two refusals of the fuzzed kind, and
     a batch that this machine's memory would hold (so no estimate refuses it) but that the process
     may not map, which fails at its first large allocation and says so in one line."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200",
-           "PYTHONPATH": os.pathsep.join([str(Path(mnist_diffusion.__file__).parents[1]),
-                                          os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "COLUMNS": "200",
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(mnist_diffusion.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
     limit = _address_space_limit(env, 2**30)
     where = ["--artifacts-dir", tiny_run[0], "--device", "cpu", "-o", tmp_path / "out.png"]
     for args in (["sample", "--seed", 2**64, *where], ["interpolate", "--frames", 10**12, "--steps", 2, *where]):

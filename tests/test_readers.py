@@ -74,9 +74,12 @@ def fuzz(strategy: st.SearchStrategy, check, *, examples: int) -> int:
     tried = 0
 
     @settings(
-        max_examples=examples, deadline=None, derandomize=True, database=None,
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )  # fmt: skip
+    )
     @given(strategy)
     def run(value):
         nonlocal tried
@@ -232,8 +235,20 @@ def test_fuzz_safetensors_samples(tmp_path):
     assert fuzz(corrupted(blob), check, examples=300) >= 250
 
 
-TORCH_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.uint8, torch.bool, torch.int8,
-                torch.int16, torch.int32, torch.int64, torch.complex64, torch.float8_e4m3fn]  # fmt: skip
+TORCH_DTYPES = [
+    torch.float32,
+    torch.float16,
+    torch.bfloat16,
+    torch.float64,
+    torch.uint8,
+    torch.bool,
+    torch.int8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.complex64,
+    torch.float8_e4m3fn,
+]
 
 
 def test_fuzz_safetensors_dtypes_and_shapes(tmp_path):
@@ -320,11 +335,15 @@ FIELDS = [("preset",), ("model",), ("train",), ("extra",), ("model", "extra")] +
     (section, name) for section, fields in DEFAULTS.items() if isinstance(fields, dict) for name in fields
 ]
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.sampled_from([INT64, -INT64 - 1, 10**400, 3, 0, -1])
-    | st.floats() | st.text(max_size=6),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.sampled_from([INT64, -INT64 - 1, 10**400, 3, 0, -1])
+    | st.floats()
+    | st.text(max_size=6),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
     max_leaves=6,
-)  # fmt: skip
+)
 EDITS = st.tuples(st.sampled_from(FIELDS), st.one_of(JSON_VALUES, st.just("<delete>")))
 
 
@@ -378,8 +397,12 @@ def test_fuzz_config(tmp_path):
 
 CHECKPOINT_JSON = {"step": 40, "loss": 0.0512, "epoch": 0.1, "mnist_diffusion_version": "0"}
 EVAL_JSON = {"n": 10_000, "model": {"fid": 3.25, "kid_mean": 0.001}, "real": None}
-RUN_FILES = {"config.json": DEFAULTS, "checkpoint.json": CHECKPOINT_JSON, "eval.json": EVAL_JSON,
-             "manifest.json": {"files": {}, "mnist_diffusion_version": "0"}}  # fmt: skip
+RUN_FILES = {
+    "config.json": DEFAULTS,
+    "checkpoint.json": CHECKPOINT_JSON,
+    "eval.json": EVAL_JSON,
+    "manifest.json": {"files": {}, "mnist_diffusion_version": "0"},
+}
 RUN_FIELDS = [("step",), ("loss",), ("model",), ("model", "fid"), ("n",), ("files",)]
 
 
@@ -489,9 +512,7 @@ def test_fuzz_runs_command(tmp_path):
 # ----------------------------------------------------------------------------- explicit: arrays
 
 
-@pytest.mark.parametrize(
-    "dtype", ["<f4", ">f4", "<f2", ">f2", "<f8", ">f8", "float32", np.longdouble, "uint8", ">u1"]
-)  # fmt: skip
+@pytest.mark.parametrize("dtype", ["<f4", ">f4", "<f2", ">f2", "<f8", ">f8", "float32", np.longdouble, "uint8", ">u1"])
 def test_npy_float_and_uint8_in_any_byte_order_round_trip(tmp_path, dtype):
     source = SAMPLES.numpy() if np.dtype(dtype).kind == "u" else UNIT.numpy()
     a = source.astype(dtype)
@@ -541,9 +562,13 @@ def test_npy_refused_with_one_line(tmp_path, name):
 
 @pytest.mark.parametrize(
     "shape, needle",
-    [("(99999999999, 28, 28)", "not a plain numpy array"), ("(9, 28, 28)", "not a plain numpy array"),
-     ("(-1, 28, 28)", "not a plain numpy array"), ("(2**70, 28)", "not a plain numpy array")],
-)  # fmt: skip
+    [
+        ("(99999999999, 28, 28)", "not a plain numpy array"),
+        ("(9, 28, 28)", "not a plain numpy array"),
+        ("(-1, 28, 28)", "not a plain numpy array"),
+        ("(2**70, 28)", "not a plain numpy array"),
+    ],
+)
 def test_npy_header_claiming_more_than_the_file_holds(tmp_path, shape, needle):
     blob = npy_bytes(UNIT.numpy())
     header_len = struct.unpack("<H", blob[8:10])[0]
@@ -562,9 +587,9 @@ def test_npz_archive_named_npy(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.uint8, torch.float8_e4m3fn,
-              torch.float8_e5m2],
-)  # fmt: skip
+    "dtype",
+    [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.uint8, torch.float8_e4m3fn, torch.float8_e5m2],
+)
 def test_safetensors_float_and_uint8_round_trip(tmp_path, dtype):
     t = SAMPLES if dtype == torch.uint8 else UNIT.to(dtype)
     (tmp_path / "s.safetensors").write_bytes(safetensors_save({"samples": t}))
@@ -574,7 +599,7 @@ def test_safetensors_float_and_uint8_round_trip(tmp_path, dtype):
 
 @pytest.mark.parametrize(
     "dtype", ["bool", "int8", "int16", "int32", "int64", "uint16", "uint32", "uint64", "complex64", "float4_e2m1fn_x2"]
-)  # fmt: skip
+)
 def test_safetensors_refused_dtypes(tmp_path, dtype):
     if not hasattr(torch, dtype):
         pytest.skip(f"this torch has no {dtype}")
@@ -659,7 +684,7 @@ REFUSED_PNGS = {
     "transparent RGBA": (lambda: _transparent("RGBA"), "transparent"),
     "1x1": (lambda: Image.new("L", (1, 1)), "not a grid"),
     "not a multiple of the tiles": (lambda: Image.new("L", (151, 32)), "not a grid"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("name", REFUSED_PNGS)
@@ -750,7 +775,7 @@ def test_config_refused_with_one_line(tmp_path, name):
 
 @pytest.mark.parametrize(
     "encode", [lambda s: s.encode(), lambda s: s.encode("utf-16"), lambda s: b"\xef\xbb\xbf" + s.encode()]
-)  # fmt: skip
+)
 def test_config_in_any_json_encoding(tmp_path, encode):
     (tmp_path / "config.json").write_bytes(encode(json.dumps(DEFAULTS)))
     assert load_config(tmp_path) == RunConfig()
@@ -796,8 +821,15 @@ def test_runs_lists_an_unreadable_run_as_such(tmp_path, name):
 
 
 def test_runs_reads_the_rest_of_a_run_around_a_bad_file(tmp_path):
-    artifacts = _artifacts(tmp_path, {"ckpt": {"checkpoint.json": "{"}, "eval": {"eval.json": "{"},
-                                      "manifest": {"manifest.json": "\x00{"}, "noconfig": {}})  # fmt: skip
+    artifacts = _artifacts(
+        tmp_path,
+        {
+            "ckpt": {"checkpoint.json": "{"},
+            "eval": {"eval.json": "{"},
+            "manifest": {"manifest.json": "\x00{"},
+            "noconfig": {},
+        },
+    )
     (artifacts / "runs" / "00004-noconfig" / "config.json").unlink()
     good, ckpt, evl, manifest, no_config = summarize_runs(artifacts)
     assert type(good.step) is int and type(good.final_loss) is float and type(good.fid) is float
@@ -826,8 +858,10 @@ def test_cli_eval_of_a_decompression_bomb(tmp_path):
 
 
 def test_cli_runs_lists_runs_with_corrupt_files(tmp_path):
-    artifacts = _artifacts(tmp_path, {"badeval": {"eval.json": '{"n": 10, "model": {"fid": "nan"}}'},
-                                      "badckpt": {"checkpoint.json": "[1, 2"}})  # fmt: skip
+    artifacts = _artifacts(
+        tmp_path,
+        {"badeval": {"eval.json": '{"n": 10, "model": {"fid": "nan"}}'}, "badckpt": {"checkpoint.json": "[1, 2"}},
+    )
     result = runner.invoke(app, ["runs", "--artifacts-dir", str(artifacts)], terminal_width=80)
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output
@@ -986,8 +1020,15 @@ def drawing(path: Path, width: int, height: int) -> Path:
     return path
 
 
-@pytest.mark.parametrize("size,needle", [((200_000, 1), "4096 pixels on a side"), ((5000, 5000), "4096 pixels"),
-                                         ((1, 9), "longer than 8:1"), ((900, 100), "longer than 8:1")])  # fmt: skip
+@pytest.mark.parametrize(
+    "size,needle",
+    [
+        ((200_000, 1), "4096 pixels on a side"),
+        ((5000, 5000), "4096 pixels"),
+        ((1, 9), "longer than 8:1"),
+        ((900, 100), "longer than 8:1"),
+    ],
+)
 def test_read_digit_refuses_a_drawing_too_long_or_too_large_before_padding_it(tmp_path, size, needle):
     path = drawing(tmp_path / "d.png", *size)
     with pytest.raises(UserError, match=needle) as e:
@@ -1000,13 +1041,21 @@ def test_read_digit_takes_a_long_drawing_within_the_limits(tmp_path):
     assert digit.shape == (1, 28, 28) and digit.max() > 0
 
 
-@pytest.mark.parametrize("command", [["sample", "--init"], ["inpaint", "--image"], ["invert", "--image"],
-                                     ["interpolate", "--image", "{path}", "--image"]])  # fmt: skip
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["sample", "--init"],
+        ["inpaint", "--image"],
+        ["invert", "--image"],
+        ["interpolate", "--image", "{path}", "--image"],
+    ],
+)
 def test_cli_refuses_a_drawing_of_5000x1_in_one_line_before_any_work(tmp_path, command):
     path = drawing(tmp_path / "wide.png", 5000, 1)
     args = [str(path) if a == "{path}" else a for a in command]
-    result = runner.invoke(app, [*args, str(path), "--artifacts-dir", str(tmp_path / "none"),
-                                 "-o", str(tmp_path / "out.png")])  # fmt: skip
+    result = runner.invoke(
+        app, [*args, str(path), "--artifacts-dir", str(tmp_path / "none"), "-o", str(tmp_path / "out.png")]
+    )
     assert_one_line_error(result, "5000x1 pixels", "4096")
 
 
@@ -1033,8 +1082,20 @@ def test_a_checkpoint_holding_nan_is_refused_by_resume(tiny_run, tmp_path, data_
     with pytest.raises(UserError, match="holds NaN or infinite values") as e:
         read_checkpoint(run_dir)
     assert str(path) in str(e.value) and name in str(e.value)
-    result = runner.invoke(app, ["train", "--resume", run_dir.name, "--max-steps", "6", "--artifacts-dir",
-                                 str(artifacts), "--data-dir", str(data_dir)])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--resume",
+            run_dir.name,
+            "--max-steps",
+            "6",
+            "--artifacts-dir",
+            str(artifacts),
+            "--data-dir",
+            str(data_dir),
+        ],
+    )
     assert_one_line_error(result, "checkpoint.safetensors", "NaN or infinite")
 
 
@@ -1094,8 +1155,9 @@ def test_a_run_that_is_no_name_or_number_is_one_line(tmp_path, run):
         resolve_run(run, artifacts)
     assert "\n" not in str(e.value) and len(str(e.value)) < 300 + len(str(artifacts))
     for command in (["sample", "-o", str(tmp_path / "g.png")], ["report"]):
-        assert_one_line_error(runner.invoke(app, [*command, "--run", run, "--artifacts-dir", str(artifacts)]),
-                              "unknown run")  # fmt: skip
+        assert_one_line_error(
+            runner.invoke(app, [*command, "--run", run, "--artifacts-dir", str(artifacts)]), "unknown run"
+        )
 
 
 def test_a_run_by_its_number(tmp_path):

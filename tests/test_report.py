@@ -47,9 +47,19 @@ def test_train_writes_the_report_and_it_holds_every_section(artifacts):
     for anchor, heading, _ in SECTIONS:
         assert f'<section id="{anchor}"><h2>{heading}</h2>' in page
     command = json.loads((run_dir / "run.json").read_text())["command"]  # under pytest, pytest's command line
-    for text in (f"<pre><code>{html.escape(command)}</code></pre>", "model.channel_mult", 'class="diff"',
-                 "CPU bf16 units", "torch threads", "samples.png: drawn at the end", "denoising trajectory",
-                 "40 k-means clusters", "Not evaluated yet", "model.safetensors", "No samples taken during training"):
+    for text in (
+        f"<pre><code>{html.escape(command)}</code></pre>",
+        "model.channel_mult",
+        'class="diff"',
+        "CPU bf16 units",
+        "torch threads",
+        "samples.png: drawn at the end",
+        "denoising trajectory",
+        "40 k-means clusters",
+        "Not evaluated yet",
+        "model.safetensors",
+        "No samples taken during training",
+    ):
         assert text in page, text
     assert page.count("data:image/png;base64,") == 3  # the curves, samples.png, the trajectory
     assert fetches(page) == [] and "<script" not in page
@@ -65,8 +75,22 @@ def test_the_report_is_the_same_bytes_when_written_twice(artifacts):
 
 def test_every_string_from_the_run_is_escaped(artifacts, data_dir):
     artifacts, run_dir = artifacts
-    result = runner.invoke(app, ["eval", "--run", str(run_dir), "-n", "10", "--steps", "2", "--data-dir",
-                                 str(data_dir), "--artifacts-dir", str(artifacts)])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--run",
+            str(run_dir),
+            "-n",
+            "10",
+            "--steps",
+            "2",
+            "--data-dir",
+            str(data_dir),
+            "--artifacts-dir",
+            str(artifacts),
+        ],
+    )
     assert result.exit_code == 0, result.output
     info = json.loads((run_dir / "run.json").read_text())
     info.update(command=f"mnistdiff train {HOSTILE}", created=HOSTILE, parent={"run": HOSTILE, "step": HOSTILE})
@@ -98,9 +122,14 @@ def test_a_damaged_run_gets_a_report_that_says_what_is_missing(artifacts):
     page = report(run_dir, artifacts)
     start = page.index('class="problems"')
     problems = page[start : page.index("</div>", start)]
-    for text in ("samples.png: listed in the manifest, but missing", "model.safetensors: listed in the manifest",
-                 "eval.json is not valid JSON", "metrics.jsonl: 1 of its 3 lines are not JSON objects",
-                 "clusters.safetensors: changed since the manifest", "clusters.safetensors is"):  # fmt: skip
+    for text in (
+        "samples.png: listed in the manifest, but missing",
+        "model.safetensors: listed in the manifest",
+        "eval.json is not valid JSON",
+        "metrics.jsonl: 1 of its 3 lines are not JSON objects",
+        "clusters.safetensors: changed since the manifest",
+        "clusters.safetensors is",
+    ):
         assert text in problems, text
     assert "No trajectory: run" in page and "has no model.safetensors yet" in page
 
@@ -108,9 +137,15 @@ def test_a_damaged_run_gets_a_report_that_says_what_is_missing(artifacts):
     for name in ("run.json", "checkpoint.json", "metrics.jsonl", "manifest.json"):
         (run_dir / name).unlink()
     page = report(run_dir, artifacts)
-    for text in ("config.json is not valid JSON", "run.json is missing", "checkpoint.json is missing",
-                 "metrics.jsonl is missing", "manifest.json cannot be read", "The config cannot be shown",
-                 "No training figures"):  # fmt: skip
+    for text in (
+        "config.json is not valid JSON",
+        "run.json is missing",
+        "checkpoint.json is missing",
+        "metrics.jsonl is missing",
+        "manifest.json cannot be read",
+        "The config cannot be shown",
+        "No training figures",
+    ):
         assert text in page, text
 
 
@@ -157,14 +192,16 @@ def test_a_report_that_cannot_be_written_is_a_warning_not_a_failed_training(tmp_
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(module, "write_report", fail)
-    result = runner.invoke(app, ["train", *TINY_FLAGS, "--max-steps", "2", "--data-dir", str(data_dir),
-                                 "--artifacts-dir", str(tmp_path)])  # fmt: skip
+    result = runner.invoke(
+        app, ["train", *TINY_FLAGS, "--max-steps", "2", "--data-dir", str(data_dir), "--artifacts-dir", str(tmp_path)]
+    )
     assert result.exit_code == 0, result.output
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert (run_dir / "model.safetensors").is_file() and not (run_dir / "report.html").exists()
     warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
-    assert warnings == ["warning: the run is saved, but its report could not be written: [Errno 28] No space left "
-                        "on device"]  # fmt: skip
+    assert warnings == [
+        "warning: the run is saved, but its report could not be written: [Errno 28] No space left on device"
+    ]
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"), reason="POSIX only")

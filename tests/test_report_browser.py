@@ -25,9 +25,18 @@ from mnist_diffusion.cli import app
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (Debian: apt-get install chromium)")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--host-resolver-rules=MAP * ~NOTFOUND", "--remote-debugging-pipe"]  # fmt: skip
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--host-resolver-rules=MAP * ~NOTFOUND",
+    "--remote-debugging-pipe",
+]
 BLOCKED = ["http://*", "https://*", "ws://*", "wss://*", "ftp://*"]
 TIMEOUT = 60.0  # seconds for any one answer: a hang guard
 
@@ -40,8 +49,12 @@ class Browser:
         to_chrome, self.chrome_in = os.pipe()
         self.chrome_out, from_chrome = os.pipe()
         log = os.open(profile.parent / "chromium.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        actions = [(os.POSIX_SPAWN_DUP2, to_chrome, 3), (os.POSIX_SPAWN_DUP2, from_chrome, 4),
-                   (os.POSIX_SPAWN_DUP2, log, 1), (os.POSIX_SPAWN_DUP2, log, 2)]  # fmt: skip
+        actions = [
+            (os.POSIX_SPAWN_DUP2, to_chrome, 3),
+            (os.POSIX_SPAWN_DUP2, from_chrome, 4),
+            (os.POSIX_SPAWN_DUP2, log, 1),
+            (os.POSIX_SPAWN_DUP2, log, 2),
+        ]
         argv = [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "about:blank"]
         self.pid = os.posix_spawn(CHROMIUM, argv, os.environ, file_actions=actions)
         for fd in (to_chrome, from_chrome, log):
@@ -93,27 +106,38 @@ class Page:
         for domain in ("Page", "Runtime", "Network", "Log"):
             browser.send(f"{domain}.enable", self.session)
         browser.send("Network.setBlockedURLs", self.session, urls=BLOCKED)
-        browser.send("Emulation.setDeviceMetricsOverride", self.session, width=width, height=900,
-                     deviceScaleFactor=1, mobile=width < 600)  # fmt: skip
+        browser.send(
+            "Emulation.setDeviceMetricsOverride",
+            self.session,
+            width=width,
+            height=900,
+            deviceScaleFactor=1,
+            mobile=width < 600,
+        )
         browser.send("Page.navigate", self.session, url=path.resolve().as_uri())
         browser.wait_for("Page.loadEventFired", self.session)
 
     def run(self, expression: str):
-        reply = self.browser.send("Runtime.evaluate", self.session, expression=expression, awaitPromise=True,
-                                  returnByValue=True)  # fmt: skip
+        reply = self.browser.send(
+            "Runtime.evaluate", self.session, expression=expression, awaitPromise=True, returnByValue=True
+        )
         assert "exceptionDetails" not in reply, reply["exceptionDetails"]
         return reply["result"].get("value")
 
     def events(self, method: str) -> list[dict]:
-        return [e["params"] for e in self.browser.events if e.get("method") == method and
-                e.get("sessionId") == self.session]  # fmt: skip
+        return [
+            e["params"] for e in self.browser.events if e.get("method") == method and e.get("sessionId") == self.session
+        ]
 
     def requests(self) -> list[str]:
         return [e["request"]["url"] for e in self.events("Network.requestWillBeSent")]
 
     def errors(self) -> list[str]:
-        console = [json.dumps(e["args"])[:300] for e in self.events("Runtime.consoleAPICalled")
-                   if e["type"] in ("error", "assert")]  # fmt: skip
+        console = [
+            json.dumps(e["args"])[:300]
+            for e in self.events("Runtime.consoleAPICalled")
+            if e["type"] in ("error", "assert")
+        ]
         thrown = [e["exceptionDetails"].get("text", "?") for e in self.events("Runtime.exceptionThrown")]
         logged = [e["entry"]["text"] for e in self.events("Log.entryAdded") if e["entry"]["level"] == "error"]
         return console + thrown + logged
@@ -134,9 +158,26 @@ def pages(tmp_path_factory, tiny_run, data_dir) -> Path:
     shutil.copytree(tiny_run[0], artifacts)
     where, data = ["--artifacts-dir", str(artifacts)], ["--data-dir", str(data_dir)]
     broken = artifacts / "runs" / "00002-broken"
-    steps = [["train", *TINY_FLAGS, "--max-steps", "4", "--sample-every", "1", "--eval-every", "4", "--eval-samples",
-              "10", *data, *where], ["eval", "-n", "10", "--steps", "2", *data, *where], ["report", *where],
-             ["report", "--run", str(broken), *where], ["runs", "--html", *where]]  # fmt: skip
+    steps = [
+        [
+            "train",
+            *TINY_FLAGS,
+            "--max-steps",
+            "4",
+            "--sample-every",
+            "1",
+            "--eval-every",
+            "4",
+            "--eval-samples",
+            "10",
+            *data,
+            *where,
+        ],
+        ["eval", "-n", "10", "--steps", "2", *data, *where],
+        ["report", *where],
+        ["report", "--run", str(broken), *where],
+        ["runs", "--html", *where],
+    ]
     for args in steps:
         if args[0] == "report" and "--run" in args:  # a run whose config.json is cut short
             broken.mkdir()
@@ -157,8 +198,9 @@ def assert_offline_clean_and_drawn(page: Page, images: int) -> None:
     fetched = [u for u in page.requests() if not u.startswith(("file://", "data:", "about:"))]
     assert fetched == [], f"the page asked the network for {fetched}"
     assert page.errors() == []
-    widths = page.run("Promise.all(Array.from(document.images).map("
-                      "i => i.decode().then(() => i.naturalWidth, () => 0)))")  # fmt: skip
+    widths = page.run(
+        "Promise.all(Array.from(document.images).map(i => i.decode().then(() => i.naturalWidth, () => 0)))"
+    )
     assert len(widths) == images and all(w > 0 for w in widths), widths
     shot = page.screenshot()
     colours = shot.getcolors(1 << 16) or range(1 << 16)  # None: more colours than that

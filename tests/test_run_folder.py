@@ -115,8 +115,17 @@ def test_a_failure_before_the_first_checkpoint_removes_the_half_made_run(tmp_pat
     artifacts.mkdir()
     before = tree(artifacts)
     with pytest.raises(RuntimeError, match="the monitor broke"):
-        train(tiny_config(), data_dir=data_dir, artifacts_dir=artifacts, run_name="t", device="cpu", progress=False,
-              log=lambda m: None, time_budget=30.0, monitors=[Broken()])  # fmt: skip
+        train(
+            tiny_config(),
+            data_dir=data_dir,
+            artifacts_dir=artifacts,
+            run_name="t",
+            device="cpu",
+            progress=False,
+            log=lambda m: None,
+            time_budget=30.0,
+            monitors=[Broken()],
+        )
     assert tree(artifacts) == before
 
 
@@ -136,8 +145,18 @@ def test_a_run_folder_being_set_up_is_hidden_and_an_abandoned_one_is_cleared(tmp
 
 def start_training(artifacts: Path, data_dir: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "mnist_diffusion", "train", *TINY, *extra, "--data-dir", str(data_dir),
-           "--artifacts-dir", str(artifacts)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "mnist_diffusion",
+        "train",
+        *TINY,
+        *extra,
+        "--data-dir",
+        str(data_dir),
+        "--artifacts-dir",
+        str(artifacts),
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
 
 

@@ -35,8 +35,10 @@ def cpu_units(monkeypatch):
     return set_units
 
 
-@pytest.mark.parametrize("capability,native", [((6, 1), False), ((7, 0), False), ((7, 5), False), ((8, 0), True),
-                                               ((8, 9), True), ((9, 0), True)])  # fmt: skip
+@pytest.mark.parametrize(
+    "capability,native",
+    [((6, 1), False), ((7, 0), False), ((7, 5), False), ((8, 0), True), ((8, 9), True), ((9, 0), True)],
+)
 def test_bf16_is_auto_only_on_gpus_that_have_it_natively(monkeypatch, capability, native):
     # A T4 (7.5) or V100 (7.0) answers is_bf16_supported() with True, through emulation.
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
@@ -75,9 +77,16 @@ def test_autocast_is_not_entered_at_all_for_fp32(monkeypatch):
 
 @pytest.mark.parametrize(
     "device,version,fused",
-    [("cuda", "2.2.0", True), ("cpu", "2.3.1", False), ("cpu", "2.4.0", True), ("mps", "2.2.2", False),
-     ("mps", "2.5.0", True), ("mps", "2.14.1+cpu", True), ("xpu", "2.14.1", False)],
-)  # fmt: skip
+    [
+        ("cuda", "2.2.0", True),
+        ("cpu", "2.3.1", False),
+        ("cpu", "2.4.0", True),
+        ("mps", "2.2.2", False),
+        ("mps", "2.5.0", True),
+        ("mps", "2.14.1+cpu", True),
+        ("xpu", "2.14.1", False),
+    ],
+)
 def test_fused_adamw_where_the_installed_torch_has_it(device, version, fused):
     assert fused_adamw(torch.device(device), version) is fused
 
@@ -158,19 +167,29 @@ def _thp_mode() -> str:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or not _has_mallinfo2(), reason="glibc 2.33+ only")
-@pytest.mark.parametrize("env, tuned, huge", [({}, True, True), ({"MNISTDIFF_ALLOCATOR": "system"}, False, False),
-                                              ({"MALLOC_ARENA_MAX": "2"}, False, False),
-                                              ({"THP_MEM_ALLOC_ENABLE": "0"}, True, False)])  # fmt: skip
+@pytest.mark.parametrize(
+    "env, tuned, huge",
+    [
+        ({}, True, True),
+        ({"MNISTDIFF_ALLOCATOR": "system"}, False, False),
+        ({"MALLOC_ARENA_MAX": "2"}, False, False),
+        ({"THP_MEM_ALLOC_ENABLE": "0"}, True, False),
+    ],
+)
 def test_the_allocator_serves_large_buffers_from_the_heap_unless_the_user_chose(env, tuned, huge):
     """Tuned, glibc keeps a 64 MiB tensor in its heap rather than a fresh mmap (which the kernel
     zero-fills and faults in again at every use), and, asked as train asks, torch puts it on huge
     pages where the kernel gives them on request; MNISTDIFF_ALLOCATOR=system or a MALLOC_* variable
     of the user's own leaves glibc and torch as they come, and THP_MEM_ALLOC_ENABLE of the user's
     own is kept."""
-    clean = {k: v for k, v in os.environ.items()
-             if not k.startswith("MALLOC_") and k not in ("MNISTDIFF_ALLOCATOR", "THP_MEM_ALLOC_ENABLE")}  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", ALLOCATOR_PROBE], env={**clean, **env}, capture_output=True,
-                         text=True, check=True).stdout  # fmt: skip
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("MALLOC_") and k not in ("MNISTDIFF_ALLOCATOR", "THP_MEM_ALLOC_ENABLE")
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", ALLOCATOR_PROBE], env={**clean, **env}, capture_output=True, text=True, check=True
+    ).stdout
     probe = json.loads(out.splitlines()[-1])
     assert probe["tuned"] is tuned
     if tuned:
@@ -196,21 +215,25 @@ def compile_facts(monkeypatch):
     return set_facts
 
 
-@pytest.mark.parametrize("device,dtype,kernels,compiler,platform,steps,compiled", [
-    (CPU, None, "AVX2", "g++", "linux", 4685, True),  # the default preset's 5 epochs, fp32, AVX2 kernels
-    (CPU, None, "AVX2", "g++", "linux", 3500, True),
-    (CPU, None, "AVX2", "g++", "linux", 3499, False),  # too short to win back a first compilation
-    (CPU, None, "AVX512", "g++", "linux", 4685, False),  # measured: 1.04x, and 512-bit kernels crashed
-    (CPU, None, "DEFAULT", "g++", "linux", 4685, False),
-    (CPU, torch.bfloat16, "AVX2", "g++", "linux", 4685, False),
-    (CPU, None, "AVX2", None, "linux", 4685, False),  # no C++ compiler: inductor cannot build
-    (CPU, None, "AVX2", "cl", "win32", 4685, False),
-    (CPU, None, "AVX2", "clang++", "darwin", 4685, False),
-    (CUDA, None, "AVX2", "g++", "linux", 4685, False),
-    (MPS, None, "AVX2", "g++", "linux", 4685, False),
-])  # fmt: skip
-def test_compile_is_the_default_only_where_it_was_measured_to_pay(compile_facts, device, dtype, kernels, compiler,
-                                                                   platform, steps, compiled):  # fmt: skip
+@pytest.mark.parametrize(
+    "device,dtype,kernels,compiler,platform,steps,compiled",
+    [
+        (CPU, None, "AVX2", "g++", "linux", 4685, True),  # the default preset's 5 epochs, fp32, AVX2 kernels
+        (CPU, None, "AVX2", "g++", "linux", 3500, True),
+        (CPU, None, "AVX2", "g++", "linux", 3499, False),  # too short to win back a first compilation
+        (CPU, None, "AVX512", "g++", "linux", 4685, False),  # measured: 1.04x, and 512-bit kernels crashed
+        (CPU, None, "DEFAULT", "g++", "linux", 4685, False),
+        (CPU, torch.bfloat16, "AVX2", "g++", "linux", 4685, False),
+        (CPU, None, "AVX2", None, "linux", 4685, False),  # no C++ compiler: inductor cannot build
+        (CPU, None, "AVX2", "cl", "win32", 4685, False),
+        (CPU, None, "AVX2", "clang++", "darwin", 4685, False),
+        (CUDA, None, "AVX2", "g++", "linux", 4685, False),
+        (MPS, None, "AVX2", "g++", "linux", 4685, False),
+    ],
+)
+def test_compile_is_the_default_only_where_it_was_measured_to_pay(
+    compile_facts, device, dtype, kernels, compiler, platform, steps, compiled
+):
     compile_facts(kernels, compiler, platform)
     why = runtime.compile_by_default(device, dtype, steps)
     assert (why is not None) is compiled
@@ -218,14 +241,18 @@ def test_compile_is_the_default_only_where_it_was_measured_to_pay(compile_facts,
         assert f"{steps:,} steps" in why and "--no-compile" in why
 
 
-@pytest.mark.parametrize("device,dtype,kernels,options", [
-    (CPU, None, "AVX2", {"layout_optimization": False}),
-    (CPU, None, "AVX512", {"layout_optimization": False, "cpp.simdlen": 256}),
-    (CPU, torch.bfloat16, "AVX512", {"layout_optimization": False}),
-    (CUDA, None, "AVX512", None),
-])  # fmt: skip
-def test_compile_options_keep_nchw_and_256_bit_vectors_for_fp32_on_avx512(monkeypatch, compile_facts, device, dtype,
-                                                                          kernels, options):  # fmt: skip
+@pytest.mark.parametrize(
+    "device,dtype,kernels,options",
+    [
+        (CPU, None, "AVX2", {"layout_optimization": False}),
+        (CPU, None, "AVX512", {"layout_optimization": False, "cpp.simdlen": 256}),
+        (CPU, torch.bfloat16, "AVX512", {"layout_optimization": False}),
+        (CUDA, None, "AVX512", None),
+    ],
+)
+def test_compile_options_keep_nchw_and_256_bit_vectors_for_fp32_on_avx512(
+    monkeypatch, compile_facts, device, dtype, kernels, options
+):
     compile_facts(kernels)
     seen = []
     monkeypatch.setattr(torch, "compile", lambda net, options=None: seen.append(options) or net)

@@ -157,8 +157,14 @@ def test_spaced_timesteps_power_closed_form_and_always_distinct():
 
 def test_ddim_walks_the_spaced_timesteps():
     seen = []
-    ddim_sample(Denoiser(FakeNet(), schedule("cosine", 100), "eps"), SHAPE, steps=7, spacing=0.5,
-                generator=torch.Generator().manual_seed(0), callback=lambda i, t, x, x0: seen.append(t))  # fmt: skip
+    ddim_sample(
+        Denoiser(FakeNet(), schedule("cosine", 100), "eps"),
+        SHAPE,
+        steps=7,
+        spacing=0.5,
+        generator=torch.Generator().manual_seed(0),
+        callback=lambda i, t, x, x0: seen.append(t),
+    )
     assert seen == spaced_timesteps(100, 7, 0.5)
 
 

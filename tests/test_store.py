@@ -93,13 +93,34 @@ def test_run_numbers_are_unique_when_runs_start_together(tmp_path):
 
 def test_four_train_processes_started_together_get_four_numbers(tmp_path, data_dir):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    common = ["--channels", "8", "--channel-mult", "1,2,2", "--batch-size", "16", "--timesteps", "10",
-              "--clusters", "0", "--max-steps", "1", "--data-dir", str(data_dir), "--artifacts-dir", str(tmp_path)]
+    common = [
+        "--channels",
+        "8",
+        "--channel-mult",
+        "1,2,2",
+        "--batch-size",
+        "16",
+        "--timesteps",
+        "10",
+        "--clusters",
+        "0",
+        "--max-steps",
+        "1",
+        "--data-dir",
+        str(data_dir),
+        "--artifacts-dir",
+        str(tmp_path),
+    ]
     procs = [
-        subprocess.Popen([sys.executable, "-m", "mnist_diffusion", "train", *common, "--run-name", f"p{i}"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        subprocess.Popen(
+            [sys.executable, "-m", "mnist_diffusion", "train", *common, "--run-name", f"p{i}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         for i in range(4)
-    ]  # fmt: skip
+    ]
     for p in procs:
         _, err = p.communicate(timeout=600)  # a hang guard, not a speed limit
         assert p.returncode == 0, err[-2000:]

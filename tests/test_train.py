@@ -21,6 +21,7 @@ from mnist_diffusion.io import sha256_file
 from mnist_diffusion.runs.checkpoint import flatten_optimizer
 from mnist_diffusion.runs.store import load_config, resolve_run
 from mnist_diffusion.sampling.outputs import end_of_run_grid
+from mnist_diffusion.training import budget as budget_module
 from mnist_diffusion.training import learner as learner_module
 from mnist_diffusion.training import plan as plan_module
 from mnist_diffusion.training import trainer as train_module
@@ -193,8 +194,10 @@ def test_an_infinite_gradient_on_a_checkpoint_step_is_never_saved(tmp_path, data
     (run_dir,) = (tmp_path / "artifacts" / "runs").iterdir()
     assert json.loads((run_dir / "checkpoint.json").read_text())["step"] == 4
     assert all_finite(run_dir)
-    assert sha256_file(run_dir / "checkpoint.safetensors") == json.loads((run_dir / "manifest.json").read_text())[
-        "files"]["checkpoint.safetensors"]["sha256"]  # fmt: skip
+    assert (
+        sha256_file(run_dir / "checkpoint.safetensors")
+        == json.loads((run_dir / "manifest.json").read_text())["files"]["checkpoint.safetensors"]["sha256"]
+    )
 
 
 def test_an_infinite_gradient_on_the_guide_step_writes_no_guide(tmp_path, data_dir, monkeypatch):
@@ -215,8 +218,15 @@ def test_run_folders_are_never_reused(tmp_path, data_dir):
 def test_a_step_is_forward_backward_then_update(tmp_path, data_dir):
     # The benchmarks time the two halves of a step apart (Trainer's public API): together they are the step.
     def trainer(name):
-        return Trainer(tiny_config(max_steps=3), data_dir=data_dir, artifacts_dir=tmp_path / name, run_name="t",
-                       device="cpu", progress=False, log=lambda m: None)  # fmt: skip
+        return Trainer(
+            tiny_config(max_steps=3),
+            data_dir=data_dir,
+            artifacts_dir=tmp_path / name,
+            run_name="t",
+            device="cpu",
+            progress=False,
+            log=lambda m: None,
+        )
 
     whole, halves = trainer("a"), trainer("b")
     for i in range(3):
@@ -277,8 +287,13 @@ def test_fp16_scales_the_loss_and_resumes_exactly(tmp_path, data_dir, monkeypatc
     meta = json.loads((straight / "checkpoint.json").read_text())
     assert meta["grad_scaler"]["scale"] > 0  # the loss scaler's state is part of the checkpoint
     stop = threading.Event()
-    half = run(tiny_config(max_steps=6, precision="fp16"), tmp_path / "b", data_dir, stop=stop,
-               on_step=lambda s: stop.set() if s == 3 else None)  # fmt: skip
+    half = run(
+        tiny_config(max_steps=6, precision="fp16"),
+        tmp_path / "b",
+        data_dir,
+        stop=stop,
+        on_step=lambda s: stop.set() if s == 3 else None,
+    )
     resumed = run(None, tmp_path / "b", data_dir, resume=half.run_dir)
     a, b = weights(straight), weights(resumed.run_dir)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -377,8 +392,13 @@ def test_a_budget_plans_again_from_its_own_pace_within_warm_up(tmp_path, data_di
     No guide here: a guided run keeps its first plan when the new one would put the guide behind
     it, which on a loaded machine's slow first steps makes this test's outcome depend on the load."""
     lines = []
-    budgeted = run(tiny_config(epochs=50, guide_at=0.0), tmp_path / "a", data_dir,
-                   time_budget=Budget(3.0, step_seconds=1e-4), log=lines.append).run_dir  # fmt: skip
+    budgeted = run(
+        tiny_config(epochs=50, guide_at=0.0),
+        tmp_path / "a",
+        data_dir,
+        time_budget=Budget(3.0, step_seconds=1e-4),
+        log=lines.append,
+    ).run_dir
     info = json.loads((budgeted / "run.json").read_text())["time_budget"]
     cfg = load_config(budgeted)
     assert info["measured_over_steps"] == cfg.train.warmup_steps == 4
@@ -435,8 +455,9 @@ def test_a_budget_counts_the_time_it_spends_planning(tmp_path, data_dir):
 
     budget = Budget(10.0, step_seconds=0.01, spent_after=3, replan_after=0, clock=clock)
     lines = []
-    result = run(tiny_config(epochs=3), tmp_path, data_dir, time_budget=budget, monitors=[SlowToMeasure()],
-                 log=lines.append)  # fmt: skip
+    result = run(
+        tiny_config(epochs=3), tmp_path, data_dir, time_budget=budget, monitors=[SlowToMeasure()], log=lines.append
+    )
     clock_ages = budget.ages
     plan = json.loads((result.run_dir / "run.json").read_text())["time_budget"]
     assert plan["planning_seconds"] == 1.5
@@ -467,8 +488,13 @@ def test_a_budget_plans_again_from_the_steps_pace_without_the_monitors_time(tmp_
                 time.sleep(1.0)
 
     budget = Budget(60.0)
-    run(tiny_config(epochs=1, max_steps=6, guide_at=0.0), tmp_path, data_dir, time_budget=budget,
-        monitors=[SlowAtStepTwo()])  # fmt: skip
+    run(
+        tiny_config(epochs=1, max_steps=6, guide_at=0.0),
+        tmp_path,
+        data_dir,
+        time_budget=budget,
+        monitors=[SlowAtStepTwo()],
+    )
     paces = budget.paces
     assert len(paces) == 1 and paces[0][0] == 4  # at the end of warm-up
     assert paces[0][1] < 0.2  # the second of sleep would make it at least 0.25 s a step
@@ -505,9 +531,17 @@ def test_a_resumed_run_compiles_as_the_run_did(tmp_path, data_dir, monkeypatch):
     half = run(tiny_config(max_steps=2), tmp_path / "b", data_dir, compile=True)
     assert len(compiled) == 1 and json.loads((half.run_dir / "checkpoint.json").read_text())["compiled"] is True
     for source, flag in ((half, None), (short, None), (half, False)):
-        resumed = Trainer(None, data_dir=data_dir, artifacts_dir=source.run_dir.parent.parent, run_name=None,
-                          device="cpu", progress=False, log=lambda m: None, compile=flag,
-                          resume=plan_resume(source.run_dir, max_steps=4))  # fmt: skip
+        resumed = Trainer(
+            None,
+            data_dir=data_dir,
+            artifacts_dir=source.run_dir.parent.parent,
+            run_name=None,
+            device="cpu",
+            progress=False,
+            log=lambda m: None,
+            compile=flag,
+            resume=plan_resume(source.run_dir, max_steps=4),
+        )
         resumed.close()
         assert resumed.learner.compiled is (source is half and flag is None)
     assert len(compiled) == 2
@@ -516,7 +550,7 @@ def test_a_resumed_run_compiles_as_the_run_did(tmp_path, data_dir, monkeypatch):
 def test_a_budget_run_names_the_compile_flag_its_plan_needs_to_repeat_it(tmp_path, data_dir, monkeypatch):
     # A budget run trains eagerly; where the default would compile its planned steps (patched in:
     # any plan), the `--steps N` it prints says --no-compile, so the repeat computes the same floats.
-    monkeypatch.setattr(train_module, "compile_by_default", lambda device, dtype, steps: "measured to pay")
+    monkeypatch.setattr(budget_module, "compile_by_default", lambda device, dtype, steps: "measured to pay")
     monkeypatch.setattr(learner_module, "compile_by_default", lambda device, dtype, steps: "measured to pay")
     lines = []
     result = run(tiny_config(epochs=3), tmp_path, data_dir, time_budget=2.0, log=lines.append)

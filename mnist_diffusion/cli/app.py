@@ -63,13 +63,16 @@ def user_errors(fn):
         except (MemoryError, RuntimeError) as e:
             if not allocation_failure(e):
                 raise
-            _error_line(f"out of memory ({_first_line(e)}): ask for less at once, with a smaller -n or --batch-size "
-                        "(or a smaller model)")  # fmt: skip
+            _error_line(
+                f"out of memory ({_first_line(e)}): ask for less at once, with a smaller -n or --batch-size "
+                "(or a smaller model)"
+            )
             raise typer.Exit(1) from None
         except OSError as e:
             where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-            err_console.print(f"[red]Error:[/red] {escape(where + (e.strerror or str(e)))}", highlight=False,
-                              soft_wrap=True)  # fmt: skip
+            err_console.print(
+                f"[red]Error:[/red] {escape(where + (e.strerror or str(e)))}", highlight=False, soft_wrap=True
+            )
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err_console.print("Interrupted.")

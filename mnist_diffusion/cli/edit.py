@@ -20,8 +20,12 @@ from ..errors import UserError
 from .app import app, console, say, user_errors
 from .options import ArtifactsDir, DataDir, Device, RunArg, SamplingRequest, int_list, sampling_options
 
-Images = Annotated[Optional[list[Path]], typer.Option(
-    "--image", help="A digit as a PNG: 28x28 greyscale, or any greyscale PNG (resized, with a notice). Repeatable.")]
+Images = Annotated[
+    Optional[list[Path]],
+    typer.Option(
+        "--image", help="A digit as a PNG: 28x28 greyscale, or any greyscale PNG (resized, with a notice). Repeatable."
+    ),
+]
 TestIndex = Annotated[Optional[str], typer.Option(help="MNIST test digits by index, such as 0,5,9 (0 to 9999).")]
 Digit = Annotated[Optional[int], typer.Option(min=0, max=9, help="Conditional runs: make it this digit.")]
 Scale = Annotated[int, typer.Option(min=1, max=16, help="Pixel scale of the picture.")]
@@ -50,25 +54,34 @@ def inpaint(
     run: RunArg = None,
     image: Images = None,
     test_index: TestIndex = None,
-    mask: Annotated[str, typer.Option(
-        help="What is missing: left, right, top, bottom, center (the middle 14x14), random:P (each pixel with "
-        "probability P) or a 28x28 PNG, white where missing.")] = "right",
+    mask: Annotated[
+        str,
+        typer.Option(
+            help="What is missing: left, right, top, bottom, center (the middle 14x14), random:P (each pixel with "
+            "probability P) or a 28x28 PNG, white where missing."
+        ),
+    ] = "right",
     n: Annotated[int, typer.Option("-n", "--num-samples", help="Completions per digit.")] = 4,
     digit: Digit = None,
-    jumps: Annotated[int, typer.Option(help="RePaint: after each J steps, go back J steps and redo them.")
-                     ] = INPAINT_JUMPS,
-    resample: Annotated[int, typer.Option(help="RePaint: walk each block of J steps R times in all (1: never).")
-                        ] = INPAINT_RESAMPLE,
+    jumps: Annotated[
+        int, typer.Option(help="RePaint: after each J steps, go back J steps and redo them.")
+    ] = INPAINT_JUMPS,
+    resample: Annotated[
+        int, typer.Option(help="RePaint: walk each block of J steps R times in all (1: never).")
+    ] = INPAINT_RESAMPLE,
     output: Annotated[Path, typer.Option("-o", "--output", help="PNG grid to write.")] = Path("inpaint.png"),
     scale: Scale = 2,
-    save_tensor: Annotated[Optional[Path], typer.Option(
-        help="Also write the completions (N n, 1, 28, 28) in [0, 1], the originals and the mask as safetensors.")
+    save_tensor: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Also write the completions (N n, 1, 28, 28) in [0, 1], the originals and the mask as safetensors."
+        ),
     ] = None,
     data_dir: DataDir = DEFAULT_DATA_DIR,
     device: Device = "auto",
     artifacts_dir: ArtifactsDir = DEFAULT_ARTIFACTS_DIR,
     sampling: SamplingRequest = None,
-):  # fmt: skip
+):
     """Fill in the missing part of digits (RePaint).
 
     One row per digit: the original, the masked input, the completions.
@@ -87,8 +100,19 @@ def inpaint(
     missing = parse_mask(mask, seed=sampling.settings.seed)
     images = _digits(image, test_index, data_dir)
     loaded = _load(run, artifacts_dir, device)
-    inpaint_to_files(loaded, images, missing, output, sampling.for_run(loaded.guidance_kinds), n=n, digit=digit,
-                     jumps=jumps, resample=resample, scale=scale, save_tensor=save_tensor)  # fmt: skip
+    inpaint_to_files(
+        loaded,
+        images,
+        missing,
+        output,
+        sampling.for_run(loaded.guidance_kinds),
+        n=n,
+        digit=digit,
+        jumps=jumps,
+        resample=resample,
+        scale=scale,
+        save_tensor=save_tensor,
+    )
     console.print(f"wrote {output}" + (f" and {save_tensor}" if save_tensor else ""), highlight=False, markup=False)
 
 
@@ -97,24 +121,31 @@ def inpaint(
 @sampling_options(without=("sampler", "eta"))
 def interpolate(
     run: RunArg = None,
-    seeds: Annotated[Optional[str], typer.Option(
-        help="Walk between the noises of these two seeds, as `sample -n 1 --seed S` draws them "
-        "(default: --seed and the next).")] = None,
+    seeds: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Walk between the noises of these two seeds, as `sample -n 1 --seed S` draws them "
+            "(default: --seed and the next)."
+        ),
+    ] = None,
     image: Images = None,
     test_index: TestIndex = None,
-    frames: Annotated[int, typer.Option(help="Pictures from one end to the other, both included.")
-                      ] = INTERPOLATE_FRAMES,
-    sampler: Annotated[str, typer.Option(help="ddim (eta 0) or dpmpp-2m: a deterministic sampler.",
-                                         rich_help_panel="Sampling")] = "ddim",
+    frames: Annotated[
+        int, typer.Option(help="Pictures from one end to the other, both included.")
+    ] = INTERPOLATE_FRAMES,
+    sampler: Annotated[
+        str, typer.Option(help="ddim (eta 0) or dpmpp-2m: a deterministic sampler.", rich_help_panel="Sampling")
+    ] = "ddim",
     digit: Digit = None,
-    output: Annotated[Path, typer.Option(
-        "-o", "--output", help="PNG strip to write, or an animated GIF (.gif).")] = Path("interpolate.png"),
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="PNG strip to write, or an animated GIF (.gif).")
+    ] = Path("interpolate.png"),
     scale: Scale = 2,
     data_dir: DataDir = DEFAULT_DATA_DIR,
     device: Device = "auto",
     artifacts_dir: ArtifactsDir = DEFAULT_ARTIFACTS_DIR,
     sampling: SamplingRequest = None,
-):  # fmt: skip
+):
     """Walk between two digits, seeds or real ones, through their noise.
 
     The ends' noises x_T are interpolated on the sphere (slerp) and each point
@@ -142,8 +173,11 @@ def interpolate(
         a, b = ends[0], ends[1]
     else:
         seed = sampling.settings.seed
-        pair = (int_list(seeds, "--seeds", high=SEED_MAX, example="0,1") if seeds is not None
-                else [seed, derive_seed(seed, 1)])  # fmt: skip
+        pair = (
+            int_list(seeds, "--seeds", high=SEED_MAX, example="0,1")
+            if seeds is not None
+            else [seed, derive_seed(seed, 1)]
+        )
         if len(pair) != 2:
             raise UserError(f"--seeds takes two different seeds, such as 0,1 (got {seeds!r})")
         a, b = pair
@@ -160,19 +194,27 @@ def invert(
     run: RunArg = None,
     image: Images = None,
     test_index: TestIndex = None,
-    steps: Annotated[Optional[str], typer.Option(
-        help=f"Step counts to compare, such as 20,50,100 (default {','.join(map(str, INVERT_STEPS))}, "
-        "those up to the run's T).", rich_help_panel="Sampling")] = None,
+    steps: Annotated[
+        Optional[str],
+        typer.Option(
+            help=f"Step counts to compare, such as 20,50,100 (default {','.join(map(str, INVERT_STEPS))}, "
+            "those up to the run's T).",
+            rich_help_panel="Sampling",
+        ),
+    ] = None,
     digit: Digit = None,
-    output: Annotated[Path, typer.Option(
-        "-o", "--output", help="PNG grid: per digit, the original and its reconstruction at each step count."
-    )] = Path("invert.png"),
+    output: Annotated[
+        Path,
+        typer.Option(
+            "-o", "--output", help="PNG grid: per digit, the original and its reconstruction at each step count."
+        ),
+    ] = Path("invert.png"),
     scale: Scale = 2,
     data_dir: DataDir = DEFAULT_DATA_DIR,
     device: Device = "auto",
     artifacts_dir: ArtifactsDir = DEFAULT_ARTIFACTS_DIR,
     sampling: SamplingRequest = None,
-):  # fmt: skip
+):
     """Invert digits to noise and back; print the error for each step count.
 
     DDIM inversion (the deterministic ODE from x_0 to x_T), then DDIM back;
@@ -191,8 +233,9 @@ def invert(
     loaded = _load(run, artifacts_dir, device)
     top = loaded.schedule.num_timesteps
     counts = counts or [s for s in INVERT_STEPS if s <= top] or [top]
-    rows = invert_to_files(loaded, images, output, sampling.for_run(loaded.guidance_kinds), steps=sorted(counts),
-                           digit=digit, scale=scale)  # fmt: skip
+    rows = invert_to_files(
+        loaded, images, output, sampling.for_run(loaded.guidance_kinds), steps=sorted(counts), digit=digit, scale=scale
+    )
     console.print(f"DDIM inversion and back of {len(images)} digit(s), run {loaded.path.name}:", markup=False)
     console.print(inversion_table(rows))
     console.print(f"wrote {output}", highlight=False, markup=False)

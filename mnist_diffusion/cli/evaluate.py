@@ -19,10 +19,13 @@ from .options import ArtifactsDir, DataDir, Device, RunArg, SamplingRequest, sam
 @sampling_options
 def eval_command(
     run: RunArg = None,
-    samples: Annotated[Optional[Path], typer.Option(
-        help="Score samples made elsewhere: .safetensors, .npy, a folder of PNGs, or a PNG grid.")] = None,
-    n_samples: Annotated[int, typer.Option(
-        "-n", "--n-samples", min=10, help="Samples to draw and score (FID depends on N).")] = 10_000,
+    samples: Annotated[
+        Optional[Path],
+        typer.Option(help="Score samples made elsewhere: .safetensors, .npy, a folder of PNGs, or a PNG grid."),
+    ] = None,
+    n_samples: Annotated[
+        int, typer.Option("-n", "--n-samples", min=10, help="Samples to draw and score (FID depends on N).")
+    ] = 10_000,
     nll: Annotated[bool, typer.Option("--nll", help="Also the NLL bound in bits/dim on test images.")] = False,
     nll_images: Annotated[int, typer.Option(min=1, help="Test images for --nll.")] = 1000,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of a table.")] = False,
@@ -30,7 +33,7 @@ def eval_command(
     artifacts_dir: ArtifactsDir = DEFAULT_ARTIFACTS_DIR,
     data_dir: DataDir = DEFAULT_DATA_DIR,
     sampling: SamplingRequest = None,
-):  # fmt: skip
+):
     """Score a run's samples against the MNIST test set (FID, KID, precision/recall, ...).
 
     The same metrics for N real training images are printed beside them, as the floor.
@@ -50,14 +53,22 @@ def eval_command(
     ensure_mnist(data_dir, log=say)
     progress = not json_output
     if images is not None:
-        result = evaluate_images(images, data_dir=data_dir, seed=sampling.settings.seed, device=torch_device,
-                                 progress=progress)  # fmt: skip
+        result = evaluate_images(
+            images, data_dir=data_dir, seed=sampling.settings.seed, device=torch_device, progress=progress
+        )
         result["samples"] = str(samples)
     else:
         run_dir = resolve_run(run, artifacts_dir)
         settings = sampling.for_run(guidance_kinds_of(run_dir))
-        result = evaluate_run(run_dir, settings, n_samples=n_samples, device=torch_device, data_dir=data_dir,
-                              nll_images=nll_images if nll else 0, progress=progress)  # fmt: skip
+        result = evaluate_run(
+            run_dir,
+            settings,
+            n_samples=n_samples,
+            device=torch_device,
+            data_dir=data_dir,
+            nll_images=nll_images if nll else 0,
+            progress=progress,
+        )
     if json_output:
         console.print_json(json.dumps(result))
     else:

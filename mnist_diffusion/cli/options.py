@@ -22,8 +22,10 @@ ArtifactsDir = Annotated[Path, typer.Option("--artifacts-dir", help="Folder hold
 DataDir = Annotated[Path, typer.Option("--data-dir", help="Folder for MNIST (MNIST/raw/*-ubyte).")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")]
 RunArg = Annotated[Optional[str], typer.Option("--run", "-r", help="A run's folder or name (default: the latest run).")]
-PRECISION_HELP = ("The network in auto (bf16 on CPUs with AVX512-BF16/AMX and NVIDIA GPUs from Ampere on, else "
-                  "fp32), fp32, bf16, or fp16 (CUDA).")
+PRECISION_HELP = (
+    "The network in auto (bf16 on CPUs with AVX512-BF16/AMX and NVIDIA GPUs from Ampere on, else "
+    "fp32), fp32, bf16, or fp16 (CUDA)."
+)
 
 _DEFAULTS = SamplingConfig()
 PANEL = "Sampling"  # the --help section of the sampling options
@@ -42,29 +44,71 @@ def _scale(flag: str, help: str):
 # name -> (type with its Typer option, default): the flags of SamplingConfig's fields
 SAMPLING_OPTIONS = {
     "sampler": (_option(str, "--sampler", f"{', '.join(get_args(SamplerName))}."), _DEFAULTS.sampler),
-    "steps": (_option(Optional[int], "--steps", f"Model evaluations (default: {_STEPS}; ddpm always takes all T).",
-                      min=1), None),
-    "spacing": (_option(Optional[float], "--spacing", "Timestep spacing power p, t_i = T (1 - i/n)^p - 1: 1 even, "
-                        f"below 1 more steps at high noise (default {SamplingConfig.DEFAULT_SPACING:g}).",
-                        min=SPACING_RANGE[0], max=SPACING_RANGE[1]), None),
+    "steps": (
+        _option(Optional[int], "--steps", f"Model evaluations (default: {_STEPS}; ddpm always takes all T).", min=1),
+        None,
+    ),
+    "spacing": (
+        _option(
+            Optional[float],
+            "--spacing",
+            "Timestep spacing power p, t_i = T (1 - i/n)^p - 1: 1 even, "
+            f"below 1 more steps at high noise (default {SamplingConfig.DEFAULT_SPACING:g}).",
+            min=SPACING_RANGE[0],
+            max=SPACING_RANGE[1],
+        ),
+        None,
+    ),
     "eta": (_option(float, "--eta", "DDIM noise: 0 deterministic, 1 like DDPM.", min=0.0, max=1.0), _DEFAULTS.eta),
-    "seed": (_option(int, "--seed", "Random seed (0 to 2^63 - 1): same seed and flags, same images (on one machine "
-                    "and precision).", min=0,
-                     max=SEED_MAX), _DEFAULTS.seed),
-    "autoguidance": (_scale("--autoguidance", "Autoguidance scale: extrapolate away from the run's early weights "
-                            f"(runs with a guide; default {Guidance.DEFAULTS['auto']:g}, 1: off)."), None),
-    "label_guidance": (_scale("--label-guidance", "Classifier-free guidance on the digit (--conditional runs; "
-                              f"default {Guidance.DEFAULTS['labels']:g}, 1: off)."), None),
-    "cluster_guidance": (_scale("--cluster-guidance", "Classifier-free guidance on the pixel cluster (--clusters "
-                                f"runs, the default preset; default {Guidance.DEFAULTS['clusters']:g}, 1: off)."),
-                         None),
-    "guidance": (_scale("--guidance", "Deprecated: --autoguidance, --label-guidance or --cluster-guidance, "
-                        "whichever the run has (autoguidance first)."), None),
+    "seed": (
+        _option(
+            int,
+            "--seed",
+            "Random seed (0 to 2^63 - 1): same seed and flags, same images (on one machine and precision).",
+            min=0,
+            max=SEED_MAX,
+        ),
+        _DEFAULTS.seed,
+    ),
+    "autoguidance": (
+        _scale(
+            "--autoguidance",
+            "Autoguidance scale: extrapolate away from the run's early weights "
+            f"(runs with a guide; default {Guidance.DEFAULTS['auto']:g}, 1: off).",
+        ),
+        None,
+    ),
+    "label_guidance": (
+        _scale(
+            "--label-guidance",
+            "Classifier-free guidance on the digit (--conditional runs; "
+            f"default {Guidance.DEFAULTS['labels']:g}, 1: off).",
+        ),
+        None,
+    ),
+    "cluster_guidance": (
+        _scale(
+            "--cluster-guidance",
+            "Classifier-free guidance on the pixel cluster (--clusters "
+            f"runs, the default preset; default {Guidance.DEFAULTS['clusters']:g}, 1: off).",
+        ),
+        None,
+    ),
+    "guidance": (
+        _scale(
+            "--guidance",
+            "Deprecated: --autoguidance, --label-guidance or --cluster-guidance, "
+            "whichever the run has (autoguidance first).",
+        ),
+        None,
+    ),
     "precision": (_option(str, "--precision", PRECISION_HELP), _DEFAULTS.precision),
     "batch_size": (_option(int, "--batch-size", "Samples per forward pass.", min=1), _DEFAULTS.batch_size),
-    "cuda_graphs": (_option(bool, "--cuda-graphs", "CUDA: replay each network call from a CUDA graph."),
-                    _DEFAULTS.cuda_graphs),
-}  # fmt: skip
+    "cuda_graphs": (
+        _option(bool, "--cuda-graphs", "CUDA: replay each network call from a CUDA graph."),
+        _DEFAULTS.cuda_graphs,
+    ),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,16 +144,24 @@ def sampling_options(command=None, *, without: tuple[str, ...] = ()):
         raise ValueError(f"no sampling flags named {sorted(unknown)}")
     options = {name: spec for name, spec in SAMPLING_OPTIONS.items() if name not in without}
     hints = typing.get_type_hints(command, include_extras=True)
-    own = [p.replace(annotation=hints[p.name]) for p in inspect.signature(command).parameters.values()
-           if p.name != "sampling"]  # fmt: skip
-    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
-             for name, (annotation, default) in options.items()]  # fmt: skip
+    own = [
+        p.replace(annotation=hints[p.name])
+        for p in inspect.signature(command).parameters.values()
+        if p.name != "sampling"
+    ]
+    added = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+        for name, (annotation, default) in options.items()
+    ]
 
     @functools.wraps(command)
     def wrapper(**kwargs):
         flags = {name: kwargs.pop(name) for name in options}
-        guidance = Guidance(auto=flags.pop("autoguidance", None), labels=flags.pop("label_guidance", None),
-                            clusters=flags.pop("cluster_guidance", None))  # fmt: skip
+        guidance = Guidance(
+            auto=flags.pop("autoguidance", None),
+            labels=flags.pop("label_guidance", None),
+            clusters=flags.pop("cluster_guidance", None),
+        )
         legacy = flags.pop("guidance", None)
         settings = checked(SamplingConfig(**flags, guidance=guidance).check)
         return command(**kwargs, sampling=SamplingRequest(settings, legacy))
@@ -131,6 +183,5 @@ def int_list(text: str, flag: str, *, low: int = 0, high: int | None = None, exa
         values = []
     if not values or any(v < low or (high is not None and v > high) for v in values):
         within = f"from {low} to {high}" if high is not None else f"of at least {low}"
-        raise UserError(f"{flag} takes comma-separated whole numbers {within}, such as {example} "
-                        f"(got {text!r})")  # fmt: skip
+        raise UserError(f"{flag} takes comma-separated whole numbers {within}, such as {example} (got {text!r})")
     return list(dict.fromkeys(values))

@@ -25,8 +25,9 @@ def report(run: RunArg = None, artifacts_dir: ArtifactsDir = DEFAULT_ARTIFACTS_D
         run_dir = resolve_run(run, artifacts_dir)
     except UserError:
         if run and os.path.isdir(run):
-            raise UserError(f"{run} is not a run folder (it has no {CONFIG}); report.html is written only into one"
-                            ) from None  # fmt: skip
+            raise UserError(
+                f"{run} is not a run folder (it has no {CONFIG}); report.html is written only into one"
+            ) from None
         raise
     setup_device("cpu")  # the threads train uses; the trajectory in the report is drawn on the CPU
     console.print(f"wrote {write_report(run_dir)}", highlight=False, markup=False, soft_wrap=True)

@@ -23,22 +23,32 @@ def sample(
     output: Annotated[Path, typer.Option("-o", "--output", help="PNG grid to write.")] = Path("grid.png"),
     nrow: Annotated[Optional[int], typer.Option(min=1, help="Digits per grid row.")] = None,
     scale: Annotated[int, typer.Option(min=1, max=16, help="Pixel scale of the PNG.")] = 2,
-    save_tensor: Annotated[Optional[Path], typer.Option(
-        help="Also write the samples (N, 1, 28, 28) in [0, 1] as safetensors, with the settings in its metadata.")
+    save_tensor: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Also write the samples (N, 1, 28, 28) in [0, 1] as safetensors, with the settings in its metadata."
+        ),
     ] = None,
     digit: Annotated[Optional[int], typer.Option(min=0, max=9, help="Conditional runs: draw this digit.")] = None,
     labels: Annotated[Optional[str], typer.Option(help="Conditional runs: digits to draw, e.g. 0,1,2.")] = None,
-    trajectory: Annotated[Optional[Path], typer.Option(
-        help="Also write the denoising process of the first samples: a PNG, or an animated GIF (.gif).")] = None,
-    init: Annotated[Optional[Path], typer.Option(
-        help="SDEdit: start from this drawing (a PNG, resized to 28x28 if needed) noised to --strength.")] = None,
-    strength: Annotated[Optional[float], typer.Option(
-        help=f"With --init: how far to noise the drawing, in (0, 1]; 1 is pure noise (default {SDEDIT_STRENGTH:g}).")
+    trajectory: Annotated[
+        Optional[Path],
+        typer.Option(help="Also write the denoising process of the first samples: a PNG, or an animated GIF (.gif)."),
+    ] = None,
+    init: Annotated[
+        Optional[Path],
+        typer.Option(help="SDEdit: start from this drawing (a PNG, resized to 28x28 if needed) noised to --strength."),
+    ] = None,
+    strength: Annotated[
+        Optional[float],
+        typer.Option(
+            help=f"With --init: how far to noise the drawing, in (0, 1]; 1 is pure noise (default {SDEDIT_STRENGTH:g})."
+        ),
     ] = None,
     device: Device = "auto",
     artifacts_dir: ArtifactsDir = DEFAULT_ARTIFACTS_DIR,
     sampling: SamplingRequest = None,
-):  # fmt: skip
+):
     """Draw digits from a trained run and save them as a PNG grid.
 
     Example: mnistdiff sample -n 64 -o grid.png --steps 10
@@ -66,7 +76,17 @@ def sample(
     label_tensor = parse_labels(digit, labels, n, loaded.conditional)
     if nrow is None:
         nrow = default_conditional_nrow(n) if loaded.conditional and digit is None and not labels else default_nrow(n)
-    sample_to_files(loaded, n, output, sampling.for_run(loaded.guidance_kinds), labels=label_tensor, nrow=nrow,
-                    scale=scale, save_tensor=save_tensor, trajectory=trajectory, init=drawing,
-                    strength=strength)  # fmt: skip
+    sample_to_files(
+        loaded,
+        n,
+        output,
+        sampling.for_run(loaded.guidance_kinds),
+        labels=label_tensor,
+        nrow=nrow,
+        scale=scale,
+        save_tensor=save_tensor,
+        trajectory=trajectory,
+        init=drawing,
+        strength=strength,
+    )
     console.print(f"wrote {output}" + (f" and {save_tensor}" if save_tensor else ""), highlight=False, markup=False)

@@ -79,8 +79,9 @@ def report_table(result: dict[str, Any]) -> Table:
     nll = result.get("nll")
     if nll:
         note = "" if nll["estimate"] == "exact" else f", {nll['timesteps_evaluated']} of {nll['timesteps']} terms"
-        table.add_row(f"NLL bits/dim ({nll['n_images']:,} test images{note})",
-                      f"{nll['bpd']:.3f} +- {nll['bpd_stderr']:.3f}", "-")  # fmt: skip
+        table.add_row(
+            f"NLL bits/dim ({nll['n_images']:,} test images{note})", f"{nll['bpd']:.3f} +- {nll['bpd_stderr']:.3f}", "-"
+        )
     s = result.get("sampling")
     if s:  # what was measured: FID depends on the sampler as much as on the weights
         table.caption = f"run {escape(str(result.get('run', '?')))}: {sampling_caption(s)}"

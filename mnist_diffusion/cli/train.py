@@ -56,45 +56,75 @@ def train(
     channels: Annotated[Optional[int], _flag("UNet base width (a multiple of 8); the preset's if not given.")] = None,
     channel_mult: Annotated[Optional[str], _flag("Width multipliers at 28x28, 14x14 and 7x7, e.g. 1,2,6.")] = None,
     conditional: Annotated[bool, _flag("Learn digit labels too (sample --label-guidance).", "--conditional")] = False,
-    clusters: Annotated[Optional[int], _flag(
-        "Unconditional runs: learn K k-means clusters of the pixels as labels (no digit labels) to guide with "
-        "(sample --cluster-guidance); 0: none. The default preset uses 40.")] = None,
-    guide_at: Annotated[Optional[float], _flag(
-        "Runs without digit labels: keep the EMA weights at this share of training as the autoguidance guide.")] = None,
-    seed: Annotated[Optional[int], _flag("Seeds weights, batch order and noise (0 to 2^63 - 1).", min=0,
-                                         max=2**63 - 1)] = None,
-    steps: Annotated[Optional[int], _flag(
-        "The plan in optimizer steps (default: epochs x steps per epoch); the learning rate and guide follow it.")
+    clusters: Annotated[
+        Optional[int],
+        _flag(
+            "Unconditional runs: learn K k-means clusters of the pixels as labels (no digit labels) to guide with "
+            "(sample --cluster-guidance); 0: none. The default preset uses 40."
+        ),
     ] = None,
-    time_budget: Annotated[Optional[str], _flag(
-        "Train the best model this much time allows here, e.g. 10m, 90s, 1h30m: the steps are planned from the "
-        "measured pace (recorded as --steps, so the plan repeats anywhere); start-up and the end grid come on top."
-    )] = None,
+    guide_at: Annotated[
+        Optional[float],
+        _flag("Runs without digit labels: keep the EMA weights at this share of training as the autoguidance guide."),
+    ] = None,
+    seed: Annotated[
+        Optional[int], _flag("Seeds weights, batch order and noise (0 to 2^63 - 1).", min=0, max=2**63 - 1)
+    ] = None,
+    steps: Annotated[
+        Optional[int],
+        _flag(
+            "The plan in optimizer steps (default: epochs x steps per epoch); the learning rate and guide follow it."
+        ),
+    ] = None,
+    time_budget: Annotated[
+        Optional[str],
+        _flag(
+            "Train the best model this much time allows here, e.g. 10m, 90s, 1h30m: the steps are planned from the "
+            "measured pace (recorded as --steps, so the plan repeats anywhere); start-up and the end grid come on top."
+        ),
+    ] = None,
     max_steps: Annotated[Optional[int], _flag("Stop at this many optimizer steps in total (0: no limit).")] = None,
     precision: Annotated[Optional[str], _flag(PRECISION_HELP)] = None,
     run_name: Annotated[Optional[str], _flag("Name of the run folder (default: the preset).")] = None,
     resume: Annotated[Optional[str], _flag(RESUME_HELP)] = None,
-    grid: Annotated[Optional[int], _flag(
-        "Samples drawn into samples.png at the end (default 64, 80 if --conditional; 0: none).", min=0)] = None,
-    compile: Annotated[Optional[bool], _flag(
-        "torch.compile the network. Default: on for fp32 runs of 3,500 steps or more on a Linux CPU without "
-        "AVX-512 (a step 1.05x to 1.10x as fast there), off elsewhere; --resume compiles as the run did.",
-        "--compile/--no-compile")] = None,
-    cuda_graphs: Annotated[bool, _flag(
-        "CUDA: the whole training step as one CUDA graph, replayed (noise hashed from the step on the device; "
-        "recorded in the config, so resume follows).", "--cuda-graphs")] = False,
+    grid: Annotated[
+        Optional[int],
+        _flag("Samples drawn into samples.png at the end (default 64, 80 if --conditional; 0: none).", min=0),
+    ] = None,
+    compile: Annotated[
+        Optional[bool],
+        _flag(
+            "torch.compile the network. Default: on for fp32 runs of 3,500 steps or more on a Linux CPU without "
+            "AVX-512 (a step 1.05x to 1.10x as fast there), off elsewhere; --resume compiles as the run did.",
+            "--compile/--no-compile",
+        ),
+    ] = None,
+    cuda_graphs: Annotated[
+        bool,
+        _flag(
+            "CUDA: the whole training step as one CUDA graph, replayed (noise hashed from the step on the device; "
+            "recorded in the config, so resume follows).",
+            "--cuda-graphs",
+        ),
+    ] = False,
     sample_every: Annotated[int, _flag(SAMPLE_EVERY_HELP, min=0, rich_help_panel=WATCH)] = SAMPLE_EVERY,
     eval_every: Annotated[int, _flag(EVAL_EVERY_HELP, min=0, rich_help_panel=WATCH)] = EVAL_EVERY,
-    eval_samples: Annotated[int, _flag("Samples each --eval-every FID scores (FID depends on N).", min=10,
-                                       rich_help_panel=WATCH)] = EVAL_SAMPLES,
-    tensorboard: Annotated[bool, _flag(
-        "Also write TensorBoard events (loss, learning rate, images/s, FID, the progress grids) into the run's "
-        "tensorboard/ folder; needs the tensorboard package (pip install tensorboard).", "--tensorboard",
-        rich_help_panel=WATCH)] = False,
+    eval_samples: Annotated[
+        int, _flag("Samples each --eval-every FID scores (FID depends on N).", min=10, rich_help_panel=WATCH)
+    ] = EVAL_SAMPLES,
+    tensorboard: Annotated[
+        bool,
+        _flag(
+            "Also write TensorBoard events (loss, learning rate, images/s, FID, the progress grids) into the run's "
+            "tensorboard/ folder; needs the tensorboard package (pip install tensorboard).",
+            "--tensorboard",
+            rich_help_panel=WATCH,
+        ),
+    ] = False,
     device: Device = "auto",
     artifacts_dir: ArtifactsDir = DEFAULT_ARTIFACTS_DIR,
     data_dir: DataDir = DEFAULT_DATA_DIR,
-):  # fmt: skip
+):
     """Train a diffusion model into a new run folder (artifacts/runs/NNNNN-NAME).
 
     Every flag left out comes from the preset; with --resume, from the run."""
@@ -105,11 +135,21 @@ def train(
     if conditional and clusters:
         raise UserError("--conditional learns the digit labels; --clusters is for unconditional runs (give one)")
     config_flags = dict(
-        num_classes=10 if conditional else clusters, channels=channels, channel_mult=_int_tuple(channel_mult),
-        timesteps=timesteps, schedule=schedule, prediction=prediction, loss_weighting=loss_weighting,
-        batch_size=batch_size, lr=lr, seed=seed, precision=precision, guide_at=guide_at,
-        clusters=0 if conditional else clusters, step_on_device=True if cuda_graphs else None,
-    )  # fmt: skip
+        num_classes=10 if conditional else clusters,
+        channels=channels,
+        channel_mult=_int_tuple(channel_mult),
+        timesteps=timesteps,
+        schedule=schedule,
+        prediction=prediction,
+        loss_weighting=loss_weighting,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        precision=precision,
+        guide_at=guide_at,
+        clusters=0 if conditional else clusters,
+        step_on_device=True if cuda_graphs else None,
+    )
     budget = dict(epochs=epochs, steps=steps, max_steps=max_steps)
     seconds = parse_duration(time_budget) if time_budget is not None else None
     if seconds is not None and (steps is not None or resume is not None):
@@ -122,24 +162,40 @@ def train(
         if resume is not None:
             plan = _resume_plan(resume, artifacts_dir, budget, given, held)
             if plan.action == "finished":
-                console.print(f"run {plan.run_dir.name} has finished its plan: nothing to do. To train it further, "
-                              "give a longer budget (--epochs, --steps or --max-steps): that writes a new run that "
-                              "starts from this one.", highlight=False)  # fmt: skip
+                console.print(
+                    f"run {plan.run_dir.name} has finished its plan: nothing to do. To train it further, "
+                    "give a longer budget (--epochs, --steps or --max-steps): that writes a new run that "
+                    "starts from this one.",
+                    highlight=False,
+                )
                 return
         cfg = plan.cfg if plan is not None else checked(build_config, preset, **config_flags, **budget)
         finishing = threading.Event()  # set while the trained run draws its end grid
         on_finish = None if grid == 0 else _marking(finishing, end_of_run_grid(grid))
         result = _with_ctrl_c(
-            lambda stop: train_core(cfg, data_dir=data_dir, artifacts_dir=artifacts_dir, run_name=run_name,
-                                    device=device, resume=plan, compile=compile, log=say, stop=stop,
-                                    time_budget=seconds, cuda_graphs=cuda_graphs or None, monitors=monitors,
-                                    on_finish=on_finish),
+            lambda stop: train_core(
+                cfg,
+                data_dir=data_dir,
+                artifacts_dir=artifacts_dir,
+                run_name=run_name,
+                device=device,
+                resume=plan,
+                compile=compile,
+                log=say,
+                stop=stop,
+                time_budget=seconds,
+                cuda_graphs=cuda_graphs or None,
+                monitors=monitors,
+                on_finish=on_finish,
+            ),
             finishing,
-        )  # fmt: skip
+        )
     if result.interrupted:
         where = "" if artifacts_dir == DEFAULT_ARTIFACTS_DIR else f" --artifacts-dir {artifacts_dir}"
-        say(f"Interrupted at step {result.step}: checkpoint saved in {result.run_dir}. "
-            f"Continue with: mnistdiff train --resume {result.run_dir.name}{where}")  # fmt: skip
+        say(
+            f"Interrupted at step {result.step}: checkpoint saved in {result.run_dir}. "
+            f"Continue with: mnistdiff train --resume {result.run_dir.name}{where}"
+        )
         raise typer.Exit(130)
     _write_report(result.run_dir)
     console.print(str(result.run_dir), soft_wrap=True, highlight=False, markup=False)
@@ -154,8 +210,10 @@ def _resume_plan(resume: str, artifacts_dir: Path, budget: dict, given: list[str
     from ..training.plan import plan_resume
 
     if given:
-        raise UserError("--resume continues a run with its own saved config; only --epochs, --steps and --max-steps "
-                        f"may be given (got {', '.join(given)})")  # fmt: skip
+        raise UserError(
+            "--resume continues a run with its own saved config; only --epochs, --steps and --max-steps "
+            f"may be given (got {', '.join(given)})"
+        )
     run_dir = resolve_run(resume, artifacts_dir)
     if int(os.environ.get("RANK", "0")) == 0:
         held.enter_context(run_lock(run_dir))  # one writer per run: refused here if another process trains it
@@ -170,6 +228,7 @@ def _marking(event: threading.Event, on_finish):
         return on_finish(*args)
 
     return hook
+
 
 def _monitors(sample_every: int, eval_every: int, eval_samples: int, tensorboard: bool, data_dir: Path) -> list:
     """The trainer's monitors for the watching flags; TensorBoard last, as it reads what the others log.
@@ -209,8 +268,10 @@ def _with_ctrl_c(run, finishing: threading.Event):
             raise KeyboardInterrupt
         stop.set()
         if finishing.is_set():
-            err_console.print("\n[yellow]Stopped while drawing the end grid: every step is trained and checkpointed; "
-                              "`mnistdiff train --resume` finishes the run.")  # fmt: skip
+            err_console.print(
+                "\n[yellow]Stopped while drawing the end grid: every step is trained and checkpointed; "
+                "`mnistdiff train --resume` finishes the run."
+            )
             raise KeyboardInterrupt
         err_console.print("\n[yellow]Stopping after this step and saving a checkpoint (Ctrl-C again to abort).")
 
@@ -233,11 +294,11 @@ def _int_tuple(text: str | None) -> tuple[int, ...] | None:
         raise UserError(f"--channel-mult takes comma-separated integers, e.g. 1,2,6 (got {text!r})") from None
 
 
-
 def parse_duration(text: str) -> float:
     """ "10m" -> 600, "90s" -> 90, "1h30m" -> 5400, "1.5h" -> 5400, "45" -> 45 (seconds)."""
-    match = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m(?:in)?)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*",
-                         text.strip().lower())  # fmt: skip
+    match = re.fullmatch(
+        r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m(?:in)?)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text.strip().lower()
+    )
     if not text.strip() or match is None:
         raise UserError(f"--time-budget takes a duration such as 10m, 90s or 1h30m (got {text!r})")
     hours, minutes, seconds = (float(v) if v else 0.0 for v in match.groups())

@@ -28,8 +28,10 @@ def check_memory(need: int, what: str, hint: str) -> None:
     this machine's memory (:func:`memory_bytes`)."""
     have = memory_bytes()
     if need > have:
-        raise ValueError(f"{what} would need about {need / 2**30:.3g} GiB of memory, more than this machine's "
-                         f"{have / 2**30:.3g} GiB; {hint}")  # fmt: skip
+        raise ValueError(
+            f"{what} would need about {need / 2**30:.3g} GiB of memory, more than this machine's "
+            f"{have / 2**30:.3g} GiB; {hint}"
+        )
 
 
 def image_bytes(scale: int = 1) -> int:
@@ -56,18 +58,32 @@ def _widths(m: ModelConfig) -> list[int]:
 
 def parameter_count(m: ModelConfig) -> int:
     """The number of parameters of the network ``m`` describes (nets/unet.py), from its shape alone."""
+
     def conv(c_in: int, c_out: int, k: int) -> int:
         return k * k * c_in * c_out + c_out
 
     ch, c = m.channels, m.in_channels
     if m.arch == "seed":  # three convolutions down, two transposed ones up, one out
-        return (conv(c, ch, 3) + conv(ch, 2 * ch, 3) + conv(2 * ch, 4 * ch, 3) + conv(4 * ch, 2 * ch, 4)
-                + conv(2 * ch, ch, 4) + conv(ch, c, 3))  # fmt: skip
+        return (
+            conv(c, ch, 3)
+            + conv(ch, 2 * ch, 3)
+            + conv(2 * ch, 4 * ch, 3)
+            + conv(4 * ch, 2 * ch, 4)
+            + conv(2 * ch, ch, 4)
+            + conv(ch, c, 3)
+        )
     emb = 4 * ch
 
     def res(c_in: int, c_out: int) -> int:  # two GroupNorms, two 3x3 convolutions, the embedding's shift, a skip
-        return 2 * c_in + conv(c_in, c_out, 3) + emb * c_out + c_out + 2 * c_out + conv(c_out, c_out, 3) + (
-            conv(c_in, c_out, 1) if c_in != c_out else 0)  # fmt: skip
+        return (
+            2 * c_in
+            + conv(c_in, c_out, 3)
+            + emb * c_out
+            + c_out
+            + 2 * c_out
+            + conv(c_out, c_out, 3)
+            + (conv(c_in, c_out, 1) if c_in != c_out else 0)
+        )
 
     widths = _widths(m)
     total = (ch * emb + emb) + (emb * emb + emb) + ((m.num_classes + 1) * emb if m.num_classes else 0)
@@ -120,6 +136,9 @@ def check_training_memory(cfg: RunConfig) -> RunConfig:
     m, t = cfg.model, cfg.train
     params = parameter_count(m)
     need = 6 * 4 * params + t.batch_size * activation_bytes(m)
-    check_memory(need, f"training a network of {params:,} parameters in batches of {t.batch_size:,}",
-                 "use a smaller --channels, --channel-mult or --batch-size")  # fmt: skip
+    check_memory(
+        need,
+        f"training a network of {params:,} parameters in batches of {t.batch_size:,}",
+        "use a smaller --channels, --channel-mult or --batch-size",
+    )
     return cfg

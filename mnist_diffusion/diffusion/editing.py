@@ -68,9 +68,11 @@ def check_repaint(steps: int, jumps: int, resample: int) -> None:
         raise ValueError(f"--steps, --jumps and --resample must be at least 1 (got {steps}, {jumps}, {resample})")
     work = repaint_evaluations(steps, jumps, resample)
     if work > INPAINT_MAX_EVALUATIONS:
-        raise ValueError(f"--resample {resample} with --jumps {jumps} on {steps} steps takes {work:,} network "
-                         f"evaluations, more than {INPAINT_MAX_EVALUATIONS:,}: use a smaller --resample or "
-                         "--steps")  # fmt: skip
+        raise ValueError(
+            f"--resample {resample} with --jumps {jumps} on {steps} steps takes {work:,} network "
+            f"evaluations, more than {INPAINT_MAX_EVALUATIONS:,}: use a smaller --resample or "
+            "--steps"
+        )
 
 
 def repaint_schedule(steps: int, jumps: int, resample: int) -> list[int]:

@@ -70,5 +70,3 @@ class Denoiser:
             a = self.schedule.sqrt_alphas_cumprod[t]
             eps = (x_t - a * x0) / self.schedule.sqrt_one_minus_alphas_cumprod[t]
         return eps, x0
-
-

@@ -72,8 +72,9 @@ def _per_image_bits(nats: torch.Tensor) -> torch.Tensor:
     return nats.flatten(1).mean(dim=1) / _BITS
 
 
-def stratified_timesteps(num_timesteps: int, k: int | None, n: int, generator: torch.Generator
-                         ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def stratified_timesteps(
+    num_timesteps: int, k: int | None, n: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The KL terms t = 1..T-1 to evaluate for ``n`` images, and the weight of each.
 
     ``k`` counts all terms including t = 0, so t = 1..T-1 is split into ``k - 1`` strata of
@@ -141,8 +142,10 @@ class _Bound:
         x_0 (eq. 13); (B,) bits/dim."""
         zero = torch.zeros(x0.shape[0], dtype=torch.long, device=self.device)
         x_t = self.noisy(x0, zero)
-        mean_p = self._at("posterior_mean_coef1", zero, x0) * self.model_x0(x_t, zero) + self._at(
-            "posterior_mean_coef2", zero, x0) * x_t  # fmt: skip
+        mean_p = (
+            self._at("posterior_mean_coef1", zero, x0) * self.model_x0(x_t, zero)
+            + self._at("posterior_mean_coef2", zero, x0) * x_t
+        )
         ll = discretized_gaussian_log_likelihood(x0, mean_p, 0.5 * extract(self.log_var, zero, x0.shape))
         return _per_image_bits(-ll)
 
@@ -201,8 +204,15 @@ def nll_bpd(
     return _summary(*terms, schedule.num_timesteps, timesteps_subsample, model, time.perf_counter() - start_time)
 
 
-def _summary(prior: torch.Tensor, decoder: torch.Tensor, kl: torch.Tensor, num_t: int, k: int | None,
-             model: nn.Module, seconds: float) -> dict[str, Any]:  # fmt: skip
+def _summary(
+    prior: torch.Tensor,
+    decoder: torch.Tensor,
+    kl: torch.Tensor,
+    num_t: int,
+    k: int | None,
+    model: nn.Module,
+    seconds: float,
+) -> dict[str, Any]:
     """The result of :func:`nll_bpd` from the per-image terms (N,) in bits/dim."""
     per_image = prior + decoder + kl  # (N,)
     k_used = num_t if k is None or k >= num_t else k

@@ -48,9 +48,13 @@ def _begin(
 
 
 def ddim_step(
-    x0: torch.Tensor, eps: torch.Tensor, a_t: torch.Tensor, a_prev: torch.Tensor, eta: float,
+    x0: torch.Tensor,
+    eps: torch.Tensor,
+    a_t: torch.Tensor,
+    a_prev: torch.Tensor,
+    eta: float,
     noise: torch.Tensor | None = None,
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """One DDIM step from timestep t down to prev (Song et al. 2021, eq. 12), given the predicted
     ``x0`` and ``eps`` at t and alpha_bar at both (``a_t``, ``a_prev``: 0-dim tensors, 1 at x_0):
 

@@ -148,8 +148,9 @@ def train_feature_net(
 # ----------------------------------------------------------------------------- loading and extraction
 
 
-def load_feature_net(device: str | torch.device = "cpu", assets_dir: str | os.PathLike = ASSETS_DIR
-                     ) -> tuple[FeatureNet, dict[str, Any]]:  # fmt: skip
+def load_feature_net(
+    device: str | torch.device = "cpu", assets_dir: str | os.PathLike = ASSETS_DIR
+) -> tuple[FeatureNet, dict[str, Any]]:
     """The shipped feature net in eval mode, and its info dict (``feature_net.json``).
 
     The weights' sha256 must match the one recorded in the info; a missing, altered or unreadable
@@ -180,8 +181,9 @@ def load_feature_net(device: str | torch.device = "cpu", assets_dir: str | os.Pa
 
 
 @torch.inference_mode()
-def extract(net: FeatureNet, images: torch.Tensor, batch_size: int = 1000, progress: bool = False
-            ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def extract(
+    net: FeatureNet, images: torch.Tensor, batch_size: int = 1000, progress: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Features and class probabilities of ``(N, 1, 28, 28)`` images in [0, 1].
 
     :return: ``(features, probs)``: float32 CPU tensors ``(N, D)`` and ``(N, 10)``.

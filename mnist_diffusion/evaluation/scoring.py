@@ -177,8 +177,9 @@ def evaluate_images(
     return result
 
 
-def fid_of(images: torch.Tensor, *, data_dir: str | os.PathLike | None = DEFAULT_DATA_DIR,
-           device: str | torch.device = "cpu") -> float:  # fmt: skip
+def fid_of(
+    images: torch.Tensor, *, data_dir: str | os.PathLike | None = DEFAULT_DATA_DIR, device: str | torch.device = "cpu"
+) -> float:
     """The FID alone of ``images`` ``(N, 1, 28, 28)`` in [0, 1] against the MNIST test set, with the
     feature net and reference features :func:`evaluate_images` uses (and caches): what `train
     --eval-every` logs, without the other metrics' cost (KID alone takes longer than the FID)."""
@@ -191,8 +192,9 @@ def fid_of(images: torch.Tensor, *, data_dir: str | os.PathLike | None = DEFAULT
     return metrics.fid(ref_feats, feats)
 
 
-def real_floor(real: RealData, key: str, net: FeatureNet, n: int, seed: int, kid_subsets: int, with_labels: bool
-               ) -> tuple[dict[str, Any], int]:  # fmt: skip
+def real_floor(
+    real: RealData, key: str, net: FeatureNet, n: int, seed: int, kid_subsets: int, with_labels: bool
+) -> tuple[dict[str, Any], int]:
     """The metrics of ``n`` real training images (the first ``n`` of a permutation seeded with
     FLOOR_SEED) against the reference; cached per data set and N. Returns ``(metrics, n_used)``."""
     train_x, train_y = real.train
@@ -247,20 +249,43 @@ def evaluate_run(
     sample_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    result = evaluate_images(images, data_dir=data_dir, labels=labels, seed=settings.seed, device=device,
-                             progress=progress, reference=real, kid_subsets=kid_subsets)  # fmt: skip
+    result = evaluate_images(
+        images,
+        data_dir=data_dir,
+        labels=labels,
+        seed=settings.seed,
+        device=device,
+        progress=progress,
+        reference=real,
+        kid_subsets=kid_subsets,
+    )
     metric_seconds = time.perf_counter() - start
 
     result["nll"] = None
     if nll_images:
         generator = torch.Generator(float64_device(device)).manual_seed(settings.seed)
-        result["nll"] = nll_bpd(run.model, run.schedule, real.test[0][:nll_images], batch_size=settings.batch_size,
-                                generator=generator, progress=progress, timesteps_subsample=nll_timesteps)  # fmt: skip
-    result.update(run=run_dir.name, sampling=_sampling_record(settings, run, device), device=str(device),
-                  seconds={"sampling": round(sample_seconds, 2), "metrics": round(metric_seconds, 2),
-                           "nll": result["nll"]["seconds"] if result["nll"] else None},
-                  mnist_diffusion_version=__version__, torch_version=torch.__version__,
-                  date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))  # fmt: skip
+        result["nll"] = nll_bpd(
+            run.model,
+            run.schedule,
+            real.test[0][:nll_images],
+            batch_size=settings.batch_size,
+            generator=generator,
+            progress=progress,
+            timesteps_subsample=nll_timesteps,
+        )
+    result.update(
+        run=run_dir.name,
+        sampling=_sampling_record(settings, run, device),
+        device=str(device),
+        seconds={
+            "sampling": round(sample_seconds, 2),
+            "metrics": round(metric_seconds, 2),
+            "nll": result["nll"]["seconds"] if result["nll"] else None,
+        },
+        mnist_diffusion_version=__version__,
+        torch_version=torch.__version__,
+        date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    )
     atomic_write_json(run_dir / EVAL_FILE, result)
     write_manifest(run_dir)
     return result

@@ -115,8 +115,12 @@ class FidMonitor(Monitor):
         start = time.perf_counter()
         fid = self._score(trainer)
         seconds = time.perf_counter() - start
-        record = {"fid": fid, "fid_n": self.sampler.n, "fid_seconds": round(seconds, 3),
-                  "fid_images_per_sec": round(self.sampler.n / seconds, 1)}  # fmt: skip
+        record = {
+            "fid": fid,
+            "fid_n": self.sampler.n,
+            "fid_seconds": round(seconds, 3),
+            "fid_images_per_sec": round(self.sampler.n / seconds, 1),
+        }
         if setup is not None:
             record["fid_setup_seconds"] = round(setup, 3)
         return record

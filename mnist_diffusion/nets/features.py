@@ -15,10 +15,14 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # pixel statistics of the MNIST training
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
     """3x3 conv -> BatchNorm -> ReLU, twice, then 2x2 max-pool: ``(N, c_in, H, W) -> (N, c_out, H/2, W/2)``."""
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
-    )  # fmt: skip
+    )
 
 
 class FeatureNet(nn.Module):

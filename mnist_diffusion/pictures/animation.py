@@ -39,9 +39,15 @@ def gif_frames(frames: torch.Tensor, nrow: int | None = None, scale: int = 2) ->
 
 
 def save_gif(
-    frames: torch.Tensor, path: str | Path, *, nrow: int | None = None, scale: int = 2, frame_ms: int = FRAME_MS,
-    last_ms: int = LAST_MS, metadata: dict[str, str] | None = None,
-) -> None:  # fmt: skip
+    frames: torch.Tensor,
+    path: str | Path,
+    *,
+    nrow: int | None = None,
+    scale: int = 2,
+    frame_ms: int = FRAME_MS,
+    last_ms: int = LAST_MS,
+    metadata: dict[str, str] | None = None,
+) -> None:
     """Write ``frames`` [K x N x 1 x H x W] in [0, 1] as an animated GIF of K frames that loops
     for ever, crash-safely (:func:`~mnist_diffusion.io.atomic_write_bytes`), with ``metadata`` in
     its comment as ``key: value`` lines (:func:`~mnist_diffusion.pictures.grids.picture_text`
@@ -58,6 +64,7 @@ def save_gif(
     pictures = gif_frames(frames, nrow, scale)
     durations = [frame_ms] * (len(pictures) - 1) + [last_ms]
     buf = io.BytesIO()
-    pictures[0].save(buf, format="GIF", save_all=True, append_images=pictures[1:], duration=durations, loop=0,
-                     **comment)  # fmt: skip
+    pictures[0].save(
+        buf, format="GIF", save_all=True, append_images=pictures[1:], duration=durations, loop=0, **comment
+    )
     atomic_write_bytes(path, buf.getvalue())

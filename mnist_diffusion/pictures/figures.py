@@ -22,8 +22,13 @@ def figure_png(fig, dpi: int = 110, *, tight: bool = True, metadata: dict[str, s
     version, so the same figure gives the same bytes. ``tight`` crops it to what is drawn (which
     draws it twice)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight" if tight else None,
-                metadata={"Software": None, **(metadata or {})})  # fmt: skip
+    fig.savefig(
+        buf,
+        format="png",
+        dpi=dpi,
+        bbox_inches="tight" if tight else None,
+        metadata={"Software": None, **(metadata or {})},
+    )
     plt.close(fig)
     return buf.getvalue()
 
@@ -70,8 +75,9 @@ def loss_figure(records: list[dict], path: str | Path, title: str) -> None:
     save_figure(fig, path)
 
 
-def trajectory_figure(frames: torch.Tensor, labels: list[str], path: str | Path,
-                      metadata: dict[str, str] | None = None) -> None:  # fmt: skip
+def trajectory_figure(
+    frames: torch.Tensor, labels: list[str], path: str | Path, metadata: dict[str, str] | None = None
+) -> None:
     """Denoising trajectories as a PNG file (see :func:`trajectory_plot`), carrying ``metadata`` as text."""
     save_figure(trajectory_plot(frames, labels), path, metadata)
 

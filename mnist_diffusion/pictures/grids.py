@@ -66,8 +66,13 @@ def save_png(image: Image.Image, path: str | Path, metadata: dict[str, str] | No
     atomic_write_bytes(path, buf.getvalue())
 
 
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, scale: int = 1,
-              metadata: dict[str, str] | None = None) -> None:  # fmt: skip
+def save_grid(
+    images: torch.Tensor,
+    path: str | Path,
+    nrow: int | None = None,
+    scale: int = 1,
+    metadata: dict[str, str] | None = None,
+) -> None:
     """[N x 1 x H x W] images in [0, 1] as a PNG grid (:func:`grid_image`), carrying ``metadata``
     as text (:func:`save_png`): how the images were made."""
     save_png(grid_image(images, nrow, scale), path, metadata)
@@ -174,8 +179,9 @@ def load_samples(path: str | os.PathLike) -> torch.Tensor:
     raise UserError(f"{path}: unknown sample format; expected .safetensors, .npy, .png (a grid) or a folder of PNGs")
 
 
-def read_grey(path: Path, what: str = "samples", *, max_side: int | None = None, max_aspect: int | None = None
-              ) -> np.ndarray:  # fmt: skip
+def read_grey(
+    path: Path, what: str = "samples", *, max_side: int | None = None, max_aspect: int | None = None
+) -> np.ndarray:
     """A PNG as a uint8 ``(H, W)`` array. 16-bit greys are rounded to 8 bits; colour images must
     have equal channels and no transparent pixels (``what`` must be greyscale, says the error).
     A file over ``PNG_MAX_BYTES``, or not a regular file (a FIFO, a device), is refused unread, and
@@ -208,8 +214,7 @@ def read_grey(path: Path, what: str = "samples", *, max_side: int | None = None,
     return rgba[..., 0]
 
 
-def _check_shape(path: Path, what: str, width: int, height: int, max_side: int | None, max_aspect: int | None
-                 ) -> None:  # fmt: skip
+def _check_shape(path: Path, what: str, width: int, height: int, max_side: int | None, max_aspect: int | None) -> None:
     if max_side is not None and max(width, height) > max_side:
         raise UserError(f"{path}: {width}x{height} pixels; {what} may be at most {max_side} pixels on a side")
     if max_aspect is not None and max(width, height) > max_aspect * min(width, height):
@@ -237,10 +242,13 @@ def grid_scale(height: int, width: int) -> list[int]:
     ``GRID_PADDING``-pixel padding, largest first: each side must be s * (30 k + 2), k >= 1."""
     step = TILE + GRID_PADDING
     return [
-        s for s in range(min(height, width) // step, 0, -1)
-        if height % s == 0 and width % s == 0
-        and (height // s) % step == GRID_PADDING and (width // s) % step == GRID_PADDING
-    ]  # fmt: skip
+        s
+        for s in range(min(height, width) // step, 0, -1)
+        if height % s == 0
+        and width % s == 0
+        and (height // s) % step == GRID_PADDING
+        and (width // s) % step == GRID_PADDING
+    ]
 
 
 def _load_grid(path: Path) -> torch.Tensor:

@@ -60,8 +60,10 @@ def parse_mask(spec: str, seed: int = 0) -> torch.Tensor:
         raise UserError(f"--mask must be one of {', '.join(MASKS)}, random:P or a PNG file (got {spec!r})")
     pixels = read_grey(path, "a mask", max_side=MAX_SIDE)
     if pixels.shape != (TILE, TILE):
-        raise UserError(f"{path}: a mask of {pixels.shape[1]}x{pixels.shape[0]} pixels; it must be 28x28, as the "
-                        "digits are (white where missing)")  # fmt: skip
+        raise UserError(
+            f"{path}: a mask of {pixels.shape[1]}x{pixels.shape[0]} pixels; it must be 28x28, as the "
+            "digits are (white where missing)"
+        )
     return torch.from_numpy(pixels >= 128)[None, None]
 
 

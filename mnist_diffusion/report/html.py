@@ -56,8 +56,11 @@ def table(head: list[object], rows: list[list[object]], **attrs: object) -> Safe
 
 def pairs(rows: list[tuple[object, object]]) -> Safe:
     """A two-column table of names and values."""
-    return tag("div", tag("table", tag("tbody", [tag("tr", [tag("th", k), tag("td", v)]) for k, v in rows]),
-                          class_="pairs"), class_="scroll")  # fmt: skip
+    return tag(
+        "div",
+        tag("table", tag("tbody", [tag("tr", [tag("th", k), tag("td", v)]) for k, v in rows]), class_="pairs"),
+        class_="scroll",
+    )
 
 
 def png_size(data: bytes) -> tuple[int, int] | None:
@@ -129,5 +132,7 @@ def page(title: str, body: list[Safe], *, script: str | None = None) -> str:
         Safe(f"<style>{STYLE}</style>"),
     ]
     tail = [Safe(f"<script>{script}</script>")] if script else []
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n{join(head)}\n</head>\n'
-            f"<body>\n{join([*body, *tail])}\n</body>\n</html>\n")  # fmt: skip
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n{join(head)}\n</head>\n'
+        f"<body>\n{join([*body, *tail])}\n</body>\n</html>\n"
+    )

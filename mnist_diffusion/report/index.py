@@ -111,17 +111,21 @@ def index_page(artifacts_dir: str | os.PathLike) -> str:
     """The index of the runs in ``artifacts_dir`` as HTML text."""
     summaries = summarize_runs(artifacts_dir)
     head = tag("tr", [tag("th", name, data_col=i, title="sort by this column") for i, name in enumerate(COLUMNS)])
-    grid = tag("div", tag("table", [tag("thead", head), tag("tbody", [row(s) for s in summaries])], id="runs"),
-               class_="scroll")  # fmt: skip
+    grid = tag(
+        "div", tag("table", [tag("thead", head), tag("tbody", [row(s) for s in summaries])], id="runs"), class_="scroll"
+    )
     unreadable = sum(s.problem is not None for s in summaries)
     body = [
         tag("h1", "mnistdiff runs"),
-        tag("p", f"{len(summaries)} runs in {Path(artifacts_dir).name}/runs"
+        tag(
+            "p",
+            f"{len(summaries)} runs in {Path(artifacts_dir).name}/runs"
             + (f", {unreadable} of them unreadable (the reason is under their status)" if unreadable else "")
             + ". Click a column's heading to sort by it; FID depends on N, so compare at equal N.",
-            class_="muted"),
+            class_="muted",
+        ),
         grid if summaries else tag("p", "No runs yet: start one with `mnistdiff train`."),
-    ]  # fmt: skip
+    ]
     return page("mnistdiff runs", [Safe(EXTRA_STYLE), *body], script=SORT_SCRIPT)
 
 

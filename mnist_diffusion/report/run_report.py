@@ -35,9 +35,12 @@ def run_report(run_dir: Path) -> str:
     """The report of the run in ``run_dir`` as HTML text; missing or damaged files are named in it."""
     run = RunFiles(run_dir)
     parts = {anchor: build(run) for anchor, _, build in SECTIONS}  # before the overview: they note problems too
-    body = [tag("h1", run_dir.name), tag("p", "mnistdiff run report", class_="muted"),
-            tag("nav", [tag("a", heading, href=f"#{anchor}") for anchor, heading, _ in SECTIONS]),
-            *sections.overview(run)]  # fmt: skip
+    body = [
+        tag("h1", run_dir.name),
+        tag("p", "mnistdiff run report", class_="muted"),
+        tag("nav", [tag("a", heading, href=f"#{anchor}") for anchor, heading, _ in SECTIONS]),
+        *sections.overview(run),
+    ]
     for anchor, heading, _ in SECTIONS:
         body.append(tag("section", [tag("h2", heading), *parts[anchor]], id=anchor))
     return page(f"{run_dir.name}: mnistdiff run report", body)
@@ -48,5 +51,3 @@ def write_report(run_dir: Path) -> Path:
     path = Path(run_dir) / REPORT
     atomic_write_bytes(path, run_report(Path(run_dir)).encode("utf-8"))
     return path
-
-

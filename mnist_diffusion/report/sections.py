@@ -71,8 +71,10 @@ def made(run: RunFiles) -> list[Safe]:
         rows.append(("parent", Safe(link + esc(f" from its step {parent.get('step', '?')}"))))
     else:
         rows.append(("parent", "none: trained from scratch"))
-    rows += [("mnistdiff, torch", f"{info.get('mnist_diffusion_version', '?')}, {info.get('torch_version', '?')}"),
-             ("processes", "?" if run.meta("world_size") is None else int(run.meta("world_size")))]  # fmt: skip
+    rows += [
+        ("mnistdiff, torch", f"{info.get('mnist_diffusion_version', '?')}, {info.get('torch_version', '?')}"),
+        ("processes", "?" if run.meta("world_size") is None else int(run.meta("world_size"))),
+    ]
     return [*out, pairs(rows)]
 
 
@@ -89,19 +91,26 @@ def config(run: RunFiles) -> list[Safe]:
             cells = [f"{section}.{name}", value_text(value), value_text(theirs[section][name]) if differs else ""]
             rows.append((cells, {"class_": "diff"}) if differs else cells)
     changed = sum(isinstance(r, tuple) for r in rows)
-    head = (f"Every field of config.json; the {changed} highlighted differ from the {cfg.preset!r} preset."
-            if preset else f"Every field of config.json. {cfg.preset!r} is not a shipped preset: nothing to compare.")
+    head = (
+        f"Every field of config.json; the {changed} highlighted differ from the {cfg.preset!r} preset."
+        if preset
+        else f"Every field of config.json. {cfg.preset!r} is not a shipped preset: nothing to compare."
+    )
     return [note(head), table(["field", "value", "preset's value"], rows)]
 
 
 def _flat(cfg: RunConfig) -> dict[str, dict[str, Any]]:
-    return {s: {f.name: getattr(getattr(cfg, s), f.name) for f in dataclasses.fields(getattr(cfg, s))}
-            for s in ("model", "diffusion", "train")}  # fmt: skip
+    return {
+        s: {f.name: getattr(getattr(cfg, s), f.name) for f in dataclasses.fields(getattr(cfg, s))}
+        for s in ("model", "diffusion", "train")
+    }
 
 
 def machine() -> list[Safe]:
-    return [note("Where this report was written: for the report `train` writes, the machine that trained the run."),
-            pairs(environment())]  # fmt: skip
+    return [
+        note("Where this report was written: for the report `train` writes, the machine that trained the run."),
+        pairs(environment()),
+    ]
 
 
 def training(run: RunFiles) -> list[Safe]:
@@ -111,15 +120,25 @@ def training(run: RunFiles) -> list[Safe]:
         median = sorted(rates)[len(rates) // 2]
         out.append(note(f"{len(points(run.records, 'loss')[0])} logged points; median {median:,.1f} images/s."))
     chart = training_curves(run.records)
-    out.append(image(chart, "loss, learning rate, images/s and FID against the step", class_="chart") if chart
-               else note("No training figures logged yet (metrics.jsonl)."))  # fmt: skip
+    out.append(
+        image(chart, "loss, learning rate, images/s and FID against the step", class_="chart")
+        if chart
+        else note("No training figures logged yet (metrics.jsonl).")
+    )
     fids = [r for r in run.records if number(r.get("fid")) is not None]
     if fids:
         out.append(tag("h3", "FID while training (train --eval-every)"))
         out.append(note("Fixed-seed samples without autoguidance: compare these with one another, not with eval's."))
-        rows = [[r.get("step"), f"{r['fid']:.3f}", r.get("fid_n", "?"), seconds_text(number(r.get("fid_seconds"))),
-                 "-" if number(r.get("fid_images_per_sec")) is None else f"{r['fid_images_per_sec']:,.0f}"]
-                for r in fids]  # fmt: skip
+        rows = [
+            [
+                r.get("step"),
+                f"{r['fid']:.3f}",
+                r.get("fid_n", "?"),
+                seconds_text(number(r.get("fid_seconds"))),
+                "-" if number(r.get("fid_images_per_sec")) is None else f"{r['fid_images_per_sec']:,.0f}",
+            ]
+            for r in fids
+        ]
         out.append(table(["step", "FID", "N", "cost", "images/s"], rows))
     return out
 
@@ -127,10 +146,20 @@ def training(run: RunFiles) -> list[Safe]:
 def samples(run: RunFiles) -> list[Safe]:
     out = []
     grid = run.png(run.dir / SAMPLES, optional=True)  # --grid 0 makes none; the manifest says if one is lost
-    out.append(tag("figure", [image(grid, "samples drawn at the end of training"),
-                              tag("figcaption", "samples.png: drawn at the end of training (default sampler and "
-                                  "guidance, the run's seed)")]) if grid  # fmt: skip
-               else note("No end-of-run grid (samples.png): training not finished, or --grid 0."))
+    out.append(
+        tag(
+            "figure",
+            [
+                image(grid, "samples drawn at the end of training"),
+                tag(
+                    "figcaption",
+                    "samples.png: drawn at the end of training (default sampler and guidance, the run's seed)",
+                ),
+            ],
+        )
+        if grid
+        else note("No end-of-run grid (samples.png): training not finished, or --grid 0.")
+    )
     out += _strip(run)
     out.append(tag("h3", "Denoising trajectory"))
     out += _trajectory(run)
@@ -144,8 +173,11 @@ def _strip(run: RunFiles) -> list[Safe]:
     if len(grids) > STRIP_MAX:
         grids = [grids[round(i * (len(grids) - 1) / (STRIP_MAX - 1))] for i in range(STRIP_MAX)]
     shown = [(step, run.png(path)) for step, path in grids]
-    figures = [tag("figure", [image(data, f"samples at step {step}", scale=1.5), tag("figcaption", f"step {step:,}")])
-               for step, data in shown if data]  # fmt: skip
+    figures = [
+        tag("figure", [image(data, f"samples at step {step}", scale=1.5), tag("figcaption", f"step {step:,}")])
+        for step, data in shown
+        if data
+    ]
     count = len(run.progress_grids())
     head = f"{PROGRESS}/: the same seed at {count} steps" + (f", {len(figures)} shown" if count > len(figures) else "")
     return [tag("h3", "Samples while training"), note(head), tag("div", figures, class_="strip")]
@@ -162,17 +194,29 @@ def _trajectory(run: RunFiles) -> list[Safe]:
     except UserError as e:
         return [note(f"No trajectory: {str(e).replace(str(run.dir), run.dir.name)}")]
     caption = "Drawn when this report was written: 4 samples of the final weights, seed 0, default sampler, guidance."
-    return [tag("figure", [image(figure_png(trajectory_plot(frames, labels), dpi=100), "denoising trajectory",
-                                 class_="chart"), tag("figcaption", caption)])]  # fmt: skip
+    return [
+        tag(
+            "figure",
+            [
+                image(figure_png(trajectory_plot(frames, labels), dpi=100), "denoising trajectory", class_="chart"),
+                tag("figcaption", caption),
+            ],
+        )
+    ]
 
 
 METRICS = [  # (key in eval.json's model and real, label)
-    ("fid", "FID (lower is better)"), ("kid_mean", "KID x 1000 (lower is better)"),
-    ("precision", "precision (fidelity)"), ("recall", "recall (diversity)"), ("density", "density"),
-    ("coverage", "coverage"), ("inception_score", "inception score (max 10)"),
-    ("mean_confidence", "mean classifier confidence"), ("confident_share", "share with confidence > 0.9"),
+    ("fid", "FID (lower is better)"),
+    ("kid_mean", "KID x 1000 (lower is better)"),
+    ("precision", "precision (fidelity)"),
+    ("recall", "recall (diversity)"),
+    ("density", "density"),
+    ("coverage", "coverage"),
+    ("inception_score", "inception score (max 10)"),
+    ("mean_confidence", "mean classifier confidence"),
+    ("confident_share", "share with confidence > 0.9"),
     ("label_accuracy", "label accuracy"),
-]  # fmt: skip
+]
 
 
 def _metric(values: Any, key: str) -> str:
@@ -190,21 +234,36 @@ def evaluation(run: RunFiles) -> list[Safe]:
         return [note("Not evaluated yet: `mnistdiff eval --run NAME` scores its samples and writes eval.json.")]
     model, real = result.get("model"), result.get("real")
     n, n_floor = result.get("n", "?"), result.get("n_floor", "?")
-    out = [note(f"eval.json of {result.get('date', '?')}: N = {n} samples against {result.get('n_reference', '?')} "
-                f"MNIST test images; the floor: the same metric for N = {n_floor} real training images.")]  # fmt: skip
-    out.append(table(["metric", "samples", "real data (the floor)"],
-                     [[label, _metric(model, key), _metric(real, key)] for key, label in METRICS
-                      if key != "label_accuracy" or _metric(model, key) != "-"]))  # fmt: skip
+    out = [
+        note(
+            f"eval.json of {result.get('date', '?')}: N = {n} samples against {result.get('n_reference', '?')} "
+            f"MNIST test images; the floor: the same metric for N = {n_floor} real training images."
+        )
+    ]
+    out.append(
+        table(
+            ["metric", "samples", "real data (the floor)"],
+            [
+                [label, _metric(model, key), _metric(real, key)]
+                for key, label in METRICS
+                if key != "label_accuracy" or _metric(model, key) != "-"
+            ],
+        )
+    )
     hist = _histogram(model)
     if hist:
         out.append(image(histogram_chart(hist, _histogram(real)), "class histogram", class_="chart"))
     settings = result.get("sampling") if isinstance(result.get("sampling"), dict) else {}
     rows = [(k, value_text(v)) for k, v in settings.items()]
     net = result.get("feature_net") if isinstance(result.get("feature_net"), dict) else {}
-    rows += [("device", result.get("device", "?")), ("seconds", value_text(result.get("seconds"))),
-             ("feature net", value_text(net)), ("NLL", value_text(result.get("nll"))),
-             ("mnistdiff, torch", f"{result.get('mnist_diffusion_version', '?')}, {result.get('torch_version', '?')}")]
-    return [*out, tag("h3", "Settings"), pairs(rows)]  # fmt: skip
+    rows += [
+        ("device", result.get("device", "?")),
+        ("seconds", value_text(result.get("seconds"))),
+        ("feature net", value_text(net)),
+        ("NLL", value_text(result.get("nll"))),
+        ("mnistdiff, torch", f"{result.get('mnist_diffusion_version', '?')}, {result.get('torch_version', '?')}"),
+    ]
+    return [*out, tag("h3", "Settings"), pairs(rows)]
 
 
 def _histogram(values: Any) -> list[int] | None:
@@ -226,8 +285,18 @@ def guide_and_clusters(run: RunFiles) -> list[Safe]:
         out.append(pairs([("guide", f"none: {why}")]))
     else:
         there = (run.dir / GUIDE).is_file()
-        out.append(pairs([("guide", f"{GUIDE}: the EMA weights at {at}, the weak model of autoguidance"
-                                    if there else f"not yet: written at {at}")]))  # fmt: skip
+        out.append(
+            pairs(
+                [
+                    (
+                        "guide",
+                        f"{GUIDE}: the EMA weights at {at}, the weak model of autoguidance"
+                        if there
+                        else f"not yet: written at {at}",
+                    )
+                ]
+            )
+        )
     if t.clusters:
         try:
             counts = load_clusters(run.dir, t.clusters)[1].tolist()
@@ -235,9 +304,15 @@ def guide_and_clusters(run: RunFiles) -> list[Safe]:
             run.note(str(e))
             return [*out, note(f"Clusters: {run.problems[-1]}")]
         ordered = sorted(counts)
-        out.append(pairs([("pixel clusters", f"{t.clusters} k-means clusters of the pixels, learned as labels"),
-                          ("sizes", f"{ordered[0]:,} to {ordered[-1]:,} images, median {ordered[len(counts) // 2]:,}"),
-                          ("each cluster's size", " ".join(str(c) for c in counts))]))  # fmt: skip
+        out.append(
+            pairs(
+                [
+                    ("pixel clusters", f"{t.clusters} k-means clusters of the pixels, learned as labels"),
+                    ("sizes", f"{ordered[0]:,} to {ordered[-1]:,} images, median {ordered[len(counts) // 2]:,}"),
+                    ("each cluster's size", " ".join(str(c) for c in counts)),
+                ]
+            )
+        )
     return out
 
 
@@ -261,8 +336,12 @@ def files(run: RunFiles) -> list[Safe]:
         cell = tag("span", state, class_="good" if state == "ok" else "bad")
         rows.append([name, cell, f"{size:,}" if isinstance(size, int) else "?", str(entry.get("sha256", ""))[:16]])
     folders = sorted(p.name + "/" for p in run.dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-    out = [note(f"{MANIFEST} of {listed.get('updated', '?')}, each file checked against it when this report was "
-                f"written ({REPORT} itself is not listed).")]  # fmt: skip
+    out = [
+        note(
+            f"{MANIFEST} of {listed.get('updated', '?')}, each file checked against it when this report was "
+            f"written ({REPORT} itself is not listed)."
+        )
+    ]
     out.append(table(["file", "status", "bytes", "sha256 (first 16)"], rows))
     if folders:
         out.append(note(f"Not in the manifest, which lists the files at the top of the folder: {', '.join(folders)}"))

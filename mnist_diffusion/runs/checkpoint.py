@@ -77,9 +77,15 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict]) ->
 
 
 def save_checkpoint(
-    run_dir: Path, cfg: RunConfig, *, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
-    meta: dict[str, Any], device: torch.device,
-) -> None:  # fmt: skip
+    run_dir: Path,
+    cfg: RunConfig,
+    *,
+    model: nn.Module,
+    ema: nn.Module,
+    opt: torch.optim.Optimizer,
+    meta: dict[str, Any],
+    device: torch.device,
+) -> None:
     """Write ``checkpoint.safetensors`` and its readable copy ``checkpoint.json``. ``meta`` holds the
     loop's figures (step, ema_updates, loss, plan, ...); the config and versions are added here."""
     opt_tensors, groups = flatten_optimizer(opt)
@@ -143,8 +149,9 @@ def read_checkpoint(run_dir: Path, cfg: RunConfig | None = None) -> Checkpoint:
     return Checkpoint(path, meta, tensors)
 
 
-def restore(checkpoint: Checkpoint, *, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
-            device: torch.device) -> None:  # fmt: skip
+def restore(
+    checkpoint: Checkpoint, *, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer, device: torch.device
+) -> None:
     """Load a verified checkpoint's weights, EMA, optimizer state and RNG state into the modules."""
     tensors, meta = checkpoint.tensors, checkpoint.meta
     model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}

@@ -74,5 +74,6 @@ def guidance_kinds_of(run_dir: Path) -> GuidanceKinds:
     its weights."""
     cfg = load_config(run_dir)
     clustered = cfg.train.clusters > 0
-    return GuidanceKinds(auto=(run_dir / GUIDE).is_file(), labels=cfg.model.num_classes > 0 and not clustered,
-                         clusters=clustered)  # fmt: skip
+    return GuidanceKinds(
+        auto=(run_dir / GUIDE).is_file(), labels=cfg.model.num_classes > 0 and not clustered, clusters=clustered
+    )

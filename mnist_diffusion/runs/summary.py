@@ -50,9 +50,17 @@ def summarize_runs(artifacts_dir: str | os.PathLike) -> list[RunSummary]:
 def summarize_run(run_dir: Path) -> RunSummary:
     """The summary of one run folder (see :func:`summarize_runs`)."""
     summary = RunSummary(
-        name=run_dir.name, path=run_dir, created=_created(run_dir), preset=None, epochs=None, step=None,
-        final_loss=None, fid=None, fid_n=None, finished=_finished(run_dir),
-    )  # fmt: skip
+        name=run_dir.name,
+        path=run_dir,
+        created=_created(run_dir),
+        preset=None,
+        epochs=None,
+        step=None,
+        final_loss=None,
+        fid=None,
+        fid_n=None,
+        finished=_finished(run_dir),
+    )
     problems = []
     try:
         cfg = load_config(run_dir)
@@ -116,8 +124,16 @@ def _read_json_object(path: Path) -> dict[str, Any] | None:
     return data
 
 
-def _number(data: dict[str, Any], key: str, where: str, *, integer: bool = False, finite: bool = True,
-            minimum: int = 0, label: str | None = None) -> Any:  # fmt: skip
+def _number(
+    data: dict[str, Any],
+    key: str,
+    where: str,
+    *,
+    integer: bool = False,
+    finite: bool = True,
+    minimum: int = 0,
+    label: str | None = None,
+) -> Any:
     """``data[key]`` checked: with ``integer`` a whole number from ``minimum`` up that fits in 64
     bits, else a float (finite with ``finite``). Bools are not numbers. Anything else is a UserError
     naming ``where`` and ``label`` (default: ``key``)."""

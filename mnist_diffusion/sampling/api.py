@@ -25,9 +25,11 @@ from .generate import generate, parse_labels
 
 
 def load_run(
-    run: str | int | os.PathLike | None = None, *, device: str = "auto",
+    run: str | int | os.PathLike | None = None,
+    *,
+    device: str = "auto",
     artifacts_dir: str | os.PathLike = DEFAULT_ARTIFACTS_DIR,
-) -> LoadedRun:  # fmt: skip
+) -> LoadedRun:
     """A trained run, ready to sample: a run folder, a name (``"00003-default"``, ``"default"``)
     or a number (``3``), as ``mnistdiff sample --run`` takes them; None: the latest run in
     ``artifacts_dir``. ``device``: auto, cpu, cuda or mps."""
@@ -36,9 +38,15 @@ def load_run(
 
 
 def sample(
-    run: LoadedRun, n: int = 8, sampling: SamplingConfig | None = None, *, digit: int | None = None,
-    labels: torch.Tensor | list[int] | None = None, progress: bool = False, **overrides: Any,
-) -> torch.Tensor:  # fmt: skip
+    run: LoadedRun,
+    n: int = 8,
+    sampling: SamplingConfig | None = None,
+    *,
+    digit: int | None = None,
+    labels: torch.Tensor | list[int] | None = None,
+    progress: bool = False,
+    **overrides: Any,
+) -> torch.Tensor:
     """``n`` digits drawn from ``run``, as ``mnistdiff sample`` draws them: [n x 1 x 28 x 28] in
     [0, 1] on the CPU. How to sample: a :class:`SamplingConfig`, its fields as keywords
     (``sampler="ddim", steps=20, seed=1``), or both. A conditional run draws ``digit``, the

@@ -56,8 +56,9 @@ def inpaint_to_files(
     check_output(output, PNG, "-o")
     check_output(save_tensor, TENSORS, "--save-tensor")
     count_for(n, "-n", scale=scale, each=len(images))
-    completions = inpaint(run, images, missing, sampling, n=n, digit=digit, jumps=jumps, resample=resample,
-                          progress=progress)  # fmt: skip
+    completions = inpaint(
+        run, images, missing, sampling, n=n, digit=digit, jumps=jumps, resample=resample, progress=progress
+    )
     missing = missing.to(torch.bool).broadcast_to(images.shape)
     masked = torch.where(missing, torch.full_like(images, HOLE), images)
     rows = torch.cat([images[:, None], masked[:, None], completions], dim=1)  # (N, n + 2, 1, 28, 28)
@@ -67,10 +68,16 @@ def inpaint_to_files(
     picture = made_with(run, settings, inpainting={**inpainting, "missing": masks})
     save_grid(rows.reshape(-1, *images.shape[1:]), output, nrow=n + 2, scale=scale, metadata=picture)
     if save_tensor is not None:
-        metadata = {"run": run.path.name, "sampling": json.dumps(settings.to_dict(), sort_keys=True),
-                    "inpainting": json.dumps(inpainting)}  # fmt: skip
-        tensors = {"samples": completions.reshape(-1, *images.shape[1:]), "originals": images,
-                   "missing": missing.to(torch.uint8)}  # fmt: skip
+        metadata = {
+            "run": run.path.name,
+            "sampling": json.dumps(settings.to_dict(), sort_keys=True),
+            "inpainting": json.dumps(inpainting),
+        }
+        tensors = {
+            "samples": completions.reshape(-1, *images.shape[1:]),
+            "originals": images,
+            "missing": missing.to(torch.uint8),
+        }
         save_tensors(save_tensor, tensors, metadata)
     return completions
 

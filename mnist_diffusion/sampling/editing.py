@@ -133,9 +133,19 @@ def inpaint(
     out = []
     for batch in _batches(len(x0), settings.batch_size):
         denoiser = denoiser_for(run, settings, _pick(labels, batch), networks)
-        y = repaint(denoiser, x0[batch].to(device), known[batch].to(device), steps=settings.steps,
-                    spacing=settings.spacing, jumps=jumps, resample=resample, generator=generator,
-                    forward_generator=forward, device=device, progress=progress)  # fmt: skip
+        y = repaint(
+            denoiser,
+            x0[batch].to(device),
+            known[batch].to(device),
+            steps=settings.steps,
+            spacing=settings.spacing,
+            jumps=jumps,
+            resample=resample,
+            generator=generator,
+            forward_generator=forward,
+            device=device,
+            progress=progress,
+        )
         out.append(x0_to_unit(y).cpu())
     return torch.cat(out).reshape(len(x), n, *x.shape[1:])
 
@@ -172,16 +182,28 @@ def _from_noise(run: LoadedRun, noise: torch.Tensor, settings: SamplingConfig, l
     for batch in _batches(len(noise), settings.batch_size):
         x_t = noise[batch].to(run.device, torch.float32)
         denoiser = denoiser_for(run, settings, _pick(labels, batch), networks)
-        x = sample(denoiser, tuple(x_t.shape), settings, generator=generator, device=run.device, progress=progress,
-                   start=Start(x_t, top))  # fmt: skip
+        x = sample(
+            denoiser,
+            tuple(x_t.shape),
+            settings,
+            generator=generator,
+            device=run.device,
+            progress=progress,
+            start=Start(x_t, top),
+        )
         out.append(x0_to_unit(x).cpu())
     return torch.cat(out)
 
 
 def invert(
-    run: LoadedRun, images: torch.Tensor, sampling: SamplingConfig | None = None, *, digit: int | None = None,
-    progress: bool = False, **overrides: Any,
-) -> torch.Tensor:  # fmt: skip
+    run: LoadedRun,
+    images: torch.Tensor,
+    sampling: SamplingConfig | None = None,
+    *,
+    digit: int | None = None,
+    progress: bool = False,
+    **overrides: Any,
+) -> torch.Tensor:
     """DDIM inversion (:func:`~mnist_diffusion.diffusion.editing.ddim_invert`) of real digits:
     the noise x_{T-1} that DDIM with eta = 0 (:func:`reconstruct`) turns back into about them.
 
@@ -195,9 +217,14 @@ def invert(
 
 
 def reconstruct(
-    run: LoadedRun, noise: torch.Tensor, sampling: SamplingConfig | None = None, *, digit: int | None = None,
-    progress: bool = False, **overrides: Any,
-) -> torch.Tensor:  # fmt: skip
+    run: LoadedRun,
+    noise: torch.Tensor,
+    sampling: SamplingConfig | None = None,
+    *,
+    digit: int | None = None,
+    progress: bool = False,
+    **overrides: Any,
+) -> torch.Tensor:
     """DDIM with eta = 0 from ``noise`` [N x 1 x 28 x 28] at T-1 (what :func:`invert` returns),
     with the same settings and labels as :func:`invert`. Returns images [N x 1 x 28 x 28] in [0, 1]."""
     settings = invert_settings(run, sampling, **overrides)
@@ -221,8 +248,9 @@ def _endpoint(run: LoadedRun, end: Endpoint, settings: SamplingConfig, label, pr
     return _invert(run, x, settings, label, progress)
 
 
-def interpolate_settings(run: LoadedRun, sampling: SamplingConfig | None, digits: bool, **overrides: Any
-                         ) -> SamplingConfig:  # fmt: skip
+def interpolate_settings(
+    run: LoadedRun, sampling: SamplingConfig | None, digits: bool, **overrides: Any
+) -> SamplingConfig:
     """How :func:`interpolate` samples, resolved for ``run``: the sampler's ODE (dpmpp-2m-sde as
     dpmpp-2m, ddim with eta = 0; ddpm has none); with a real digit at either end, evenly spaced
     steps unless a spacing is given, as for inversion."""
@@ -235,9 +263,16 @@ def interpolate_settings(run: LoadedRun, sampling: SamplingConfig | None, digits
 
 
 def interpolate(
-    run: LoadedRun, a: Endpoint, b: Endpoint, sampling: SamplingConfig | None = None, *,
-    frames: int = INTERPOLATE_FRAMES, digit: int | None = None, progress: bool = False, **overrides: Any,
-) -> torch.Tensor:  # fmt: skip
+    run: LoadedRun,
+    a: Endpoint,
+    b: Endpoint,
+    sampling: SamplingConfig | None = None,
+    *,
+    frames: int = INTERPOLATE_FRAMES,
+    digit: int | None = None,
+    progress: bool = False,
+    **overrides: Any,
+) -> torch.Tensor:
     """A walk from ``a`` to ``b``: their noises x_{T-1} interpolated on the sphere
     (:func:`~mnist_diffusion.diffusion.editing.slerp`) at ``frames`` evenly spaced points, each
     turned into a digit by the deterministic sampler (:func:`interpolate_settings`), all with one
@@ -276,16 +311,27 @@ def sdedit_steps(settings: SamplingConfig, num_timesteps: int, strength: float) 
     """The steps :func:`sdedit` takes with resolved ``settings``: one from its t, then the
     sampler's timesteps below t."""
     t = sdedit_timestep(strength, num_timesteps)
-    below = t if settings.sampler == "ddpm" else sum(s < t for s in spaced_timesteps(num_timesteps, settings.steps,
-                                                                                   settings.spacing))  # fmt: skip
+    below = (
+        t
+        if settings.sampler == "ddpm"
+        else sum(s < t for s in spaced_timesteps(num_timesteps, settings.steps, settings.spacing))
+    )
     return 1 + below
 
 
 def sdedit(
-    run: LoadedRun, init: torch.Tensor, n: int = 1, sampling: SamplingConfig | None = None, *,
-    strength: float = SDEDIT_STRENGTH, labels: torch.Tensor | None = None, digit: int | None = None,
-    progress: bool = False, callback: StepCallback | None = None, **overrides: Any,
-) -> torch.Tensor:  # fmt: skip
+    run: LoadedRun,
+    init: torch.Tensor,
+    n: int = 1,
+    sampling: SamplingConfig | None = None,
+    *,
+    strength: float = SDEDIT_STRENGTH,
+    labels: torch.Tensor | None = None,
+    digit: int | None = None,
+    progress: bool = False,
+    callback: StepCallback | None = None,
+    **overrides: Any,
+) -> torch.Tensor:
     """SDEdit (Meng et al. 2022): noise a rough drawing to t = strength T with q(x_t | x_0) and
     denoise it from there with the run's sampler on its timesteps below t, ``n`` times. Strength
     1 starts from (nearly) pure noise; a small one stays close to the drawing.

@@ -119,14 +119,14 @@ def _laid_out(net: nn.Module, layout: torch.memory_format) -> nn.Module:
     return copy.deepcopy(net).to(memory_format=layout)
 
 
-def denoiser_for(run: LoadedRun, settings: SamplingConfig, labels: torch.Tensor | None, networks: Networks
-                 ) -> Denoiser:  # fmt: skip
+def denoiser_for(run: LoadedRun, settings: SamplingConfig, labels: torch.Tensor | None, networks: Networks) -> Denoiser:
     """The run's ``networks`` (:func:`networks_for`) as the samplers see them, guided as resolved
     ``settings`` say, for a batch with ``labels`` ([B] on the run's device, or None)."""
     model, guide = networks
     dtype = autocast_dtype(settings.precision, run.device)
-    return Denoiser(model, run.schedule, run.cfg.diffusion.prediction, labels, settings.guidance, guide=guide,
-                    autocast=dtype)  # fmt: skip
+    return Denoiser(
+        model, run.schedule, run.cfg.diffusion.prediction, labels, settings.guidance, guide=guide, autocast=dtype
+    )
 
 
 def generate(
@@ -163,7 +163,15 @@ def generate(
         batch_labels = labels[first : first + b].to(device) if labels is not None else None
         begin = start(first, b, generator) if start is not None else None
         denoiser = denoiser_for(run, settings, batch_labels, networks)
-        x = sample(denoiser, (b, run.cfg.model.in_channels, 28, 28), settings, generator=generator, device=device,
-                   progress=progress, callback=callback if first == 0 else None, start=begin)  # fmt: skip
+        x = sample(
+            denoiser,
+            (b, run.cfg.model.in_channels, 28, 28),
+            settings,
+            generator=generator,
+            device=device,
+            progress=progress,
+            callback=callback if first == 0 else None,
+            start=begin,
+        )
         out.append(x0_to_unit(x).cpu())
     return torch.cat(out)

@@ -115,8 +115,13 @@ def trajectory(run: LoadedRun, sampling: SamplingConfig = SamplingConfig()) -> t
     frames: list[torch.Tensor] = []
     frame_labels: list[str] = []
     labels = parse_labels(None, None, TRAJECTORY_ROWS, run.conditional)
-    generate(run, TRAJECTORY_ROWS, settings, labels=labels, callback=_trajectory_recorder(
-        settings.evaluations(run.schedule.num_timesteps), frames, frame_labels))
+    generate(
+        run,
+        TRAJECTORY_ROWS,
+        settings,
+        labels=labels,
+        callback=_trajectory_recorder(settings.evaluations(run.schedule.num_timesteps), frames, frame_labels),
+    )
     return torch.stack(frames), frame_labels
 
 

@@ -56,8 +56,9 @@ def load_training_set(data_dir: Path, info: DistInfo, log: Callable[[str], None]
     return load_mnist(data_dir, "train")
 
 
-def cluster_labels(images: torch.Tensor, cfg: RunConfig, info: DistInfo, log: Callable[[str], None], *,
-                   saved_in: Path | None = None) -> torch.Tensor:  # fmt: skip
+def cluster_labels(
+    images: torch.Tensor, cfg: RunConfig, info: DistInfo, log: Callable[[str], None], *, saved_in: Path | None = None
+) -> torch.Tensor:
     """Each training image's k-means cluster (N,), the self-labels of a ``--clusters`` run: read
     from the run folder ``saved_in`` (a resumed run), or computed by the main process and sent to
     the others (a new run, which saves them once its folder exists)."""
@@ -67,8 +68,9 @@ def cluster_labels(images: torch.Tensor, cfg: RunConfig, info: DistInfo, log: Ca
     if saved_in is not None:
         assign = load_clusters(saved_in, k)[0]
         if len(assign) != len(images):
-            raise UserError(f"run {saved_in.name} was clustered on {len(assign)} training images, the data has "
-                            f"{len(images)}")  # fmt: skip
+            raise UserError(
+                f"run {saved_in.name} was clustered on {len(assign)} training images, the data has {len(images)}"
+            )
         return assign
     assign = None
     if info.is_main:
@@ -82,8 +84,9 @@ class Batches:
     """Every optimizer step's batch: the training set on ``device``, each epoch's order, and the
     step's own timesteps, noise and (for a run with labels) label dropout."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, cfg: RunConfig, info: DistInfo,
-                 device: torch.device):  # fmt: skip
+    def __init__(
+        self, images: torch.Tensor, labels: torch.Tensor, cfg: RunConfig, info: DistInfo, device: torch.device
+    ):
         self.cfg, self.info, self.device = cfg, info, device
         self.images, self.labels = images.to(device), labels.to(device)  # (N, 28, 28) uint8, (N,)
         self.steps_per_epoch = steps_per_epoch(len(images), cfg.train.batch_size, info)

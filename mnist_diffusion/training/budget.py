@@ -17,6 +17,14 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from ..runs.store import update_run_info
+from ..runtime import broadcast_object, compile_by_default, sync
+
+if TYPE_CHECKING:
+    from .log import RunLog
+    from .trainer import Trainer
 
 BUDGET_MARGIN = 0.03  # share of a time budget left for checkpoints and logging
 REPLAN_AFTER = 200  # steps after which a time-budget run plans again from its own pace (within warm-up)
@@ -28,8 +36,9 @@ Events = Sequence[tuple[int, float]]  # (every, seconds): a monitor's cost, once
 class TimeBudget:
     """``seconds`` of wall time on ``clock``, counted from :meth:`start` (before any planning)."""
 
-    def __init__(self, seconds: float, *, clock: Callable[[], float] = time.perf_counter,
-                 replan_after: int = REPLAN_AFTER):  # fmt: skip
+    def __init__(
+        self, seconds: float, *, clock: Callable[[], float] = time.perf_counter, replan_after: int = REPLAN_AFTER
+    ):
         self.seconds, self.clock, self.replan_after = seconds, clock, replan_after
         self.started = 0.0
         self.events: list[tuple[int, float]] = []  # the monitors' measured costs, set by :meth:`plan`
@@ -99,15 +108,18 @@ class TimeBudget:
         left = self.seconds * (1 - BUDGET_MARGIN) - self.elapsed() - due
         return step + steps_that_fit(step, left, pace, self.events), pace
 
-
     def record(self, planned: int, seconds_per_step: float, images_per_step: int, measured_over: int) -> dict:
         """What run.json records of a plan of ``planned`` steps at ``seconds_per_step`` (without the
         monitors); ``measured_over`` is the number of the run's own steps that pace comes from (0:
         the scratch steps)."""
-        return {"seconds": self.seconds, "planned_steps": planned,
-                "images_per_sec": round(images_per_step / (seconds_per_step + self.monitor_seconds), 1),
-                "measured_over_steps": measured_over, "monitor_seconds_per_step": round(self.monitor_seconds, 6),
-                "planning_seconds": round(self.planning_seconds, 3)}  # fmt: skip
+        return {
+            "seconds": self.seconds,
+            "planned_steps": planned,
+            "images_per_sec": round(images_per_step / (seconds_per_step + self.monitor_seconds), 1),
+            "measured_over_steps": measured_over,
+            "monitor_seconds_per_step": round(self.monitor_seconds, 6),
+            "planning_seconds": round(self.planning_seconds, 3),
+        }
 
     def describe(self, planned: int, seconds_per_step: float, images_per_step: int, measured_over: int) -> str:
         """A plan in words, such as "time budget 10 min: 4,685 steps at 425 images/s (watching the
@@ -122,6 +134,67 @@ class TimeBudget:
             return f"time budget: {pace} over the first {measured_over} steps"
         measuring = f", after {duration(self.planning_seconds)} of measuring" if self.planning_seconds >= 1 else ""
         return f"time budget {duration(self.seconds)}: {pace}{measuring}"
+
+
+class BudgetKeeper:
+    """A time budget applied to a training run: its plan made before the loop and made again
+    once within warm-up (recorded as ``--steps N`` in config.json and in run.json), and the run
+    ended where the budget runs out."""
+
+    def __init__(self, budget: TimeBudget, trainer: Trainer):
+        self.budget, self.trainer = budget, trainer
+
+    def plan(self) -> None:
+        """Plan the steps that fit the time budget at this machine's pace, measured on scratch
+        steps put back afterwards (so the run trains as ``--steps N`` would, bit for bit), with
+        the monitors' measured cost. The measuring is taken from the budget."""
+        t, budget = self.trainer, self.budget
+        budget.start()
+        if t.start_step:
+            return  # a resumed run keeps its plan, and stops when the budget is spent
+        events = [(m.every, m.seconds_per_step(t) * m.every) for m in t.monitors] if t.info.is_main else []
+        extra = t.device_step.buffers() if t.device_step else []
+        saved = t.learner.snapshot(extra)
+        step_seconds = budget.step_seconds(lambda step: (t.advance(step), sync(t.device)), t.start_step)
+        t.learner.restore_snapshot(saved, extra)
+        self._set_plan(budget.plan(step_seconds, events), step_seconds, measured_over=0)
+        budget.replan_at = budget.replan_step(t.cfg.train.warmup_steps, t.plan.guide_step, t.plan.stop_step)
+
+    def after_step(self, step: int, log: RunLog) -> None:
+        """Within warm-up, plan again once from the loop's own pace; end the run where the budget
+        runs out."""
+        t = self.trainer
+        if (replanned := self.budget.after_step(step)) is not None:
+            planned, pace = broadcast_object(replanned, t.info)  # rank 0's measurement decides for all
+            behind = t.plan.guide_step >= 0 and round(t.cfg.train.guide_at * planned) <= step
+            if planned != t.plan.total_steps and not behind:  # else: stop on time
+                self._set_plan(planned, pace, measured_over=step)
+                log.set_stop(t.plan.stop_step)
+        if step < t.plan.stop_step and t.agree(self.budget.spent(), step):
+            t.record_plan(max_steps=step)
+            t.log(f"time budget spent: the run ends at step {step:,} of the {t.plan.total_steps:,} planned")
+
+    def _set_plan(self, planned: int, seconds_per_step: float, measured_over: int) -> None:
+        """Make ``planned`` (rank 0's) the run's steps, recorded in config.json and run.json."""
+        t = self.trainer
+        planned, seconds_per_step = broadcast_object((planned, seconds_per_step), t.info)
+        t.record_plan(steps=planned)
+        images = t.cfg.train.batch_size * t.info.world_size
+        if t.info.is_main:
+            update_run_info(t.run_dir, time_budget=self.budget.record(planned, seconds_per_step, images, measured_over))
+        again = " on any machine" if not measured_over else ""
+        t.log(
+            f"{self.budget.describe(planned, seconds_per_step, images, measured_over)}; `mnistdiff train "
+            f"--steps {planned}{self._compile_flag()}` trains this plan again{again}"
+        )
+
+    def _compile_flag(self) -> str:
+        """The flag a `train --steps N` that repeats this plan needs to compile as this run does:
+        "" where the default for N steps already agrees here, else " --compile" or " --no-compile"."""
+        t = self.trainer
+        if t.learner.compiled == bool(compile_by_default(t.device, t.learner.autocast, t.plan.total_steps)):
+            return ""
+        return " --compile" if t.learner.compiled else " --no-compile"
 
 
 def steps_that_fit(first: int, seconds: float, step_seconds: float, events: Events) -> int:

@@ -39,8 +39,17 @@ class Learner:
     time (:meth:`step`). ``total_steps`` is the plan the learning rate follows; ``compile`` is
     ``--compile``/``--no-compile``, or None for the default where it pays (:func:`compile_by_default`)."""
 
-    def __init__(self, cfg: RunConfig, device: torch.device, info: DistInfo, *, total_steps: int, start_step: int = 0,
-                 compile: bool | None = False, log: Callable[[str], None] = print):  # fmt: skip
+    def __init__(
+        self,
+        cfg: RunConfig,
+        device: torch.device,
+        info: DistInfo,
+        *,
+        total_steps: int,
+        start_step: int = 0,
+        compile: bool | None = False,
+        log: Callable[[str], None] = print,
+    ):
         self.cfg, self.device, self.total_steps = cfg, device, total_steps
         self.autocast = autocast_dtype(cfg.train.precision, device)
         if self.autocast == torch.bfloat16 and device.type == "cpu":
@@ -51,8 +60,10 @@ class Learner:
         self.schedule = Schedule(cfg.diffusion, device)
         ab = self.schedule.final_alpha_bar
         if ab > 1e-3:
-            log(f"warning: this schedule ends at alpha_bar_T = {ab:.3g} (sqrt = {math.sqrt(ab):.2f}): x_T still holds "
-                "part of the digit, but sampling starts from pure noise. The cosine schedule ends at pure noise.")
+            log(
+                f"warning: this schedule ends at alpha_bar_T = {ab:.3g} (sqrt = {math.sqrt(ab):.2f}): x_T still holds "
+                "part of the digit, but sampling starts from pure noise. The cosine schedule ends at pure noise."
+            )
         self.model = build_model(cfg.model).to(device)
         if device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -77,8 +88,10 @@ class Learner:
         """Load a verified checkpoint's weights, EMA, optimizer and loss-scaler state; it must come
         from as many processes as this one is trained by."""
         if ckpt.meta["world_size"] != world_size:
-            raise UserError(f"{ckpt.path.parent.name} was trained by {ckpt.meta['world_size']} process(es); resume "
-                            f"it with as many (this is {world_size})")  # fmt: skip
+            raise UserError(
+                f"{ckpt.path.parent.name} was trained by {ckpt.meta['world_size']} process(es); resume "
+                f"it with as many (this is {world_size})"
+            )
         restore(ckpt, model=self.model, ema=self.ema, opt=self.opt, device=self.device)
         self.ema.updates = ckpt.meta["ema_updates"]
         if self.scaler.is_enabled() and isinstance(ckpt.meta.get("grad_scaler"), dict):
@@ -170,8 +183,16 @@ class Learner:
 
     def _state_tensors(self, extra: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         opt_state = [v for state in self.opt.state.values() for v in state.values() if torch.is_tensor(v)]
-        return [*self.model.parameters(), *self.model.buffers(), *self.ema.parameters(), *self.ema.buffers(),
-                *opt_state, self.step_number, self.first_bad, *extra]  # fmt: skip
+        return [
+            *self.model.parameters(),
+            *self.model.buffers(),
+            *self.ema.parameters(),
+            *self.ema.buffers(),
+            *opt_state,
+            self.step_number,
+            self.first_bad,
+            *extra,
+        ]
 
     def weights_digest(self) -> str:
         """sha256 of the trained (not averaged) weights, to check that every rank holds the same."""

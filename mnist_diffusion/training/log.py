@@ -19,14 +19,32 @@ class RunLog:
     """The log of one training loop. ``write`` appends a record to metrics.jsonl (a no-op on
     ranks other than the first); ``loss_sum`` is the device scalar the steps' losses are added to."""
 
-    def __init__(self, *, name: str, images_per_step: int, ranks: int, start_step: int, stop_step: int,
-                 steps_per_epoch: int, loss_sum: torch.Tensor, write: Callable[[dict[str, Any]], None],
-                 say: Callable[[str], None], progress: bool):  # fmt: skip
+    def __init__(
+        self,
+        *,
+        name: str,
+        images_per_step: int,
+        ranks: int,
+        start_step: int,
+        stop_step: int,
+        steps_per_epoch: int,
+        loss_sum: torch.Tensor,
+        write: Callable[[dict[str, Any]], None],
+        say: Callable[[str], None],
+        progress: bool,
+    ):
         self.images_per_step, self.ranks = images_per_step, ranks  # images_per_step: of all ranks together
         self.start_step, self.steps_per_epoch = start_step, steps_per_epoch
         self.write, self.say = write, say
-        self.bar = tqdm(total=stop_step * images_per_step, initial=start_step * images_per_step, unit="img",
-                        unit_scale=True, desc=f"train {name}", disable=not progress, dynamic_ncols=True)  # fmt: skip
+        self.bar = tqdm(
+            total=stop_step * images_per_step,
+            initial=start_step * images_per_step,
+            unit="img",
+            unit_scale=True,
+            desc=f"train {name}",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
         self.loss_sum, self.steps, self.start = loss_sum, 0, time.perf_counter()  # the window since the last line
         self.shown: dict[str, str] = {}  # what the bar shows beside the images/s
         self._pace_start = 0.0
@@ -67,8 +85,9 @@ class RunLog:
         self.shown[name] = f"{value:.4g}"
         self.bar.set_postfix(self.shown)
 
-    def estimate(self, step: int, stop_step: int, flops_per_image: float, matmul_gflops: Callable[[], float],
-                 hint: bool) -> None:  # fmt: skip
+    def estimate(
+        self, step: int, stop_step: int, flops_per_image: float, matmul_gflops: Callable[[], float], hint: bool
+    ) -> None:
         """After the first steps, say how long the rest will take at this pace, on this machine
         (``hint``: suggest a time budget for a long run)."""
         done = step - self.start_step

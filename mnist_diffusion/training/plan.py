@@ -88,8 +88,9 @@ class ResumePlan:
         return self.checkpoint.step if self.checkpoint is not None else -1
 
 
-def plan_resume(run_dir: Path, *, epochs: int | None = None, steps: int | None = None,
-                max_steps: int | None = None) -> ResumePlan:  # fmt: skip
+def plan_resume(
+    run_dir: Path, *, epochs: int | None = None, steps: int | None = None, max_steps: int | None = None
+) -> ResumePlan:
     """The rules of ``train --resume``, one each:
 
     - flags not given keep the run's saved values;
@@ -147,8 +148,14 @@ class RunFolder:
         self._new = None
 
 
-def open_run_folder(artifacts_dir: Path, run_name: str | None, cfg: RunConfig, resume: ResumePlan | None, *,
-                    clusters: torch.Tensor | None) -> RunFolder:  # fmt: skip
+def open_run_folder(
+    artifacts_dir: Path,
+    run_name: str | None,
+    cfg: RunConfig,
+    resume: ResumePlan | None,
+    *,
+    clusters: torch.Tensor | None,
+) -> RunFolder:
     """The :class:`RunFolder` a training writes (rank 0 alone calls this):
 
     - an interrupted run (``continue``) trains in its own folder: temporary files of a killed

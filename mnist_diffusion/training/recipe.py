@@ -53,8 +53,6 @@ def make_ema(model: nn.Module, cfg: RunConfig) -> AveragedModel:
     return ema
 
 
-
-
 def make_optimizer(model: nn.Module, cfg: RunConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW over ``model``'s weights with the config's learning rate and weight decay. For the
     step on the device (``step_on_device``) its learning rate is a device tensor, and on CUDA it is
@@ -63,5 +61,6 @@ def make_optimizer(model: nn.Module, cfg: RunConfig, device: torch.device) -> to
     lr_dtype = torch.float64 if device.type == "cpu" else torch.float32
     lr = torch.tensor(cfg.train.lr, dtype=lr_dtype, device=device) if cfg.train.step_on_device else cfg.train.lr
     capturable = cfg.train.step_on_device and device.type == "cuda"
-    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.train.weight_decay,
-                             fused=fused_adamw(device), capturable=capturable)  # fmt: skip
+    return torch.optim.AdamW(
+        model.parameters(), lr=lr, weight_decay=cfg.train.weight_decay, fused=fused_adamw(device), capturable=capturable
+    )

@@ -61,6 +61,8 @@ def machine_line(cfg: RunConfig, device: torch.device) -> str:
     from ..runtime import autocast_dtype, describe_machine, matmul_rate, precision_name
 
     dtype = autocast_dtype(cfg.train.precision, device)
-    return (f"{describe_machine(device).line()}; {precision_name(dtype)} matrix rate "
-            f"{matmul_rate(device, dtype or torch.float32):.0f} GFLOP/s; a training step is "
-            f"{step_flops_per_image(cfg) / 1e6:.0f} MFLOP per image")  # fmt: skip
+    return (
+        f"{describe_machine(device).line()}; {precision_name(dtype)} matrix rate "
+        f"{matmul_rate(device, dtype or torch.float32):.0f} GFLOP/s; a training step is "
+        f"{step_flops_per_image(cfg) / 1e6:.0f} MFLOP per image"
+    )

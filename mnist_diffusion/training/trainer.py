@@ -35,21 +35,18 @@ from ..runs.store import (
     keep_metrics_until,
     read_metrics,
     save_config,
-    update_run_info,
     weights_metadata,
     write_finished,
     write_manifest,
 )
 from ..runtime import (
     broadcast_object,
-    compile_by_default,
     init_distributed,
     matmul_rate,
     setup_device,
-    sync,
 )
 from .batches import Batches, cluster_labels, load_training_set, steps_per_epoch
-from .budget import TimeBudget
+from .budget import BudgetKeeper, TimeBudget
 from .graphs import DeviceStep, GraphStep, graphs_wanted
 from .learner import Learner
 from .log import RunLog
@@ -74,12 +71,25 @@ class TrainResult:
 class Trainer:
     """One training run: builds and checks everything first, then writes its run folder."""
 
-    def __init__(self, cfg: RunConfig, *, data_dir: Path, artifacts_dir: Path, run_name: str | None, device: str,
-                 resume: ResumePlan | None = None, compile: bool | None = False, progress: bool = True,
-                 log: Callable[[str], None] = print, stop: threading.Event | None = None,
-                 on_step: Callable[[int], None] | None = None,
-                 on_finish: Callable[[Path, nn.Module, bool], None] | None = None, monitors: Sequence[Monitor] = (),
-                 time_budget: float | TimeBudget | None = None, cuda_graphs: bool | None = None):  # fmt: skip
+    def __init__(
+        self,
+        cfg: RunConfig,
+        *,
+        data_dir: Path,
+        artifacts_dir: Path,
+        run_name: str | None,
+        device: str,
+        resume: ResumePlan | None = None,
+        compile: bool | None = False,
+        progress: bool = True,
+        log: Callable[[str], None] = print,
+        stop: threading.Event | None = None,
+        on_step: Callable[[int], None] | None = None,
+        on_finish: Callable[[Path, nn.Module, bool], None] | None = None,
+        monitors: Sequence[Monitor] = (),
+        time_budget: float | TimeBudget | None = None,
+        cuda_graphs: bool | None = None,
+    ):
         self.info = init_distributed(device)
         self.device = setup_device(device, self.info)
         if cuda_graphs and self.device.type != "cuda":
@@ -94,6 +104,7 @@ class Trainer:
         self.on_finish = on_finish  # (run_dir, EMA network, progress) at the end, before the weights: the grid
         self.monitors = list(monitors)  # watch the run as it trains (see Monitor)
         self.budget = TimeBudget(time_budget) if isinstance(time_budget, int | float) else time_budget
+        self.keeper = BudgetKeeper(self.budget, self) if self.budget is not None else None  # applies the budget
         self.start_step = resume.step if resume is not None else 0
         self.prior_seconds = float(resume.checkpoint.meta.get("train_seconds", 0.0)) if resume is not None else 0.0
 
@@ -102,9 +113,11 @@ class Trainer:
         spe = steps_per_epoch(len(images), self.cfg.train.batch_size, self.info)
         self.plan = StepPlan.of(self.cfg, spe, self.check_every)
         if resume is not None and resume.action == "extend" and self.start_step >= self.plan.stop_step:
-            raise UserError(f"run {resume.run_dir.name} is at step {self.start_step}, and the budget asked for ends "
-                            f"at step {self.plan.stop_step}: give a larger --epochs, --steps or --max-steps to train "
-                            "it further")  # fmt: skip
+            raise UserError(
+                f"run {resume.run_dir.name} is at step {self.start_step}, and the budget asked for ends "
+                f"at step {self.plan.stop_step}: give a larger --epochs, --steps or --max-steps to train "
+                "it further"
+            )
         clusters = None
         if self.cfg.train.clusters:  # self-labels instead of the digits (data/clusters.py)
             saved_in = resume.run_dir if resume is not None else None
@@ -116,20 +129,30 @@ class Trainer:
             compile = bool(resume.checkpoint.meta.get("compiled", False))
         elif compile is None and self.budget is not None:  # its steps are not planned yet: eager
             compile = False
-        self.learner = Learner(self.cfg, self.device, self.info, total_steps=self.plan.total_steps,
-                               start_step=self.start_step, compile=compile, log=self.log)  # fmt: skip
+        self.learner = Learner(
+            self.cfg,
+            self.device,
+            self.info,
+            total_steps=self.plan.total_steps,
+            start_step=self.start_step,
+            compile=compile,
+            log=self.log,
+        )
         if resume is not None:
             self.learner.restore(resume.checkpoint, self.info.world_size)
             self.log(f"resuming {resume.run_dir.name} from step {self.start_step}")
-        self._device_step = DeviceStep(self.learner, self.batches) if self.cfg.train.step_on_device else None
+        self.device_step = DeviceStep(self.learner, self.batches) if self.cfg.train.step_on_device else None
         self._graph: GraphStep | None = None
         self._device_at: int | None = None  # the step the device step's buffers point at
-        self.cuda_graphs = self._device_step is not None and graphs_wanted(cuda_graphs, self.learner, self.log)
+        self.cuda_graphs = self.device_step is not None and graphs_wanted(cuda_graphs, self.learner, self.log)
         self._saved_step = self.start_step  # the step of the run folder's checkpoint
         self._resumed = resume.run_dir if resume is not None else None
         self._unpublished = resume is None or resume.action != "continue"  # on every rank, till _publish
-        self.folder = open_run_folder(artifacts_dir, run_name, self.cfg, resume, clusters=clusters) if (
-            self.info.is_main) else None  # fmt: skip
+        self.folder = (
+            open_run_folder(artifacts_dir, run_name, self.cfg, resume, clusters=clusters)
+            if (self.info.is_main)
+            else None
+        )
         self.run_dir = Path(broadcast_object(str(self.folder.path) if self.folder else None, self.info))
 
     @property
@@ -147,10 +170,10 @@ class Trainer:
         self.learner.model.train()
         if self.cuda_graphs and self._graph is None:
             self._point_device_step(self.start_step)
-            self._graph = GraphStep(self._device_step)
+            self._graph = GraphStep(self.device_step)
             self.log("CUDA graphs: the training step is captured once and replayed")
-        if self.budget is not None:
-            self._plan_budget()
+        if self.keeper is not None:
+            self.keeper.plan()
         if self._unpublished:  # a new run (or child): its first checkpoint, then its folder appears
             self._save_checkpoint(self.start_step, None, self.prior_seconds)
             self._publish()
@@ -162,10 +185,15 @@ class Trainer:
             while step < self.plan.stop_step and not interrupted:
                 log.add(self.advance(step))
                 step += 1
-                if self.budget is not None:
-                    self._keep_to_budget(step, log)
-                log.estimate(step, self.plan.stop_step, step_flops_per_image(self.cfg), self._matmul_rate,
-                             hint=self.budget is None)  # fmt: skip
+                if self.keeper is not None:
+                    self.keeper.after_step(step, log)
+                log.estimate(
+                    step,
+                    self.plan.stop_step,
+                    step_flops_per_image(self.cfg),
+                    self._matmul_rate,
+                    hint=self.budget is None,
+                )
                 due = self.plan.due(step)
                 if due.check:
                     self.check_finite(step)
@@ -176,7 +204,7 @@ class Trainer:
                 if self.on_step is not None:
                     self.on_step(step)
                 self._watch(step, log)
-                interrupted = not due.last and self._agree(self.stop.is_set(), step)
+                interrupted = not due.last and self.agree(self.stop.is_set(), step)
                 if due.checkpoint or interrupted:
                     self._save_checkpoint(step, loss, self.prior_seconds + time.perf_counter() - started)
         finally:
@@ -192,26 +220,34 @@ class Trainer:
         """Take optimizer step ``step`` (0-based) the way this run takes its steps: the eager
         recipe (returns the loss), or the step on the device, replayed as a CUDA graph where one
         was captured (its loss goes to the device step's accumulator: returns None)."""
-        if self._device_step is None:
+        if self.device_step is None:
             return self.learner.step(self.batches.batch_for(step), step)
         if self._device_at != step or step % self.plan.steps_per_epoch == 0:  # a jump, or a new epoch's order
             self._point_device_step(step)
-        self._device_step.prepare(step)
-        (self._graph or self._device_step)()
+        self.device_step.prepare(step)
+        (self._graph or self.device_step)()
         self._device_at = step + 1
         self.learner.ema.updates += 1
         return None
 
     def _point_device_step(self, step: int) -> None:
-        self._device_step.set(step)
+        self.device_step.set(step)
         self._device_at = step
 
     def _run_log(self) -> RunLog:
-        loss_sum = self._device_step.loss_sum if self._device_step else torch.zeros((), device=self.device)
-        return RunLog(name=self.run_dir.name, images_per_step=self.cfg.train.batch_size * self.info.world_size,
-                      ranks=self.info.world_size, start_step=self.start_step, stop_step=self.plan.stop_step,
-                      steps_per_epoch=self.plan.steps_per_epoch, loss_sum=loss_sum, write=self._write_metrics,
-                      say=self.log, progress=self.progress)  # fmt: skip
+        loss_sum = self.device_step.loss_sum if self.device_step else torch.zeros((), device=self.device)
+        return RunLog(
+            name=self.run_dir.name,
+            images_per_step=self.cfg.train.batch_size * self.info.world_size,
+            ranks=self.info.world_size,
+            start_step=self.start_step,
+            stop_step=self.plan.stop_step,
+            steps_per_epoch=self.plan.steps_per_epoch,
+            loss_sum=loss_sum,
+            write=self._write_metrics,
+            say=self.log,
+            progress=self.progress,
+        )
 
     def _write_metrics(self, record: dict) -> None:
         if self.info.is_main:
@@ -228,7 +264,7 @@ class Trainer:
         if self.budget is not None:
             self.budget.watched += self.budget.clock() - start
 
-    def _agree(self, flag: bool, step: int) -> bool:
+    def agree(self, flag: bool, step: int) -> bool:
         """``flag`` on any rank, for every rank. Under torchrun the ranks agree every LOG_EVERY
         steps (a collective each step would stall the GPU); alone, at every step."""
         if not self.info.enabled:
@@ -239,48 +275,7 @@ class Trainer:
         dist.all_reduce(t)
         return bool(t.item())
 
-    # ---------------------------------------------------------------------------- the time budget
-
-    def _plan_budget(self) -> None:
-        """Plan the steps that fit the time budget at this machine's pace, measured on scratch
-        steps put back afterwards (so the run trains as ``--steps N`` would, bit for bit), with
-        the monitors' measured cost. The measuring is taken from the budget."""
-        budget = self.budget
-        budget.start()
-        if self.start_step:
-            return  # a resumed run keeps its plan, and stops when the budget is spent
-        events = [(m.every, m.seconds_per_step(self) * m.every) for m in self.monitors] if self.info.is_main else []
-        extra = self._device_step.buffers() if self._device_step else []
-        saved = self.learner.snapshot(extra)
-        step_seconds = budget.step_seconds(lambda step: (self.advance(step), sync(self.device)), self.start_step)
-        self.learner.restore_snapshot(saved, extra)
-        self._set_plan(budget.plan(step_seconds, events), step_seconds, measured_over=0)
-        budget.replan_at = budget.replan_step(self.cfg.train.warmup_steps, self.plan.guide_step, self.plan.stop_step)
-
-    def _keep_to_budget(self, step: int, log: RunLog) -> None:
-        """Within warm-up, plan again once from the loop's own pace; end the run where the budget
-        runs out."""
-        if (replanned := self.budget.after_step(step)) is not None:
-            planned, pace = broadcast_object(replanned, self.info)  # rank 0's measurement decides for all
-            behind = self.plan.guide_step >= 0 and round(self.cfg.train.guide_at * planned) <= step
-            if planned != self.plan.total_steps and not behind:  # else: stop on time
-                self._set_plan(planned, pace, measured_over=step)
-                log.set_stop(self.plan.stop_step)
-        if step < self.plan.stop_step and self._agree(self.budget.spent(), step):
-            self.record_plan(max_steps=step)
-            self.log(f"time budget spent: the run ends at step {step:,} of the {self.plan.total_steps:,} planned")
-
-    def _set_plan(self, planned: int, seconds_per_step: float, measured_over: int) -> None:
-        """Make ``planned`` (rank 0's) the run's steps, recorded in config.json and run.json."""
-        planned, seconds_per_step = broadcast_object((planned, seconds_per_step), self.info)
-        self.record_plan(steps=planned)
-        images = self.cfg.train.batch_size * self.info.world_size
-        if self.info.is_main:
-            update_run_info(self.run_dir, time_budget=self.budget.record(planned, seconds_per_step, images,
-                                                                         measured_over))  # fmt: skip
-        again = " on any machine" if not measured_over else ""
-        self.log(f"{self.budget.describe(planned, seconds_per_step, images, measured_over)}; `mnistdiff train "
-                 f"--steps {planned}{self._compile_flag()}` trains this plan again{again}")  # fmt: skip
+    # ---------------------------------------------------------------------------- the plan
 
     def record_plan(self, **train) -> None:
         """A new plan (``steps`` planned, or ``max_steps`` where a budget ends it), in config.json."""
@@ -290,13 +285,6 @@ class Trainer:
         if self.info.is_main:
             save_config(self.run_dir, self.cfg)
 
-    def _compile_flag(self) -> str:
-        """The flag a `train --steps N` that repeats this plan needs to compile as this run does:
-        "" where the default for N steps already agrees here, else " --compile" or " --no-compile"."""
-        if self.learner.compiled == bool(compile_by_default(self.device, self.learner.autocast, self.plan.total_steps)):
-            return ""
-        return " --compile" if self.learner.compiled else " --no-compile"
-
     # ---------------------------------------------------------------------------- saving
 
     def check_finite(self, step: int, *, state: bool = False) -> None:
@@ -304,10 +292,15 @@ class Trainer:
         any weight, EMA weight or optimizer state is not finite. Called before every write."""
         first = self.learner.first_non_finite(step, state=state)
         if first >= 0:
-            kept = ("nothing of this run was saved" if self._unpublished else
-                    f"the last good checkpoint (step {self._saved_step}) stays in {self.run_dir}")  # fmt: skip
-            raise TrainingDiverged(f"training diverged: the loss or its gradients became NaN or infinite at step "
-                                   f"{first}. Nothing after that was saved; {kept} (try a lower --lr)")  # fmt: skip
+            kept = (
+                "nothing of this run was saved"
+                if self._unpublished
+                else f"the last good checkpoint (step {self._saved_step}) stays in {self.run_dir}"
+            )
+            raise TrainingDiverged(
+                f"training diverged: the loss or its gradients became NaN or infinite at step "
+                f"{first}. Nothing after that was saved; {kept} (try a lower --lr)"
+            )
 
     def _save_checkpoint(self, step: int, loss: float | None, seconds: float) -> None:
         self.check_finite(step, state=True)
@@ -315,11 +308,19 @@ class Trainer:
         if not self.info.is_main:
             return
         learner, spe = self.learner, self.plan.steps_per_epoch
-        meta = {"step": step, "epoch": step / spe, "steps_per_epoch": spe, "stop_step": self.plan.stop_step,
-                "loss": loss, "world_size": self.info.world_size, "train_seconds": seconds,
-                **learner.checkpoint_meta()}  # fmt: skip
-        save_checkpoint(self.run_dir, self.cfg, model=learner.model, ema=learner.ema, opt=learner.opt, meta=meta,
-                        device=self.device)  # fmt: skip
+        meta = {
+            "step": step,
+            "epoch": step / spe,
+            "steps_per_epoch": spe,
+            "stop_step": self.plan.stop_step,
+            "loss": loss,
+            "world_size": self.info.world_size,
+            "train_seconds": seconds,
+            **learner.checkpoint_meta(),
+        }
+        save_checkpoint(
+            self.run_dir, self.cfg, model=learner.model, ema=learner.ema, opt=learner.opt, meta=meta, device=self.device
+        )
         write_manifest(self.run_dir)
 
     def _save_guide(self, step: int) -> None:
