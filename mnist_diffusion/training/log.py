@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .speed import describe_speed, duration
+from .speed import duration
 
 ESTIMATE_AFTER = 12  # steps after which `train` says how long the rest will take
 
@@ -32,10 +32,13 @@ class RunLog:
         write: Callable[[dict[str, Any]], None],
         say: Callable[[str], None],
         progress: bool,
+        speed: Callable[[float], str],
+        hint: bool,
     ):
         self.images_per_step, self.ranks = images_per_step, ranks  # images_per_step: of all ranks together
         self.start_step, self.steps_per_epoch = start_step, steps_per_epoch
         self.write, self.say = write, say
+        self.speed, self.hint = speed, hint  # images/s of one rank in words; whether to suggest a time budget
         self.bar = tqdm(
             total=stop_step * images_per_step,
             initial=start_step * images_per_step,
@@ -85,11 +88,9 @@ class RunLog:
         self.shown[name] = f"{value:.4g}"
         self.bar.set_postfix(self.shown)
 
-    def estimate(
-        self, step: int, stop_step: int, flops_per_image: float, matmul_gflops: Callable[[], float], hint: bool
-    ) -> None:
+    def estimate(self, step: int, stop_step: int) -> None:
         """After the first steps, say how long the rest will take at this pace, on this machine
-        (``hint``: suggest a time budget for a long run)."""
+        (and for a long run without a budget, that ``--time-budget`` exists)."""
         done = step - self.start_step
         if done == 2:
             self._pace_start = time.perf_counter()  # the first steps warm caches up: time from here
@@ -97,8 +98,8 @@ class RunLog:
             return
         seconds_per_step = (time.perf_counter() - self._pace_start) / (ESTIMATE_AFTER - 2)
         left = (stop_step - step) * seconds_per_step
-        speed = describe_speed(self.images_per_step / self.ranks / seconds_per_step, flops_per_image, matmul_gflops())
-        more = "; --time-budget 10m for a shorter run" if left > 900 and hint else ""
+        speed = self.speed(self.images_per_step / self.ranks / seconds_per_step)
+        more = "; --time-budget 10m for a shorter run" if left > 900 and self.hint else ""
         self.say(f"{stop_step - step:,} steps to go: about {duration(left)} at {speed}{more}")
 
     def close(self) -> None:

@@ -52,7 +52,7 @@ from .learner import Learner
 from .log import RunLog
 from .monitor import Monitor
 from .plan import LOG_EVERY, ResumePlan, StepPlan, open_run_folder
-from .speed import machine_line, step_flops_per_image
+from .speed import describe_speed, machine_line, step_flops_per_image
 
 
 class TrainingDiverged(UserError):
@@ -187,13 +187,7 @@ class Trainer:
                 step += 1
                 if self.keeper is not None:
                     self.keeper.after_step(step, log)
-                log.estimate(
-                    step,
-                    self.plan.stop_step,
-                    step_flops_per_image(self.cfg),
-                    self._matmul_rate,
-                    hint=self.budget is None,
-                )
+                log.estimate(step, self.plan.stop_step)
                 due = self.plan.due(step)
                 if due.check:
                     self.check_finite(step)
@@ -247,6 +241,10 @@ class Trainer:
             write=self._write_metrics,
             say=self.log,
             progress=self.progress,
+            speed=lambda images_per_sec: describe_speed(
+                images_per_sec, step_flops_per_image(self.cfg), self._matmul_rate()
+            ),
+            hint=self.budget is None,
         )
 
     def _write_metrics(self, record: dict) -> None:
