@@ -15,7 +15,8 @@ from ..errors import UserError
 
 app = typer.Typer(
     name="mnistdiff",
-    help="Train, sample and evaluate denoising diffusion models (DDPM and successors) on MNIST.",
+    help="Train, sample and evaluate denoising diffusion models (DDPM and successors) on MNIST.\n\n"
+    "Example: mnistdiff train --epochs 5, then mnistdiff sample -n 64 -o grid.png",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},

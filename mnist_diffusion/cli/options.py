@@ -21,7 +21,15 @@ from .app import checked, say
 ArtifactsDir = Annotated[Path, typer.Option("--artifacts-dir", help="Folder holding runs/ and latest.")]
 DataDir = Annotated[Path, typer.Option("--data-dir", help="Folder for MNIST (MNIST/raw/*-ubyte).")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")]
-RunArg = Annotated[Optional[str], typer.Option("--run", "-r", help="A run's folder or name (default: the latest run).")]
+RunArg = Annotated[
+    Optional[str],
+    typer.Option(
+        "--run",
+        "-r",
+        help="A run: its folder, its name (00003-default, or default for the newest of that "
+        "name) or its number (3); default: the latest run.",
+    ),
+]
 PRECISION_HELP = (
     "The network in auto (bf16 on CPUs with AVX512-BF16/AMX and NVIDIA GPUs from Ampere on, else "
     "fp32), fp32, bf16, or fp16 (CUDA)."
@@ -37,8 +45,8 @@ def _option(kind, flag: str, help: str, **limits):
     return Annotated[kind, typer.Option(flag, help=help, rich_help_panel=PANEL, **limits)]
 
 
-def _scale(flag: str, help: str):
-    return _option(Optional[float], flag, help, min=0.0, max=Guidance.MAX)
+def _scale(flag: str, help: str, **more):
+    return _option(Optional[float], flag, help, min=0.0, max=Guidance.MAX, **more)
 
 
 # name -> (type with its Typer option, default): the flags of SamplingConfig's fields
@@ -99,6 +107,7 @@ SAMPLING_OPTIONS = {
             "--guidance",
             "Deprecated: --autoguidance, --label-guidance or --cluster-guidance, "
             "whichever the run has (autoguidance first).",
+            hidden=True,  # still taken, with a warning; not shown in --help
         ),
         None,
     ),

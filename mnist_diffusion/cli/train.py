@@ -127,7 +127,13 @@ def train(
 ):
     """Train a diffusion model into a new run folder (artifacts/runs/NNNNN-NAME).
 
-    Every flag left out comes from the preset; with --resume, from the run."""
+    Every flag left out comes from the preset; with --resume, from the run.
+
+    Example: mnistdiff train --epochs 5 --device cuda
+
+    Example: mnistdiff train --time-budget 10m
+
+    Example: mnistdiff train --resume 00003-default --epochs 8"""
     prefer_huge_pages()  # before the first tensor (--resume loads its checkpoint before the device is set up)
     from ..sampling.outputs import end_of_run_grid
     from ..training.trainer import train as train_core
