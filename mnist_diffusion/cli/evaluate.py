@@ -21,7 +21,10 @@ def eval_command(
     run: RunArg = None,
     samples: Annotated[
         Optional[Path],
-        typer.Option(help="Score samples made elsewhere: .safetensors, .npy, a folder of PNGs, or a PNG grid."),
+        typer.Option(
+            help="Score samples made elsewhere instead of a run (not with --run; -n and the sampling flags then do not "
+            "apply): .safetensors, .npy, a folder of PNGs, or a PNG grid."
+        ),
     ] = None,
     n_samples: Annotated[
         int, typer.Option("-n", "--n-samples", min=10, help="Samples to draw and score (FID depends on N).")
