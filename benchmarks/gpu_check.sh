@@ -16,7 +16,7 @@
 #      EVAL_RUNS at N=EVAL_N (10,000; its eval.json is copied to eval-RUN.json), and
 #      bench_samplers.py for SAMPLER_RUN at N=SAMPLER_N (10,000), DDPM first (samplers.json/.md/.png),
 #   5. smoke: the same 50 steps with --compile (last: compiling is the slowest step).
-# ORDER=quality-first runs step 4 before step 3, for a lease too short for everything.
+# ORDER=quality-first runs step 4 before step 3, for a machine held too briefly for everything.
 # The machine may have no internet: the MNIST files must already be in $DATA_DIR/MNIST/raw
 # (carry data/MNIST/raw along). Writes at most 6 files to ${OUT:-benchmarks/results}; run
 # folders go to a temporary directory. About 4 minutes; every step is cut off at its own limit
