@@ -29,7 +29,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from unittest import mock
 
 import torch
 from common import ISA_ENV, RESULTS_DIR, machine_info, machine_line, run_script, say, write_results
@@ -101,11 +100,16 @@ def make_learner(cfg: RunConfig, variant: str, steps_per_epoch: int) -> Learner:
     """The network, EMA and optimizer of a run of ``cfg`` on the CPU, built as ``variant`` says."""
     parts = variant_parts(variant) or set()
     total = StepPlan.of(cfg, steps_per_epoch, check_every=1).total_steps  # the learning rate follows the run's plan
-    norm = (lambda channels: torch.nn.Identity()) if "no-norm" in parts else unet._norm
-    with mock.patch.object(unet, "_norm", norm):  # the network's blocks take their norm layers from _norm
-        learner = Learner(
-            cfg, torch.device("cpu"), DistInfo(), total_steps=total, compile="compile" in parts, log=lambda m: None
-        )
+    norm = unet.no_norm if "no-norm" in parts else unet.group_norm
+    learner = Learner(
+        cfg,
+        torch.device("cpu"),
+        DistInfo(),
+        total_steps=total,
+        compile="compile" in parts,
+        log=lambda m: None,
+        network=lambda model: unet.UNet(model, norm=norm),  # the default preset's network, with or without GroupNorm
+    )
     if "channels-last" in parts:
         learner.model.to(memory_format=torch.channels_last)
     learner.model.train()

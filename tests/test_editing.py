@@ -24,7 +24,7 @@ from mnist_diffusion.data.clusters import draw_clusters
 from mnist_diffusion.data.mnist import as_unit, load_mnist
 from mnist_diffusion.diffusion.editing import ddim_invert, repaint, repaint_schedule, slerp
 from mnist_diffusion.diffusion.guidance import Denoiser
-from mnist_diffusion.diffusion.samplers import Start, ddim_sample, dpmpp_2m_sample, spaced_timesteps
+from mnist_diffusion.diffusion.samplers import Start, Walk, ddim_sample, dpmpp_2m_sample, spaced_timesteps
 from mnist_diffusion.diffusion.schedule import Schedule
 from mnist_diffusion.errors import UserError
 from mnist_diffusion.pictures.animation import save_gif
@@ -86,26 +86,24 @@ def gaussian_samples(n: int, seed: int = 0) -> torch.Tensor:
 def test_a_sampler_started_at_the_top_is_plain_sampling_and_walks_only_the_timesteps_below():
     denoiser, shape = gaussian(), (5, 1, 2, 2)
     for run in (
-        lambda **kw: ddim_sample(denoiser, shape, steps=8, spacing=0.5, eta=0.5, **kw),
-        lambda **kw: dpmpp_2m_sample(denoiser, shape, steps=8, sde=True, **kw),
+        lambda walk: ddim_sample(denoiser, shape, walk, steps=8, spacing=0.5, eta=0.5),
+        lambda walk: dpmpp_2m_sample(denoiser, shape, walk, steps=8, sde=True),
     ):
-        plain = run(generator=torch.Generator().manual_seed(4))
+        plain = run(Walk(torch.Generator().manual_seed(4)))
         g = torch.Generator().manual_seed(4)
         x_top = torch.randn(shape, generator=g)  # what the sampler draws first; its noise then comes from g
-        assert torch.equal(run(generator=g, start=Start(x_top, 999)), plain)  # the same computation, bit for bit
+        assert torch.equal(run(Walk(g, start=Start(x_top, 999))), plain)  # the same computation, bit for bit
     seen = []
     ddim_sample(
         denoiser,
         shape,
+        Walk(torch.Generator(), start=Start(x_top, 600), callback=lambda i, t, x, x0: seen.append(t)),
         steps=8,
         spacing=0.5,
-        generator=torch.Generator(),
-        start=Start(x_top, 600),
-        callback=lambda i, t, x, x0: seen.append(t),
     )
     assert seen == [600] + [t for t in spaced_timesteps(1000, 8, 0.5) if t < 600]
     with pytest.raises(ValueError, match="shape"):
-        ddim_sample(denoiser, (4, 1, 2, 2), steps=8, generator=g, start=Start(x_top, 600))
+        ddim_sample(denoiser, (4, 1, 2, 2), Walk(g, start=Start(x_top, 600)), steps=8)
 
 
 @pytest.mark.parametrize("prediction", ["eps", "v"])
@@ -115,13 +113,13 @@ def test_ddim_inversion_then_ddim_returns_the_input_better_with_more_steps(predi
     for steps in (10, 50, 200):
         noise = ddim_invert(denoiser, x0, steps=steps, spacing=1.0)
         back = ddim_sample(
-            denoiser, x0.shape, steps=steps, spacing=1.0, generator=torch.Generator(), start=Start(noise, 999)
+            denoiser, x0.shape, Walk(torch.Generator(), start=Start(noise, 999)), steps=steps, spacing=1.0
         )
         errors[steps] = (back - x0).pow(2).mean().item()
     assert errors[10] > 2 * errors[50] > 4 * errors[200] and errors[200] < 1e-4, errors
     # The sampling spacing 0.4 leaves a long first step up from x_0: editing's EDIT_SPACING of 1 is why.
     noise = ddim_invert(denoiser, x0, steps=50, spacing=0.4)
-    back = ddim_sample(denoiser, x0.shape, steps=50, spacing=0.4, generator=torch.Generator(), start=Start(noise, 999))
+    back = ddim_sample(denoiser, x0.shape, Walk(torch.Generator(), start=Start(noise, 999)), steps=50, spacing=0.4)
     assert (back - x0).pow(2).mean().item() > 5 * errors[50]
 
 

@@ -255,3 +255,54 @@ def test_links_to_runs_named_with_url_characters_are_encoded(artifacts, name):
     (link,) = fetches((artifacts / "index.html").read_text())
     assert link == f"runs/{quote(name, safe='')}/report.html" and "#" not in link and "?" not in link
     assert unquote(link.split("/")[1]) == name
+
+
+def test_the_section_links_wrap_on_a_narrow_screen(artifacts):
+    from mnist_diffusion.report.html import STYLE
+
+    page = run_report(artifacts[1])
+    assert re.search(r"<nav>(<a [^>]*>[^<]*</a>){4,}</nav>", page)  # the links, with no space to break at
+    (nav,) = re.findall(r"^nav \{([^}]*)\}", STYLE, flags=re.M)
+    assert "display: flex" in nav and "flex-wrap: wrap" in nav, nav  # so they wrap between the links
+
+
+def visible_labels(ax):
+    return [t for t in ax.get_yticklabels(which="both") if t.get_visible() and t.get_text()]
+
+
+def test_the_loss_charts_y_labels_do_not_overlap():
+    from mnist_diffusion.report.charts import curves_figure, log_ticks
+
+    assert log_ticks(0.03, 1.0) == [0.05, 0.1, 0.2, 0.5, 1.0]
+    assert log_ticks(0.05, 0.12) == [0.05, 0.06, 0.07, 0.08, 0.09, 0.1]
+    assert log_ticks(0.3, 0.33) == [0.3, 0.31, 0.32, 0.33] and log_ticks(0.5, 0.5) == [0.5]
+    assert log_ticks(1e-5, 10.0) == [1e-5, 1e-3, 0.1, 10.0]  # at most 6: every other power of ten
+    assert log_ticks(0.0275, 0.273) == [0.03, 0.05, 0.1, 0.2] and log_ticks(0.002, 3.0) == [0.01, 0.1, 1.0]
+    for low, high in ((0.03, 1.0), (0.25, 0.4), (0.3, 0.33), (0.002, 3.0)):
+        records = [{"step": s, "loss": high * (low / high) ** (s / 99), "lr": 1e-3} for s in range(100)]
+        fig = curves_figure(records)
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        loss_axes = fig.axes[0]
+        assert loss_axes.get_yscale() == "log"
+        labels = visible_labels(loss_axes)
+        assert len(labels) >= 3, [t.get_text() for t in labels]
+        boxes = [t.get_window_extent(renderer) for t in labels]
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1 :]:
+                assert not a.overlaps(b), (low, high, [t.get_text() for t in labels])
+
+
+def test_the_class_histograms_legend_covers_no_bar():
+    from mnist_diffusion.report.charts import histogram_figure
+
+    tall = [100, 90, 95, 110, 100, 105, 98, 130, 125, 140]  # tall bars at 7-9, where a legend would sit
+    fig = histogram_figure(tall, [98, 112, 99, 102, 97, 90, 99, 104, 97, 101])
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    (ax,) = fig.axes
+    legend = ax.get_legend().get_window_extent(renderer)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["samples", "real data (the floor)"]
+    assert not legend.overlaps(ax.get_window_extent(renderer))  # outside the axes, where no bar is
+    assert all(not legend.overlaps(bar.get_window_extent(renderer)) for bar in ax.patches)
+    assert fig.bbox.contains(legend.x0, legend.y0) and fig.bbox.contains(legend.x1, legend.y1)  # and on the page

@@ -7,7 +7,7 @@ from torch import nn
 
 from mnist_diffusion.config import DiffusionConfig, Guidance
 from mnist_diffusion.diffusion.guidance import Denoiser
-from mnist_diffusion.diffusion.samplers import ddim_sample, ddpm_sample, dpmpp_2m_sample, spaced_timesteps
+from mnist_diffusion.diffusion.samplers import Walk, ddim_sample, ddpm_sample, dpmpp_2m_sample, spaced_timesteps
 from mnist_diffusion.diffusion.schedule import Schedule
 
 SHAPE = (3, 1, 6, 6)
@@ -44,7 +44,7 @@ def test_ddpm_matches_diffusers(prediction, clip):
     ours = ddpm_sample(
         Denoiser(model, sched, "eps" if prediction == "epsilon" else "v", clip_x0=clip),
         SHAPE,
-        generator=torch.Generator().manual_seed(1),
+        Walk(torch.Generator().manual_seed(1)),
     )
     ref = DDPMScheduler(
         num_train_timesteps=50,
@@ -65,9 +65,9 @@ def test_ddim_matches_diffusers(eta, clip, steps):
     ours = ddim_sample(
         Denoiser(model, sched, "eps", clip_x0=clip),
         SHAPE,
+        Walk(torch.Generator().manual_seed(2)),
         steps=steps,
         eta=eta,
-        generator=torch.Generator().manual_seed(2),
     )
     ref = DDIMScheduler(
         num_train_timesteps=100,
@@ -90,10 +90,10 @@ def dpmpp_pair(prediction, steps, *, sde=False, spacing=1.0, seed=3):
     ours = dpmpp_2m_sample(
         Denoiser(model, sched, "eps" if prediction == "epsilon" else "v", clip_x0=False),
         SHAPE,
+        Walk(torch.Generator().manual_seed(seed)),
         steps=steps,
         sde=sde,
         spacing=spacing,
-        generator=torch.Generator().manual_seed(seed),
     )
     ref = DPMSolverMultistepScheduler(
         num_train_timesteps=1000,
@@ -160,10 +160,9 @@ def test_ddim_walks_the_spaced_timesteps():
     ddim_sample(
         Denoiser(FakeNet(), schedule("cosine", 100), "eps"),
         SHAPE,
+        Walk(torch.Generator().manual_seed(0), callback=lambda i, t, x, x0: seen.append(t)),
         steps=7,
         spacing=0.5,
-        generator=torch.Generator().manual_seed(0),
-        callback=lambda i, t, x, x0: seen.append(t),
     )
     assert seen == spaced_timesteps(100, 7, 0.5)
 

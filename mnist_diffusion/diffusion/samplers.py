@@ -2,9 +2,10 @@
 cite the equation they implement.
 
 Every sampler takes a :class:`~mnist_diffusion.diffusion.guidance.Denoiser` (the network plus the
-schedule, prediction type, labels and guidance), the output shape and an explicit
-``torch.Generator``, and returns x_0 in [-1, 1] as [N x C x H x W]. By default a sampler starts
-from pure noise at t = T-1; given a :class:`Start`, it starts from that x_t at that t instead.
+schedule, prediction type, labels and guidance), the output shape, a :class:`Walk` (the explicit
+``torch.Generator`` and what else every sampler takes alike) and its own settings, and returns
+x_0 in [-1, 1] as [N x C x H x W]. By default a sampler starts from pure noise at t = T-1; given
+a :class:`Start` (``Walk.start``), it starts from that x_t at that t instead.
 """
 
 from __future__ import annotations
@@ -31,20 +32,6 @@ class Start:
 
     x_t: torch.Tensor
     t: int
-
-
-def _begin(
-    timesteps: list[int], shape: tuple[int, ...], start: Start | None, generator: torch.Generator, device
-) -> tuple[torch.Tensor, list[int]]:
-    """1. The first x and the timesteps to walk: x_T ~ N(0, I) and all of ``timesteps``, or
-    ``start``'s x_t followed by the timesteps below its t."""
-    if start is None:
-        return torch.randn(shape, generator=generator, device=device), timesteps
-    if tuple(start.x_t.shape) != tuple(shape):
-        raise ValueError(f"the start x_t has shape {tuple(start.x_t.shape)}, expected {tuple(shape)}")
-    if not 0 <= start.t <= timesteps[0]:
-        raise ValueError(f"the start timestep must be between 0 and {timesteps[0]} (got {start.t})")
-    return start.x_t.to(device=device, dtype=torch.float32), [start.t] + [t for t in timesteps if t < start.t]
 
 
 def ddim_step(
@@ -98,85 +85,93 @@ def _progress(items, enabled: bool, desc: str):
     return tqdm(items, desc=desc, unit="step", leave=False, disable=not enabled)
 
 
+@dataclass(frozen=True)
+class Walk:
+    """What every sampler takes alike, besides the network and its own settings: the randomness,
+    the device, where to begin and what to report on the way. Every draw comes from
+    ``generator``, x_T first and then each step's noise, so the same generator state and
+    settings give the same x_0 bit for bit."""
+
+    generator: torch.Generator  # x_T, then each step's fresh noise z, in order
+    device: torch.device | str = "cpu"  # where x and the noise are made
+    start: Start | None = None  # begin from this x_t at its t instead of pure noise at T-1
+    progress: bool = False  # a progress bar over the steps
+    callback: StepCallback | None = None  # called after every step (see StepCallback)
+
+    def begin(self, timesteps: list[int], shape: tuple[int, ...]) -> tuple[torch.Tensor, list[int]]:
+        """The first x and the timesteps to walk: x_T ~ N(0, I) and all of ``timesteps``, or
+        ``start``'s x_t followed by the timesteps below its t."""
+        if self.start is None:
+            return self.randn(shape), timesteps
+        x_t, t = self.start.x_t, self.start.t
+        if tuple(x_t.shape) != tuple(shape):
+            raise ValueError(f"the start x_t has shape {tuple(x_t.shape)}, expected {tuple(shape)}")
+        if not 0 <= t <= timesteps[0]:
+            raise ValueError(f"the start timestep must be between 0 and {timesteps[0]} (got {t})")
+        return x_t.to(device=self.device, dtype=torch.float32), [t] + [s for s in timesteps if s < t]
+
+    def randn(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """z ~ N(0, I) of ``shape``, the generator's next draw."""
+        return torch.randn(shape, generator=self.generator, device=self.device)
+
+    def steps(self, timesteps: list[int], name: str):
+        """(i, t) for each timestep to walk, behind a progress bar called ``name`` if asked."""
+        return enumerate(_progress(timesteps, self.progress, name))
+
+    def after(self, i: int, t: int, x: torch.Tensor, x0: torch.Tensor) -> None:
+        """Hand step i (at timestep t, x after it, the predicted x_0) to the callback, if any."""
+        if self.callback is not None:
+            self.callback(i, t, x, x0)
+
+
 @torch.inference_mode()
-def ddpm_sample(
-    denoiser: Denoiser,
-    shape: tuple[int, ...],
-    *,
-    generator: torch.Generator,
-    device: torch.device | str = "cpu",
-    progress: bool = False,
-    callback: StepCallback | None = None,
-    start: Start | None = None,
-) -> torch.Tensor:
+def ddpm_sample(denoiser: Denoiser, shape: tuple[int, ...], walk: Walk) -> torch.Tensor:
     """Ancestral sampling over all T steps (Ho et al. 2020, Algorithm 2), with the posterior
-    variance beta_tilde_t (eq. 7) as sigma_t^2. ``start``: begin from x_t at t (:class:`Start`)."""
+    variance beta_tilde_t (eq. 7) as sigma_t^2. ``walk.start``: begin from x_t at t (:class:`Start`)."""
     sched = denoiser.schedule
-    # 1. Start from pure noise x_T ~ N(0, I) (or from ``start``).
-    x, timesteps = _begin(list(range(sched.num_timesteps - 1, -1, -1)), shape, start, generator, device)
-    for i, t in enumerate(_progress(timesteps, progress, "ddpm")):
+    # 1. Start from pure noise x_T ~ N(0, I) (or from ``walk.start``).
+    x, timesteps = walk.begin(list(range(sched.num_timesteps - 1, -1, -1)), shape)
+    for i, t in walk.steps(timesteps, "ddpm"):
         # 2. Predict x_0 from x_t (clipped to [-1, 1] if asked).
         _, x0 = denoiser(x, t)
-        tt = torch.full((shape[0],), t, device=device, dtype=torch.long)
+        tt = torch.full((shape[0],), t, device=walk.device, dtype=torch.long)
         # 3. Posterior mean of q(x_{t-1} | x_t, x_0), eq. 7.
         mean, var = sched.q_posterior(x0, x, tt)
         # 4. x_{t-1} = mean + sigma_t z, no noise at the last step.
         if t > 0:
-            mean = mean + var.sqrt() * torch.randn(shape, generator=generator, device=device)
+            mean = mean + var.sqrt() * walk.randn(shape)
         x = mean
-        if callback is not None:
-            callback(i, t, x, x0)
+        walk.after(i, t, x, x0)
     return x
 
 
 @torch.inference_mode()
 def ddim_sample(
-    denoiser: Denoiser,
-    shape: tuple[int, ...],
-    *,
-    steps: int,
-    eta: float = 0.0,
-    spacing: float = 1.0,
-    generator: torch.Generator,
-    device: torch.device | str = "cpu",
-    progress: bool = False,
-    callback: StepCallback | None = None,
-    start: Start | None = None,
+    denoiser: Denoiser, shape: tuple[int, ...], walk: Walk, *, steps: int, eta: float = 0.0, spacing: float = 1.0
 ) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12) over ``steps`` timesteps spaced by ``spacing`` (see
     :func:`spaced_timesteps`); eta = 0 is deterministic, eta = 1 matches DDPM's ancestral variance.
-    ``start``: begin from x_t at t and walk the spaced timesteps below t (:class:`Start`)."""
+    ``walk.start``: begin from x_t at t and walk the spaced timesteps below t (:class:`Start`)."""
     sched = denoiser.schedule
     ab = sched.alphas_cumprod
-    # 1. Start from pure noise x_T ~ N(0, I) (or from ``start``).
-    x, timesteps = _begin(spaced_timesteps(sched.num_timesteps, steps, spacing), shape, start, generator, device)
-    for i, t in enumerate(_progress(timesteps, progress, "ddim")):
+    # 1. Start from pure noise x_T ~ N(0, I) (or from ``walk.start``).
+    x, timesteps = walk.begin(spaced_timesteps(sched.num_timesteps, steps, spacing), shape)
+    for i, t in walk.steps(timesteps, "ddim"):
         prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
         a_t = ab[t]
         a_prev = ab[prev] if prev >= 0 else torch.ones((), device=ab.device)
         # 2. Predict eps and x_0 ("predicted x_0" in eq. 12).
         eps, x0 = denoiser(x, t)
         # 3. The step with sigma_t(eta) of eq. 16: "direction pointing to x_t" and fresh noise, eq. 12.
-        noise = torch.randn(shape, generator=generator, device=device) if eta > 0 and prev >= 0 else None
+        noise = walk.randn(shape) if eta > 0 and prev >= 0 else None
         x = ddim_step(x0, eps, a_t, a_prev, eta, noise)
-        if callback is not None:
-            callback(i, t, x, x0)
+        walk.after(i, t, x, x0)
     return x
 
 
 @torch.inference_mode()
 def dpmpp_2m_sample(
-    denoiser: Denoiser,
-    shape: tuple[int, ...],
-    *,
-    steps: int,
-    sde: bool = False,
-    spacing: float = 1.0,
-    generator: torch.Generator,
-    device: torch.device | str = "cpu",
-    progress: bool = False,
-    callback: StepCallback | None = None,
-    start: Start | None = None,
+    denoiser: Denoiser, shape: tuple[int, ...], walk: Walk, *, steps: int, sde: bool = False, spacing: float = 1.0
 ) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): a second-order multistep solver of the
     diffusion ODE in log-SNR time with data (x_0) prediction; first order on the first step and
@@ -186,8 +181,8 @@ def dpmpp_2m_sample(
     Appendix B): each step decays x_s by e^{-h} more, moves that much further towards x_0, and
     adds back fresh noise of variance sigma_t^2 (1 - e^{-2h}). The noise corrects earlier errors,
     which narrows the gap to 1000-step DDPM at 20 to 50 steps. ``spacing``: see
-    :func:`spaced_timesteps`. ``start``: begin from x_t at t and walk the spaced timesteps below t
-    (:class:`Start`); the first step from there is first order.
+    :func:`spaced_timesteps`. ``walk.start``: begin from x_t at t and walk the spaced timesteps
+    below t (:class:`Start`); the first step from there is first order.
     """
     sched = denoiser.schedule
     ab = sched.alphas_cumprod
@@ -196,11 +191,10 @@ def dpmpp_2m_sample(
         alpha, sigma = ab[t].sqrt(), (1 - ab[t]).sqrt()
         return alpha, sigma, torch.log(alpha) - torch.log(sigma)
 
-    # 1. Start from pure noise x_T ~ N(0, I) (or from ``start``).
-    x, timesteps = _begin(spaced_timesteps(sched.num_timesteps, steps, spacing), shape, start, generator, device)
+    # 1. Start from pure noise x_T ~ N(0, I) (or from ``walk.start``).
+    x, timesteps = walk.begin(spaced_timesteps(sched.num_timesteps, steps, spacing), shape)
     x0_prev, h_prev = None, None
-    name = "dpm++2m-sde" if sde else "dpm++2m"
-    for i, s in enumerate(_progress(timesteps, progress, name)):
+    for i, s in walk.steps(timesteps, "dpm++2m-sde" if sde else "dpm++2m"):
         # 2. Data prediction D(x_s) at the current time.
         _, x0 = denoiser(x, s)
         if i + 1 == len(timesteps):
@@ -221,14 +215,13 @@ def dpmpp_2m_sample(
                 # 4b. x_t = (sigma_t / sigma_s) e^{-h} x_s + alpha_t (1 - e^{-2h}) D
                 #           + sigma_t sqrt(1 - e^{-2h}) z,  z ~ N(0, I).
                 one_minus = -torch.expm1(-2 * h)
-                z = torch.randn(shape, generator=generator, device=device)
+                z = walk.randn(shape)
                 x = (sigma_t / sigma_s) * torch.exp(-h) * x + alpha_t * one_minus * d + sigma_t * one_minus.sqrt() * z
             else:
                 # 4a. x_t = (sigma_t / sigma_s) x_s - alpha_t (e^{-h} - 1) D, Algorithm 2.
                 x = (sigma_t / sigma_s) * x - alpha_t * torch.expm1(-h) * d
             x0_prev, h_prev = x0, h
-        if callback is not None:
-            callback(i, s, x, x0)
+        walk.after(i, s, x, x0)
     return x
 
 
@@ -245,12 +238,12 @@ def sample(
 ) -> torch.Tensor:
     """Run the sampler that ``settings`` (resolved: concrete steps and spacing) names; DDPM always
     takes all T steps. ``start``: begin from x_t at t instead of pure noise (:class:`Start`)."""
-    common = dict(generator=generator, device=device, progress=progress, callback=callback, start=start)
+    walk = Walk(generator, device, start, progress, callback)
     if settings.sampler == "ddpm":
-        return ddpm_sample(denoiser, shape, **common)
+        return ddpm_sample(denoiser, shape, walk)
     if settings.steps is None or settings.spacing is None:
         raise ValueError("sample() needs resolved settings (SamplingConfig.resolve)")
     if settings.sampler == "ddim":
-        return ddim_sample(denoiser, shape, steps=settings.steps, eta=settings.eta, spacing=settings.spacing, **common)
+        return ddim_sample(denoiser, shape, walk, steps=settings.steps, eta=settings.eta, spacing=settings.spacing)
     sde = settings.sampler == "dpmpp-2m-sde"
-    return dpmpp_2m_sample(denoiser, shape, steps=settings.steps, sde=sde, spacing=settings.spacing, **common)
+    return dpmpp_2m_sample(denoiser, shape, walk, steps=settings.steps, sde=sde, spacing=settings.spacing)

@@ -2,9 +2,10 @@
 
 Two architectures:
 
-- :class:`UNet`: sinusoidal timestep embedding, residual blocks with GroupNorm, a
-  28 -> 14 -> 7 down path and a 7 -> 14 -> 28 up path joined by skip connections, optional
-  self-attention at 7x7, optional class embedding for classifier-free guidance.
+- :class:`UNet`: sinusoidal timestep embedding, residual blocks with GroupNorm (or none: its
+  ``norm`` argument), a 28 -> 14 -> 7 down path and a 7 -> 14 -> 28 up path joined by skip
+  connections, optional self-attention at 7x7, optional class embedding for classifier-free
+  guidance.
 - :class:`SeedNet`: the original plain conv encoder-decoder with no time conditioning, kept so
   the starting point can be reproduced and compared (``--preset seed``).
 """
@@ -12,6 +13,7 @@ Two architectures:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -47,19 +49,30 @@ def upsample_nearest(h: torch.Tensor, size: torch.Size) -> torch.Tensor:
     return F.interpolate(h, size=size, mode="nearest")
 
 
-def _norm(channels: int) -> nn.GroupNorm:
+# Makes a normalisation layer for a feature map of the given number of channels.
+Norm = Callable[[int], nn.Module]
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """The network's normalisation: GroupNorm (Wu & He 2018) with 8 groups, or one per channel
+    where there are fewer."""
     return nn.GroupNorm(min(8, channels), channels)
 
 
-class ResBlock(nn.Module):
-    """GroupNorm -> SiLU -> conv, plus the embedding as a per-channel shift, twice; a residual."""
+def no_norm(channels: int) -> nn.Identity:
+    """No normalisation: the layer passes its input through and has no weights."""
+    return nn.Identity()
 
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float):
+
+class ResBlock(nn.Module):
+    """norm -> SiLU -> conv, plus the embedding as a per-channel shift, twice; a residual."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, norm: Norm = group_norm):
         super().__init__()
-        self.norm1 = _norm(in_ch)
+        self.norm1 = norm(in_ch)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb = nn.Linear(emb_dim, out_ch)
-        self.norm2 = _norm(out_ch)
+        self.norm2 = norm(out_ch)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)  # each block starts as the identity
@@ -76,10 +89,10 @@ class ResBlock(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention over the H*W positions of a feature map, with a residual."""
 
-    def __init__(self, channels: int, heads: int = 4):
+    def __init__(self, channels: int, heads: int = 4, norm: Norm = group_norm):
         super().__init__()
         self.heads = heads
-        self.norm = _norm(channels)
+        self.norm = norm(channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = nn.Conv2d(channels, channels, 1)
         nn.init.zeros_(self.proj.weight)
@@ -100,9 +113,14 @@ class UNet(nn.Module):
     ``forward(x, t, y=None)``: x is [N x C x 28 x 28], t is [N] (int or float timesteps), y is
     [N] class labels in 0..num_classes (the value ``num_classes`` means "no label", used for
     classifier-free guidance). Returns a tensor shaped like x.
+
+    ``norm`` makes each normalisation layer (:data:`Norm`): :func:`group_norm`, the network every
+    run trains, or :func:`no_norm`, the same network without them (same weights otherwise, in the
+    same order and drawn alike from the same seed), which a benchmark uses to see what the rest
+    of a training step costs.
     """
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, norm: Norm = group_norm):
         super().__init__()
         ch = cfg.channels
         widths = [ch * m for m in cfg.channel_mult]  # one width per resolution: 28, 14, 7
@@ -120,26 +138,26 @@ class UNet(nn.Module):
         for level, width in enumerate(widths):
             blocks = nn.ModuleList()
             for _ in range(cfg.num_res_blocks):
-                blocks.append(ResBlock(cur, width, emb_dim, cfg.dropout))
+                blocks.append(ResBlock(cur, width, emb_dim, cfg.dropout, norm))
                 cur = width
             self.down.append(blocks)
             skip_widths.append(cur)
             last = level == len(widths) - 1
             self.downsample.append(nn.Identity() if last else nn.Conv2d(cur, cur, 3, stride=2, padding=1))
 
-        self.mid1 = ResBlock(cur, cur, emb_dim, cfg.dropout)
-        self.mid_attn = Attention(cur) if cfg.attention else nn.Identity()
-        self.mid2 = ResBlock(cur, cur, emb_dim, cfg.dropout)
+        self.mid1 = ResBlock(cur, cur, emb_dim, cfg.dropout, norm)
+        self.mid_attn = Attention(cur, norm=norm) if cfg.attention else nn.Identity()
+        self.mid2 = ResBlock(cur, cur, emb_dim, cfg.dropout, norm)
 
         self.up = nn.ModuleList()
         for level in reversed(range(len(widths))):
             blocks = nn.ModuleList()
             for i in range(cfg.num_res_blocks):
                 in_ch = cur + skip_widths[level] if i == 0 else cur
-                blocks.append(ResBlock(in_ch, widths[level], emb_dim, cfg.dropout))
+                blocks.append(ResBlock(in_ch, widths[level], emb_dim, cfg.dropout, norm))
                 cur = widths[level]
             self.up.append(blocks)
-        self.out = nn.Sequential(_norm(cur), nn.SiLU(), nn.Conv2d(cur, cfg.in_channels, 3, padding=1))
+        self.out = nn.Sequential(norm(cur), nn.SiLU(), nn.Conv2d(cur, cfg.in_channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 

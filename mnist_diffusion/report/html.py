@@ -95,8 +95,8 @@ h2 { font-size: 1.2em; margin: 1.8em 0 0.5em; padding-bottom: 0.2em; border-bott
 h3 { font-size: 1em; margin: 1.2em 0 0.4em; }
 p, li { max-width: 72ch; }
 .muted, figcaption, caption { color: var(--muted); font-size: 0.9em; }
-nav { font-size: 0.9em; margin: 0.3em 0 1em; }
-nav a { margin-right: 0.8em; white-space: nowrap; }
+nav { font-size: 0.9em; margin: 0.3em 0 1em; display: flex; flex-wrap: wrap; gap: 0.1em 0.8em; }
+nav a { white-space: nowrap; }
 pre { background: #f5f6f8; border: 1px solid var(--line); border-radius: 6px; padding: 8px 10px;
       white-space: pre-wrap; word-break: break-all; font-size: 0.9em; }
 .scroll { overflow-x: auto; max-width: 100%; }

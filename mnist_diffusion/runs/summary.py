@@ -23,13 +23,13 @@ class RunSummary:
     name: str
     path: Path
     created: str
-    preset: str | None  # None where config.json is unreadable
-    epochs: int | None  # None where config.json is unreadable
-    step: int | None  # 0 before the first checkpoint; None where checkpoint.json is unreadable
-    final_loss: float | None
-    fid: float | None
-    fid_n: int | None  # the N the FID was computed at (FID depends on N)
     finished: bool
+    preset: str | None = None  # None where config.json is unreadable
+    epochs: int | None = None  # None where config.json is unreadable
+    step: int | None = None  # 0 before the first checkpoint; None where checkpoint.json is unreadable
+    final_loss: float | None = None
+    fid: float | None = None
+    fid_n: int | None = None  # the N the FID was computed at (FID depends on N)
     problem: str | None = None  # why the run is listed as unreadable: each bad file and what is wrong, one line
 
     @property
@@ -49,18 +49,7 @@ def summarize_runs(artifacts_dir: str | os.PathLike) -> list[RunSummary]:
 
 def summarize_run(run_dir: Path) -> RunSummary:
     """The summary of one run folder (see :func:`summarize_runs`)."""
-    summary = RunSummary(
-        name=run_dir.name,
-        path=run_dir,
-        created=_created(run_dir),
-        preset=None,
-        epochs=None,
-        step=None,
-        final_loss=None,
-        fid=None,
-        fid_n=None,
-        finished=_finished(run_dir),
-    )
+    summary = RunSummary(run_dir.name, run_dir, created=_created(run_dir), finished=_finished(run_dir))
     problems = []
     try:
         cfg = load_config(run_dir)

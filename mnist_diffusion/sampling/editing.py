@@ -161,6 +161,14 @@ def invert_settings(run: LoadedRun, sampling: SamplingConfig | None = None, **ov
     return resolve_for(run, dataclasses.replace(s, sampler="ddim", eta=0.0, spacing=spacing))
 
 
+def _inversion(
+    run: LoadedRun, n: int, sampling: SamplingConfig | None, digit: int | None, overrides: dict[str, Any]
+) -> tuple[SamplingConfig, torch.Tensor | None]:
+    """The settings and labels of ``n`` images that :func:`invert` and :func:`reconstruct` share."""
+    settings = invert_settings(run, sampling, **overrides)
+    return settings, edit_labels(run, n, digit, torch.Generator(device=run.device).manual_seed(settings.seed))
+
+
 def _invert(run: LoadedRun, x: torch.Tensor, settings: SamplingConfig, labels, progress: bool) -> torch.Tensor:
     check_batch(run, settings, len(x))
     networks = networks_for(run, settings)
@@ -211,8 +219,7 @@ def invert(
     :return: [N x 1 x 28 x 28], the noise (about unit variance).
     """
     x = as_images(images)
-    settings = invert_settings(run, sampling, **overrides)
-    labels = edit_labels(run, len(x), digit, torch.Generator(device=run.device).manual_seed(settings.seed))
+    settings, labels = _inversion(run, len(x), sampling, digit, overrides)
     return _invert(run, x, settings, labels, progress)
 
 
@@ -227,8 +234,7 @@ def reconstruct(
 ) -> torch.Tensor:
     """DDIM with eta = 0 from ``noise`` [N x 1 x 28 x 28] at T-1 (what :func:`invert` returns),
     with the same settings and labels as :func:`invert`. Returns images [N x 1 x 28 x 28] in [0, 1]."""
-    settings = invert_settings(run, sampling, **overrides)
-    labels = edit_labels(run, len(noise), digit, torch.Generator(device=run.device).manual_seed(settings.seed))
+    settings, labels = _inversion(run, len(noise), sampling, digit, overrides)
     return _from_noise(run, torch.as_tensor(noise), settings, labels, progress)
 
 

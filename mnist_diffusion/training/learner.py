@@ -10,9 +10,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..config import RunConfig
+from ..config import ModelConfig, RunConfig
 from ..diffusion.losses import diffusion_loss
 from ..diffusion.schedule import Schedule
 from ..errors import UserError
@@ -37,7 +38,9 @@ class Snapshot:
 class Learner:
     """The network ``cfg.model`` on ``device`` with its EMA and optimizer, trained one step at a
     time (:meth:`step`). ``total_steps`` is the plan the learning rate follows; ``compile`` is
-    ``--compile``/``--no-compile``, or None for the default where it pays (:func:`compile_by_default`)."""
+    ``--compile``/``--no-compile``, or None for the default where it pays (:func:`compile_by_default`).
+    ``network`` builds the network from ``cfg.model`` after the run's seed is set (default:
+    :func:`build_model`; a benchmark passes the UNet without normalisation)."""
 
     def __init__(
         self,
@@ -49,6 +52,7 @@ class Learner:
         start_step: int = 0,
         compile: bool | None = False,
         log: Callable[[str], None] = print,
+        network: Callable[[ModelConfig], nn.Module] = build_model,
     ):
         self.cfg, self.device, self.total_steps = cfg, device, total_steps
         self.autocast = autocast_dtype(cfg.train.precision, device)
@@ -64,7 +68,7 @@ class Learner:
                 f"warning: this schedule ends at alpha_bar_T = {ab:.3g} (sqrt = {math.sqrt(ab):.2f}): x_T still holds "
                 "part of the digit, but sampling starts from pure noise. The cosine schedule ends at pure noise."
             )
-        self.model = build_model(cfg.model).to(device)
+        self.model = network(cfg.model).to(device)
         if device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = make_ema(self.model, cfg)
