@@ -596,7 +596,8 @@ def _eval_samples(t: Tool) -> None:
 EVAL: dict[str, Use | Callable[[Tool], None]] = {
     **where_rows(lambda t: t.eval_json()["run"]),
     "samples": _eval_samples,
-    "n_samples": Use(("-n", "12"), lambda t, r: t.eval_json()["n"], 12),
+    "n": Use(("--num-samples", "12"), lambda t, r: t.eval_json()["n"], 12, drop=("-n",)),
+    "n_samples": Use(("--n-samples", "12"), lambda t, r: t.eval_json()["n"], 12, drop=("-n",)),  # the old name
     "nll": Use(("--nll", "--nll-images", "2"), lambda t, r: t.eval_json()["nll"]["n_images"], 2),
     "nll_images": Use(("--nll", "--nll-images", "3"), lambda t, r: t.eval_json()["nll"]["n_images"], 3),
     "json_output": Use(("--json",), lambda t, r: json.loads(r.output[r.output.index("{") :])["run"], "00001-plain"),
