@@ -620,6 +620,44 @@ def check(command: str, flag: str, artifacts: Path, tmp_path: Path, data_dir: Pa
     row.check(t) if isinstance(row, Use) else row(t)
 
 
+def _report_run(artifacts: Path) -> None:
+    result = runner.invoke(app, ["report", "--run", "guided", "--artifacts-dir", str(artifacts)])
+    assert result.exit_code == 0, result.output
+    assert "<h1>00002-guided</h1>" in (artifacts / "runs" / "00002-guided" / "report.html").read_text()
+
+
+def _report_device(artifacts: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("checks the error of a machine without CUDA")
+    result = runner.invoke(app, ["report", "--device", "cuda", "--artifacts-dir", str(artifacts)])
+    assert "CUDA" in error(result)
+    result = runner.invoke(app, ["report", "--device", "cpu", "--run", "plain", "--artifacts-dir", str(artifacts)])
+    assert result.exit_code == 0, result.output
+    assert "denoising trajectory" in (artifacts / "runs" / "00001-plain" / "report.html").read_text()
+
+
+def _report_artifacts_dir(artifacts: Path) -> None:
+    result = runner.invoke(app, ["report", "--artifacts-dir", str(artifacts)])  # the latest run
+    assert result.exit_code == 0, result.output
+    assert (artifacts / "runs" / "00003-conditional" / "report.html").is_file()
+
+
+REPORT: dict[str, Callable[[Path], None]] = {
+    "run": _report_run,
+    "device": _report_device,
+    "artifacts_dir": _report_artifacts_dir,
+}
+
+
+def test_every_report_flag_has_a_row():
+    assert params_of("report") == set(REPORT)
+
+
+@pytest.mark.parametrize("flag", sorted(REPORT))
+def test_report_flag_reaches_what_it_names(flag, runs):
+    REPORT[flag](runs)
+
+
 def test_every_sample_flag_has_a_row():
     assert params_of("sample") == set(SAMPLE)
 
