@@ -41,7 +41,7 @@ format: install
 	$(BIN)/ruff format mnist_diffusion tests benchmarks
 
 eval: install  ## sample-quality metrics of the latest run (N=10,000)
-	$(BIN)/mnistdiff eval --n-samples $(N) $(if $(RUN),--run $(RUN))
+	$(BIN)/mnistdiff eval --num-samples $(N) $(if $(RUN),--run $(RUN))
 
 features: data  ## retrain the shipped feature classifier used by eval
 	$(BIN)/python -m mnist_diffusion.evaluation.features --data-dir data --out mnist_diffusion/assets

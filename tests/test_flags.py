@@ -596,7 +596,8 @@ def _eval_samples(t: Tool) -> None:
 EVAL: dict[str, Use | Callable[[Tool], None]] = {
     **where_rows(lambda t: t.eval_json()["run"]),
     "samples": _eval_samples,
-    "n_samples": Use(("-n", "12"), lambda t, r: t.eval_json()["n"], 12),
+    "n": Use(("--num-samples", "12"), lambda t, r: t.eval_json()["n"], 12, drop=("-n",)),
+    "n_samples": Use(("--n-samples", "12"), lambda t, r: t.eval_json()["n"], 12, drop=("-n",)),  # the old name
     "nll": Use(("--nll", "--nll-images", "2"), lambda t, r: t.eval_json()["nll"]["n_images"], 2),
     "nll_images": Use(("--nll", "--nll-images", "3"), lambda t, r: t.eval_json()["nll"]["n_images"], 3),
     "json_output": Use(("--json",), lambda t, r: json.loads(r.output[r.output.index("{") :])["run"], "00001-plain"),
@@ -617,6 +618,44 @@ def check(command: str, flag: str, artifacts: Path, tmp_path: Path, data_dir: Pa
         pytest.skip("checks the error of a machine without CUDA")
     t, row = Tool(command, tmp_path, artifacts, data_dir), TABLES[command][flag]
     row.check(t) if isinstance(row, Use) else row(t)
+
+
+def _report_run(artifacts: Path) -> None:
+    result = runner.invoke(app, ["report", "--run", "guided", "--artifacts-dir", str(artifacts)])
+    assert result.exit_code == 0, result.output
+    assert "<h1>00002-guided</h1>" in (artifacts / "runs" / "00002-guided" / "report.html").read_text()
+
+
+def _report_device(artifacts: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("checks the error of a machine without CUDA")
+    result = runner.invoke(app, ["report", "--device", "cuda", "--artifacts-dir", str(artifacts)])
+    assert "CUDA" in error(result)
+    result = runner.invoke(app, ["report", "--device", "cpu", "--run", "plain", "--artifacts-dir", str(artifacts)])
+    assert result.exit_code == 0, result.output
+    assert "denoising trajectory" in (artifacts / "runs" / "00001-plain" / "report.html").read_text()
+
+
+def _report_artifacts_dir(artifacts: Path) -> None:
+    result = runner.invoke(app, ["report", "--artifacts-dir", str(artifacts)])  # the latest run
+    assert result.exit_code == 0, result.output
+    assert (artifacts / "runs" / "00003-conditional" / "report.html").is_file()
+
+
+REPORT: dict[str, Callable[[Path], None]] = {
+    "run": _report_run,
+    "device": _report_device,
+    "artifacts_dir": _report_artifacts_dir,
+}
+
+
+def test_every_report_flag_has_a_row():
+    assert params_of("report") == set(REPORT)
+
+
+@pytest.mark.parametrize("flag", sorted(REPORT))
+def test_report_flag_reaches_what_it_names(flag, runs):
+    REPORT[flag](runs)
 
 
 def test_every_sample_flag_has_a_row():

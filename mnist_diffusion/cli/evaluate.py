@@ -8,17 +8,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..config import DEFAULT_ARTIFACTS_DIR, DEFAULT_DATA_DIR
+from ..config import SAMPLE_DEFAULTS
 from ..errors import UserError
-from .app import app, console, say, user_errors
-from .options import ArtifactsDir, DataDir, Device, RunArg, SamplingRequest, sampling_options
+from .app import console, say
+from .options import RunChoice, SamplingRequest, num_samples, run_command
 
 
-@app.command("eval")
-@user_errors
-@sampling_options
+@run_command("eval", sampling=SAMPLE_DEFAULTS, data_dir=True)
 def eval_command(
-    run: RunArg = None,
     samples: Annotated[
         Optional[Path],
         typer.Option(
@@ -26,15 +23,12 @@ def eval_command(
             "apply): .safetensors, .npy, a folder of PNGs, or a PNG grid."
         ),
     ] = None,
-    n_samples: Annotated[
-        int, typer.Option("-n", "--n-samples", min=10, help="Samples to draw and score (FID depends on N).")
-    ] = 10_000,
+    n: num_samples("Samples to draw and score (FID depends on N).", min=10) = 10_000,
+    n_samples: Annotated[Optional[int], typer.Option("--n-samples", min=10, hidden=True)] = None,  # -n's old name
     nll: Annotated[bool, typer.Option("--nll", help="Also the NLL bound in bits/dim on test images.")] = False,
     nll_images: Annotated[int, typer.Option(min=1, help="Test images for --nll.")] = 1000,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of a table.")] = False,
-    device: Device = "auto",
-    artifacts_dir: ArtifactsDir = DEFAULT_ARTIFACTS_DIR,
-    data_dir: DataDir = DEFAULT_DATA_DIR,
+    where: RunChoice = None,
     sampling: SamplingRequest = None,
 ):
     """Score a run's samples against the MNIST test set (FID, KID, precision/recall, ...).
@@ -45,30 +39,29 @@ def eval_command(
     from ..evaluation.scoring import evaluate_images, evaluate_run
     from ..pictures.grids import load_samples
     from ..runs.loader import guidance_kinds_of
-    from ..runs.store import resolve_run
     from ..runtime import setup_device
     from .tables import report_table
 
-    if samples is not None and run is not None:
+    if samples is not None and where.run is not None:
         raise UserError("give --run or --samples, not both")
     images = load_samples(samples) if samples is not None else None  # a bad file fails before any download
-    torch_device = setup_device(device)
-    ensure_mnist(data_dir, log=say)
+    torch_device = setup_device(where.device)
+    ensure_mnist(where.data_dir, log=say)
     progress = not json_output
     if images is not None:
         result = evaluate_images(
-            images, data_dir=data_dir, seed=sampling.settings.seed, device=torch_device, progress=progress
+            images, data_dir=where.data_dir, seed=sampling.settings.seed, device=torch_device, progress=progress
         )
         result["samples"] = str(samples)
     else:
-        run_dir = resolve_run(run, artifacts_dir)
+        run_dir = where.folder()
         settings = sampling.for_run(guidance_kinds_of(run_dir))
         result = evaluate_run(
             run_dir,
             settings,
-            n_samples=n_samples,
+            n_samples=n if n_samples is None else n_samples,
             device=torch_device,
-            data_dir=data_dir,
+            data_dir=where.data_dir,
             nll_images=nll_images if nll else 0,
             progress=progress,
         )

@@ -1,6 +1,7 @@
-"""Options shared by several commands, each defined once: where runs and data live, the device,
-and every sampling setting (:func:`sampling_options`), whose defaults and checks live in
-:class:`~mnist_diffusion.config.SamplingConfig`."""
+"""Options shared by several commands, each defined once: where runs and data live, the device
+(:class:`RunChoice`), and every sampling setting (:func:`sampling_flags`), whose defaults and checks
+live in :class:`~mnist_diffusion.config.SamplingConfig` and, for what a flag left out means in each
+command, :class:`~mnist_diffusion.config.SamplingDefaults`. :func:`run_command` gives them to a command."""
 
 from __future__ import annotations
 
@@ -9,14 +10,23 @@ import functools
 import inspect
 import typing
 from pathlib import Path
-from typing import Annotated, Optional, get_args
+from typing import Annotated, Any, Optional
 
 import typer
 
-from ..config import DEFAULT_STEPS, SPACING_RANGE, Guidance, GuidanceKinds, SamplerName, SamplingConfig
+from ..config import (
+    DEFAULT_ARTIFACTS_DIR,
+    DEFAULT_DATA_DIR,
+    SAMPLE_DEFAULTS,
+    SPACING_RANGE,
+    Guidance,
+    GuidanceKinds,
+    SamplingConfig,
+    SamplingDefaults,
+)
 from ..errors import UserError
 from ..seeds import SEED_MAX
-from .app import checked, say
+from .app import app, checked, console, say, user_errors
 
 ArtifactsDir = Annotated[Path, typer.Option("--artifacts-dir", help="Folder holding runs/ and latest.")]
 DataDir = Annotated[Path, typer.Option("--data-dir", help="Folder for MNIST (MNIST/raw/*-ubyte).")]
@@ -30,14 +40,36 @@ RunArg = Annotated[
         "name) or its number (3); default: the latest run.",
     ),
 ]
+Scale = Annotated[int, typer.Option(min=1, max=16, help="Pixel scale of the picture.")]
+
+
+def num_samples(help: str, **limits):
+    """The type of -n/--num-samples, each command's count of digits to draw, with its help."""
+    return Annotated[int, typer.Option("-n", "--num-samples", help=help, **limits)]
+
+
+def output_to(help: str):
+    """The type of -o/--output, the picture a command writes, with its help."""
+    return Annotated[Path, typer.Option("-o", "--output", help=help)]
+
+
+def tensors_to(what: str):
+    """The type of --save-tensor, the safetensors file of ``what`` a command also writes."""
+    return Annotated[Optional[Path], typer.Option(help=f"Also write {what} as safetensors.")]
+
+
+def wrote(*paths: Path | None) -> None:
+    """Tell the user which files a command wrote."""
+    console.print("wrote " + " and ".join(str(p) for p in paths if p), highlight=False, markup=False)
+
+
 PRECISION_HELP = (
     "The network in auto (bf16 on CPUs with AVX512-BF16/AMX and NVIDIA GPUs from Ampere on, else "
     "fp32), fp32, bf16, or fp16 (CUDA)."
 )
 
-_DEFAULTS = SamplingConfig()
 PANEL = "Sampling"  # the --help section of the sampling options
-_STEPS = ", ".join(f"{name} {steps}" for name, steps in DEFAULT_STEPS.items())
+_DEFAULTS = SamplingConfig()
 
 
 def _option(kind, flag: str, help: str, **limits):
@@ -49,75 +81,93 @@ def _scale(flag: str, help: str, **more):
     return _option(Optional[float], flag, help, min=0.0, max=Guidance.MAX, **more)
 
 
-# name -> (type with its Typer option, default): the flags of SamplingConfig's fields
-SAMPLING_OPTIONS = {
-    "sampler": (_option(str, "--sampler", f"{', '.join(get_args(SamplerName))}."), _DEFAULTS.sampler),
-    "steps": (
-        _option(Optional[int], "--steps", f"Model evaluations (default: {_STEPS}; ddpm always takes all T).", min=1),
-        None,
-    ),
-    "spacing": (
-        _option(
-            Optional[float],
-            "--spacing",
-            "Timestep spacing power p, t_i = T (1 - i/n)^p - 1: 1 even, "
-            f"below 1 more steps at high noise (default {SamplingConfig.DEFAULT_SPACING:g}).",
-            min=SPACING_RANGE[0],
-            max=SPACING_RANGE[1],
+def _steps_help(d: SamplingDefaults) -> str:
+    steps = d.steps()
+    default = (
+        f"default {steps[d.sampler]}"
+        if len(steps) == 1
+        else "default: " + ", ".join(f"{name} {count}" for name, count in steps.items())
+    )
+    ddpm = "ddpm always takes all T; " if "ddpm" in d.samplers else ""
+    return f"Model evaluations, at most the run's T ({ddpm}{default})."
+
+
+def _spacing_help(d: SamplingDefaults) -> str:
+    default = (
+        f"{d.spacing:g}"
+        if d.digit_spacing is None
+        else f"{d.spacing:g} between seeds, {d.digit_spacing:g} between real digits"
+    )
+    return (
+        "Timestep spacing power p, t_i = T (1 - i/n)^p - 1: 1 even, below 1 more steps at high noise "
+        f"(default {default})."
+    )
+
+
+def sampling_flags(d: SamplingDefaults) -> dict[str, tuple[Any, Any]]:
+    """name -> (type with its Typer option, default): the flags of SamplingConfig's fields, with the
+    help of a command whose flags left out mean ``d``."""
+    return {
+        "sampler": (_option(str, "--sampler", f"{', '.join(d.samplers)}."), d.sampler),
+        "steps": (_option(Optional[int], "--steps", _steps_help(d), min=1), None),
+        "spacing": (
+            _option(Optional[float], "--spacing", _spacing_help(d), min=SPACING_RANGE[0], max=SPACING_RANGE[1]),
+            None,
         ),
-        None,
-    ),
-    "eta": (_option(float, "--eta", "DDIM noise: 0 deterministic, 1 like DDPM.", min=0.0, max=1.0), _DEFAULTS.eta),
-    "seed": (
-        _option(
-            int,
-            "--seed",
-            "Random seed (0 to 2^63 - 1): same seed and flags, same images (on one machine and precision).",
-            min=0,
-            max=SEED_MAX,
+        "eta": (_option(float, "--eta", "DDIM noise: 0 deterministic, 1 like DDPM.", min=0.0, max=1.0), _DEFAULTS.eta),
+        "seed": (
+            _option(
+                int,
+                "--seed",
+                "Random seed (0 to 2^63 - 1): same seed and flags, same images (on one machine and precision).",
+                min=0,
+                max=SEED_MAX,
+            ),
+            _DEFAULTS.seed,
         ),
-        _DEFAULTS.seed,
-    ),
-    "autoguidance": (
-        _scale(
-            "--autoguidance",
-            "Autoguidance scale: extrapolate away from the run's early weights "
-            f"(runs with a guide; default {Guidance.DEFAULTS['auto']:g}, 1: off).",
+        "autoguidance": (
+            _scale(
+                "--autoguidance",
+                "Autoguidance scale: extrapolate away from the run's early weights "
+                f"(runs with a guide; 1: off; default {Guidance.DEFAULTS['auto']:g}).",
+            ),
+            None,
         ),
-        None,
-    ),
-    "label_guidance": (
-        _scale(
-            "--label-guidance",
-            "Classifier-free guidance on the digit (--conditional runs; "
-            f"default {Guidance.DEFAULTS['labels']:g}, 1: off).",
+        "label_guidance": (
+            _scale(
+                "--label-guidance",
+                "Classifier-free guidance on the digit "
+                f"(--conditional runs; 1: off; default {Guidance.DEFAULTS['labels']:g}).",
+            ),
+            None,
         ),
-        None,
-    ),
-    "cluster_guidance": (
-        _scale(
-            "--cluster-guidance",
-            "Classifier-free guidance on the pixel cluster (--clusters "
-            f"runs, the default preset; default {Guidance.DEFAULTS['clusters']:g}, 1: off).",
+        "cluster_guidance": (
+            _scale(
+                "--cluster-guidance",
+                "Classifier-free guidance on the pixel cluster (--clusters runs, the default preset; "
+                f"1: off; default {d.cluster_guidance:g}).",
+            ),
+            None,
         ),
-        None,
-    ),
-    "guidance": (
-        _scale(
-            "--guidance",
-            "Deprecated: --autoguidance, --label-guidance or --cluster-guidance, "
-            "whichever the run has (autoguidance first).",
-            hidden=True,  # still taken, with a warning; not shown in --help
+        "guidance": (
+            _scale(
+                "--guidance",
+                "Deprecated: --autoguidance, --label-guidance or --cluster-guidance, "
+                "whichever the run has (autoguidance first).",
+                hidden=True,  # still taken, with a warning; not shown in --help
+            ),
+            None,
         ),
-        None,
-    ),
-    "precision": (_option(str, "--precision", PRECISION_HELP), _DEFAULTS.precision),
-    "batch_size": (_option(int, "--batch-size", "Samples per forward pass.", min=1), _DEFAULTS.batch_size),
-    "cuda_graphs": (
-        _option(bool, "--cuda-graphs", "CUDA: replay each network call from a CUDA graph."),
-        _DEFAULTS.cuda_graphs,
-    ),
-}
+        "precision": (_option(str, "--precision", PRECISION_HELP), _DEFAULTS.precision),
+        "batch_size": (_option(int, "--batch-size", "Samples per forward pass.", min=1), _DEFAULTS.batch_size),
+        "cuda_graphs": (
+            _option(bool, "--cuda-graphs", "CUDA: replay each network call from a CUDA graph."),
+            _DEFAULTS.cuda_graphs,
+        ),
+    }
+
+
+SAMPLING_OPTIONS = sampling_flags(SAMPLE_DEFAULTS)  # those of `sample` and `eval`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,45 +191,96 @@ class SamplingRequest:
         return dataclasses.replace(self.settings, guidance=dataclasses.replace(given, **{kind: self.legacy_guidance}))
 
 
-def sampling_options(command=None, *, without: tuple[str, ...] = ()):
-    """Give a Typer command every sampling flag; it receives them as ``sampling: SamplingRequest``,
-    checked (a bad value is one ``Error:`` line before any work). ``@sampling_options(without=
-    ("sampler", "eta"))`` leaves out the flags of fields a command sets itself (they keep
-    SamplingConfig's defaults), so that it can declare its own flag of that name."""
-    if command is None:
-        return functools.partial(sampling_options, without=without)
-    unknown = set(without) - set(SAMPLING_OPTIONS)
+@dataclasses.dataclass(frozen=True)
+class RunChoice:
+    """Which run a command reads and where: its --run, --artifacts-dir, --device and --data-dir."""
+
+    run: str | None
+    artifacts_dir: Path
+    device: str
+    data_dir: Path = DEFAULT_DATA_DIR
+
+    def folder(self) -> Path:
+        """The run's folder (:func:`~mnist_diffusion.runs.store.resolve_run`)."""
+        from ..runs.store import resolve_run
+
+        return resolve_run(self.run, self.artifacts_dir)
+
+    def load(self):
+        """The run, loaded on the device (:func:`~mnist_diffusion.runs.loader.load_run`)."""
+        from ..runs.loader import load_run
+        from ..runtime import setup_device
+
+        return load_run(self.folder(), setup_device(self.device))
+
+
+def run_command(
+    name: str | None = None,
+    *,
+    sampling: SamplingDefaults | None = None,
+    without: tuple[str, ...] = (),
+    data_dir: bool = False,
+    device: str = "auto",
+):
+    """Register a command that reads a run: its own flags, with --run first, then --data-dir (with
+    ``data_dir``), --device (default ``device``) and --artifacts-dir, which it receives as ``where:
+    RunChoice``. With ``sampling``, also every sampling flag, its help telling what a flag left out
+    means for this command; it receives them as ``sampling: SamplingRequest``, checked (a bad value is
+    one ``Error:`` line before any work). ``without`` leaves out the flags of fields the command sets
+    itself (the sampler is then the defaults' one; the others keep SamplingConfig's)."""
+    options = {} if sampling is None else sampling_flags(sampling)
+    unknown = set(without) - set(options)
     if unknown:
         raise ValueError(f"no sampling flags named {sorted(unknown)}")
-    options = {name: spec for name, spec in SAMPLING_OPTIONS.items() if name not in without}
-    hints = typing.get_type_hints(command, include_extras=True)
-    own = [
-        p.replace(annotation=hints[p.name])
-        for p in inspect.signature(command).parameters.values()
-        if p.name != "sampling"
-    ]
-    added = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
-        for name, (annotation, default) in options.items()
-    ]
+    options = {key: spec for key, spec in options.items() if key not in without}
+    shared = {
+        "data_dir": (DataDir, DEFAULT_DATA_DIR),
+        "device": (Device, device),
+        "artifacts_dir": (ArtifactsDir, DEFAULT_ARTIFACTS_DIR),
+    }
+    if not data_dir:
+        del shared["data_dir"]
 
-    @functools.wraps(command)
-    def wrapper(**kwargs):
-        flags = {name: kwargs.pop(name) for name in options}
-        guidance = Guidance(
-            auto=flags.pop("autoguidance", None),
-            labels=flags.pop("label_guidance", None),
-            clusters=flags.pop("cluster_guidance", None),
-        )
-        legacy = flags.pop("guidance", None)
-        settings = checked(SamplingConfig(**flags, guidance=guidance).check)
-        return command(**kwargs, sampling=SamplingRequest(settings, legacy))
+    def register(command):
+        title = name or command.__name__.replace("_", "-")
+        hints = typing.get_type_hints(command, include_extras=True)
+        own = [
+            p.replace(annotation=hints[p.name], kind=inspect.Parameter.KEYWORD_ONLY)
+            for p in inspect.signature(command).parameters.values()
+            if p.name not in ("where", "sampling")
+        ]
 
-    params = own + added
-    wrapper.__signature__ = inspect.Signature(params)
-    wrapper.__annotations__ = {p.name: p.annotation for p in params}
-    del wrapper.__wrapped__  # Typer reads the signature above, not the command's own
-    return wrapper
+        def param(key: str, annotation, default) -> inspect.Parameter:
+            return inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+
+        added = [param(key, annotation, default) for key, (annotation, default) in {**shared, **options}.items()]
+
+        @functools.wraps(command)
+        def wrapper(**kwargs):
+            where = RunChoice(kwargs.pop("run"), **{key: kwargs.pop(key) for key in shared})
+            if sampling is None:
+                return command(**kwargs, where=where)
+            flags = {"sampler": sampling.sampler, **{key: kwargs.pop(key) for key in options}}
+            guidance = Guidance(
+                auto=flags.pop("autoguidance", None),
+                labels=flags.pop("label_guidance", None),
+                clusters=flags.pop("cluster_guidance", None),
+            )
+            legacy = flags.pop("guidance", None)
+            settings = checked(SamplingConfig(**flags, guidance=guidance).check)
+            if settings.sampler not in sampling.samplers:
+                raise UserError(
+                    f"--sampler must be {' or '.join(sampling.samplers)} for {title} (got {settings.sampler!r})"
+                )
+            return command(**kwargs, where=where, sampling=SamplingRequest(settings, legacy))
+
+        params = [param("run", RunArg, None), *own, *added]
+        wrapper.__signature__ = inspect.Signature(params)
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        del wrapper.__wrapped__  # Typer reads the signature above, not the command's own
+        return app.command(name)(user_errors(wrapper))
+
+    return register
 
 
 def int_list(text: str, flag: str, *, low: int = 0, high: int | None = None, example: str = "0,5,9") -> list[int]:

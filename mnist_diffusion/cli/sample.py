@@ -8,29 +8,25 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..config import DEFAULT_ARTIFACTS_DIR, SDEDIT_STRENGTH
+from ..config import SAMPLE_DEFAULTS, SDEDIT_STRENGTH
 from ..errors import UserError
-from .app import app, console, say, user_errors
-from .options import ArtifactsDir, Device, RunArg, SamplingRequest, sampling_options
+from .app import say
+from .options import RunChoice, SamplingRequest, Scale, num_samples, output_to, run_command, tensors_to, wrote
 
 
-@app.command()
-@user_errors
-@sampling_options
+@run_command(sampling=SAMPLE_DEFAULTS)
 def sample(
-    run: RunArg = None,
-    n: Annotated[int, typer.Option("-n", "--num-samples", help="How many digits to draw.")] = 8,
-    output: Annotated[Path, typer.Option("-o", "--output", help="PNG grid to write.")] = Path("grid.png"),
+    n: num_samples("How many digits to draw.") = 8,
+    output: output_to("PNG grid to write.") = Path("grid.png"),
     nrow: Annotated[Optional[int], typer.Option(min=1, help="Digits per grid row.")] = None,
-    scale: Annotated[int, typer.Option(min=1, max=16, help="Pixel scale of the PNG.")] = 2,
-    save_tensor: Annotated[
-        Optional[Path],
-        typer.Option(
-            help="Also write the samples (N, 1, 28, 28) in [0, 1] as safetensors, with the settings in its metadata."
-        ),
+    scale: Scale = 2,
+    save_tensor: tensors_to("the samples (N, 1, 28, 28) in [0, 1], with the settings in its metadata,") = None,
+    digit: Annotated[
+        Optional[int], typer.Option(min=0, max=9, help="Conditional runs: draw this digit (not with --labels).")
     ] = None,
-    digit: Annotated[Optional[int], typer.Option(min=0, max=9, help="Conditional runs: draw this digit.")] = None,
-    labels: Annotated[Optional[str], typer.Option(help="Conditional runs: digits to draw, e.g. 0,1,2.")] = None,
+    labels: Annotated[
+        Optional[str], typer.Option(help="Conditional runs: digits to draw, e.g. 0,1,2 (not with --digit).")
+    ] = None,
     trajectory: Annotated[
         Optional[Path],
         typer.Option(help="Also write the denoising process of the first samples: a PNG, or an animated GIF (.gif)."),
@@ -45,8 +41,7 @@ def sample(
             help=f"With --init: how far to noise the drawing, in (0, 1]; 1 is pure noise (default {SDEDIT_STRENGTH:g})."
         ),
     ] = None,
-    device: Device = "auto",
-    artifacts_dir: ArtifactsDir = DEFAULT_ARTIFACTS_DIR,
+    where: RunChoice = None,
     sampling: SamplingRequest = None,
 ):
     """Draw digits from a trained run and save them as a PNG grid.
@@ -57,9 +52,6 @@ def sample(
     from ..io import check_output
     from ..pictures.grids import default_nrow
     from ..pictures.inputs import read_digit
-    from ..runs.loader import load_run
-    from ..runs.store import resolve_run
-    from ..runtime import setup_device
     from ..sampling.editing import check_strength
     from ..sampling.generate import count_for, default_conditional_nrow, parse_labels
     from ..sampling.outputs import PICTURE, PNG, TENSORS, sample_to_files
@@ -70,9 +62,11 @@ def sample(
     count_for(n, "-n", scale=scale)  # before the labels of n samples are made
     if strength is not None and init is None:
         raise UserError("--strength needs --init, the drawing to start from")
+    if digit is not None and labels:
+        raise UserError("give --digit or --labels, not both")
     strength = check_strength(SDEDIT_STRENGTH if strength is None else strength)
     drawing = read_digit(init, say) if init is not None else None
-    loaded = load_run(resolve_run(run, artifacts_dir), setup_device(device))
+    loaded = where.load()
     label_tensor = parse_labels(digit, labels, n, loaded.conditional)
     if nrow is None:
         nrow = default_conditional_nrow(n) if loaded.conditional and digit is None and not labels else default_nrow(n)
@@ -89,4 +83,4 @@ def sample(
         init=drawing,
         strength=strength,
     )
-    console.print(f"wrote {output}" + (f" and {save_tensor}" if save_tensor else ""), highlight=False, markup=False)
+    wrote(output, save_tensor)

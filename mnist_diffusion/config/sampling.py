@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 from ..seeds import check_seed
 from .memory import activation_bytes, check_memory
@@ -176,3 +176,27 @@ SDEDIT_STRENGTH = 0.6  # `sample --init`: noise the drawing to t = strength * T 
 INPAINT_MAX_EVALUATIONS = 1_000_000  # the most network evaluations RePaint's walk may take (steps times about r)
 INTERPOLATE_FRAMES = 8  # `interpolate`: pictures from one end to the other, both ends included
 INVERT_STEPS = (20, 50, 100)  # `invert`: the step counts whose reconstruction errors are compared
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """What a command's sampling flags mean when left out, as its --help shows them: the commands
+    (sampling/editing.py for the editing ones) take their values from here."""
+
+    sampler: SamplerName = SamplingConfig.sampler  # the sampler without --sampler
+    samplers: tuple[SamplerName, ...] = get_args(SamplerName)  # the samplers it takes
+    spacing: float = SamplingConfig.DEFAULT_SPACING  # the spacing power without --spacing
+    digit_spacing: float | None = None  # `interpolate`: the spacing with a real digit at an end
+    cluster_guidance: float = Guidance.DEFAULTS["clusters"]  # a clustered run's scale without --cluster-guidance
+
+    def steps(self) -> dict[str, int]:
+        """Each sampler's model evaluations without --steps (at most the run's T; DDPM takes all T)."""
+        return {name: DEFAULT_STEPS[name] for name in self.samplers if name in DEFAULT_STEPS}
+
+
+SAMPLE_DEFAULTS = SamplingDefaults()  # `sample`, `eval`, the end-of-run grid
+# `inpaint`: ancestral DDIM (eta 1), evenly spaced; no cluster guidance, so the visible part decides the digit
+INPAINT_DEFAULTS = SamplingDefaults(sampler="ddim", samplers=("ddim",), spacing=EDIT_SPACING, cluster_guidance=1.0)
+INVERT_DEFAULTS = SamplingDefaults(sampler="ddim", samplers=("ddim",), spacing=EDIT_SPACING)  # DDIM, eta 0
+# `interpolate`: a deterministic sampler; between seeds as `sample` spaces its steps, between real digits evenly
+INTERPOLATE_DEFAULTS = SamplingDefaults(sampler="ddim", samplers=("ddim", "dpmpp-2m"), digit_spacing=EDIT_SPACING)

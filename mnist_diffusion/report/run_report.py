@@ -9,6 +9,7 @@ matplotlib writes no version or date into its PNGs. Every string from the run is
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,10 +32,13 @@ SECTIONS: list[tuple[str, str, Callable[[RunFiles], list[Safe]]]] = [
 ]
 
 
-def run_report(run_dir: Path) -> str:
-    """The report of the run in ``run_dir`` as HTML text; missing or damaged files are named in it."""
+def run_report(run_dir: Path, device: str = "cpu") -> str:
+    """The report of the run in ``run_dir`` as HTML text, its trajectory drawn on ``device``; missing or
+    damaged files are named in it."""
     run = RunFiles(run_dir)
-    parts = {anchor: build(run) for anchor, _, build in SECTIONS}  # before the overview: they note problems too
+    builds = {anchor: build for anchor, _, build in SECTIONS}
+    builds["samples"] = functools.partial(sections.samples, device=device)
+    parts = {anchor: build(run) for anchor, build in builds.items()}  # before the overview: they note problems too
     body = [
         tag("h1", run_dir.name),
         tag("p", "mnistdiff run report", class_="muted"),
@@ -46,8 +50,9 @@ def run_report(run_dir: Path) -> str:
     return page(f"{run_dir.name}: mnistdiff run report", body)
 
 
-def write_report(run_dir: Path) -> Path:
-    """Write ``report.html`` into the run folder (atomically); returns its path."""
+def write_report(run_dir: Path, device: str = "cpu") -> Path:
+    """Write ``report.html`` into the run folder (atomically), its trajectory drawn on ``device``;
+    returns its path."""
     path = Path(run_dir) / REPORT
-    atomic_write_bytes(path, run_report(Path(run_dir)).encode("utf-8"))
+    atomic_write_bytes(path, run_report(Path(run_dir), device).encode("utf-8"))
     return path

@@ -143,7 +143,8 @@ def training(run: RunFiles) -> list[Safe]:
     return out
 
 
-def samples(run: RunFiles) -> list[Safe]:
+def samples(run: RunFiles, device: str = "cpu") -> list[Safe]:
+    """The end-of-run grid, the grids taken while training, and a trajectory drawn now on ``device``."""
     out = []
     grid = run.png(run.dir / SAMPLES, optional=True)  # --grid 0 makes none; the manifest says if one is lost
     out.append(
@@ -162,7 +163,7 @@ def samples(run: RunFiles) -> list[Safe]:
     )
     out += _strip(run)
     out.append(tag("h3", "Denoising trajectory"))
-    out += _trajectory(run)
+    out += _trajectory(run, device)
     return out
 
 
@@ -183,12 +184,12 @@ def _strip(run: RunFiles) -> list[Safe]:
     return [tag("h3", "Samples while training"), note(head), tag("div", figures, class_="strip")]
 
 
-def _trajectory(run: RunFiles) -> list[Safe]:
-    """Drawn now from the final weights: 4 samples, seed 0, the default sampler and guidance, on the CPU."""
+def _trajectory(run: RunFiles, device: str) -> list[Safe]:
+    """Drawn now from the final weights: 4 samples, seed 0, the default sampler and guidance, on ``device``."""
     if run.cfg is None:
         return [note("No trajectory: the config is unreadable.")]
     try:
-        loaded = load_run(run.dir, pick_device("cpu"))
+        loaded = load_run(run.dir, pick_device(device))
         settings = SamplingConfig(seed=0, precision=run.cfg.train.precision)
         frames, labels = trajectory(loaded, settings)
     except UserError as e:

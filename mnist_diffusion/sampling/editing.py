@@ -23,7 +23,16 @@ from typing import Any
 
 import torch
 
-from ..config import EDIT_SPACING, INPAINT_JUMPS, INPAINT_RESAMPLE, INTERPOLATE_FRAMES, SDEDIT_STRENGTH, SamplingConfig
+from ..config import (
+    INPAINT_DEFAULTS,
+    INPAINT_JUMPS,
+    INPAINT_RESAMPLE,
+    INTERPOLATE_DEFAULTS,
+    INTERPOLATE_FRAMES,
+    INVERT_DEFAULTS,
+    SDEDIT_STRENGTH,
+    SamplingConfig,
+)
 from ..data.clusters import draw_clusters
 from ..diffusion import x0_to_unit
 from ..diffusion.editing import check_repaint, ddim_invert, repaint, slerp
@@ -80,11 +89,12 @@ def _pick(labels: torch.Tensor | None, batch: slice) -> torch.Tensor | None:
 
 def inpaint_settings(run: LoadedRun, sampling: SamplingConfig | None = None, **overrides: Any) -> SamplingConfig:
     """How :func:`inpaint` samples, resolved for ``run``: ancestral steps (DDIM with eta = 1) on
-    the steps given (default: DDIM's), evenly spaced unless a spacing is given (EDIT_SPACING);
-    cluster guidance off unless its scale is given (the module's docstring says why)."""
-    s = settings_of(sampling, overrides)
-    spacing = EDIT_SPACING if s.spacing is None else s.spacing
-    guidance = s.guidance if s.guidance.clusters is not None else dataclasses.replace(s.guidance, clusters=1.0)
+    the steps given (default: DDIM's), evenly spaced unless a spacing is given;
+    cluster guidance off unless its scale is given (the module's docstring says why): INPAINT_DEFAULTS."""
+    s, d = settings_of(sampling, overrides), INPAINT_DEFAULTS
+    spacing = d.spacing if s.spacing is None else s.spacing
+    clusters = d.cluster_guidance if s.guidance.clusters is None else s.guidance.clusters
+    guidance = dataclasses.replace(s.guidance, clusters=clusters)
     return resolve_for(run, dataclasses.replace(s, sampler="ddim", eta=1.0, spacing=spacing, guidance=guidance))
 
 
@@ -155,9 +165,9 @@ def inpaint(
 
 def invert_settings(run: LoadedRun, sampling: SamplingConfig | None = None, **overrides: Any) -> SamplingConfig:
     """How :func:`invert` and :func:`reconstruct` sample, resolved for ``run``: DDIM with eta = 0
-    on the steps given (default: DDIM's), evenly spaced unless a spacing is given (EDIT_SPACING)."""
+    on the steps given (default: DDIM's), evenly spaced unless a spacing is given (INVERT_DEFAULTS)."""
     s = settings_of(sampling, overrides)
-    spacing = EDIT_SPACING if s.spacing is None else s.spacing
+    spacing = INVERT_DEFAULTS.spacing if s.spacing is None else s.spacing
     return resolve_for(run, dataclasses.replace(s, sampler="ddim", eta=0.0, spacing=spacing))
 
 
@@ -259,11 +269,12 @@ def interpolate_settings(
 ) -> SamplingConfig:
     """How :func:`interpolate` samples, resolved for ``run``: the sampler's ODE (dpmpp-2m-sde as
     dpmpp-2m, ddim with eta = 0; ddpm has none); with a real digit at either end, evenly spaced
-    steps unless a spacing is given, as for inversion."""
+    steps unless a spacing is given, as for inversion (INTERPOLATE_DEFAULTS)."""
     s = settings_of(sampling, overrides)
     if s.sampler == "ddpm":
         raise UserError("interpolation needs a deterministic sampler: --sampler ddim or dpmpp-2m")
-    spacing = EDIT_SPACING if digits and s.spacing is None else s.spacing
+    d = INTERPOLATE_DEFAULTS
+    spacing = s.spacing if s.spacing is not None else d.digit_spacing if digits else d.spacing
     sampler = "dpmpp-2m" if s.sampler == "dpmpp-2m-sde" else s.sampler
     return resolve_for(run, dataclasses.replace(s, sampler=sampler, eta=0.0, spacing=spacing))
 
