@@ -10,6 +10,7 @@ import typer
 
 from ..config import DEFAULT_ARTIFACTS_DIR, DEFAULT_DATA_DIR
 from ..errors import UserError
+from ..evaluation.uncertainty import BOOTSTRAP_RESAMPLES
 from .app import app, console, say, user_errors
 from .options import ArtifactsDir, DataDir, Device, RunArg, SamplingRequest, sampling_options
 
@@ -32,6 +33,23 @@ def eval_command(
     nll: Annotated[bool, typer.Option("--nll", help="Also the NLL bound in bits/dim on test images.")] = False,
     nll_images: Annotated[int, typer.Option(min=1, help="Test images for --nll.")] = 1000,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of a table.")] = False,
+    repeats: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Independent sample sets to draw (seeds derived from --seed); K > 1: a t-interval over them."
+        ),
+    ] = 1,
+    bootstrap: Annotated[
+        int,
+        typer.Option(min=0, help="Bootstrap resamples of the samples for the intervals when --repeats is 1 (0: none)."),
+    ] = BOOTSTRAP_RESAMPLES,
+    cas: Annotated[
+        bool,
+        typer.Option(
+            "--cas",
+            help="Also the Classification Accuracy Score (conditional runs): a classifier trained on the samples.",
+        ),
+    ] = False,
     device: Device = "auto",
     artifacts_dir: ArtifactsDir = DEFAULT_ARTIFACTS_DIR,
     data_dir: DataDir = DEFAULT_DATA_DIR,
@@ -51,13 +69,20 @@ def eval_command(
 
     if samples is not None and run is not None:
         raise UserError("give --run or --samples, not both")
+    if samples is not None and (repeats > 1 or cas):
+        raise UserError("--repeats and --cas sample from a run: not with --samples")
     images = load_samples(samples) if samples is not None else None  # a bad file fails before any download
     torch_device = setup_device(device)
     ensure_mnist(data_dir, log=say)
     progress = not json_output
     if images is not None:
         result = evaluate_images(
-            images, data_dir=data_dir, seed=sampling.settings.seed, device=torch_device, progress=progress
+            images,
+            data_dir=data_dir,
+            seed=sampling.settings.seed,
+            device=torch_device,
+            progress=progress,
+            bootstrap=bootstrap,
         )
         result["samples"] = str(samples)
     else:
@@ -71,6 +96,9 @@ def eval_command(
             data_dir=data_dir,
             nll_images=nll_images if nll else 0,
             progress=progress,
+            repeats=repeats,
+            bootstrap=bootstrap,
+            with_cas=cas,
         )
     if json_output:
         console.print_json(json.dumps(result))
