@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 
 import pytest
 import torch
 from conftest import tiny_config
 from rich.console import Console
+from typer.testing import CliRunner
 
+from mnist_diffusion.cli import app
 from mnist_diffusion.cli.tables import report_table
 from mnist_diffusion.config import SamplingConfig
 from mnist_diffusion.data.mnist import as_unit
 from mnist_diffusion.errors import UserError
+from mnist_diffusion.evaluation.cas import cas, classification_accuracy
 from mnist_diffusion.evaluation.scoring import RealData, evaluate_images, evaluate_run
+from mnist_diffusion.evaluation.uncertainty import difference
 from mnist_diffusion.io import save_tensors
 from mnist_diffusion.nets.unet import build_model
 from mnist_diffusion.runs.store import MANIFEST, save_config, weights_metadata
@@ -121,3 +126,131 @@ def test_evaluate_run_writes_eval_json(tmp_path, reference):
     assert on_disk["nll"]["n_images"] == 4 and on_disk["nll"]["estimate"] == "stratified"
     assert on_disk["nll"]["bpd"] > 0 and on_disk["seconds"]["sampling"] >= 0
     assert "eval.json" in json.loads((run_dir / MANIFEST).read_text())["files"]
+
+
+# ----------------------------------------------------------------------------- intervals, floors, CAS
+
+UNCERTAINTY_KEYS = {"level", "method", "repeats", "bootstrap", "model", "real"}
+INTERVAL_KEYS = {"se", "low", "high", "values"}
+WITH_INTERVALS = {"fid", "kid_mean", "precision", "recall", "density", "coverage", "inception_score"}
+WITH_INTERVALS |= {"mean_confidence", "confident_share"}
+
+
+def test_real_images_carry_bootstrap_intervals_and_both_floors(real_result):
+    u = real_result["uncertainty"]
+    assert set(u) == UNCERTAINTY_KEYS and u["level"] == 0.95 and u["method"] == "bootstrap"
+    assert u["repeats"] == 1 and u["bootstrap"] == 100
+    assert set(u["model"]) == WITH_INTERVALS | {"label_accuracy"} and set(u["real"]) == set(u["model"])
+    for key, iv in u["model"].items():
+        assert set(iv) == INTERVAL_KEYS and iv["values"] is None and iv["se"] > 0, key
+        assert iv["low"] < real_result["model"][key] < iv["high"], key
+    assert u["model"]["fid"]["se"] < real_result["model"]["fid"]  # 1,000 samples pin FID down to within itself
+    floors = real_result["floors"]
+    assert floors["train_vs_test"] == real_result["real"]
+    half = floors["test_vs_test"]  # 500 test digits against the other 500: real against real, one distribution
+    assert half["fid"] < 1.5 * real_result["real"]["fid"] + 0.5 and half["label_accuracy"] > 0.98
+    assert real_result["cas"] is None
+
+
+def test_repeated_sets_report_their_mean_and_a_t_interval(reference, fixture_data):
+    images, labels = as_unit(fixture_data["train_images"][1000:]), fixture_data["train_labels"][1000:]
+    sets = [images[:300], images[300:600], images[600:900]]
+    labels = torch.arange(300) % 10  # what a conditional model is asked for: labels no longer match the images
+    result = _eval(sets, reference, labels=labels, seed=[0, 1, 2])
+    singles = [_eval(s, reference, labels=labels, seed=i, bootstrap=0)["model"] for i, s in enumerate(sets)]
+    u = result["uncertainty"]
+    assert u["method"] == "repeats" and u["repeats"] == 3 and u["bootstrap"] is None and u["real"] is None
+    fids = [m["fid"] for m in singles]
+    assert u["model"]["fid"]["values"] == pytest.approx(fids)
+    assert result["model"]["fid"] == pytest.approx(sum(fids) / 3)
+    assert result["model"]["class_histogram"] == [
+        sum(c) for c in zip(*(m["class_histogram"] for m in singles), strict=True)
+    ]
+    assert u["model"]["fid"]["low"] < result["model"]["fid"] < u["model"]["fid"]["high"]
+    none = _eval(sets[0], reference, bootstrap=0)
+    assert none["uncertainty"] is None and none["floors"]["test_vs_test"] is not None
+
+
+def test_the_table_names_the_interval_and_shows_both_floors(real_result):
+    console = Console(file=io.StringIO(), width=200)
+    console.print(report_table(real_result))
+    text = console.file.getvalue()
+    half = real_result["uncertainty"]["model"]["fid"]
+    assert f"{real_result['model']['fid']:.3f} ± {(half['high'] - half['low']) / 2:.3f}" in text
+    assert "bootstrap over the 1,000 samples (100 resamples" in text and "test half vs half (500 each)" in text
+
+
+def test_cas_of_real_digits_is_the_classifiers_own_accuracy(fixture_data):
+    d = fixture_data
+    test = (as_unit(d["test_images"]), d["test_labels"])
+    half_a = (as_unit(d["train_images"][:1000]), d["train_labels"][:1000])
+    half_b = (as_unit(d["train_images"][1000:]), d["train_labels"][1000:])
+    scores = cas(half_b, half_a, test, epochs=3)
+    samples, real = scores["samples"], scores["real"]
+    print(f"CAS of 1,000 real digits: {samples['accuracy']:.3f}; trained on 1,000 others: {real['accuracy']:.3f}")
+    assert samples["n"] == real["n"] == 1000 and real["accuracy"] > 0.9
+    assert samples["low"] <= real["accuracy"] <= samples["high"]
+    d = difference({"value": real["accuracy"], "se": real["se"]}, {"value": samples["accuracy"], "se": samples["se"]})
+    assert d["low"] <= 0 <= d["high"]
+
+
+def test_cas_of_one_digit_is_about_ten_percent(fixture_data):
+    d = fixture_data
+    ones = as_unit(d["train_images"][d["train_labels"] == 1])  # ~200 real "1"s, asked to be 0..9 in turn
+    score = classification_accuracy((ones, torch.arange(len(ones)) % 10), (as_unit(d["test_images"]), d["test_labels"]))
+    assert 0.04 < score["accuracy"] < 0.2 and score["low"] < 0.1 + 0.06
+
+
+@pytest.fixture()
+def tiny_copy(tmp_path, tiny_run):
+    """An artifacts folder holding a copy of the shared tiny run (eval writes into its run)."""
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(tiny_run[0], artifacts)
+    return artifacts
+
+
+def _cli_eval(artifacts, data_dir, *args):
+    argv = ["eval", "-n", "20", "--steps", "2", "--data-dir", str(data_dir), "--artifacts-dir", str(artifacts)]
+    return CliRunner().invoke(app, [*argv, *args])
+
+
+def test_eval_repeats_through_the_cli_writes_the_shared_shape(tiny_copy, data_dir):
+    result = _cli_eval(tiny_copy, data_dir, "--repeats", "2", "--json")
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (tiny_copy / "runs").iterdir()
+    written = json.loads((run_dir / "eval.json").read_text())
+    assert json.loads(result.output[result.output.index("{") :]) == written
+    u = written["uncertainty"]
+    assert set(u) == UNCERTAINTY_KEYS and (u["method"], u["repeats"], u["bootstrap"], u["real"]) == (
+        "repeats",
+        2,
+        None,
+        None,
+    )
+    assert set(u["model"]) == WITH_INTERVALS
+    for key, iv in u["model"].items():
+        assert set(iv) == INTERVAL_KEYS and len(iv["values"]) == 2, key
+        assert iv["low"] <= written["model"][key] <= iv["high"] and sum(iv["values"]) / 2 == pytest.approx(
+            written["model"][key]
+        )
+    assert written["sampling"]["repeat_seeds"] == [0, 1_000_003] and written["sampling"]["seed"] == 0
+    assert (
+        set(written["floors"]) == {"train_vs_test", "test_vs_test"}
+        and written["floors"]["train_vs_test"] == written["real"]
+    )
+    assert written["floors"]["test_vs_test"]["fid"] >= 0 and written["cas"] is None
+
+
+def test_eval_bootstrap_through_the_cli(tiny_copy, data_dir):
+    result = _cli_eval(tiny_copy, data_dir, "--bootstrap", "20")
+    assert result.exit_code == 0, result.output
+    assert "bootstrap over" in result.output and "±" in result.output
+    (run_dir,) = (tiny_copy / "runs").iterdir()
+    u = json.loads((run_dir / "eval.json").read_text())["uncertainty"]
+    assert (u["method"], u["repeats"], u["bootstrap"]) == ("bootstrap", 1, 20) and set(u["real"]) == WITH_INTERVALS
+    assert "--cas needs a class-conditional run" in _cli_eval(tiny_copy, data_dir, "--cas").output
+    assert (
+        "--bootstrap takes 0 (no intervals) or at least 2" in _cli_eval(tiny_copy, data_dir, "--bootstrap", "1").output
+    )
+    not_with_files = _cli_eval(tiny_copy, data_dir, "--samples", str(tiny_copy / "none.npy"), "--repeats", "2")
+    assert not_with_files.exit_code != 0 and "not with --samples" in not_with_files.output

@@ -601,6 +601,9 @@ EVAL: dict[str, Use | Callable[[Tool], None]] = {
     "nll": Use(("--nll", "--nll-images", "2"), lambda t, r: t.eval_json()["nll"]["n_images"], 2),
     "nll_images": Use(("--nll", "--nll-images", "3"), lambda t, r: t.eval_json()["nll"]["n_images"], 3),
     "json_output": Use(("--json",), lambda t, r: json.loads(r.output[r.output.index("{") :])["run"], "00001-plain"),
+    "repeats": Use(("--repeats", "2"), lambda t, r: t.eval_json()["uncertainty"]["repeats"], 2),
+    "bootstrap": Use(("--bootstrap", "7"), lambda t, r: t.eval_json()["uncertainty"]["bootstrap"], 7),
+    "cas": Use(("--cas",), lambda t, r: t.eval_json()["cas"]["samples"]["n"], len(data_digits()), run="conditional"),
     "data_dir": Use(("--data-dir", "{tmp}/other-data"), lambda t, r: t.eval_json()["n_reference"], OTHER_TEST),
     **sampling_rows(),
     "precision": Use(

@@ -246,6 +246,41 @@ def test_chunked_distances_match_single_block(monkeypatch):
     assert (metrics.precision_recall(x, y), metrics.density_coverage(x, y)) == whole
 
 
+@pytest.mark.parametrize("cap", [metrics.COVER_CAP, 1])
+def test_manifolds_count_what_precision_recall_density_coverage_say(monkeypatch, cap):
+    """One pass, kept per point, gives the same four numbers, also in chunks and with a tiny cap."""
+    g = torch.Generator().manual_seed(16)
+    x, y = torch.randn(150, 5, generator=g), 1.2 * torch.randn(110, 5, generator=g) + 0.2
+    expected = {**metrics.precision_recall(x, y), **metrics.density_coverage(x, y)}
+    monkeypatch.setattr(metrics, "COVER_CAP", cap)
+    assert metrics.manifolds(x, y).values() == pytest.approx(expected, abs=1e-12)
+    monkeypatch.setattr(metrics, "CHUNK_ELEMENTS", 7 * 110)
+    m = metrics.manifolds(x, y)
+    assert m.values() == pytest.approx(expected, abs=1e-12)
+    # a resample: the values of the drawn points, duplicates counted in precision and density
+    idx = torch.randint(110, (110,), generator=g)
+    counts = torch.bincount(idx, minlength=110)
+    radii = metrics.manifolds(x, y).values()  # the balls keep the radii of the whole set
+    drawn = m.values(counts > 0, counts.double())
+    assert drawn["precision"] == pytest.approx(float(m.fake_in_real[idx].double().mean()))
+    assert drawn["density"] == pytest.approx(float(m.density_hits[idx].double().mean()) / 5)
+    assert drawn["coverage"] <= radii["coverage"] and drawn["recall"] <= radii["recall"]
+
+
+def test_split_inception_scores_match_the_score():
+    probs = torch.softmax(torch.randn(100, 10, generator=torch.Generator().manual_seed(3)), dim=1).double()
+    probs[:, 9] = 0  # a class no sample has
+    probs /= probs.sum(dim=1, keepdim=True)
+    p = probs.numpy()
+    expected = []
+    for part in np.split(p, 10):  # exp(mean KL(p(y|x) || p(y))), the terms with p(y|x) = 0 left out
+        p_y = part.mean(axis=0)
+        kl = np.where(part > 0, part * (np.log(np.where(part > 0, part, 1)) - np.log(np.where(p_y > 0, p_y, 1))), 0)
+        expected.append(np.exp(kl.sum(axis=1).mean()))
+    np.testing.assert_allclose(metrics.split_inception_scores(probs, 10).numpy(), expected, rtol=1e-12)
+    assert metrics.inception_score(probs, splits=10) == pytest.approx((np.mean(expected), np.std(expected)))
+
+
 def test_k_must_be_below_n():
     with pytest.raises(ValueError, match="k must be"):
         metrics.precision_recall(np.zeros((3, 2)), np.zeros((10, 2)), k=3)

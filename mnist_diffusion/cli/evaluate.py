@@ -10,6 +10,7 @@ import typer
 
 from ..config import SAMPLE_DEFAULTS
 from ..errors import UserError
+from ..evaluation.uncertainty import BOOTSTRAP_RESAMPLES
 from .app import console, say
 from .options import RunChoice, SamplingRequest, num_samples, run_command
 
@@ -28,6 +29,23 @@ def eval_command(
     nll: Annotated[bool, typer.Option("--nll", help="Also the NLL bound in bits/dim on test images.")] = False,
     nll_images: Annotated[int, typer.Option(min=1, help="Test images for --nll.")] = 1000,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of a table.")] = False,
+    repeats: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Independent sample sets to draw (seeds derived from --seed); K > 1: a t-interval over them."
+        ),
+    ] = 1,
+    bootstrap: Annotated[
+        int,
+        typer.Option(min=0, help="Bootstrap resamples of the samples for the intervals when --repeats is 1 (0: none)."),
+    ] = BOOTSTRAP_RESAMPLES,
+    cas: Annotated[
+        bool,
+        typer.Option(
+            "--cas",
+            help="Also the Classification Accuracy Score (conditional runs): a classifier trained on the samples.",
+        ),
+    ] = False,
     where: RunChoice = None,
     sampling: SamplingRequest = None,
 ):
@@ -44,13 +62,20 @@ def eval_command(
 
     if samples is not None and where.run is not None:
         raise UserError("give --run or --samples, not both")
+    if samples is not None and (repeats > 1 or cas):
+        raise UserError("--repeats and --cas sample from a run: not with --samples")
     images = load_samples(samples) if samples is not None else None  # a bad file fails before any download
     torch_device = setup_device(where.device)
     ensure_mnist(where.data_dir, log=say)
     progress = not json_output
     if images is not None:
         result = evaluate_images(
-            images, data_dir=where.data_dir, seed=sampling.settings.seed, device=torch_device, progress=progress
+            images,
+            data_dir=where.data_dir,
+            seed=sampling.settings.seed,
+            device=torch_device,
+            progress=progress,
+            bootstrap=bootstrap,
         )
         result["samples"] = str(samples)
     else:
@@ -64,6 +89,9 @@ def eval_command(
             data_dir=where.data_dir,
             nll_images=nll_images if nll else 0,
             progress=progress,
+            repeats=repeats,
+            bootstrap=bootstrap,
+            with_cas=cas,
         )
     if json_output:
         console.print_json(json.dumps(result))

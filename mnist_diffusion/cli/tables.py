@@ -51,40 +51,85 @@ _ROWS = [  # (key, label, format)
 ]
 
 
-def _format(values: dict[str, Any] | None, key: str, fmt: str) -> str:
+def _format(values: dict[str, Any] | None, key: str, fmt: str, interval: dict[str, Any] | None = None) -> str:
+    """One cell: the value, "+- half-width" of its interval where it has one (KID: x 1000)."""
     if not values or values.get(key) is None:
         return "-"
-    if fmt == "kid":
-        return f"{1000 * values['kid_mean']:.3f} +- {1000 * values['kid_std']:.3f}"
     if fmt == "hist":
         return " ".join(str(c) for c in values[key])
-    return fmt.format(values[key])
+    scale, fmt = (1000, "{:.3f}") if fmt == "kid" else (1, fmt)
+    text = fmt.format(scale * values[key])
+    if interval:
+        text += " ± " + fmt.format(scale * (interval["high"] - interval["low"]) / 2)
+    elif key == "kid_mean":  # no interval: the spread over KID's subsets, as before
+        text += f" +- {1000 * values['kid_std']:.3f} (subset sd)"
+    return text
+
+
+def _intervals(result: dict[str, Any], side: str) -> dict[str, Any]:
+    u = result.get("uncertainty") or {}
+    return u.get(side) or {}
+
+
+def interval_caption(result: dict[str, Any]) -> str:
+    """What the ± of an eval table means, such as "± 95% interval: bootstrap over the 2,000 samples
+    (100 resamples; the test digits fixed)"."""
+    u = result.get("uncertainty")
+    if not u:
+        return "no intervals (--bootstrap 0)"
+    level = f"± {100 * u['level']:g}% interval"
+    if u["method"] == "repeats":
+        return f"{level}: t-interval over {u['repeats']} independent sample sets; values are their means"
+    return (
+        f"{level}: bootstrap over the {result['n']:,} samples ({u['bootstrap']} resamples; the test digits "
+        "fixed; KID: delta-method se)"
+    )
 
 
 def report_table(result: dict[str, Any]) -> Table:
     """A rich table of :func:`evaluate_images` / :func:`evaluate_run` output: one row per metric,
-    the model's value beside the real-data floor."""
+    the model's value and interval beside the two real-data floors, then the CAS if measured."""
     net = result["feature_net"]
+    u = result.get("uncertainty") or {}
+    sets = f" x {u['repeats']} sets" if u.get("method") == "repeats" else ""
     table = Table(
-        title=f"Sample quality, N = {result['n']:,} samples vs {result['n_reference']:,} MNIST test images "
+        title=f"Sample quality, N = {result['n']:,} samples{sets} vs {result['n_reference']:,} MNIST test images "
         f"(feature net test accuracy {100 * net['accuracy']:.2f}%)"
     )
+    floors = result.get("floors") or {}
+    half = floors.get("test_vs_test")
     table.add_column("metric")
     table.add_column("model", justify="right")
     table.add_column(f"real data (N = {result.get('n_floor', 0):,} train)", justify="right")
+    if half:
+        m = min(result["n"], result["n_reference"] // 2)
+        table.add_column(f"real: test half vs half ({m:,} each)", justify="right")
+    model_iv, real_iv = _intervals(result, "model"), _intervals(result, "real")
     for key, label, fmt in _ROWS:
         if key == "label_accuracy" and key not in result["model"]:
             continue
-        table.add_row(label, _format(result["model"], key, fmt), _format(result.get("real"), key, fmt))
+        row = [
+            label,
+            _format(result["model"], key, fmt, model_iv.get(key)),
+            _format(result.get("real"), key, fmt, real_iv.get(key)),
+        ]
+        table.add_row(*row, *([_format(half, key, fmt)] if half else []))
+    cas = result.get("cas")
+    if cas:
+        cells = [f"{c['accuracy']:.3f} ± {(c['high'] - c['low']) / 2:.3f}" for c in (cas["samples"], cas["real"])]
+        table.add_row(f"CAS: accuracy on {cas['samples']['n']:,} real test digits", *cells, *(["-"] if half else []))
     nll = result.get("nll")
     if nll:
         note = "" if nll["estimate"] == "exact" else f", {nll['timesteps_evaluated']} of {nll['timesteps']} terms"
-        table.add_row(
-            f"NLL bits/dim ({nll['n_images']:,} test images{note})", f"{nll['bpd']:.3f} +- {nll['bpd_stderr']:.3f}", "-"
-        )
+        cells = [f"{nll['bpd']:.3f} +- {nll['bpd_stderr']:.3f}", "-", *(["-"] if half else [])]
+        table.add_row(f"NLL bits/dim ({nll['n_images']:,} test images{note})", *cells)
+    captions = [interval_caption(result)]
+    if cas:
+        captions.append("CAS: binomial interval over the test digits (not the classifier's seed spread)")
     s = result.get("sampling")
     if s:  # what was measured: FID depends on the sampler as much as on the weights
-        table.caption = f"run {escape(str(result.get('run', '?')))}: {sampling_caption(s)}"
+        captions.append(f"run {escape(str(result.get('run', '?')))}: {sampling_caption(s)}")
+    table.caption = "\n".join(captions)
     return table
 
 

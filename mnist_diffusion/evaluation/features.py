@@ -81,6 +81,42 @@ def _train_epoch(net: FeatureNet, opt, sched, train_x, train_y, batches, generat
             batches.set_postfix(loss=f"{loss.item():.3f}")
 
 
+def fit_classifier(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    *,
+    seed: int = 0,
+    epochs: int = 8,
+    batch_size: int = 128,
+    lr: float = 4e-3,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    test: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> FeatureNet:
+    """A :class:`FeatureNet` trained from scratch on ``(N, 1, 28, 28)`` images in [0, 1] and their
+    ``(N,)`` labels: the shipped recipe (AdamW, one-cycle learning rate, random affine augmentation,
+    label smoothing 0.05); the seed fixes the initialisation, the batch order and the augmentation.
+
+    :param test: images and labels whose accuracy is printed after each epoch when ``progress``.
+    :return: the net, on the CPU, in eval mode.
+    """
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    net = FeatureNet().to(device)
+    batch_size = min(batch_size, len(train_x))
+    steps_per_epoch = len(train_x) // batch_size  # the last partial batch is dropped
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
+    for epoch in range(epochs):
+        order = torch.randperm(len(train_x), generator=generator)
+        batches = [order[i * batch_size : (i + 1) * batch_size] for i in range(steps_per_epoch)]
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
+        _train_epoch(net, opt, sched, train_x, train_y, bar, generator)
+        if progress and test is not None:
+            print(f"epoch {epoch + 1}/{epochs}: test accuracy {accuracy(net, *test):.4f}", flush=True)
+    return net.cpu().eval()
+
+
 def train_feature_net(
     data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
     out_dir: str | os.PathLike = ASSETS_DIR,
@@ -92,35 +128,28 @@ def train_feature_net(
     device: str = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train :class:`FeatureNet` on the 60,000 MNIST training images, test it on the 10,000 test
-    images, and write ``feature_net.safetensors`` and ``feature_net.json`` into ``out_dir``.
-
-    AdamW with a one-cycle learning rate, random affine augmentation; the seed fixes the
-    initialisation, the batch order and the augmentation.
+    """Train :class:`FeatureNet` on the 60,000 MNIST training images (:func:`fit_classifier`), test
+    it on the 10,000 test images, and write ``feature_net.safetensors`` and ``feature_net.json``
+    into ``out_dir``.
 
     :return: the info dict written to ``feature_net.json``.
     """
     start = time.perf_counter()
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
     train_x, train_y = load_mnist(data_dir, "train")
     test_x, test_y = load_mnist(data_dir, "test")
     train_x, test_x = as_unit(train_x), as_unit(test_x).to(device)  # (N, 1, 28, 28)
     test_y = test_y.to(device)
-
-    net = FeatureNet().to(device)
-    steps_per_epoch = len(train_x) // batch_size  # the last partial batch is dropped
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
-    for epoch in range(epochs):
-        order = torch.randperm(len(train_x), generator=generator)
-        batches = [order[i * batch_size : (i + 1) * batch_size] for i in range(steps_per_epoch)]
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
-        _train_epoch(net, opt, sched, train_x, train_y, bar, generator)
-        if progress:
-            print(f"epoch {epoch + 1}/{epochs}: test accuracy {accuracy(net, test_x, test_y):.4f}", flush=True)
-
-    net = net.cpu().eval()
+    net = fit_classifier(
+        train_x,
+        train_y,
+        seed=seed,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        device=device,
+        progress=progress,
+        test=(test_x, test_y),
+    )
     test_accuracy = accuracy(net, test_x.cpu(), test_y.cpu())
     state = {k: v.contiguous() for k, v in net.state_dict().items()}
     blob = save(state, metadata={"format": "pt"})

@@ -6,7 +6,8 @@ and return plain Python floats / lists / dicts, so the results go straight into 
 
 - Feature-space distances between two sample sets: :func:`fid` (Heusel et al. 2017),
   :func:`kid` (Binkowski et al. 2018), :func:`precision_recall` (Kynkaanniemi et al. 2019),
-  :func:`density_coverage` (Naeem et al. 2020).
+  :func:`density_coverage` (Naeem et al. 2020); :func:`manifolds` keeps what these two count per
+  point, for a bootstrap over the samples.
 - Classifier-output summaries of one sample set: :func:`inception_score` (Salimans et al. 2016),
   :func:`class_histogram`, :func:`mean_confidence`, :func:`confident_share`, :func:`label_accuracy`.
 
@@ -15,6 +16,8 @@ Pairwise distances are computed in row chunks of at most ``CHUNK_ELEMENTS`` entr
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -62,19 +65,23 @@ def gaussian_stats(features: ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:
     return x.mean(dim=0), torch.cov(x.T, correction=1)
 
 
-def _psd_sqrt(sigma: torch.Tensor) -> torch.Tensor:
+def psd_sqrt(sigma: torch.Tensor) -> torch.Tensor:
     """Symmetric square root of a PSD matrix via ``eigh``, rounding noise (eigenvalues < 0) clamped to 0."""
     w, v = torch.linalg.eigh(sigma)
     return (v * w.clamp(min=0).sqrt()) @ v.T  # V diag(sqrt w) V^T, (D, D)
 
 
-def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: ArrayLike) -> float:
+def frechet_distance(
+    mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: ArrayLike, *, sqrt_sigma1: torch.Tensor | None = None
+) -> float:
     """Squared Frechet (2-Wasserstein) distance between N(mu1, sigma1) and N(mu2, sigma2).
 
         d^2 = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^{1/2})
 
     :param mu1, mu2: ``(D,)`` means. :param sigma1, sigma2: ``(D, D)`` PSD covariances, possibly
         rank-deficient (fewer samples than dimensions, constant features).
+    :param sqrt_sigma1: sigma1's symmetric square root, when it is already known (many distances to
+        one reference, as in a bootstrap).
     :return: d^2 >= 0 as a float; never NaN for PSD inputs.
     """
     mu1, mu2 = (torch.as_tensor(m).to(torch.float64) for m in (mu1, mu2))
@@ -89,7 +96,7 @@ def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: 
     # are singular (N < D, constant features). But S1 S2 = R (R S2) with R = S1^{1/2}, and AB, BA
     # share their non-zero eigenvalues, so they equal those of M = R S2 R: a symmetric PSD matrix,
     # whose eigenvalues `eigvalsh` returns real; those below 0 are rounding noise and clamp to 0.
-    r = _psd_sqrt(s1)
+    r = psd_sqrt(s1) if sqrt_sigma1 is None else torch.as_tensor(sqrt_sigma1).to(torch.float64)
     m = r @ s2 @ r
     tr_sqrt = torch.linalg.eigvalsh((m + m.T) / 2).clamp(min=0).sqrt().sum()
     d2 = (mu1 - mu2).square().sum() + s1.trace() + s2.trace() - 2 * tr_sqrt
@@ -229,6 +236,88 @@ def density_coverage(real: ArrayLike, fake: ArrayLike, *, k: int = 5) -> dict[st
     return {"density": float(hits / (k * y.shape[0])), "coverage": float(covered.double().mean())}
 
 
+COVER_CAP = 32  # a point inside more balls than this counts as always covered in a resample
+
+
+@dataclass(frozen=True)
+class Manifolds:
+    """Who lies in whose k-NN ball, per sample, from one pass over the real x fake distances: what
+    :func:`precision_recall` and :func:`density_coverage` reduce to a number, kept per point so a
+    bootstrap over the fake samples can recount them without new distances.
+
+    ``recall_pairs`` and ``coverage_pairs`` hold ``(2, P)`` (real row, fake column) index pairs: fake
+    j's ball (radius from the fake set, k_pr = 3) holds real i, and real i's ball (k_dc = 5, open)
+    holds fake j. Only rows inside at most COVER_CAP balls are listed; the rest are in ``*_always``.
+    """
+
+    fake_in_real: torch.Tensor  # (M,) bool: fake j inside some real ball (k = 3): precision
+    density_hits: torch.Tensor  # (M,) int64: real balls (k = 5) holding fake j: density
+    recall_pairs: torch.Tensor  # (2, P) int64
+    recall_always: torch.Tensor  # (N,) bool
+    coverage_pairs: torch.Tensor  # (2, Q) int64
+    coverage_always: torch.Tensor  # (N,) bool
+    k_density: int
+
+    def values(self, present: torch.Tensor | None = None, weights: torch.Tensor | None = None) -> dict[str, float]:
+        """Precision, recall, density and coverage of the fake samples: all of them, or a resample
+        given by ``present`` ((M,) bool: drawn at least once) and ``weights`` ((M,) draw counts)."""
+        m = len(self.fake_in_real)
+        if present is None:
+            present, weights = torch.ones(m, dtype=torch.bool), torch.ones(m, dtype=torch.float64)
+        total = float(weights.sum())
+        return {
+            "precision": float((weights * self.fake_in_real).sum()) / total,
+            "recall": _covered_share(self.recall_pairs, self.recall_always, present),
+            "density": float((weights * self.density_hits).sum()) / (self.k_density * total),
+            "coverage": _covered_share(self.coverage_pairs, self.coverage_always, present),
+        }
+
+
+def _covered_share(pairs: torch.Tensor, always: torch.Tensor, present: torch.Tensor) -> float:
+    covered = always.clone()
+    covered[pairs[0][present[pairs[1]]]] = True
+    return float(covered.double().mean())
+
+
+def _pairs(mask: torch.Tensor, row0: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (row, column) pairs of a ``(c, M)`` bool block whose rows hold 1..COVER_CAP trues, and the
+    ``(c,)`` rows with more."""
+    counts = mask.sum(dim=1)
+    listed = (counts > 0) & (counts <= COVER_CAP)
+    pairs = (mask & listed[:, None]).nonzero().T  # (2, P)
+    pairs[0] += row0
+    return pairs, counts > COVER_CAP
+
+
+def manifolds(real: ArrayLike, fake: ArrayLike, *, k_pr: int = 3, k_dc: int = 5) -> Manifolds:
+    """:class:`Manifolds` of ``(N, D)`` real and ``(M, D)`` fake features; its ``values()`` equal
+    :func:`precision_recall` (k = k_pr) and :func:`density_coverage` (k = k_dc) of the same sets."""
+    x, y = _as_matrix(real, "real"), _as_matrix(fake, "fake")
+    _same_dim(x, y)
+    r_real_pr, r_real_dc, r_fake = _knn_radii(x, k_pr), _knn_radii(x, k_dc), _knn_radii(y, k_pr)
+    fake_in_real = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
+    density_hits = torch.zeros(y.shape[0], dtype=torch.int64, device=y.device)
+    recall, coverage = [], []
+    step = _row_step(y.shape[0])
+    for s in range(0, x.shape[0], step):
+        d = torch.cdist(x[s : s + step], y)  # (c, M): real rows s.., all fake points
+        fake_in_real |= (d <= r_real_pr[s : s + step, None]).any(dim=0)
+        inside = d < r_real_dc[s : s + step, None]  # (c, M) open balls around real points
+        density_hits += inside.sum(dim=0)
+        recall.append(_pairs(d <= r_fake[None, :], s))
+        coverage.append(_pairs(inside, s))
+    cpu = [t.cpu() for t in (fake_in_real, density_hits)]
+    return Manifolds(
+        fake_in_real=cpu[0],
+        density_hits=cpu[1],
+        recall_pairs=torch.cat([p for p, _ in recall], dim=1).cpu(),
+        recall_always=torch.cat([a for _, a in recall]).cpu(),
+        coverage_pairs=torch.cat([p for p, _ in coverage], dim=1).cpu(),
+        coverage_always=torch.cat([a for _, a in coverage]).cpu(),
+        k_density=k_dc,
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Classifier-output summaries
 # ---------------------------------------------------------------------------------------------
@@ -246,13 +335,27 @@ def inception_score(probs: ArrayLike, *, splits: int = 10) -> tuple[float, float
     p = _as_probs(probs)
     if not 1 <= splits <= p.shape[0]:
         raise ValueError(f"splits must be in [1, N] = [1, {p.shape[0]}], got {splits}")
-    scores = []
-    for part in torch.tensor_split(p, splits):
-        p_y = part.mean(dim=0, keepdim=True)  # (1, C) marginal
-        kl = (torch.special.xlogy(part, part) - torch.special.xlogy(part, p_y)).sum(dim=1)  # (n,), 0 log 0 = 0
-        scores.append(kl.mean().exp())
-    s = torch.stack(scores)
+    s = split_inception_scores(p, splits)
     return float(s.mean()), float(s.std(correction=0))
+
+
+def split_inception_scores(p: torch.Tensor, splits: int) -> torch.Tensor:
+    """The ``(splits,)`` inception scores of :func:`inception_score`, of float64 ``(N, C)``
+    probabilities already checked (no validation: the inner loop of a bootstrap)."""
+    xlogx = torch.special.xlogy(p, p).sum(dim=1)  # (N,), 0 log 0 = 0
+    n, c = p.shape
+    if n % splits == 0:  # equal splits: all at once
+        parts = p.reshape(splits, n // splits, c)  # (S, N/S, C)
+        p_y = parts.mean(dim=1, keepdim=True)  # (S, 1, C) marginals
+        kl = xlogx.reshape(splits, -1) - (parts * torch.where(p_y > 0, p_y.log(), 0.0)).sum(dim=2)  # (S, N/S)
+        return kl.mean(dim=1).exp()
+    scores = []
+    for part, own in zip(torch.tensor_split(p, splits), torch.tensor_split(xlogx, splits), strict=True):
+        p_y = part.mean(dim=0)  # (C,) marginal
+        log_p_y = torch.where(p_y > 0, p_y.log(), 0.0)  # a class no sample has: its terms are 0 log 0 = 0
+        kl = own - part @ log_p_y  # (n,) KL(p(y|x) || p(y))
+        scores.append(kl.mean().exp())
+    return torch.stack(scores)
 
 
 def class_histogram(probs: ArrayLike) -> list[int]:

@@ -2,19 +2,20 @@
 
 Samples and real MNIST test images go through the shipped feature net
 (:mod:`mnist_diffusion.features`); :mod:`mnist_diffusion.metrics` compares the two sets. Every
-metric comes with a *real-data floor*: the same metric for as many real training images as there
-are samples, so a value can be read against what a perfect model would score at that N (FID,
-precision and recall all depend on N).
+metric comes with two *floors* made of real digits (:mod:`.reference`): N real training images
+against the test set (what a perfect model would score at this N: FID, precision and recall all
+depend on N), and one half of the test set against the other.
+
+Every metric also comes with an interval (:mod:`.uncertainty`): over K independent sample sets
+(``repeats``), or, for one set, from a bootstrap over its samples (:mod:`.bootstrap`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-import hashlib
 import os
 import time
-from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -22,159 +23,164 @@ import torch
 
 from .. import __version__
 from ..config import SamplingConfig
-from ..data.mnist import DEFAULT_DATA_DIR, as_unit, load_mnist
+from ..data.mnist import DEFAULT_DATA_DIR, as_unit
 from ..diffusion.nll import DEFAULT_NLL_TIMESTEPS, float64_device, nll_bpd
 from ..errors import UserError
 from ..io import atomic_write_json
-from ..nets.features import FeatureNet
 from ..pictures.grids import check_images
 from ..runs.loader import LoadedRun, load_run
 from ..runs.store import write_manifest
 from ..runtime import autocast_dtype, precision_name
 from ..sampling.generate import balanced_labels, count_for, generate, resolve_for
+from ..seeds import derive_seed
 from . import metrics
-from .features import extract, load_feature_net
+from .cas import CAS_EPOCHS, cas
+from .features import extract
+from .reference import (
+    MIN_SAMPLES,
+    RealData,
+    feature_net,
+    floor_indices,
+    half_test_floor,
+    real_data,
+    real_floor,
+    real_reference,
+    score,
+)
+from .uncertainty import BOOTSTRAP_RESAMPLES, LEVEL, over_repeats
+
+__all__ = ["EVAL_FILE", "MIN_SAMPLES", "RealData", "evaluate_images", "evaluate_run", "feature_net", "fid_of"]
+__all__ += ["real_reference", "repeat_seed"]
 
 EVAL_FILE = "eval.json"
-FLOOR_SEED = 0  # fixes which training images form the real-data floor, the same for every evaluation
-MIN_SAMPLES = 10  # the k-NN metrics and the 10-split inception score need at least this many
+REPEAT_STRIDE = 1_000_003  # repeat r samples with seed + r * REPEAT_STRIDE: far from the seeds users step through
+INTERVAL_METRICS = (  # the metrics that carry an interval, in the table's order
+    "fid",
+    "kid_mean",
+    "precision",
+    "recall",
+    "density",
+    "coverage",
+    "inception_score",
+    "mean_confidence",
+    "confident_share",
+    "label_accuracy",
+)
 
 
-@dataclass(frozen=True)
-class RealData:
-    """Real MNIST to compare against: uint8 ``(N, 28, 28)`` images with int64 ``(N,)`` labels.
-
-    ``test`` is the reference set of every metric; the real-data floor draws from ``train``.
-    """
-
-    test: tuple[torch.Tensor, torch.Tensor]
-    train: tuple[torch.Tensor, torch.Tensor]
-
-    @classmethod
-    def from_dir(cls, data_dir: str | os.PathLike) -> RealData:
-        return cls(test=load_mnist(data_dir, "test"), train=load_mnist(data_dir, "train"))
-
-    @cached_property
-    def key(self) -> str:
-        """A content hash, so in-memory caches never mix up two data sets."""
-        h = hashlib.sha256()
-        for images, labels in (self.test, self.train):
-            h.update(images.numpy().tobytes())
-            h.update(labels.numpy().tobytes())
-        return h.hexdigest()
-
-
-# In-process caches: the feature net per device, the real data per folder, reference features per
-# data set, and the real-data floor per (data set, N, KID settings).
-_NETS: dict[str, tuple[FeatureNet, dict[str, Any]]] = {}
-_REAL: dict[str, tuple[RealData, str]] = {}
-_REFERENCE: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-_FLOOR: dict[tuple, dict[str, Any]] = {}
-
-
-def feature_net(device: str | torch.device = "cpu") -> tuple[FeatureNet, dict[str, Any]]:
-    """The shipped feature net on ``device`` and its info, loaded once per process."""
-    key = str(device)
-    if key not in _NETS:
-        _NETS[key] = load_feature_net(device)
-    return _NETS[key]
-
-
-def _real_data(data_dir: str | os.PathLike | None, reference: RealData | None) -> tuple[RealData, str]:
-    if reference is not None:
-        return reference, reference.key
-    path = str(Path(data_dir or DEFAULT_DATA_DIR).resolve())
-    if path not in _REAL:
-        real = RealData.from_dir(path)
-        _REAL[path] = real, real.key
-    return _REAL[path]
-
-
-def real_reference(
-    data_dir: str | os.PathLike | None,
-    net: FeatureNet,
-    *,
-    reference: RealData | None = None,
-    progress: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features ``(N, D)`` and class probabilities ``(N, 10)`` of the reference set: the 10,000
-    MNIST test images in ``data_dir``, or ``reference.test``. Cached in memory per data set."""
-    real, key = _real_data(data_dir, reference)
-    if key not in _REFERENCE:
-        _REFERENCE[key] = extract(net, as_unit(real.test[0]), progress=progress)
-    return _REFERENCE[key]
-
-
-def _metrics(ref_feats, feats, probs, labels, *, seed: int, kid_subsets: int) -> dict[str, Any]:
-    """Every metric of one sample set (features ``(N, D)``, probs ``(N, 10)``) against the reference."""
-    kid_mean, kid_std = metrics.kid(ref_feats, feats, num_subsets=kid_subsets, seed=seed)
-    is_mean, is_std = metrics.inception_score(probs, splits=min(10, len(probs)))
-    out = {
-        "fid": metrics.fid(ref_feats, feats),
-        "kid_mean": kid_mean,
-        "kid_std": kid_std,
-        **metrics.precision_recall(ref_feats, feats),
-        **metrics.density_coverage(ref_feats, feats),
-        "inception_score": is_mean,
-        "inception_score_std": is_std,
-        "class_histogram": metrics.class_histogram(probs),
-        "mean_confidence": metrics.mean_confidence(probs),
-        "confident_share": metrics.confident_share(probs, 0.9),
-    }
-    if labels is not None:
-        out["label_accuracy"] = metrics.label_accuracy(probs, labels)
-    return out
+def repeat_seed(seed: int, repeat: int) -> int:
+    """The sampling seed of repeat ``repeat`` (0, 1, ...) of ``eval --repeats``; repeat 0 is ``seed``."""
+    return derive_seed(seed, repeat * REPEAT_STRIDE)
 
 
 def evaluate_images(
-    images: torch.Tensor,
+    images: torch.Tensor | list[torch.Tensor],
     *,
     data_dir: str | os.PathLike | None = DEFAULT_DATA_DIR,
     n_floor: int | None = None,
     labels: torch.Tensor | None = None,
-    seed: int = 0,
+    seed: int | list[int] = 0,
     device: str | torch.device = "cpu",
     progress: bool = False,
     reference: RealData | None = None,
     kid_subsets: int = 100,
+    bootstrap: int = BOOTSTRAP_RESAMPLES,
 ) -> dict[str, Any]:
-    """All metrics of ``images`` against the MNIST test set, and the real-data floor beside them.
+    """All metrics of ``images`` against the MNIST test set, their intervals, and the floors.
 
-    :param images: ``(N, 1, 28, 28)`` floats in [0, 1], N >= 10.
-    :param n_floor: how many real training images form the floor (a fixed seeded random subset);
-        None: N, the same as the samples; 0: no floor.
+    :param images: ``(N, 1, 28, 28)`` floats in [0, 1], N >= 10; or a list of K such sets drawn
+        independently (repeats), all with the same N and ``labels``.
+    :param n_floor: how many real training images form the train-vs-test floor (a fixed seeded
+        random subset); None: N, the same as the samples; 0: no floors.
     :param labels: ``(N,)`` classes the images were asked to be (conditional sampling); adds
         ``label_accuracy``.
-    :param seed: seeds the KID subsets.
+    :param seed: seeds the KID subsets and the bootstrap; one per set for a list.
     :param reference: real data to use instead of the MNIST files in ``data_dir``.
+    :param bootstrap: resamples of the bootstrap over one set's samples (0: none); a list of
+        sets has an interval over its sets instead.
     :return: ``{"model": {...}, "real": {...} or None, "n": N, "n_floor", "n_reference",
-        "feature_net": {"accuracy", "sha256"}}``; each metric dict holds ``fid``, ``kid_mean``,
-        ``kid_std``, ``precision``, ``recall``, ``density``, ``coverage``, ``inception_score``,
-        ``class_histogram``, ``mean_confidence``, ``confident_share`` (> 0.9) and, with labels,
-        ``label_accuracy``.
+        "feature_net": {"accuracy", "sha256"}, "uncertainty": {...} or None, "floors":
+        {"train_vs_test", "test_vs_test"}, "cas": None}``; each metric dict holds ``fid``,
+        ``kid_mean``, ``kid_std``, ``precision``, ``recall``, ``density``, ``coverage``,
+        ``inception_score``, ``class_histogram``, ``mean_confidence``, ``confident_share`` (> 0.9)
+        and, with labels, ``label_accuracy``. For K sets, ``model`` holds the mean of each metric
+        over the sets (the class histogram: the sum).
     """
-    images = check_images(images, "images")
-    n = len(images)
+    sets = [check_images(x, "images") for x in (images if isinstance(images, list) else [images])]
+    seeds = seed if isinstance(seed, list) else [seed] * len(sets)
+    n = len(sets[0])
     if n < MIN_SAMPLES:
         raise UserError(f"need at least {MIN_SAMPLES} images to evaluate, got {n}")
+    if any(len(x) != n for x in sets) or len(seeds) != len(sets):
+        raise UserError(f"repeated sample sets need the same N and one seed each, got {[len(x) for x in sets]}")
     if labels is not None and tuple(labels.shape) != (n,):
         raise UserError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
+    check_bootstrap(bootstrap)
     net, info = feature_net(device)
-    real, key = _real_data(data_dir, reference)
+    real, _ = real_data(data_dir, reference)
     ref_feats, _ = real_reference(None, net, reference=real, progress=progress)
-    feats, probs = extract(net, images, progress=progress)
+    resamples = bootstrap if len(sets) == 1 else 0
+    scored = []
+    for images, set_seed in zip(sets, seeds, strict=True):
+        feats, probs = extract(net, images, progress=progress)
+        scored.append(
+            score(ref_feats, feats, probs, labels, seed=set_seed, kid_subsets=kid_subsets, bootstrap=resamples)
+        )
     result = {
-        "model": _metrics(ref_feats, feats, probs, labels, seed=seed, kid_subsets=kid_subsets),
+        "model": _mean_of([values for values, _ in scored]),
         "real": None,
         "n": n,
         "n_floor": 0,
         "n_reference": len(ref_feats),
         "feature_net": {"accuracy": info["test_accuracy"], "sha256": info["sha256"]},
+        "uncertainty": None,
+        "floors": {"train_vs_test": None, "test_vs_test": None},
+        "cas": None,
     }
+    floor_intervals = None
     n_floor = n if n_floor is None else n_floor
     if n_floor:
-        result["real"], result["n_floor"] = real_floor(real, key, net, n_floor, seed, kid_subsets, labels is not None)
+        kw = {"seed": seeds[0], "kid_subsets": kid_subsets, "with_labels": labels is not None}
+        result["real"], floor_intervals, result["n_floor"] = real_floor(real, net, n_floor, bootstrap=resamples, **kw)
+        result["floors"] = {"train_vs_test": result["real"], "test_vs_test": half_test_floor(real, net, n, **kw)}
+    if len(sets) > 1:
+        per_set = [values for values, _ in scored]
+        intervals = {key: over_repeats([v[key] for v in per_set]) for key in INTERVAL_METRICS if key in per_set[0]}
+        result["uncertainty"] = _uncertainty("repeats", len(sets), None, intervals, None)
+    elif resamples:
+        result["uncertainty"] = _uncertainty("bootstrap", 1, resamples, scored[0][1], floor_intervals)
     return result
+
+
+def check_bootstrap(resamples: int) -> None:
+    """A one-line UserError unless ``resamples`` is 0 (no bootstrap) or at least 2."""
+    if resamples < 0 or resamples == 1:
+        raise UserError(f"--bootstrap takes 0 (no intervals) or at least 2 resamples, got {resamples}")
+
+
+def _uncertainty(method: str, repeats: int, bootstrap: int | None, model: dict, real: dict | None) -> dict[str, Any]:
+    order = [key for key in INTERVAL_METRICS if key in model]
+    return {
+        "level": LEVEL,
+        "method": method,
+        "repeats": repeats,
+        "bootstrap": bootstrap,
+        "model": {key: model[key] for key in order},
+        "real": None if real is None else {key: real[key] for key in order if key in real},
+    }
+
+
+def _mean_of(per_set: list[dict[str, Any]]) -> dict[str, Any]:
+    """One metric dict of K sets' dicts: each number's mean, the class histograms' sum."""
+    if len(per_set) == 1:
+        return per_set[0]
+    out = {}
+    for key in per_set[0]:
+        if key == "class_histogram":
+            out[key] = [sum(counts) for counts in zip(*(v[key] for v in per_set), strict=True)]
+        else:
+            out[key] = sum(v[key] for v in per_set) / len(per_set)
+    return out
 
 
 def fid_of(
@@ -192,25 +198,6 @@ def fid_of(
     return metrics.fid(ref_feats, feats)
 
 
-def real_floor(
-    real: RealData, key: str, net: FeatureNet, n: int, seed: int, kid_subsets: int, with_labels: bool
-) -> tuple[dict[str, Any], int]:
-    """The metrics of ``n`` real training images (the first ``n`` of a permutation seeded with
-    FLOOR_SEED) against the reference; cached per data set and N. Returns ``(metrics, n_used)``."""
-    train_x, train_y = real.train
-    n = min(n, len(train_x))
-    if n < MIN_SAMPLES:
-        raise UserError(f"the real-data floor needs at least {MIN_SAMPLES} training images, got {n}")
-    cache_key = (key, n, seed, kid_subsets, with_labels)
-    if cache_key not in _FLOOR:
-        idx = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(FLOOR_SEED))[:n]
-        ref_feats, _ = real_reference(None, net, reference=real)
-        feats, probs = extract(net, as_unit(train_x[idx]))
-        labels = train_y[idx] if with_labels else None
-        _FLOOR[cache_key] = _metrics(ref_feats, feats, probs, labels, seed=seed, kid_subsets=kid_subsets)
-    return dict(_FLOOR[cache_key]), n
-
-
 def evaluate_run(
     run_dir: str | os.PathLike,
     sampling: SamplingConfig = SamplingConfig(),
@@ -223,12 +210,19 @@ def evaluate_run(
     progress: bool = False,
     reference: RealData | None = None,
     kid_subsets: int = 100,
+    repeats: int = 1,
+    bootstrap: int = BOOTSTRAP_RESAMPLES,
+    with_cas: bool = False,
+    cas_epochs: int = CAS_EPOCHS,
 ) -> dict[str, Any]:
     """Sample ``n_samples`` images from a run with ``sampling``, evaluate them, and write
     ``eval.json`` into the run.
 
     A class-conditional run samples balanced labels ``i % 10``, a clustered one draws clusters by
-    size. With ``nll_images`` > 0, also the NLL bound (bits/dim) of the first that many test images.
+    size. With ``repeats`` K > 1, K sample sets with seeds :func:`repeat_seed` and an interval over
+    them; else a bootstrap of ``bootstrap`` resamples (0: no interval). ``with_cas`` (a conditional
+    run only) adds the Classification Accuracy Score of the first set. With ``nll_images`` > 0,
+    also the NLL bound (bits/dim) of the first that many test images.
     :return: the dict written to ``eval.json``: :func:`evaluate_images`'s result plus the sampling
         settings (resolved for the run: what was really used), the NLL and wall times.
     """
@@ -237,29 +231,50 @@ def evaluate_run(
     count_for(n_samples, "-n")
     if nll_images < 0:
         raise UserError(f"the NLL needs a positive number of test images, got {nll_images}")
+    if repeats < 1:
+        raise UserError(f"--repeats must be at least 1, got {repeats}")
+    check_bootstrap(bootstrap)
     run_dir = Path(run_dir)
     device = torch.device(device)
     run = load_run(run_dir, device)
-    real, _ = _real_data(data_dir, reference)  # fail early if MNIST is missing
+    if with_cas and not run.conditional:
+        raise UserError("--cas needs a class-conditional run (train it with --conditional): it trains on the labels")
+    real, _ = real_data(data_dir, reference)  # fail early if MNIST is missing
     settings = resolve_for(run, sampling)
+    seeds = [repeat_seed(settings.seed, r) for r in range(repeats)]
 
     start = time.perf_counter()
     labels = balanced_labels(n_samples) if run.conditional else None
-    images = generate(run, n_samples, settings, labels=labels, progress=progress)
+    sets = [
+        generate(run, n_samples, dataclasses.replace(settings, seed=s), labels=labels, progress=progress) for s in seeds
+    ]
     sample_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
     result = evaluate_images(
-        images,
+        sets,
         data_dir=data_dir,
         labels=labels,
-        seed=settings.seed,
+        seed=seeds,
         device=device,
         progress=progress,
         reference=real,
         kid_subsets=kid_subsets,
+        bootstrap=bootstrap,
     )
     metric_seconds = time.perf_counter() - start
+
+    start = time.perf_counter()
+    if with_cas:
+        idx = floor_indices(real, n_samples)
+        result["cas"] = cas(
+            (sets[0], labels),
+            (as_unit(real.train[0][idx]), real.train[1][idx]),
+            (as_unit(real.test[0]), real.test[1]),
+            epochs=cas_epochs,
+            device=device,
+        )
+    cas_seconds = time.perf_counter() - start
 
     result["nll"] = None
     if nll_images:
@@ -273,13 +288,17 @@ def evaluate_run(
             progress=progress,
             timesteps_subsample=nll_timesteps,
         )
+    sampling_record = _sampling_record(settings, run, device)
+    if repeats > 1:
+        sampling_record["repeat_seeds"] = seeds
     result.update(
         run=run_dir.name,
-        sampling=_sampling_record(settings, run, device),
+        sampling=sampling_record,
         device=str(device),
         seconds={
             "sampling": round(sample_seconds, 2),
             "metrics": round(metric_seconds, 2),
+            "cas": round(cas_seconds, 2) if with_cas else None,
             "nll": result["nll"]["seconds"] if result["nll"] else None,
         },
         mnist_diffusion_version=__version__,
