@@ -144,7 +144,7 @@ def test_a_clear_difference_gets_a_verdict_and_an_overlapping_one_does_not(artif
     table = compare("a", "b", artifacts=artifacts).output
     assert "00001-b is better on FID" in table and "00001-b is worse on precision" in table
     assert "no difference that this N can see on recall" in table
-    assert "0.3 (0.2941 to 0.3059)" in table  # the value with its interval
+    assert "0.3 +- 0.0059" in table  # the value with half its interval's width
 
 
 def test_replicates_are_pooled_and_their_spread_widens_the_interval(artifacts):
@@ -165,6 +165,21 @@ def test_replicates_are_pooled_and_their_spread_widens_the_interval(artifacts):
     assert fid["verdict"] == "worse"
     table = compare("a", "a1", "a2", "b", artifacts=artifacts).output
     assert "group A: replicates (only the seed differs), pooled: 00000-a, 00002-a1, 00003-a2" in table
+    assert "00001-b is worse on FID: +0.04, interval 0.01728 to 0.06272" in table
+
+
+def test_runs_marks_replicates_and_shows_the_fid_interval(artifacts):
+    replicate(artifacts, "a", "a1", 1)
+    write_eval(run_dir(artifacts, "a"), n=10000, fid=(0.3031, 0.004))
+    write_eval(run_dir(artifacts, "b"), n=10000, intervals=False, fid=(0.3551, 0.004))
+    result = runner.invoke(app, ["runs", "--artifacts-dir", str(artifacts)], terminal_width=80)
+    assert result.exit_code == 0, result.output
+    listed = {line.split()[0]: line for line in result.output.splitlines() if line.startswith(" 0000")}
+    marks = [listed[name].split()[1] for name in ("00000-a", "00002-a1", "00001-b")]
+    assert marks[:2] == ["A", "A"] and marks[2] != "A"  # b has no replicate: its row goes on with the date
+    assert "A, B after a name: replicates (configs that differ only in the seed)" in result.output
+    assert "0.303+-0.008 @ 10k" in listed["00000-a"] and "0.36 @ 10k" in listed["00001-b"]
+    assert max(len(line) for line in result.output.splitlines()) <= 80
 
 
 def test_replicates_alone_are_each_set_against_the_first(artifacts):
@@ -183,7 +198,7 @@ def test_an_old_eval_json_without_intervals_says_so(artifacts):
     assert doc["runs"][1]["metrics"]["fid"] == {"value": 0.30, "se": None, "low": None, "high": None}
     fid = rows(doc)["fid"]
     assert fid["verdict"] == "no interval" and fid["diff"] is None
-    assert "`mnistdiff eval --run 00001-b`" in fid["text"]
+    assert fid["text"] == "no interval for 00001-b on FID: run `mnistdiff eval --run 00001-b` to get one"
     assert "0.3 (no interval)" in compare("a", "b", artifacts=artifacts).output
 
 
@@ -231,3 +246,14 @@ def test_html_holds_the_verdicts_curves_and_samples(artifacts, tmp_path):
     assert text.count("data:image/png;base64,") == 3  # the loss chart and two sample grids
     assert "http://" not in text and "https://" not in text
     assert compare_page(compare_runs(["a", "b"], artifacts)) == text  # the same runs, the same page
+
+
+def test_the_index_marks_replicates_and_shows_the_fid_interval(artifacts):
+    replicate(artifacts, "a", "a1", 1)
+    write_eval(run_dir(artifacts, "a"), n=10000, fid=(0.3031, 0.004))
+    result = runner.invoke(app, ["runs", "--html", "--artifacts-dir", str(artifacts)])
+    assert result.exit_code == 0, result.output
+    text = (artifacts / "index.html").read_text()
+    assert '<th data-col="8" title="sort by this column">replicates</th>' in text
+    assert text.count('<td data-sort="A">A</td>') == 2 and '<td data-sort="">-</td>' in text
+    assert "0.303 +- 0.008 @ 10,000" in text

@@ -65,12 +65,13 @@ def compare(
 
 
 def estimate_text(e: dict[str, Any] | None) -> str:
-    """ "0.3031 (0.2950 to 0.3112)", "0.3031 (no interval)" or "-"."""
+    """ "0.3031 +- 0.0078" (half the interval's width: --json and --html give both ends),
+    "0.3031 (no interval)" or "-"."""
     if e is None:
         return "-"
     if e.get("low") is None:
         return f"{e['value']:.4g} (no interval)"
-    return f"{e['value']:.4g} ({e['low']:.4g} to {e['high']:.4g})"
+    return f"{e['value']:.4g} +- {(e['high'] - e['low']) / 2:.2g}"
 
 
 def seconds_text(seconds: float | None) -> str:
@@ -112,18 +113,20 @@ def compare_tables(result: dict[str, Any]) -> list[Table]:
     if not differ:
         config.caption = "the configs and evaluation settings are the same"
     tables.append(config)
-    metrics = Table(title=f"metrics ({100 * result['level']:.0f}% intervals)", box=box.SIMPLE_HEAD, pad_edge=False)
+    level = f"{100 * result['level']:.0f}%"
+    metrics = Table(title=f"metrics: value +- half its {level} interval", box=box.SIMPLE_HEAD, pad_edge=False)
     metrics.add_column("metric")
+    metrics.add_column("better")
     for name in names:
         metrics.add_column(name, justify="right")
     pooled_groups = [g for g in result["groups"] if len(g["runs"]) > 1]
     for g in pooled_groups:
-        metrics.add_column(f"group {g['name']} (mean of {len(g['runs'])})", justify="right")
+        metrics.add_column(f"{g['name']}: mean of {len(g['runs'])}", justify="right")
     for key, label, higher in METRICS:
         cells = [estimate_text(r["metrics"].get(key)) for r in records]
         cells += [estimate_text(g["metrics"].get(key)) for g in pooled_groups]
         if any(c != "-" for c in cells):
-            metrics.add_row(f"{label} ({'higher' if higher else 'lower'} is better)", *cells)
+            metrics.add_row(label, "higher" if higher else "lower", *cells)
     tables.append(metrics)
     return tables
 

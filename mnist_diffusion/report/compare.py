@@ -16,6 +16,7 @@ prints; see docs/COMPARE.md).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import string
@@ -23,9 +24,11 @@ from pathlib import Path
 from statistics import NormalDist, fmean, variance
 from typing import Any
 
-from ..config import DEFAULT_ARTIFACTS_DIR
+from ..config import DEFAULT_ARTIFACTS_DIR, RunConfig
 from ..errors import UserError
-from ..runs.store import resolve_run
+from ..evaluation.scoring import EVAL_FILE
+from ..io import JSON_MAX_BYTES, NotReadable, read_bounded
+from ..runs.store import load_config, resolve_run
 from .charts import number
 from .reader import RunFiles
 
@@ -88,13 +91,13 @@ def resolve_runs(runs: list[str], artifacts_dir: str | os.PathLike = DEFAULT_ART
     return folders
 
 
-def flat_config(run: RunFiles) -> dict[str, Any] | None:
-    """The run's config as ``{"preset": ..., "model.channels": ..., "train.seed": ...}`` (lists
-    for tuples, as config.json writes them), or None where config.json is unreadable."""
-    if run.cfg is None:
+def flat_config(cfg: RunConfig | None) -> dict[str, Any] | None:
+    """A run's config as ``{"preset": ..., "model.channels": ..., "train.seed": ...}`` (lists for
+    tuples, as config.json writes them); None for None (an unreadable config.json)."""
+    if cfg is None:
         return None
     flat: dict[str, Any] = {}
-    for key, value in run.cfg.to_dict().items():
+    for key, value in cfg.to_dict().items():
         if isinstance(value, dict):
             flat.update({f"{key}.{name}": _plain(v) for name, v in value.items()})
         else:
@@ -144,6 +147,31 @@ def replicate_groups(configs: list[dict[str, Any] | None]) -> list[int]:
     return groups
 
 
+def replicate_marks(run_dirs: list[Path]) -> dict[str, str]:
+    """A letter for each run that has replicates among ``run_dirs`` (the same config but for the
+    seed), the same for all of them: "A" for the first such group, "B" for the next. Runs without
+    replicates are left out."""
+    configs = []
+    for run_dir in run_dirs:
+        try:
+            configs.append(flat_config(load_config(run_dir)))
+        except UserError:
+            configs.append(None)
+    groups = replicate_groups(configs)
+    shared = sorted({g for g in groups if groups.count(g) > 1})
+    return {d.name: group_letter(shared.index(g)) for d, g in zip(run_dirs, groups, strict=True) if g in shared}
+
+
+def fid_estimate(run_dir: Path) -> dict[str, Any] | None:
+    """The FID of the run's eval.json with its interval (:func:`estimates`), or None (no eval.json,
+    or an unreadable one: `runs` says why)."""
+    try:
+        ev = json.loads(read_bounded(run_dir / EVAL_FILE, JSON_MAX_BYTES, "a JSON file"))
+    except (OSError, ValueError, RecursionError, NotReadable):
+        return None
+    return estimates(ev if isinstance(ev, dict) else None).get("fid")
+
+
 def group_letter(index: int) -> str:
     """0 -> "A", 25 -> "Z", 26 -> "AA"."""
     letters = string.ascii_uppercase
@@ -177,9 +205,15 @@ def estimates(ev: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
 
 
 def _estimate(value: float, interval: Any) -> dict[str, Any]:
+    """``{"value", "se", "low", "high"}``, and ``"values"`` where the interval comes from repeats
+    (eval --repeats K): the per-repeat values, which a difference of two such runs uses."""
     parts = {k: number(interval.get(k)) if isinstance(interval, dict) else None for k in ("se", "low", "high")}
     if None in parts.values():
-        parts = dict.fromkeys(parts)
+        return {"value": value, **dict.fromkeys(parts)}
+    values = interval.get("values")
+    repeats = [number(v) for v in values] if isinstance(values, list) else []
+    if len(repeats) > 1 and None not in repeats:
+        return {"value": value, **parts, "values": repeats}
     return {"value": value, **parts}
 
 
@@ -221,7 +255,7 @@ def machine_text(machine: Any) -> str | None:
 def compare_runs(runs: list[str], artifacts_dir: str | os.PathLike = DEFAULT_ARTIFACTS_DIR) -> dict[str, Any]:
     """Compare the runs named by ``runs`` (at least two): the JSON document ``compare --json`` prints."""
     files = [RunFiles(folder) for folder in resolve_runs(runs, artifacts_dir)]
-    configs = [flat_config(run) for run in files]
+    configs = [flat_config(run.cfg) for run in files]
     numbers = replicate_groups(configs)
     letters = [group_letter(g) for g in numbers]
     records = [run_record(run, letter) for run, letter in zip(files, letters, strict=True)]
@@ -248,35 +282,22 @@ def compare_runs(runs: list[str], artifacts_dir: str | os.PathLike = DEFAULT_ART
 
 
 def _group(name: str, members: list[dict[str, Any]]) -> dict[str, Any]:
-    """A group of replicates: its runs, and each metric pooled over those of them that have it."""
+    """A group of replicates: its runs, and each metric pooled over those of them that have it
+    (a run alone keeps its own interval, as eval recorded it)."""
     metrics = {}
     for key, _, _ in METRICS:
         have = [r["metrics"][key] for r in members if key in r["metrics"]]
-        if not have:
-            continue
-        values = [e["value"] for e in have]
         if len(have) == 1:
-            pool = None if have[0]["se"] is None else pooled(values, [have[0]["se"]])
-        else:  # where a run recorded no interval, the spread between the runs is the whole of it
-            pool = pooled(values, [0.0 if e["se"] is None else e["se"] for e in have])
-        metrics[key] = _pooled_estimate(values, pool, len(have))
+            metrics[key] = {**have[0], "between_seed_sd": None, "runs": 1}
+        elif have:  # where a run recorded no interval, the spread between the runs is the whole of it
+            pool = pooled([e["value"] for e in have], [0.0 if e["se"] is None else e["se"] for e in have])
+            z = NormalDist().inv_cdf(0.5 + LEVEL / 2)
+            value, se = pool["value"], pool["se"]
+            interval = {"low": value - z * se, "high": value + z * se}
+            metrics[key] = {"value": value, "se": se, **interval, "between_seed_sd": pool["between_seed_sd"]}
+            metrics[key]["runs"] = len(have)
     label = members[0]["name"] if len(members) == 1 else f"group {name} ({len(members)} runs)"
     return {"name": name, "label": label, "runs": [r["name"] for r in members], "metrics": metrics}
-
-
-def _pooled_estimate(values: list[float], pool: dict[str, float] | None, runs: int) -> dict[str, Any]:
-    if pool is None:  # one run without an interval
-        return {"value": values[0], "se": None, "low": None, "high": None, "between_seed_sd": None, "runs": runs}
-    z = NormalDist().inv_cdf(0.5 + LEVEL / 2)
-    value, se = pool["value"], pool["se"]
-    return {
-        "value": value,
-        "se": se,
-        "low": value - z * se,
-        "high": value + z * se,
-        "between_seed_sd": pool["between_seed_sd"] if runs > 1 else None,
-        "runs": runs,
-    }
 
 
 def _as_single(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -293,7 +314,9 @@ def _compare(subject: tuple, reference: tuple, records: list[dict[str, Any]]) ->
         if mine is None and theirs is None:
             continue
         row = {"metric": key, "diff": None, "se": None, "low": None, "high": None}
-        missing = _missing(name, mine, records) or _missing(ref_name, theirs, records)
+        missing = _missing(name, label, mine, records, metric_label) or _missing(
+            ref_name, ref_label, theirs, records, metric_label
+        )
         if missing:
             row.update(verdict=missing[0], text=missing[1])
         else:
@@ -311,16 +334,19 @@ def _compare(subject: tuple, reference: tuple, records: list[dict[str, Any]]) ->
     return {"subject": name, "label": label, "against": ref_name, "against_label": ref_label, "metrics": rows}
 
 
-def _missing(name: str, estimate: dict[str, Any] | None, records: list[dict[str, Any]]) -> tuple[str, str] | None:
-    """("no eval" | "no interval", what to run) where a side cannot be compared, else None."""
+def _missing(
+    name: str, label: str, estimate: dict[str, Any] | None, records: list[dict[str, Any]], metric: str
+) -> tuple[str, str] | None:
+    """("no eval" | "no value" | "no interval", what to run) where a side (a run or a group, called
+    ``label``) cannot be compared on ``metric``, else None."""
     runs = [r["name"] for r in records if r["name"] == name or r["group"] == name]
     if estimate is None:
         unevaluated = [r for r in runs if not next(x for x in records if x["name"] == r)["evaluated"]]
         if unevaluated:
             return "no eval", f"no eval of {unevaluated[0]}: run `mnistdiff eval --run {unevaluated[0]}`"
-        return "no value", f"{name} has no value of this metric"
+        return "no value", f"{label} has no {metric}"
     if estimate["se"] is None:
-        return "no interval", f"no interval for {name}: run `mnistdiff eval --run {runs[0]}` to get one"
+        return "no interval", f"no interval for {label} on {metric}: run `mnistdiff eval --run {runs[0]}` to get one"
     return None
 
 
