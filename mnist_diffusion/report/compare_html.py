@@ -18,6 +18,11 @@ from .html import Safe, image, page, table, tag
 from .reader import SAMPLES, RunFiles
 from .sections import note, seconds_text
 
+# The links of the nav wrap without the last of a line's margin pushing the page wider than a phone.
+EXTRA_STYLE = """<style>
+nav { display: flex; flex-wrap: wrap; column-gap: 0.8em; }
+nav a { margin-right: 0; }
+</style>"""
 SECTIONS = [("runs", "Runs"), ("config", "Config"), ("metrics", "Metrics"), ("verdicts", "Differences")]
 SECTIONS += [("training", "Training loss"), ("samples", "Samples")]
 
@@ -139,6 +144,7 @@ def compare_page(result: dict[str, Any]) -> str:
     }
     names = ", ".join(r["name"] for r in result["runs"])
     body = [
+        Safe(EXTRA_STYLE),
         tag("h1", "mnistdiff compare"),
         tag("p", names, class_="muted"),
         tag("nav", [tag("a", heading, href=f"#{anchor}") for anchor, heading in SECTIONS]),
