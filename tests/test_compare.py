@@ -164,7 +164,7 @@ def test_replicates_are_pooled_and_their_spread_widens_the_interval(artifacts):
     assert fid["se"] == pytest.approx(math.hypot(0.02 / math.sqrt(3), 0.001))
     assert fid["verdict"] == "worse"
     table = compare("a", "a1", "a2", "b", artifacts=artifacts).output
-    assert "group A: replicates (only the seed differs), pooled: 00000-a, 00002-a1, 00003-a2" in table
+    assert "group A: replicates (the same config but for the seed), pooled: 00000-a, 00002-a1, 00003-a2" in table
     assert "00001-b is worse on FID: +0.04, interval 0.01728 to 0.06272" in table
 
 

@@ -136,7 +136,9 @@ def verdict_lines(result: dict[str, Any]) -> list[str]:
     lines = []
     for g in result["groups"]:
         if len(g["runs"]) > 1:
-            lines.append(f"group {g['name']}: replicates (only the seed differs), pooled: {', '.join(g['runs'])}")
+            lines.append(
+                f"group {g['name']}: replicates (the same config but for the seed), pooled: {', '.join(g['runs'])}"
+            )
     if result["compared"] == "runs" and len(result["runs"]) > 1:
         lines.append("all runs are replicates of one recipe: each run against the first shows what the seed does")
     for d in result["differences"]:

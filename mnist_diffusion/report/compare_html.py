@@ -75,7 +75,8 @@ def runs_section(result: dict[str, Any]) -> list[Safe]:
         )
     pooled = [g for g in result["groups"] if len(g["runs"]) > 1]
     notes = [
-        note(f"Group {g['name']}: replicates (only the seed differs), pooled: {', '.join(g['runs'])}.") for g in pooled
+        note(f"Group {g['name']}: replicates (the same config but for the seed), pooled: {', '.join(g['runs'])}.")
+        for g in pooled
     ]
     return [table(["run", "group", "parent", "training time", "machine", "eval"], rows), *notes]
 
