@@ -15,7 +15,7 @@ from conftest import TINY_FLAGS
 from typer.testing import CliRunner
 
 from mnist_diffusion.cli import app
-from mnist_diffusion.report.compare import compare_runs, difference, pooled, replicate_groups
+from mnist_diffusion.report.compare import compare_runs, difference, estimates, pooled, replicate_groups
 from mnist_diffusion.report.compare_html import compare_page
 
 runner = CliRunner()
@@ -93,7 +93,7 @@ def rows(doc: dict, index: int = 0) -> dict[str, dict]:
 
 
 def test_difference_of_two_estimates_is_the_normal_interval():
-    d = difference({"value": 0.30, "se": 0.003}, {"value": 0.32, "se": 0.004})
+    d = difference({"value": 0.32, "se": 0.003}, {"value": 0.30, "se": 0.004})  # B - A
     assert d["diff"] == pytest.approx(-0.02) and d["se"] == pytest.approx(0.005)
     assert (d["low"], d["high"]) == pytest.approx((-0.02 - Z * 0.005, -0.02 + Z * 0.005))
 
@@ -110,6 +110,23 @@ def test_pooled_replicates_count_the_spread_between_seeds():
 def test_replicates_are_the_configs_that_differ_only_in_the_seed():
     a = {"train.lr": 0.002, "train.seed": 0}
     assert replicate_groups([a, {**a, "train.seed": 1}, {**a, "train.lr": 0.001}, None, a]) == [0, 0, 1, 2, 0]
+
+
+def test_every_metric_of_eval_json_is_read_with_its_interval():
+    cas = {"accuracy": 0.91, "se": 0.01, "low": 0.89, "high": 0.93, "n": 1000}
+    evaluation = {
+        "model": {"fid": 0.3, "kid_mean": 0.001, "kid_std": 0.002, "class_histogram": [1] * 10},
+        "uncertainty": {"model": {"fid": {"se": 0.004, "low": 0.29, "high": 0.31, "values": [0.29, 0.31]}}},
+        "cas": {"samples": cas, "real": {**cas, "accuracy": 0.98}},
+        "nll": {"bpd": 1.5, "bpd_stderr": 0.01},
+    }
+    got = estimates(evaluation)
+    assert set(got) == {"fid", "kid_mean", "cas", "nll_bpd"}  # the class histogram is not a metric
+    assert got["fid"] == {"value": 0.3, "se": 0.004, "low": 0.29, "high": 0.31, "values": [0.29, 0.31]}
+    assert got["kid_mean"] == {"value": 0.001, "se": None, "low": None, "high": None}  # kid_std is no se
+    assert got["cas"] == {"value": 0.91, "se": 0.01, "low": 0.89, "high": 0.93}
+    assert got["nll_bpd"] == pytest.approx({"value": 1.5, "se": 0.01, "low": 1.5 - Z * 0.01, "high": 1.5 + Z * 0.01})
+    assert estimates(None) == {} and estimates({"model": "bad", "uncertainty": []}) == {}
 
 
 # ---------------------------------------------------------------------------- the command

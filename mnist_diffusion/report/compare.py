@@ -55,9 +55,9 @@ SEED_FIELD = "train.seed"  # the one field replicates may differ in
 
 
 def difference(a: dict[str, Any], b: dict[str, Any], level: float = LEVEL) -> dict[str, float]:
-    """``a - b`` for two independent estimates ``{"value", "se"}``, with its standard error and
+    """B minus A for two independent estimates ``{"value", "se"}``, with its standard error and
     ``level`` interval by the normal approximation: diff +- z * sqrt(se_a^2 + se_b^2)."""
-    diff = a["value"] - b["value"]
+    diff = b["value"] - a["value"]
     se = math.hypot(a["se"], b["se"])
     z = NormalDist().inv_cdf(0.5 + level / 2)
     return {"diff": diff, "se": se, "low": diff - z * se, "high": diff + z * se}
@@ -320,7 +320,7 @@ def _compare(subject: tuple, reference: tuple, records: list[dict[str, Any]]) ->
         if missing:
             row.update(verdict=missing[0], text=missing[1])
         else:
-            d = difference(mine, theirs)
+            d = difference(theirs, mine)  # the subject minus the first
             row.update(d)
             row.update(_verdict(d, label, metric_label, higher))
         rows.append(row)
