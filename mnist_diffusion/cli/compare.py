@@ -22,6 +22,7 @@ def compare(
     runs: Annotated[
         Optional[list[str]],
         typer.Argument(
+            metavar="RUN",
             help="Two or more runs, by folder, name or number (as --run takes them); each is measured against "
             "the first.",
             show_default=False,

@@ -295,7 +295,8 @@ def _group(name: str, members: list[dict[str, Any]]) -> dict[str, Any]:
             value, se = pool["value"], pool["se"]
             interval = {"low": value - z * se, "high": value + z * se}
             metrics[key] = {"value": value, "se": se, **interval, "between_seed_sd": pool["between_seed_sd"]}
-            metrics[key]["runs"] = len(have)
+            # the runs' values: a difference of two groups counts their few degrees of freedom (Welch)
+            metrics[key].update(runs=len(have), values=[e["value"] for e in have])
     label = members[0]["name"] if len(members) == 1 else f"group {name} ({len(members)} runs)"
     return {"name": name, "label": label, "runs": [r["name"] for r in members], "metrics": metrics}
 
