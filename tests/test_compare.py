@@ -243,10 +243,13 @@ def test_evaluations_at_another_n_show_as_a_difference(artifacts):
         ([], "compare needs at least two runs (got 0)"),
         (["a", "nosuch"], "unknown run 'nosuch'"),
         (["a", "0"], "'0' is 00000-a again: name each run once"),
+        (["a", "b", "--html", "{tmp}"], "is a folder; name the file to write in it, such as"),
+        (["a", "b", "--html", "{tmp}/nosuch/c.html"], "/nosuch does not exist"),
+        (["a", "b", "--html", "{tmp}/c.png"], "must end in .html or .htm"),
     ],
 )
-def test_bad_input_is_one_line(artifacts, args, message):
-    result = compare(*args, artifacts=artifacts, ok=False)
+def test_bad_input_is_one_line(artifacts, tmp_path, args, message):
+    result = compare(*(a.format(tmp=tmp_path) for a in args), artifacts=artifacts, ok=False)
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 1 and len(lines) == 1 and "Traceback" not in result.output, result.output
     assert lines[0].startswith("Error: ") and message in lines[0]

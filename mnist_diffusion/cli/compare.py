@@ -48,8 +48,10 @@ def compare(
     Runs that differ only in --seed are replicates: they are pooled into one group, and the
     spread between seeds is added to the interval.
     Example: mnistdiff compare 3 4 --html compare.html"""
+    from ..io import check_output
     from ..report.compare import compare_runs
 
+    check_output(html, (".html", ".htm"), "--html")
     result = compare_runs(list(runs or []), artifacts_dir)
     if html is not None:
         from ..report.compare_html import write_compare_page
