@@ -9,6 +9,7 @@ the flag asks for, or the one-line error of a value that cannot work on this mac
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -719,3 +720,49 @@ def test_a_picture_says_how_it_was_made_and_the_same_settings_give_the_same_byte
         assert made["sampling"] == json.loads(t.metadata()["sampling"])
     t("-o", "{tmp}/c.png", "--seed", "4", *ends)
     assert t.made(tmp_path / "c.png") == {**made, "sampling": {**made["sampling"], "seed": 4}}
+
+
+# `compare` on the module's runs: a row per flag, each a function of (artifacts folder, this test's folder).
+
+
+def _compare(artifacts: Path, *args: str):
+    result = runner.invoke(app, ["compare", *args, "--artifacts-dir", str(artifacts)])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def _compare_artifacts_dir(artifacts: Path, tmp: Path) -> None:
+    shutil.copytree(artifacts / "runs" / "00001-plain", tmp / "elsewhere" / "runs" / "00007-moved")
+    shutil.copytree(artifacts / "runs" / "00002-guided", tmp / "elsewhere" / "runs" / "00008-other")
+    assert "00007-moved" in _compare(tmp / "elsewhere", "moved", "other").output
+
+
+def _compare_runs(artifacts: Path, tmp: Path) -> None:
+    assert "model.num_classes" in _compare(artifacts, "plain", "conditional").output  # the field that differs
+
+
+def _compare_json(artifacts: Path, tmp: Path) -> None:
+    printed = json.loads(_compare(artifacts, "plain", "3", "--json").output)
+    assert [r["name"] for r in printed["runs"]] == ["00001-plain", "00003-conditional"]
+
+
+def _compare_html(artifacts: Path, tmp: Path) -> None:
+    _compare(artifacts, "plain", "guided", "--html", str(tmp / "c.html"))
+    assert "00002-guided against 00001-plain" in (tmp / "c.html").read_text()
+
+
+COMPARE: dict[str, Callable[[Path, Path], None]] = {
+    "runs": _compare_runs,
+    "json_output": _compare_json,
+    "html": _compare_html,
+    "artifacts_dir": _compare_artifacts_dir,
+}
+
+
+def test_every_compare_flag_has_a_row():
+    assert params_of("compare") == set(COMPARE)
+
+
+@pytest.mark.parametrize("flag", sorted(COMPARE))
+def test_compare_flag_reaches_what_it_names(flag, runs, tmp_path):
+    COMPARE[flag](runs, tmp_path)

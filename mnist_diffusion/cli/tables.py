@@ -12,22 +12,36 @@ from rich.table import Table
 from ..runs.summary import RunSummary
 
 
-def runs_table(summaries: list[RunSummary], title: str) -> Table:
-    """One row per run: name, created, preset, steps, last loss, FID at its N, status; fits 80 columns."""
+def runs_table(
+    summaries: list[RunSummary],
+    title: str,
+    replicates: dict[str, str] | None = None,
+    fid_halfwidths: dict[str, float] | None = None,
+) -> Table:
+    """One row per run: name, created, preset, steps, last loss, FID at its N (+- half its 95%
+    interval, where ``fid_halfwidths`` has one), status; fits 80 columns. ``replicates`` gives a
+    letter to each run that has replicates (the same config but for the seed), shown after its name."""
+    replicates, fid_halfwidths = replicates or {}, fid_halfwidths or {}
     table = Table(title=escape(title), box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for col in ("run", "created", "preset", "steps", "loss", "FID @ N", "status"):
         numeric = col in ("steps", "loss", "FID @ N")
         table.add_column(col, justify="right" if numeric else "left", no_wrap=True)
     for s in summaries:
+        fid = "-"
+        if s.fid is not None and s.fid_n:
+            half = fid_halfwidths.get(s.name)
+            fid = (f"{s.fid:.3f}+-{half:.3f}" if half is not None else f"{s.fid:.2f}") + f" @ {_short_count(s.fid_n)}"
         table.add_row(
-            escape(s.name),
+            escape(s.name) + (f" {replicates[s.name]}" if s.name in replicates else ""),
             s.created[5:] or "?",  # MM-DD HH:MM
             escape(s.preset or "?"),
             "?" if s.step is None else str(s.step),
             f"{s.final_loss:.4f}" if s.final_loss is not None and math.isfinite(s.final_loss) else "-",
-            f"{s.fid:.2f} @ {_short_count(s.fid_n)}" if s.fid is not None and s.fid_n else "-",
+            fid,
             s.status,
         )
+    if replicates:
+        table.caption = "A, B after a name: replicates (configs that differ only in the seed)"
     return table
 
 

@@ -62,6 +62,7 @@ def runs(
     """List the runs in the artifacts folder.
 
     Example: mnistdiff runs --html"""
+    from ..report.compare import fid_estimate, replicate_marks
     from ..runs.summary import summarize_runs
     from .tables import runs_table
 
@@ -73,7 +74,10 @@ def runs(
     if not summaries:
         console.print(f"No runs in {artifacts_dir} yet: start one with `mnistdiff train`.", markup=False)
         return
-    console.print(runs_table(summaries, f"runs in {artifacts_dir}"))
+    folders = [s.path for s in summaries]
+    fids = {f.name: fid_estimate(f) for f in folders}
+    halfwidths = {name: (e["high"] - e["low"]) / 2 for name, e in fids.items() if e and e["low"] is not None}
+    console.print(runs_table(summaries, f"runs in {artifacts_dir}", replicate_marks(folders), halfwidths))
     for s in summaries:  # what makes each unreadable run so, one line each
         if s.problem:
             console.print(f"{s.name}: {s.problem}", markup=False, highlight=False)

@@ -16,6 +16,7 @@ from ..io import JSON_MAX_BYTES, PNG_MAX_BYTES, NotReadable, atomic_write_bytes,
 from ..runs.store import CHECKPOINT_META, REPORT
 from ..runs.summary import RunSummary, summarize_runs
 from .charts import number
+from .compare import fid_estimate, replicate_marks
 from .html import Safe, href, image, page, png_size, tag
 from .reader import SAMPLES
 
@@ -51,7 +52,7 @@ th[aria-sort="descending"]::after { content: " \\2193"; color: inherit; }
 td.problem { max-width: 40ch; font-size: 0.85em; }
 </style>"""
 
-COLUMNS = ["run", "samples", "preset", "steps", "training time", "FID @ N", "status", "created"]
+COLUMNS = ["run", "samples", "preset", "steps", "training time", "FID @ N", "status", "created", "replicates"]
 
 
 def thumbnail(path: Path) -> bytes | None:
@@ -86,13 +87,18 @@ def cell(content: object, sort: object, *, numeric: bool = False, class_: str | 
     return tag("td", content, data_sort="" if sort is None else sort, class_=classes)
 
 
-def row(s: RunSummary) -> Safe:
+def row(s: RunSummary, replicate: str | None = None, fid_interval: dict | None = None) -> Safe:
+    """A run's row; ``replicate``: the letter of its group of replicates (the same config but for
+    the seed), if it has any; ``fid_interval``: its FID's 95% interval (report/compare.py), if eval recorded one."""
     report = s.path / REPORT
     name = tag("a", s.name, href=href("runs", s.name, REPORT)) if report.is_file() else s.name
     hint = tag("div", f"no report yet: mnistdiff report --run {s.name}", class_="muted") if not report.is_file() else ""
     thumb = thumbnail(s.path / SAMPLES)
     seconds = train_seconds(s.path)
-    fid = f"{s.fid:.3f} @ {s.fid_n:,}" if s.fid is not None and s.fid_n else "-"
+    fid = "-"
+    if s.fid is not None and s.fid_n:
+        spread = "" if fid_interval is None else f" +- {(fid_interval['high'] - fid_interval['low']) / 2:.3f}"
+        fid = f"{s.fid:.3f}{spread} @ {s.fid_n:,}"
     status = [s.status, tag("div", s.problem, class_="muted")] if s.problem else s.status
     cells = [
         cell([name, hint], s.name),
@@ -103,6 +109,7 @@ def row(s: RunSummary) -> Safe:
         cell(fid, s.fid, numeric=True),
         cell(status, s.status, class_="problem" if s.problem else None),
         cell(s.created, s.created),
+        cell(replicate or "-", replicate),
     ]
     return tag("tr", cells, data_run=s.name)
 
@@ -111,9 +118,11 @@ def index_page(artifacts_dir: str | os.PathLike) -> str:
     """The index of the runs in ``artifacts_dir`` as HTML text."""
     summaries = summarize_runs(artifacts_dir)
     head = tag("tr", [tag("th", name, data_col=i, title="sort by this column") for i, name in enumerate(COLUMNS)])
-    grid = tag(
-        "div", tag("table", [tag("thead", head), tag("tbody", [row(s) for s in summaries])], id="runs"), class_="scroll"
-    )
+    marks = replicate_marks([s.path for s in summaries])
+    fids = {s.name: fid_estimate(s.path) for s in summaries}
+    intervals = {name: e for name, e in fids.items() if e is not None and e["low"] is not None}
+    rows = [row(s, marks.get(s.name), intervals.get(s.name)) for s in summaries]
+    grid = tag("div", tag("table", [tag("thead", head), tag("tbody", rows)], id="runs"), class_="scroll")
     unreadable = sum(s.problem is not None for s in summaries)
     body = [
         tag("h1", "mnistdiff runs"),
@@ -121,7 +130,9 @@ def index_page(artifacts_dir: str | os.PathLike) -> str:
             "p",
             f"{len(summaries)} runs in {Path(artifacts_dir).name}/runs"
             + (f", {unreadable} of them unreadable (the reason is under their status)" if unreadable else "")
-            + ". Click a column's heading to sort by it; FID depends on N, so compare at equal N.",
+            + ". Click a column's heading to sort by it; FID depends on N, so compare at equal N. "
+            "FID +- half its 95% interval, where eval recorded one; replicates: runs whose configs differ only in "
+            "the seed share a letter (mnistdiff compare pools them).",
             class_="muted",
         ),
         grid if summaries else tag("p", "No runs yet: start one with `mnistdiff train`."),
