@@ -54,6 +54,7 @@ def studio(
     run_dir = resolve_run(run, artifacts_dir)
     engine = Studio(artifacts_dir, data_dir, setup_device(device), extra_run=run_dir)
     engine.run(run_dir.name)  # loaded before the page asks, and a broken run is an error here
+    engine.warm_up(run_dir.name)
     try:
         sock = bind(host, port)
     except OSError as e:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config import SamplingConfig
 from ..data.mnist import raw_dir, test_digits
 from ..diffusion import pixels_to_x0, x0_to_unit
 from ..diffusion.samplers import Start
@@ -95,6 +96,11 @@ class Studio:
                 raise UserError(f"no run named {name[:80]!r} in {runs_dir(self.artifacts_dir)}")
             self.loaded[name] = load_run(path, self.device)
         return self.loaded[name]
+
+    def warm_up(self, name: str, n: int = 16) -> Future:
+        """A one-step sample of ``n`` digits on the worker, so that the kernels' first-call costs
+        (the CPU's convolution kernels are made for each shape they meet) are paid before a click."""
+        return self.submit(generate, self.run(name), n, SamplingConfig(steps=1))
 
     def info(self, name: str) -> dict[str, Any]:
         """What the page shows of a run: its schedule's curves and what it can be guided with."""
