@@ -249,10 +249,10 @@ function plotCurves(t) {
   ctx.strokeStyle = "#000";
   ctx.beginPath(); ctx.moveTo(x(t), 8); ctx.lineTo(x(t), H - m); ctx.stroke();
   ctx.fillStyle = "#333";
-  ctx.font = "11px sans-serif";
-  ctx.fillText("0", m - 4, H - m + 14);
-  ctx.fillText(`t = ${T - 1}`, W - 60, H - m + 14);
-  ctx.fillText(`SNR 1e${hi.toFixed(0)}..1e${lo.toFixed(0)}`, m + 4, H - m - 6);
+  ctx.font = "13px sans-serif";
+  ctx.fillText("t = 0", m, H - m + 16);
+  ctx.fillText(`t = ${T - 1}`, W - 70, H - m + 16);
+  ctx.fillText(`alpha_bar 1..0, SNR 1e${hi.toFixed(0)}..1e${lo.toFixed(0)} (top to bottom)`, m + 6, H - m - 8);
 }
 
 function showForward() {
