@@ -8,7 +8,8 @@ itself as a user types it (a new process: Python, torch and the run loaded, then
 (b) "Fill the rest" of a drawing (the top bar of a 7) with the page's defaults: seconds to the
 completions.
 
-Each is timed ``--repeat`` times after one untimed request that loads the run; the median is kept.
+Each is timed ``--repeat`` times after one untimed request that loads the run (the studio's sample
+and the library's alternated); the median is kept.
 
     python benchmarks/bench_studio.py --run 00000-default --artifacts-dir artifacts
 
@@ -138,17 +139,17 @@ def main() -> None:
     with serving(create_app(studio)) as base:
         say(f"studio at {base}: one sample to warm up")
         stream_sample(base, body)
-        firsts, wholes = [], []
-        for _ in range(args.repeat):
+        firsts, wholes, library = [], [], []
+        for _ in range(args.repeat):  # alternated, so that both see the same load on a shared machine
             first, whole, steps = stream_sample(base, body)
             firsts.append(first)
             wholes.append(whole)
+            library += timed(lambda: generate(loaded, args.n, settings), 1)
         say(f"first step {statistics.median(firsts):.3f} s, all {statistics.median(wholes):.3f} s ({steps} steps)")
         fills = timed(
             lambda: urllib.request.urlopen(post(base + "api/complete", fill), timeout=600).read(), args.repeat
         )
         say(f"fill the rest: {statistics.median(fills):.3f} s")
-        library = timed(lambda: generate(loaded, args.n, settings), args.repeat)
         shots = screenshots(base, args.screenshots, run_dir.name) if args.screenshots else []
     studio.close()
     with tempfile.TemporaryDirectory() as tmp:
