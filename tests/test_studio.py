@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 import sys
 from importlib.util import find_spec
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -250,3 +252,19 @@ def test_without_the_extra_the_command_names_it(monkeypatch, tiny_run):
     assert result.output.strip().splitlines()[-1] == (
         "Error: the studio needs fastapi, which is not installed: pip install 'mnist-diffusion[studio]'"
     )
+
+
+@needs_server
+def test_the_benchmark_times_the_studio_beside_sample(tiny_run, data_dir, tmp_path):
+    out = tmp_path / "studio.json"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_studio.py"
+    command = [sys.executable, str(script), "--artifacts-dir", str(tiny_run[0]), "--data-dir", str(data_dir)]
+    command += ["-n", "4", "--steps", "3", "--repeat", "1", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(out.read_text())
+    assert results["run"]["name"] == RUN and results["n"] == 4 and results["steps"] == 3
+    for key in ("first_step_s", "whole_sample_s", "fill_the_rest_s", "library_sample_s", "cli_sample_s"):
+        assert len(results[key]) == 1 and results[key][0] > 0, key
+    assert results["first_step_s"][0] < results["whole_sample_s"][0]
+    assert "| studio: first streamed step |" in out.with_suffix(".md").read_text()

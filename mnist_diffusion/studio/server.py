@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -118,6 +119,9 @@ async def _events(frames: Iterator[dict[str, Any]], stop: threading.Event) -> As
             yield f"data: {json.dumps(frame)}\n\n"
     except (Cancelled, UserError, ValueError) as e:
         yield f"data: {json.dumps({'event': 'error', 'detail': str(e)})}\n\n"
+    except Exception as e:  # the stream has begun: the page gets a reason, the terminal the traceback
+        logging.getLogger("mnistdiff.studio").exception("a sampling failed")
+        yield f"data: {json.dumps({'event': 'error', 'detail': f'the sampling failed: {type(e).__name__}'})}\n\n"
     finally:
         stop.set()
 
