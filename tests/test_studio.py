@@ -243,6 +243,13 @@ def test_a_newer_request_from_the_same_page_cancels_the_older(served):
         studio.complete(CompleteRequest(run=RUN, drawing=bar(), n=1, steps=3), older)
     lone = events(client, {"session": "page-3", "n": 1, "steps": 3})
     assert lone[-1]["event"] == "done"  # and a page's lone request runs to its end
+    for path, body in [
+        ("/api/complete", {"drawing": bar(), "n": 1, "steps": 2}),
+        ("/api/sample", {"n": 1, "steps": 2}),
+    ]:
+        first = studio.sessions["page-3"]
+        client.post(path, json={"run": RUN, "session": "page-3", **body}).read()
+        assert first.is_set() and studio.sessions["page-3"] is not first, path  # each endpoint takes the page's place
 
 
 def test_without_the_extra_the_command_names_it(monkeypatch, tiny_run):
