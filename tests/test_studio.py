@@ -275,3 +275,19 @@ def test_the_benchmark_times_the_studio_beside_sample(tiny_run, data_dir, tmp_pa
         assert len(results[key]) == 1 and results[key][0] > 0, key
     assert results["first_step_s"][0] < results["whole_sample_s"][0]
     assert "| studio: first streamed step |" in out.with_suffix(".md").read_text()
+
+
+@needs_server
+def test_a_port_in_use_is_one_line(tiny_run):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = runner.invoke(
+            app, ["studio", "--no-browser", "--port", str(port), "--artifacts-dir", str(tiny_run[0])]
+        )
+    assert result.exit_code == 1
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith(f"Error: cannot listen on 127.0.0.1:{port}") and "--port" in last, result.output

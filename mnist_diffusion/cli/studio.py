@@ -53,19 +53,19 @@ def studio(
 
     run_dir = resolve_run(run, artifacts_dir)
     engine = Studio(artifacts_dir, data_dir, setup_device(device), extra_run=run_dir)
-    engine.run(run_dir.name)  # loaded before the page asks, and a broken run is an error here
-    engine.warm_up(run_dir.name)
     try:
-        sock = bind(host, port)
-    except OSError as e:
-        raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}): pick another --port") from None
-    url = url_of(sock)
-    if host not in LOOPBACK:
-        say(f"warning: listening on {host}: anyone who can reach this machine can use the studio")
-    console.print(f"studio for run {run_dir.name} at {url} (Ctrl+C to stop)", highlight=False, markup=False)
-    if not no_browser:
-        webbrowser.open(url)
-    try:
+        engine.run(run_dir.name)  # loaded before the page asks, and a broken run is an error here
+        try:
+            sock = bind(host, port)
+        except OSError as e:
+            raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}): pick another --port") from None
+        engine.warm_up(run_dir.name)
+        url = url_of(sock)
+        if host not in LOOPBACK:
+            say(f"warning: listening on {host}: anyone who can reach this machine can use the studio")
+        console.print(f"studio for run {run_dir.name} at {url} (Ctrl+C to stop)", highlight=False, markup=False)
+        if not no_browser:
+            webbrowser.open(url)
         serve(create_app(engine, host), sock)
     finally:
         engine.close()
