@@ -99,7 +99,7 @@ class Studio:
 
     def warm_up(self, name: str, n: int = 16) -> Future:
         """A one-step sample of ``n`` digits on the worker, so that the kernels' first-call costs
-        (the CPU's convolution kernels are made for each shape they meet) are paid before a click."""
+        are paid before the first click rather than after it."""
         return self.submit(generate, self.run(name), n, SamplingConfig(steps=1))
 
     def info(self, name: str) -> dict[str, Any]:
@@ -109,14 +109,13 @@ class Studio:
         every = max(1, math.ceil(T / CURVE_POINTS))
         ts = list(range(0, T, every))
         ab = run.schedule.float64["alphas_cumprod"]
-        kinds = dataclasses.asdict(run.guidance_kinds)
         return {
             "run": name,
             "timesteps": T,
             "schedule": run.cfg.diffusion.schedule,
             "prediction": run.cfg.diffusion.prediction,
             "conditional": run.conditional,
-            "guidance": {k: v for k, v in kinds.items()},
+            "guidance": dataclasses.asdict(run.guidance_kinds),
             "curve_t": ts,
             "alpha_bar": [float(ab[t]) for t in ts],
             "log10_snr": [math.log10(max(float(ab[t] / (1 - ab[t])), 1e-30)) for t in ts],
