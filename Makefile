@@ -9,7 +9,7 @@ RUN ?=
 N ?= 10000
 N_1000 ?=
 
-.PHONY: install data train sample test lint format eval features bench bench-cpu bench-samplers bench-editing clean
+.PHONY: install data train sample test lint format eval features bench bench-cpu bench-samplers bench-editing bench-studio clean
 
 install: $(STAMP)
 
@@ -57,6 +57,9 @@ bench-samplers: data  ## FID and wall time per sampler and step count for one ru
 
 bench-editing: data  ## inpainting accuracy per mask and inversion PSNR for one run, on 1,000 test digits
 	$(BIN)/python benchmarks/bench_editing.py $(if $(RUN),--run $(RUN))
+
+bench-studio: data  ## how live the studio feels: first streamed step, whole sample, fill the rest
+	$(BIN)/python benchmarks/bench_studio.py $(if $(RUN),--run $(RUN))
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

@@ -9,7 +9,13 @@ the flag asks for, or the one-line error of a value that cannot work on this mac
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -766,3 +772,128 @@ def test_every_compare_flag_has_a_row():
 @pytest.mark.parametrize("flag", sorted(COMPARE))
 def test_compare_flag_reaches_what_it_names(flag, runs, tmp_path):
     COMPARE[flag](runs, tmp_path)
+
+
+# ----------------------------------------------------------------------------- studio
+#
+# `studio` serves until Ctrl+C, so each row starts it as a user does, in a subprocess on the three tiny runs,
+# reads the line naming the run and the address, asks its API, and stops it with Ctrl+C.
+
+
+class StudioProcess:
+    """``mnistdiff studio ARGS --artifacts-dir RUNS`` running, with its first line read, until Ctrl+C."""
+
+    def __init__(self, tmp: Path, artifacts: Path, *args: str):
+        opened = tmp / "opened"
+        browser = tmp / "browser.sh"  # what webbrowser.open runs ($BROWSER): it notes the address
+        browser.write_text(f'#!/bin/sh\necho "$1" > {opened}\n')
+        browser.chmod(0o755)
+        self.opened = opened
+        command = [sys.executable, "-m", "mnist_diffusion", "studio", *args, "--artifacts-dir", str(artifacts)]
+        env = {**os.environ, "BROWSER": str(browser), "PYTHONPATH": str(Path(__file__).parents[1])}
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        self.line = self.process.stdout.readline().strip()
+        self.url = self.line.split(" at ")[1].split()[0] if " at " in self.line else None
+
+    def get(self, path: str) -> dict:
+        with urllib.request.urlopen(self.url + path.lstrip("/"), timeout=60) as reply:
+            return json.loads(reply.read())
+
+    def stop(self) -> str:
+        """Ctrl+C; the exit status must be 0 unless the command failed. Returns what it wrote on stderr."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+        _, err = self.process.communicate(timeout=60)
+        return err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def studio_row(*args: str, check: Callable[[StudioProcess], object], want: object = True, stderr: str = ""):
+    """A row: the studio started with ``args`` (and --no-browser unless they say otherwise)."""
+
+    def row(tmp: Path, artifacts: Path) -> None:
+        s = StudioProcess(tmp, artifacts, *args)
+        try:
+            assert check(s) == want, s.line
+        finally:
+            err = s.stop()
+        assert stderr in err, err
+
+    return row
+
+
+def _port(tmp: Path, artifacts: Path) -> None:
+    port = free_port()
+    studio_row("--port", str(port), "--no-browser", check=lambda s: s.url, want=f"http://127.0.0.1:{port}/")(
+        tmp, artifacts
+    )
+
+
+def _no_browser(tmp: Path, artifacts: Path) -> None:
+    s = StudioProcess(tmp, artifacts, "--port", "0", "--no-browser")
+    s.stop()
+    assert not s.opened.exists()
+    s = StudioProcess(tmp, artifacts, "--port", "0")
+    s.get("/api/runs")  # up and answering: the browser was asked before the server started
+    s.stop()
+    assert s.opened.read_text().strip() == s.url
+
+
+def _device(tmp: Path, artifacts: Path) -> None:
+    s = StudioProcess(tmp, artifacts, "--device", "cuda", "--port", "0", "--no-browser")
+    err = s.stop()
+    assert s.process.returncode == 1 and s.url is None
+    assert err.strip().splitlines()[-1].startswith("Error:") and "CUDA" in err, err
+
+
+STUDIO: dict[str, Callable[[Path, Path], None]] = {
+    "run": studio_row(
+        "--run", "1", "--port", "0", "--no-browser", check=lambda s: s.get("/api/runs")["default"], want="00001-plain"
+    ),
+    "artifacts_dir": studio_row(
+        "--port",
+        "0",
+        "--no-browser",
+        check=lambda s: s.get("/api/runs")["runs"],
+        want=["00001-plain", "00002-guided", "00003-conditional"],
+    ),
+    "port": _port,
+    "host": studio_row(
+        "--host",
+        "127.0.0.2",
+        "--port",
+        "0",
+        "--no-browser",
+        check=lambda s: s.url.split(":")[1],
+        want="//127.0.0.2",
+        stderr="warning: listening on 127.0.0.2",
+    ),
+    "no_browser": _no_browser,
+    "data_dir": studio_row(
+        "--data-dir",
+        "/nonexistent",
+        "--port",
+        "0",
+        "--no-browser",
+        check=lambda s: s.get("/api/info?run=00003-conditional")["test_digits"],
+        want=False,
+    ),
+    "device": _device,
+}
+
+
+def test_every_studio_flag_has_a_row():
+    assert params_of("studio") == set(STUDIO)
+
+
+@pytest.mark.parametrize("flag", sorted(STUDIO))
+def test_studio_flag_reaches_what_it_names(flag, runs, tmp_path):
+    pytest.importorskip("fastapi", reason="the studio extra is not installed")
+    if flag == "device" and torch.cuda.is_available():
+        pytest.skip("checks the error of a machine without CUDA")
+    STUDIO[flag](tmp_path, runs)

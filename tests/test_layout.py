@@ -28,6 +28,7 @@ LAYERS = [
     "evaluation",
     "monitors",
     "report",
+    "studio",
     "cli",
 ]
 

@@ -1,19 +1,13 @@
-"""report.html and index.html in a real browser: headless Chromium, driven through the DevTools
-protocol over ``--remote-debugging-pipe`` with the standard library, opens each page from disk
-with the network blocked and checks that nothing was requested over the network, the console
-stayed free of errors, every image decoded, the index sorts, a phone-width page does not scroll
-sideways, and the screenshot is not blank. Skipped where Chromium is not installed."""
+"""report.html and index.html in a real browser: Playwright drives the system's Chromium, opens
+each page from disk with every request off the disk blocked and checks that nothing was requested
+over the network, the console stayed free of errors, every image decoded, the index sorts, a
+phone-width page does not scroll sideways, and the screenshot is not blank. Skipped where
+Chromium or pytest-playwright is not installed."""
 
 from __future__ import annotations
 
-import base64
 import io
-import json
-import os
-import select
 import shutil
-import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -23,128 +17,47 @@ from typer.testing import CliRunner
 
 from mnist_diffusion.cli import app
 
+pytest.importorskip("pytest_playwright", reason="needs pytest-playwright: pip install 'mnist-diffusion[dev]'")
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (Debian: apt-get install chromium)")
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--host-resolver-rules=MAP * ~NOTFOUND",
-    "--remote-debugging-pipe",
-]
-BLOCKED = ["http://*", "https://*", "ws://*", "wss://*", "ftp://*"]
-TIMEOUT = 60.0  # seconds for any one answer: a hang guard
+LOCAL = ("file://", "data:", "about:")  # what a page read from disk may ask for
 
 
-class Browser:
-    """Chromium with the DevTools protocol on fds 3 (its input) and 4 (its output): JSON messages
-    ended by a NUL byte."""
-
-    def __init__(self, profile: Path):
-        to_chrome, self.chrome_in = os.pipe()
-        self.chrome_out, from_chrome = os.pipe()
-        log = os.open(profile.parent / "chromium.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        actions = [
-            (os.POSIX_SPAWN_DUP2, to_chrome, 3),
-            (os.POSIX_SPAWN_DUP2, from_chrome, 4),
-            (os.POSIX_SPAWN_DUP2, log, 1),
-            (os.POSIX_SPAWN_DUP2, log, 2),
-        ]
-        argv = [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "about:blank"]
-        self.pid = os.posix_spawn(CHROMIUM, argv, os.environ, file_actions=actions)
-        for fd in (to_chrome, from_chrome, log):
-            os.close(fd)
-        self.buffer, self.next_id, self.events = b"", 0, []
-
-    def send(self, method: str, session: str | None = None, **params) -> dict:
-        self.next_id += 1
-        message = {"id": self.next_id, "method": method, "params": params}
-        if session:
-            message["sessionId"] = session
-        os.write(self.chrome_in, json.dumps(message).encode() + b"\0")
-        while True:
-            reply = self.receive()
-            if reply.get("id") == self.next_id:
-                assert "error" not in reply, f"{method}: {reply['error']}"
-                return reply["result"]
-            self.events.append(reply)
-
-    def receive(self) -> dict:
-        deadline = time.monotonic() + TIMEOUT
-        while b"\0" not in self.buffer:
-            ready, _, _ = select.select([self.chrome_out], [], [], max(0.0, deadline - time.monotonic()))
-            assert ready, "Chromium did not answer in time"
-            chunk = os.read(self.chrome_out, 1 << 16)
-            assert chunk, "Chromium closed the pipe"
-            self.buffer += chunk
-        message, self.buffer = self.buffer.split(b"\0", 1)
-        return json.loads(message)
-
-    def wait_for(self, method: str, session: str) -> None:
-        while not any(e.get("method") == method and e.get("sessionId") == session for e in self.events):
-            self.events.append(self.receive())
-
-    def close(self) -> None:
-        os.kill(self.pid, signal.SIGTERM)
-        os.waitpid(self.pid, 0)
-        os.close(self.chrome_in)
-        os.close(self.chrome_out)
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    """pytest-playwright's browser, started from the system's Chromium (no browser download)."""
+    return {**browser_type_launch_args, "executable_path": CHROMIUM}
 
 
 class Page:
     """One tab opened on ``path`` at ``width`` pixels, with what it requested and logged."""
 
-    def __init__(self, browser: Browser, path: Path, width: int = 1280):
-        self.browser = browser
-        target = browser.send("Target.createTarget", url="about:blank")["targetId"]
-        self.session = browser.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
-        for domain in ("Page", "Runtime", "Network", "Log"):
-            browser.send(f"{domain}.enable", self.session)
-        browser.send("Network.setBlockedURLs", self.session, urls=BLOCKED)
-        browser.send(
-            "Emulation.setDeviceMetricsOverride",
-            self.session,
-            width=width,
-            height=900,
-            deviceScaleFactor=1,
-            mobile=width < 600,
-        )
-        browser.send("Page.navigate", self.session, url=path.resolve().as_uri())
-        browser.wait_for("Page.loadEventFired", self.session)
+    def __init__(self, browser, path: Path, width: int = 1280):
+        self.context = browser.new_context(viewport={"width": width, "height": 900}, is_mobile=width < 600)
+        self.page = self.context.new_page()
+        self.requested, self.logged = [], []
+
+        def route(r):
+            self.requested.append(r.request.url)
+            r.continue_() if r.request.url.startswith(LOCAL) else r.abort()
+
+        self.page.route("**/*", route)
+        self.page.on("console", lambda m: self.logged.append(m.text) if m.type in ("error", "assert") else None)
+        self.page.on("pageerror", lambda e: self.logged.append(str(e)))
+        self.page.goto(path.resolve().as_uri())
 
     def run(self, expression: str):
-        reply = self.browser.send(
-            "Runtime.evaluate", self.session, expression=expression, awaitPromise=True, returnByValue=True
-        )
-        assert "exceptionDetails" not in reply, reply["exceptionDetails"]
-        return reply["result"].get("value")
-
-    def events(self, method: str) -> list[dict]:
-        return [
-            e["params"] for e in self.browser.events if e.get("method") == method and e.get("sessionId") == self.session
-        ]
+        return self.page.evaluate(expression)
 
     def requests(self) -> list[str]:
-        return [e["request"]["url"] for e in self.events("Network.requestWillBeSent")]
+        return list(self.requested)
 
     def errors(self) -> list[str]:
-        console = [
-            json.dumps(e["args"])[:300]
-            for e in self.events("Runtime.consoleAPICalled")
-            if e["type"] in ("error", "assert")
-        ]
-        thrown = [e["exceptionDetails"].get("text", "?") for e in self.events("Runtime.exceptionThrown")]
-        logged = [e["entry"]["text"] for e in self.events("Log.entryAdded") if e["entry"]["level"] == "error"]
-        return console + thrown + logged
+        return list(self.logged)
 
     def screenshot(self) -> Image.Image:
-        data = self.browser.send("Page.captureScreenshot", self.session, format="png")["data"]
-        return Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
+        return Image.open(io.BytesIO(self.page.screenshot())).convert("RGB")
 
 
 runner = CliRunner()
@@ -185,13 +98,6 @@ def pages(tmp_path_factory, tiny_run, data_dir) -> Path:
         result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output
     return artifacts
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    chrome = Browser(tmp_path_factory.mktemp("chromium") / "profile")
-    yield chrome
-    chrome.close()
 
 
 def assert_offline_clean_and_drawn(page: Page, images: int) -> None:

@@ -2,7 +2,7 @@
 importable function each. :data:`app` is the console script's entry point."""
 
 # isort: off
-from . import train, sample, edit, evaluate, compare, report, tools  # noqa: F401  (each registers its commands, in this order)
+from . import train, sample, edit, evaluate, compare, report, tools, studio  # noqa: F401  (each registers its commands, in this order)
 from .app import app
 
 # isort: on
