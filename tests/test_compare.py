@@ -5,18 +5,22 @@ config; every eval.json is written by hand in the shape `eval` writes (docs/COMP
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import TINY_FLAGS
 from typer.testing import CliRunner
 
 from mnist_diffusion.cli import app
-from mnist_diffusion.report.compare import compare_runs, difference, estimates, pooled, replicate_groups
+from mnist_diffusion.evaluation.uncertainty import difference, pooled
+from mnist_diffusion.report.compare import compare_runs, estimates, replicate_groups
 from mnist_diffusion.report.compare_html import compare_page
+from mnist_diffusion.runtime import describe_machine
 
 runner = CliRunner()
 Z = 1.959963984540054  # the 97.5% quantile of the standard normal
@@ -105,6 +109,13 @@ def test_pooled_replicates_count_the_spread_between_seeds():
     assert p["se"] == pytest.approx(0.02 / math.sqrt(3))  # the seeds spread far more than the sampling
     agree = pooled([0.30, 0.30], [0.01, 0.01])  # two runs that happen to agree: the sampling noise stays
     assert agree["se"] == pytest.approx(0.01 / math.sqrt(2))
+
+
+def test_each_run_names_the_machine_it_was_trained_on(trained, tmp_path):
+    line = describe_machine(torch.device("cpu")).line()  # as `train` prints it
+    assert [r["machine"] for r in as_json("a", "b", artifacts=trained)["runs"]] == [line, line]
+    compare("a", "b", "--html", str(tmp_path / "c.html"), artifacts=trained)
+    assert html.escape(line) in (tmp_path / "c.html").read_text()
 
 
 def test_replicates_are_the_configs_that_differ_only_in_the_seed():

@@ -17,22 +17,20 @@ prints; see docs/COMPARE.md).
 from __future__ import annotations
 
 import json
-import math
 import os
 import string
 from pathlib import Path
-from statistics import NormalDist, fmean, variance
 from typing import Any
 
 from ..config import DEFAULT_ARTIFACTS_DIR, RunConfig
 from ..errors import UserError
 from ..evaluation.scoring import EVAL_FILE
+from ..evaluation.uncertainty import LEVEL, difference, normal_interval, pooled, t_quantile
 from ..io import JSON_MAX_BYTES, NotReadable, read_bounded
 from ..runs.store import load_config, resolve_run
+from ..runtime import Machine
 from .charts import number
 from .reader import RunFiles
-
-LEVEL = 0.95  # the level of every interval compare computes
 
 # (key, label, higher is better): every metric compare reads, in the order it shows them
 METRICS: list[tuple[str, str, bool]] = [
@@ -52,28 +50,6 @@ METRICS: list[tuple[str, str, bool]] = [
 HIGHER_IS_BETTER = {key: higher for key, _, higher in METRICS}
 LABELS = {key: label for key, label, _ in METRICS}
 SEED_FIELD = "train.seed"  # the one field replicates may differ in
-
-
-def difference(a: dict[str, Any], b: dict[str, Any], level: float = LEVEL) -> dict[str, float]:
-    """B minus A for two independent estimates ``{"value", "se"}``, with its standard error and
-    ``level`` interval by the normal approximation: diff +- z * sqrt(se_a^2 + se_b^2)."""
-    diff = b["value"] - a["value"]
-    se = math.hypot(a["se"], b["se"])
-    z = NormalDist().inv_cdf(0.5 + level / 2)
-    return {"diff": diff, "se": se, "low": diff - z * se, "high": diff + z * se}
-
-
-def pooled(values: list[float], ses: list[float]) -> dict[str, float]:
-    """Replicates (runs that differ only in their training seed) as one estimate: the mean of the
-    runs' values, and a standard error that counts the spread between seeds: the variance between
-    runs over their number, or, when that is smaller (few runs agree by chance), the mean
-    within-run se^2 over their number. One run is its own value and se."""
-    k = len(values)
-    if k == 1:
-        return {"value": values[0], "se": ses[0], "between_seed_sd": 0.0}
-    between = variance(values)
-    within = fmean(s * s for s in ses) if ses else 0.0
-    return {"value": fmean(values), "se": math.sqrt(max(between, within) / k), "between_seed_sd": math.sqrt(between)}
 
 
 def resolve_runs(runs: list[str], artifacts_dir: str | os.PathLike = DEFAULT_ARTIFACTS_DIR) -> list[Path]:
@@ -198,8 +174,7 @@ def estimates(ev: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     nll = ev.get("nll")
     if isinstance(nll, dict) and number(nll.get("bpd")) is not None:
         se = number(nll.get("bpd_stderr"))
-        z = NormalDist().inv_cdf(0.5 + LEVEL / 2)
-        bounds = {"se": se, "low": nll["bpd"] - z * se, "high": nll["bpd"] + z * se} if se is not None else None
+        bounds = normal_interval(nll["bpd"], se) if se is not None else None
         found["nll_bpd"] = _estimate(number(nll["bpd"]), bounds)
     return found
 
@@ -241,15 +216,16 @@ def run_record(run: RunFiles, group: str) -> dict[str, Any]:
 
 
 def machine_text(machine: Any) -> str | None:
-    """run.json's ``machine`` (runtime.Machine.to_dict, or a line of text) in words, or None."""
+    """run.json's ``machine`` (:meth:`Machine.to_dict`, or a line of text) in the words `train` and
+    the benchmarks use, or None where it is missing or not this version's record."""
     if isinstance(machine, str):
         return machine
     if not isinstance(machine, dict):
         return None
-    cpu = machine.get("cpu") or "?"
-    units = ", ".join(machine.get("vector_units") or []) or "no AVX"
-    line = f"{cpu} ({machine.get('cores', '?')} cores; {units})"
-    return f"{machine['gpu']}; CPU {line}" if machine.get("gpu") else line
+    try:
+        return Machine(**{**machine, "vector_units": tuple(machine.get("vector_units") or ())}).line()
+    except TypeError:  # fields this version's Machine does not have, or lacks
+        return None
 
 
 def compare_runs(runs: list[str], artifacts_dir: str | os.PathLike = DEFAULT_ARTIFACTS_DIR) -> dict[str, Any]:
@@ -291,9 +267,9 @@ def _group(name: str, members: list[dict[str, Any]]) -> dict[str, Any]:
             metrics[key] = {**have[0], "between_seed_sd": None, "runs": 1}
         elif have:  # where a run recorded no interval, the spread between the runs is the whole of it
             pool = pooled([e["value"] for e in have], [0.0 if e["se"] is None else e["se"] for e in have])
-            z = NormalDist().inv_cdf(0.5 + LEVEL / 2)
+            q = t_quantile(LEVEL, len(have) - 1)  # few runs: Student's t, not the normal quantile
             value, se = pool["value"], pool["se"]
-            interval = {"low": value - z * se, "high": value + z * se}
+            interval = {"low": value - q * se, "high": value + q * se}
             metrics[key] = {"value": value, "se": se, **interval, "between_seed_sd": pool["between_seed_sd"]}
             # the runs' values: a difference of two groups counts their few degrees of freedom (Welch)
             metrics[key].update(runs=len(have), values=[e["value"] for e in have])

@@ -99,10 +99,11 @@ def resolve_run(run: str | None, artifacts_dir: str | os.PathLike = DEFAULT_ARTI
     raise UserError(f"unknown run {shown!r}: no such folder, and no run of that name in {root} (see `mnistdiff runs`)")
 
 
-def save_run_info(run_dir: Path, parent: dict[str, Any] | None = None) -> None:
-    """``run.json``: how the run was made: the command line, when, the package and torch versions,
-    and for a run that continues another (``train --resume`` with a longer budget) its parent's
-    name and the step it started from."""
+def save_run_info(run_dir: Path, parent: dict[str, Any] | None = None, machine: dict[str, Any] | None = None) -> None:
+    """``run.json``: how the run was made: the command line, when, on which machine
+    (:meth:`~mnist_diffusion.runtime.Machine.to_dict`), the package and torch versions, and for a
+    run that continues another (``train --resume`` with a longer budget) its parent's name and the
+    step it started from."""
     argv = [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv and sys.argv[0] else []
     atomic_write_json(
         run_dir / RUN_INFO,
@@ -110,6 +111,7 @@ def save_run_info(run_dir: Path, parent: dict[str, Any] | None = None) -> None:
             "command": " ".join(argv),
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "parent": parent,
+            "machine": machine,
             "mnist_diffusion_version": __version__,
             "torch_version": torch.__version__,
         },

@@ -41,6 +41,7 @@ from ..runs.store import (
 )
 from ..runtime import (
     broadcast_object,
+    describe_machine,
     init_distributed,
     matmul_rate,
     setup_device,
@@ -149,7 +150,14 @@ class Trainer:
         self._resumed = resume.run_dir if resume is not None else None
         self._unpublished = resume is None or resume.action != "continue"  # on every rank, till _publish
         self.folder = (
-            open_run_folder(artifacts_dir, run_name, self.cfg, resume, clusters=clusters)
+            open_run_folder(
+                artifacts_dir,
+                run_name,
+                self.cfg,
+                resume,
+                clusters=clusters,
+                machine=describe_machine(self.device).to_dict(),
+            )
             if (self.info.is_main)
             else None
         )
