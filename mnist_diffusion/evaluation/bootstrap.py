@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from . import metrics
-from .uncertainty import BOOTSTRAP_RESAMPLES, LEVEL, normal_interval
+from .uncertainty import BOOTSTRAP_RESAMPLES, INTERVAL_METRICS, LEVEL, normal_interval
 
 KID_PARTNERS = 1000  # samples and reference images each sample's KID term h(y) is averaged over
 
@@ -81,17 +81,7 @@ def bootstrap_intervals(
     return out
 
 
-_RESAMPLED = (
-    "fid",
-    "precision",
-    "recall",
-    "density",
-    "coverage",
-    "inception_score",
-    "mean_confidence",
-    "confident_share",
-    "label_accuracy",
-)
+_RESAMPLED = tuple(key for key in INTERVAL_METRICS if key != "kid_mean")  # KID: its subsets give its se
 
 
 def _sd(values: list[float]) -> float:

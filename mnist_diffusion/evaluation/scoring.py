@@ -47,25 +47,13 @@ from .reference import (
     real_reference,
     score,
 )
-from .uncertainty import BOOTSTRAP_RESAMPLES, LEVEL, over_repeats
+from .uncertainty import BOOTSTRAP_RESAMPLES, INTERVAL_METRICS, LEVEL, over_repeats
 
 __all__ = ["EVAL_FILE", "MIN_SAMPLES", "RealData", "evaluate_images", "evaluate_run", "feature_net", "fid_of"]
 __all__ += ["real_reference", "repeat_seed"]
 
 EVAL_FILE = "eval.json"
 REPEAT_STRIDE = 1_000_003  # repeat r samples with seed + r * REPEAT_STRIDE: far from the seeds users step through
-INTERVAL_METRICS = (  # the metrics that carry an interval, in the table's order
-    "fid",
-    "kid_mean",
-    "precision",
-    "recall",
-    "density",
-    "coverage",
-    "inception_score",
-    "mean_confidence",
-    "confident_share",
-    "label_accuracy",
-)
 
 
 def repeat_seed(seed: int, repeat: int) -> int:

@@ -26,6 +26,18 @@ from statistics import NormalDist
 import numpy as np
 
 LEVEL = 0.95  # the confidence level of every interval
+INTERVAL_METRICS = (  # the metrics of eval that carry an interval, in the table's order
+    "fid",
+    "kid_mean",
+    "precision",
+    "recall",
+    "density",
+    "coverage",
+    "inception_score",
+    "mean_confidence",
+    "confident_share",
+    "label_accuracy",
+)
 BOOTSTRAP_RESAMPLES = 100  # B of `eval`: its cost stays within about a fifth of the metrics'
 
 

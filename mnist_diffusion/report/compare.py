@@ -25,27 +25,19 @@ from typing import Any
 from ..config import DEFAULT_ARTIFACTS_DIR, RunConfig
 from ..errors import UserError
 from ..evaluation.scoring import EVAL_FILE
-from ..evaluation.uncertainty import LEVEL, difference, normal_interval, pooled, t_quantile
+from ..evaluation.uncertainty import INTERVAL_METRICS, LEVEL, difference, normal_interval, pooled, t_quantile
 from ..io import JSON_MAX_BYTES, NotReadable, read_bounded
 from ..runs.store import load_config, resolve_run
 from ..runtime import Machine
 from .charts import number
 from .reader import RunFiles
 
+LOWER_IS_BETTER = ("fid", "kid_mean", "nll_bpd")
+SHORT_LABELS = {"fid": "FID", "kid_mean": "KID", "cas": "CAS", "nll_bpd": "NLL bits/dim"}  # else the key in words
 # (key, label, higher is better): every metric compare reads, in the order it shows them
 METRICS: list[tuple[str, str, bool]] = [
-    ("fid", "FID", False),
-    ("kid_mean", "KID", False),
-    ("precision", "precision", True),
-    ("recall", "recall", True),
-    ("density", "density", True),
-    ("coverage", "coverage", True),
-    ("inception_score", "inception score", True),
-    ("mean_confidence", "mean confidence", True),
-    ("confident_share", "confident share", True),
-    ("label_accuracy", "label accuracy", True),
-    ("cas", "CAS", True),
-    ("nll_bpd", "NLL bits/dim", False),
+    (key, SHORT_LABELS.get(key, key.replace("_", " ")), key not in LOWER_IS_BETTER)
+    for key in (*INTERVAL_METRICS, "cas", "nll_bpd")
 ]
 HIGHER_IS_BETTER = {key: higher for key, _, higher in METRICS}
 LABELS = {key: label for key, label, _ in METRICS}
