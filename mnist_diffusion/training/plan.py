@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
@@ -27,6 +27,7 @@ from ..runs.store import (
     save_config,
     save_run_info,
 )
+from ..runtime import describe_machine
 
 LOG_EVERY = 50  # optimizer steps between metrics.jsonl lines (and loss read-backs on a GPU)
 CHECKPOINT_EVERY = 500  # optimizer steps between checkpoints, besides every epoch's end
@@ -155,7 +156,7 @@ def open_run_folder(
     resume: ResumePlan | None,
     *,
     clusters: torch.Tensor | None,
-    machine: dict[str, Any] | None = None,
+    device: torch.device | None = None,
 ) -> RunFolder:
     """The :class:`RunFolder` a training writes (rank 0 alone calls this):
 
@@ -164,7 +165,7 @@ def open_run_folder(
     - anything else is a new run folder (named ``run_name``, else the parent's or the preset's
       name), hidden until published, holding its config, run.json and ``clusters``; a child run
       (``extend``) also gets its parent's guide and its metrics up to the step it starts from,
-      and run.json names the parent; run.json records ``machine``, the machine it is trained on.
+      and run.json names the parent; run.json records the machine behind ``device``, which trains it.
     """
     if resume is not None and resume.action == "continue":
         for junk in resume.run_dir.glob(".*.tmp"):  # left by a process killed inside a write
@@ -183,7 +184,7 @@ def open_run_folder(
             if (resume.run_dir / GUIDE).is_file():
                 copy_file(resume.run_dir / GUIDE, new.path / GUIDE)
             keep_metrics_until(new.path, resume.step, source=resume.run_dir)
-        save_run_info(new.path, parent, machine)
+        save_run_info(new.path, parent, describe_machine(device).to_dict() if device is not None else None)
         fsync_dir(new.path)
     except BaseException:
         new.discard()

@@ -41,7 +41,6 @@ from ..runs.store import (
 )
 from ..runtime import (
     broadcast_object,
-    describe_machine,
     init_distributed,
     matmul_rate,
     setup_device,
@@ -150,14 +149,7 @@ class Trainer:
         self._resumed = resume.run_dir if resume is not None else None
         self._unpublished = resume is None or resume.action != "continue"  # on every rank, till _publish
         self.folder = (
-            open_run_folder(
-                artifacts_dir,
-                run_name,
-                self.cfg,
-                resume,
-                clusters=clusters,
-                machine=describe_machine(self.device).to_dict(),
-            )
+            open_run_folder(artifacts_dir, run_name, self.cfg, resume, clusters=clusters, device=self.device)
             if (self.info.is_main)
             else None
         )
