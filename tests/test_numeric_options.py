@@ -1,5 +1,5 @@
 """Every number a command takes, fuzzed: whatever value an int or float option of train, sample,
-eval, inpaint, interpolate, invert or visualize-forward is given (huge, negative, zero, inf, nan,
+eval, inpaint, interpolate, invert, visualize-forward or studio is given (huge, negative, zero, inf, nan,
 2^64, ...), the command ends in success or in one ``Error:`` line (or Typer's own range message),
 never in a traceback, a kill or a hang, with no more than a few GiB of address space.
 
@@ -40,7 +40,7 @@ pytestmark = pytest.mark.skipif(
     not (hasattr(os, "fork") and Path("/proc/self/statm").exists()), reason="needs fork and /proc (Linux)"
 )
 
-COMMANDS = ("train", "sample", "eval", "inpaint", "interpolate", "invert", "visualize-forward")
+COMMANDS = ("train", "sample", "eval", "inpaint", "interpolate", "invert", "visualize-forward", "studio")
 EXTRA_ADDRESS_SPACE = 3 * 2**30  # what a case may map beyond the interpreter with torch loaded
 CASE_SECONDS = 60  # a case still running after this is a hang
 
@@ -65,6 +65,10 @@ import mnist_diffusion.pictures.forward  # noqa: F401
 import mnist_diffusion.report.run_report  # noqa: F401
 import mnist_diffusion.sampling.edit_outputs  # noqa: F401
 import mnist_diffusion.training.trainer  # noqa: F401
+try:
+    import mnist_diffusion.studio.server  # noqa: F401  (where the studio extra is installed)
+except ImportError:
+    pass
 from mnist_diffusion.config import DEFAULT
 from mnist_diffusion.runtime import matmul_rate
 from mnist_diffusion.training.speed import step_flops_per_image
@@ -211,6 +215,8 @@ def cases(tiny_run, data_dir, tmp_path_factory):
         "interpolate": {"--frames": "2", "--steps": "2", "-o": out, **where},
         "invert": {"--test-index": "0", "--steps": "2", "-o": out, **where, **data},
         "visualize-forward": {"--digits": "2", "--columns": "2", "--timesteps": "50", "-o": out, **data},
+        # A port the studio could listen on would serve until Ctrl+C: on no host, every port ends in one line.
+        "studio": {"--host": "256.0.0.1", "--no-browser": None, **where},
     }
     needs = {
         "--strength": {"--init": str(folder / "drawing.png")},

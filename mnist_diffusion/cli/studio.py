@@ -58,7 +58,9 @@ def studio(
         try:
             sock = bind(host, port)
         except OSError as e:
-            raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}): pick another --port") from None
+            raise UserError(
+                f"cannot listen on {host}:{port} ({e.strerror or e}): pick another --port or --host"
+            ) from None
         engine.warm_up(run_dir.name)
         url = url_of(sock)
         if host not in LOOPBACK:
