@@ -1,61 +1,37 @@
 """Screenshots of a run's report.html and of artifacts/index.html as a reader sees them, at desktop
-and at phone width, through headless Chromium (Debian: apt-get install chromium), for docs/.
+and at phone width, through Playwright and the system's Chromium (Debian: apt-get install chromium;
+pip install playwright), for docs/.
 
     python benchmarks/screenshots.py --run 3 --out docs
 
-Each page is drawn in a window taller than the page, then cropped below its last drawn row, so
-the picture is the whole page. The network is blocked, as for the browser test.
+Each picture is the whole page. Every request but the page's own file is blocked, as in the browser
+tests: what the picture shows came from the file alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
-from PIL import Image, ImageChops
+from PIL import Image
 
 from mnist_diffusion.config import DEFAULT_ARTIFACTS_DIR
 from mnist_diffusion.errors import UserError
 from mnist_diffusion.runs.store import resolve_run
 
 WIDTHS = {"desktop": 1280, "phone": 390}
-TALL = 16000  # pixels: taller than any report, so one shot holds the whole page
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--hide-scrollbars",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--host-resolver-rules=MAP * ~NOTFOUND",
-]
 
 
-def shoot(chromium: str, page: Path, width: int, out: Path) -> None:
-    """``page`` drawn ``width`` pixels wide into ``out`` (PNG), cropped to what the page drew."""
-    with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp) / "raw.png"
-        subprocess.run(
-            [
-                chromium,
-                *FLAGS,
-                f"--user-data-dir={tmp}/profile",
-                f"--window-size={width},{TALL}",
-                f"--screenshot={raw}",
-                page.resolve().as_uri(),
-            ],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-        image = Image.open(raw).convert("RGB")
-    background = Image.new("RGB", image.size, image.getpixel((image.width - 1, image.height - 1)))
-    box = ImageChops.difference(image, background).getbbox()
-    bottom = min(image.height, (box[3] if box else image.height) + 24)
-    image.crop((0, 0, width, bottom)).quantize(256).save(out, optimize=True)  # a palette: a third of the bytes
+def shoot(browser, page: Path, width: int, out: Path) -> None:
+    """``page`` drawn ``width`` CSS pixels wide, the whole of it, into ``out`` (PNG, a palette)."""
+    uri = page.resolve().as_uri()
+    tab = browser.new_page(viewport={"width": width, "height": 800})
+    tab.route("**/*", lambda route: route.continue_() if route.request.url == uri else route.abort())
+    tab.goto(uri, wait_until="load")
+    tab.screenshot(path=str(out), full_page=True)
+    tab.close()
+    Image.open(out).convert("RGB").quantize(256).save(out, optimize=True)  # a palette: a third of the bytes
 
 
 def main() -> None:
@@ -73,17 +49,25 @@ def main() -> None:
     if chromium is None:
         raise SystemExit("Error: needs Chromium (Debian: apt-get install chromium)")
     try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        raise SystemExit("Error: needs Playwright: pip install playwright") from None
+    try:
         run_dir = resolve_run(args.run, args.artifacts_dir)
     except UserError as e:
         raise SystemExit(f"Error: {e}") from None
     pages = {"report": run_dir / "report.html", "index": args.artifacts_dir / "index.html"}
-    for name, page in pages.items():
+    for page in pages.values():
         if not page.is_file():
             raise SystemExit(f"Error: {page} does not exist (mnistdiff report / mnistdiff runs --html write it)")
-        for label, width in WIDTHS.items():
-            out = args.out / f"{name}-{label}.png"
-            shoot(chromium, page, width, out)
-            print(out)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium)
+        for name, page in pages.items():
+            for label, width in WIDTHS.items():
+                out = args.out / f"{name}-{label}.png"
+                shoot(browser, page, width, out)
+                print(out)
+        browser.close()
 
 
 if __name__ == "__main__":
