@@ -27,6 +27,7 @@ import numpy as np
 
 LEVEL = 0.95  # the confidence level of every interval
 BOOTSTRAP_RESAMPLES = 100  # B of `eval`: its cost stays within about a fifth of the metrics'
+MAX_RESAMPLES, MAX_REPEATS = 10_000, 100  # the most `eval --bootstrap` and `--repeats` take
 
 
 def z_quantile(level: float = LEVEL) -> float:
