@@ -250,7 +250,7 @@ def test_eval_bootstrap_through_the_cli(tiny_copy, data_dir):
     assert (u["method"], u["repeats"], u["bootstrap"]) == ("bootstrap", 1, 20) and set(u["real"]) == WITH_INTERVALS
     assert "--cas needs a class-conditional run" in _cli_eval(tiny_copy, data_dir, "--cas").output
     assert (
-        "--bootstrap takes 0 (no intervals) or at least 2" in _cli_eval(tiny_copy, data_dir, "--bootstrap", "1").output
+        "--bootstrap takes 0 (no intervals) or 2 to 10,000" in _cli_eval(tiny_copy, data_dir, "--bootstrap", "1").output
     )
     not_with_files = _cli_eval(tiny_copy, data_dir, "--samples", str(tiny_copy / "none.npy"), "--repeats", "2")
     assert not_with_files.exit_code != 0 and "not with --samples" in not_with_files.output

@@ -10,7 +10,7 @@ import typer
 
 from ..config import SAMPLE_DEFAULTS
 from ..errors import UserError
-from ..evaluation.uncertainty import BOOTSTRAP_RESAMPLES
+from ..evaluation.uncertainty import BOOTSTRAP_RESAMPLES, MAX_REPEATS, MAX_RESAMPLES
 from .app import console, say
 from .options import RunChoice, SamplingRequest, num_samples, run_command
 
@@ -32,12 +32,18 @@ def eval_command(
     repeats: Annotated[
         int,
         typer.Option(
-            min=1, help="Independent sample sets to draw (seeds derived from --seed); K > 1: a t-interval over them."
+            min=1,
+            max=MAX_REPEATS,
+            help="Independent sample sets to draw (seeds derived from --seed); K > 1: a t-interval over them.",
         ),
     ] = 1,
     bootstrap: Annotated[
         int,
-        typer.Option(min=0, help="Bootstrap resamples of the samples for the intervals when --repeats is 1 (0: none)."),
+        typer.Option(
+            min=0,
+            max=MAX_RESAMPLES,
+            help="Bootstrap resamples of the samples for the intervals when --repeats is 1 (0: none).",
+        ),
     ] = BOOTSTRAP_RESAMPLES,
     cas: Annotated[
         bool,

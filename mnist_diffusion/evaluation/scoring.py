@@ -47,7 +47,7 @@ from .reference import (
     real_reference,
     score,
 )
-from .uncertainty import BOOTSTRAP_RESAMPLES, INTERVAL_METRICS, LEVEL, over_repeats
+from .uncertainty import BOOTSTRAP_RESAMPLES, INTERVAL_METRICS, LEVEL, MAX_REPEATS, MAX_RESAMPLES, over_repeats
 
 __all__ = ["EVAL_FILE", "MIN_SAMPLES", "RealData", "evaluate_images", "evaluate_run", "feature_net", "fid_of"]
 __all__ += ["real_reference", "repeat_seed"]
@@ -142,8 +142,8 @@ def evaluate_images(
 
 def check_bootstrap(resamples: int) -> None:
     """A one-line UserError unless ``resamples`` is 0 (no bootstrap) or at least 2."""
-    if resamples < 0 or resamples == 1:
-        raise UserError(f"--bootstrap takes 0 (no intervals) or at least 2 resamples, got {resamples}")
+    if resamples < 0 or resamples == 1 or resamples > MAX_RESAMPLES:
+        raise UserError(f"--bootstrap takes 0 (no intervals) or 2 to {MAX_RESAMPLES:,} resamples, got {resamples}")
 
 
 def _uncertainty(method: str, repeats: int, bootstrap: int | None, model: dict, real: dict | None) -> dict[str, Any]:
@@ -219,8 +219,9 @@ def evaluate_run(
     count_for(n_samples, "-n")
     if nll_images < 0:
         raise UserError(f"the NLL needs a positive number of test images, got {nll_images}")
-    if repeats < 1:
-        raise UserError(f"--repeats must be at least 1, got {repeats}")
+    if not 1 <= repeats <= MAX_REPEATS:
+        raise UserError(f"--repeats must be from 1 to {MAX_REPEATS}, got {repeats}")
+    count_for(n_samples * repeats, "-n x --repeats")  # every set is held until all are scored
     check_bootstrap(bootstrap)
     run_dir = Path(run_dir)
     device = torch.device(device)

@@ -39,6 +39,7 @@ INTERVAL_METRICS = (  # the metrics of eval that carry an interval, in the table
     "label_accuracy",
 )
 BOOTSTRAP_RESAMPLES = 100  # B of `eval`: its cost stays within about a fifth of the metrics'
+MAX_RESAMPLES, MAX_REPEATS = 10_000, 100  # the most `eval --bootstrap` and `--repeats` take
 
 
 def z_quantile(level: float = LEVEL) -> float:
