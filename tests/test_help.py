@@ -32,7 +32,7 @@ from mnist_diffusion.config import SamplerName
 from mnist_diffusion.io import save_tensors
 from mnist_diffusion.pictures.grids import picture_text
 from mnist_diffusion.pictures.inputs import parse_mask
-from mnist_diffusion.runs.store import load_config, weights_metadata
+from mnist_diffusion.runs.store import load_config, resolve_run, weights_metadata
 from mnist_diffusion.runtime import COMPILE_MIN_STEPS, compile_by_default
 from mnist_diffusion.sampling.outputs import END_GRID, END_GRID_CONDITIONAL
 from mnist_diffusion.seeds import derive_seed
@@ -293,6 +293,7 @@ TRUTH: dict[str, dict[str, Callable[[Used], str]]] = {
         "--steps": lambda u: ",".join(map(str, u.sampling("invert")["steps"])),  # guided's T is 100: all of them
     },
     "report": {"--run": _report_run},
+    "studio": {"--run": lambda u: "the latest run" if resolve_run(None, u.artifacts) == u.run_dir("guided") else "?"},
     "train": {
         "--preset": lambda u: load_config(u.run_dir("plain")).preset,
         "--run-name": _run_name,
