@@ -20,9 +20,8 @@ mkdir -p "$OUT"
 md sample --run "$RUN" -n 64 --seed 0 -o "$OUT/default-samples.png"
 # Per row the original, the masked input (hole in grey), six completions.
 md inpaint --run "$RUN" --test-index 0,1,2,3,4,7 --mask top -n 6 --seed 0 -o "$OUT/inpaint.png"
-# A walk between two real digits (inverted first), as a strip and as a GIF.
+# A walk between two real digits (inverted first).
 md interpolate --run "$RUN" --test-index 3,8 --frames 10 --seed 0 -o "$OUT/interpolate.png"
-md interpolate --run "$RUN" --test-index 3,8 --frames 24 --seed 0 --scale 4 -o "$OUT/interpolate.gif"
 # SDEdit: a rough 7 drawn with Pillow, noised to t = 0.6 T and denoised into eight digits; the picture
 # shows the scribble (28x28, as the model sees it) on the left of the eight.
 "$PY" - "$OUT" <<'PY'
