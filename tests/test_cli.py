@@ -383,7 +383,8 @@ def test_eval_writes_eval_json_and_runs_shows_fid(trained, data_dir, tmp_path):
     assert report["sampling"]["steps"] == 3 and report["sampling"]["spacing"] == 0.4
     assert "eval.json" in json.loads((run / "manifest.json").read_text())["files"]
     listing = runner.invoke(app, ["runs", "--artifacts-dir", str(tmp_path / "artifacts")], terminal_width=200)
-    assert f"{report['model']['fid']:.2f} @ 20" in listing.output
+    fid = report["uncertainty"]["model"]["fid"]  # runs shows the FID +- half its 95% interval, at its N
+    assert f"{report['model']['fid']:.3f}+-{(fid['high'] - fid['low']) / 2:.3f} @ 20" in listing.output
 
 
 def test_eval_scores_outside_samples_as_json(trained, data_dir, tmp_path):
