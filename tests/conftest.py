@@ -79,6 +79,22 @@ def tiny_run(tmp_path_factory, data_dir) -> tuple[Path, Path]:
     return artifacts, run_dir
 
 
+@pytest.fixture(scope="session")
+def run_pair(tmp_path_factory, data_dir) -> Path:
+    """An artifacts folder of two tiny runs trained through the CLI for 2 steps that differ in one
+    flag: 00000-a and 00001-b (--lr 0.001), for `compare`. Shared: read it, or copy it first."""
+    from typer.testing import CliRunner
+
+    from mnist_diffusion.cli import app
+
+    artifacts = tmp_path_factory.mktemp("run-pair")
+    for name, extra in (("a", []), ("b", ["--lr", "0.001"])):
+        args = ["train", *TINY_FLAGS, "--max-steps", "2", "--run-name", name, *extra]
+        result = CliRunner().invoke(app, [*args, "--data-dir", str(data_dir), "--artifacts-dir", str(artifacts)])
+        assert result.exit_code == 0, result.output
+    return artifacts
+
+
 FIXTURE = Path(__file__).parent / "fixtures" / "mnist_small.npz"
 
 

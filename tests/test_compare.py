@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_FLAGS
 from typer.testing import CliRunner
 
 from mnist_diffusion.cli import app
@@ -27,14 +26,9 @@ Z = 1.959963984540054  # the 97.5% quantile of the standard normal
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, data_dir) -> Path:
-    """An artifacts folder of two tiny runs trained for 2 steps: 00000-a and 00001-b (--lr 0.001)."""
-    artifacts = tmp_path_factory.mktemp("compare")
-    for name, extra in (("a", []), ("b", ["--lr", "0.001"])):
-        args = ["train", *TINY_FLAGS, "--max-steps", "2", "--run-name", name, *extra]
-        result = runner.invoke(app, [*args, "--data-dir", str(data_dir), "--artifacts-dir", str(artifacts)])
-        assert result.exit_code == 0, result.output
-    return artifacts
+def trained(run_pair) -> Path:
+    """Two tiny runs trained for 2 steps: 00000-a and 00001-b (--lr 0.001); read only."""
+    return run_pair
 
 
 @pytest.fixture

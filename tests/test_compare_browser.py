@@ -10,7 +10,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import TINY_FLAGS
 from typer.testing import CliRunner
 
 from mnist_diffusion.cli import app
@@ -22,13 +21,10 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def page_file(tmp_path_factory, data_dir) -> Path:
+def page_file(tmp_path_factory, run_pair) -> Path:
     """compare.html of two tiny runs (--lr differs), the first with an eval.json holding intervals."""
-    artifacts = tmp_path_factory.mktemp("compare-browser")
-    for name, extra in (("a", []), ("b", ["--lr", "0.001"])):
-        args = ["train", *TINY_FLAGS, "--max-steps", "2", "--run-name", name, *extra]
-        result = runner.invoke(app, [*args, "--data-dir", str(data_dir), "--artifacts-dir", str(artifacts)])
-        assert result.exit_code == 0, result.output
+    artifacts = tmp_path_factory.mktemp("compare-browser") / "artifacts"
+    shutil.copytree(run_pair, artifacts)
     fid = {"se": 0.004, "low": 0.295, "high": 0.311, "values": None}
     evaluation = {"model": {"fid": 0.303}, "n": 1000, "uncertainty": {"method": "bootstrap", "model": {"fid": fid}}}
     (artifacts / "runs" / "00000-a" / "eval.json").write_text(json.dumps(evaluation))
