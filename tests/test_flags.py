@@ -630,13 +630,13 @@ def check(command: str, flag: str, artifacts: Path, tmp_path: Path, data_dir: Pa
     row.check(t) if isinstance(row, Use) else row(t)
 
 
-def _report_run(artifacts: Path) -> None:
+def _report_run(artifacts: Path, tmp: Path) -> None:
     result = runner.invoke(app, ["report", "--run", "guided", "--artifacts-dir", str(artifacts)])
     assert result.exit_code == 0, result.output
     assert "<h1>00002-guided</h1>" in (artifacts / "runs" / "00002-guided" / "report.html").read_text()
 
 
-def _report_device(artifacts: Path) -> None:
+def _report_device(artifacts: Path, tmp: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("checks the error of a machine without CUDA")
     result = runner.invoke(app, ["report", "--device", "cuda", "--artifacts-dir", str(artifacts)])
@@ -646,26 +646,17 @@ def _report_device(artifacts: Path) -> None:
     assert "denoising trajectory" in (artifacts / "runs" / "00001-plain" / "report.html").read_text()
 
 
-def _report_artifacts_dir(artifacts: Path) -> None:
+def _report_artifacts_dir(artifacts: Path, tmp: Path) -> None:
     result = runner.invoke(app, ["report", "--artifacts-dir", str(artifacts)])  # the latest run
     assert result.exit_code == 0, result.output
     assert (artifacts / "runs" / "00003-conditional" / "report.html").is_file()
 
 
-REPORT: dict[str, Callable[[Path], None]] = {
+REPORT: dict[str, Callable[[Path, Path], None]] = {
     "run": _report_run,
     "device": _report_device,
     "artifacts_dir": _report_artifacts_dir,
 }
-
-
-def test_every_report_flag_has_a_row():
-    assert params_of("report") == set(REPORT)
-
-
-@pytest.mark.parametrize("flag", sorted(REPORT))
-def test_report_flag_reaches_what_it_names(flag, runs):
-    REPORT[flag](runs)
 
 
 def test_every_sample_flag_has_a_row():
@@ -765,13 +756,18 @@ COMPARE: dict[str, Callable[[Path, Path], None]] = {
 }
 
 
-def test_every_compare_flag_has_a_row():
-    assert params_of("compare") == set(COMPARE)
+# The commands whose rows are functions of (the module's runs, this test's folder).
+ROWS: dict[str, dict[str, Callable[[Path, Path], None]]] = {"report": REPORT, "compare": COMPARE}
 
 
-@pytest.mark.parametrize("flag", sorted(COMPARE))
-def test_compare_flag_reaches_what_it_names(flag, runs, tmp_path):
-    COMPARE[flag](runs, tmp_path)
+@pytest.mark.parametrize("command", sorted(ROWS))
+def test_every_flag_of_these_commands_has_a_row(command):
+    assert params_of(command) == set(ROWS[command])
+
+
+@pytest.mark.parametrize(("command", "flag"), [(c, f) for c in sorted(ROWS) for f in sorted(ROWS[c])])
+def test_their_flags_reach_what_they_name(command, flag, runs, tmp_path):
+    ROWS[command][flag](runs, tmp_path)
 
 
 # ----------------------------------------------------------------------------- studio
