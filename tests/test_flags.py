@@ -659,49 +659,18 @@ REPORT: dict[str, Callable[[Path, Path], None]] = {
 }
 
 
-def test_every_sample_flag_has_a_row():
-    assert params_of("sample") == set(SAMPLE)
+# The sampling and editing commands, whose rows `check` runs.
+EDITING_ROWS = {"sample": SAMPLE, "inpaint": INPAINT, "interpolate": INTERPOLATE, "invert": INVERT, "eval": EVAL}
 
 
-@pytest.mark.parametrize("flag", sorted(SAMPLE))
-def test_sample_flag_reaches_what_it_names(flag, runs, tmp_path, data_dir):
-    check("sample", flag, runs, tmp_path, data_dir)
+@pytest.mark.parametrize("command", sorted(EDITING_ROWS))
+def test_every_flag_of_a_sampling_command_has_a_row(command):
+    assert params_of(command) == set(EDITING_ROWS[command])
 
 
-def test_every_inpaint_flag_has_a_row():
-    assert params_of("inpaint") == set(INPAINT)
-
-
-@pytest.mark.parametrize("flag", sorted(INPAINT))
-def test_inpaint_flag_reaches_what_it_names(flag, runs, tmp_path, data_dir):
-    check("inpaint", flag, runs, tmp_path, data_dir)
-
-
-def test_every_interpolate_flag_has_a_row():
-    assert params_of("interpolate") == set(INTERPOLATE)
-
-
-@pytest.mark.parametrize("flag", sorted(INTERPOLATE))
-def test_interpolate_flag_reaches_what_it_names(flag, runs, tmp_path, data_dir):
-    check("interpolate", flag, runs, tmp_path, data_dir)
-
-
-def test_every_invert_flag_has_a_row():
-    assert params_of("invert") == set(INVERT)
-
-
-@pytest.mark.parametrize("flag", sorted(INVERT))
-def test_invert_flag_reaches_what_it_names(flag, runs, tmp_path, data_dir):
-    check("invert", flag, runs, tmp_path, data_dir)
-
-
-def test_every_eval_flag_has_a_row():
-    assert params_of("eval") == set(EVAL)
-
-
-@pytest.mark.parametrize("flag", sorted(EVAL))
-def test_eval_flag_reaches_what_it_names(flag, runs, tmp_path, data_dir):
-    check("eval", flag, runs, tmp_path, data_dir)
+@pytest.mark.parametrize(("command", "flag"), [(c, f) for c in sorted(EDITING_ROWS) for f in sorted(EDITING_ROWS[c])])
+def test_sampling_flag_reaches_what_it_names(command, flag, runs, tmp_path, data_dir):
+    check(command, flag, runs, tmp_path, data_dir)
 
 
 @pytest.mark.parametrize("command", ["sample", "inpaint", "interpolate", "invert"])
