@@ -133,8 +133,8 @@ def main() -> None:
     run_dir = resolve_run(args.run, args.artifacts_dir)
     studio = Studio(args.artifacts_dir, args.data_dir, device, extra_run=run_dir)
     loaded = studio.run(run_dir.name)
-    body = {"session": "bench", "run": run_dir.name, "n": args.n, "steps": args.steps, "seed": 0}
-    fill = {"session": "bench", "run": run_dir.name, "drawing": SEVEN_BAR, "n": 8, "seed": 0}
+    body = {"page_id": "bench", "run": run_dir.name, "n": args.n, "steps": args.steps, "seed": 0}
+    fill = {"page_id": "bench", "run": run_dir.name, "drawing": SEVEN_BAR, "n": 8, "seed": 0}
     settings = SamplingConfig(steps=args.steps)
     with serving(create_app(studio)) as base:
         say(f"studio at {base}: one sample to warm up")

@@ -170,7 +170,7 @@ BAD = [
     ("/api/sample", {"digit": 3}),
     ("/api/sample", {"n": "many"}),
     ("/api/sample", {"unknown": 1}),
-    ("/api/sample", {"session": "../../etc"}),
+    ("/api/sample", {"page_id": "../../etc"}),
     ("/api/complete", {"drawing": [0.5] * 783}),
     ("/api/complete", {"drawing": [2.0] * 784}),
     ("/api/complete", {"drawing": [0.5] * 784, "n": 17}),
@@ -241,15 +241,18 @@ def test_a_newer_request_from_the_same_page_cancels_the_older(served):
     assert older.is_set() and not other.is_set() and not newer.is_set()
     with pytest.raises(Cancelled):
         studio.complete(CompleteRequest(run=RUN, drawing=bar(), n=1, steps=3), older)
-    lone = events(client, {"session": "page-3", "n": 1, "steps": 3})
+    lone = events(client, {"page_id": "page-3", "n": 1, "steps": 3})
     assert lone[-1]["event"] == "done"  # and a page's lone request runs to its end
     for path, body in [
         ("/api/complete", {"drawing": bar(), "n": 1, "steps": 2}),
         ("/api/sample", {"n": 1, "steps": 2}),
     ]:
-        first = studio.sessions["page-3"]
-        client.post(path, json={"run": RUN, "session": "page-3", **body}).read()
-        assert first.is_set() and studio.sessions["page-3"] is not first, path  # each endpoint takes the page's place
+        first = studio.pages_running["page-3"]
+        client.post(path, json={"run": RUN, "page_id": "page-3", **body}).read()
+        # each endpoint takes the page's place
+        assert first.is_set() and studio.pages_running["page-3"] is not first, (
+            path
+        )  # each endpoint takes the page's place
 
 
 def test_without_the_extra_the_command_names_it(monkeypatch, tiny_run):

@@ -3,7 +3,7 @@ asks of a run, done by the library's own functions (:func:`generate`, :func:`inp
 :func:`sdedit`, :func:`interpolate`, the schedule's ``q_sample``).
 
 All of it runs on one worker thread, one request at a time, since the network already uses every
-core. A request belongs to a page (its session); a newer request from the same page cancels the
+core. A request belongs to a page (its page_id); a newer request from the same page cancels the
 older one at its next network call (:class:`Interruptible`).
 """
 
@@ -74,7 +74,7 @@ class Studio:
         self.default_run = extra_run.name if extra_run is not None else None
         self.loaded: dict[str, LoadedRun] = {}
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="studio")
-        self.sessions: dict[str, threading.Event] = {}
+        self.pages_running: dict[str, threading.Event] = {}
         self.lock = threading.Lock()
 
     # ------------------------------------------------------------------ runs
@@ -127,14 +127,14 @@ class Studio:
 
     # ------------------------------------------------------------------ requests
 
-    def begin(self, session: str) -> threading.Event:
-        """A new request from page ``session``: the previous one is told to stop."""
+    def begin(self, page_id: str) -> threading.Event:
+        """A new request from page ``page_id``: the previous one is told to stop."""
         event = threading.Event()
         with self.lock:
-            old = self.sessions.get(session)
+            old = self.pages_running.get(page_id)
             if old is not None:
                 old.set()
-            self.sessions[session] = event
+            self.pages_running[page_id] = event
         return event
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
@@ -262,6 +262,6 @@ class Studio:
 
     def close(self) -> None:
         with self.lock:
-            for event in self.sessions.values():
+            for event in self.pages_running.values():
                 event.set()
         self.worker.shutdown(wait=True, cancel_futures=True)

@@ -30,7 +30,7 @@ class Request(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    session: str = Field("", max_length=64, pattern=r"^[A-Za-z0-9_-]*$")
+    page_id: str = Field("", max_length=64, pattern=r"^[A-Za-z0-9_-]*$")
     run: str = Field(min_length=1, max_length=128)
 
 

@@ -87,18 +87,18 @@ def create_app(studio: Studio, host: str = "127.0.0.1") -> FastAPI:
 
     @app.post("/api/sample")
     async def sample(request: SampleRequest) -> StreamingResponse:
-        stop = studio.begin(request.session)
+        stop = studio.begin(request.page_id)
         plan = await on_worker(studio.prepare_sample, request)  # a bad setting: a 4xx before any step
         frames = studio.stream_sample(plan, request.n, stop)
         return StreamingResponse(_events(frames, stop), media_type="text/event-stream")
 
     @app.post("/api/complete")
     async def complete(request: CompleteRequest) -> dict[str, Any]:
-        return await on_worker(studio.complete, request, studio.begin(request.session))
+        return await on_worker(studio.complete, request, studio.begin(request.page_id))
 
     @app.post("/api/cleanup")
     async def cleanup(request: CleanupRequest) -> dict[str, Any]:
-        return await on_worker(studio.cleanup, request, studio.begin(request.session))
+        return await on_worker(studio.cleanup, request, studio.begin(request.page_id))
 
     @app.post("/api/forward")
     async def forward(request: ForwardRequest) -> dict[str, Any]:
@@ -106,7 +106,7 @@ def create_app(studio: Studio, host: str = "127.0.0.1") -> FastAPI:
 
     @app.post("/api/walk")
     async def walk(request: WalkRequest) -> dict[str, Any]:
-        return await on_worker(studio.walk, request, studio.begin(request.session))
+        return await on_worker(studio.walk, request, studio.begin(request.page_id))
 
     return app
 

@@ -2,7 +2,7 @@
 "use strict";
 
 const SIDE = 28, PAD = 1;
-const session = Math.random().toString(36).slice(2, 12);
+const page_id = Math.random().toString(36).slice(2, 12);
 const $ = (id) => document.getElementById(id);
 const studio = { run: null, info: null, drawing: new Float32Array(SIDE * SIDE), mask: new Uint8Array(SIDE * SIDE),
                  frames: [], results: {}, ends: { a: null, b: null } };
@@ -41,7 +41,7 @@ function drawGrid(canvas, data, n, cols) {
 
 async function api(path, body) {
   const response = await fetch(path, body === undefined ? {} : {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ session, run: studio.run, ...body }),
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ page_id, run: studio.run, ...body }),
   });
   if (!response.ok) {
     const detail = await response.json().then((j) => j.detail, () => response.statusText);
@@ -121,7 +121,7 @@ async function sample(event) {
   try {
     const response = await fetch("/api/sample", {
       method: "POST", headers: { "Content-Type": "application/json" }, signal: controller.signal,
-      body: JSON.stringify({ session, run: studio.run, ...body }),
+      body: JSON.stringify({ page_id, run: studio.run, ...body }),
     });
     if (!response.ok) throw new Error(await response.json().then((j) => j.detail, () => response.statusText));
     const reader = response.body.getReader(), decoder = new TextDecoder();
