@@ -9,7 +9,7 @@ RUN ?=
 N ?= 10000
 N_1000 ?=
 
-.PHONY: install data train sample test lint format eval features bench bench-cpu bench-samplers bench-editing bench-studio clean
+.PHONY: install data train sample test lint format eval features bench bench-cpu bench-samplers bench-editing bench-studio bench-quality clean
 
 install: $(STAMP)
 
@@ -57,6 +57,13 @@ bench-samplers: data  ## FID and wall time per sampler and step count for one ru
 
 bench-editing: data  ## inpainting accuracy per mask and inversion PSNR for one run, on 1,000 test digits
 	$(BIN)/python benchmarks/bench_editing.py $(if $(RUN),--run $(RUN))
+
+STEPS ?= 1300
+SEED ?= 0
+LABEL ?= default
+SET ?=
+bench-quality: data  ## one row of the speedrun table: train one configuration for STEPS steps, score it at N
+	$(BIN)/python benchmarks/bench_quality.py --label $(LABEL) --steps $(STEPS) --seed $(SEED) -n $(N) $(foreach s,$(SET),--set $(s))
 
 bench-studio: data  ## how live the studio feels: first streamed step, whole sample, fill the rest
 	$(BIN)/python benchmarks/bench_studio.py $(if $(RUN),--run $(RUN))

@@ -276,3 +276,48 @@ def test_profile_step_parts_flops_and_variants(tmp_path, data_dir):
     table = out.with_suffix(".md").read_text()
     assert "| convolutions |" in table and "| channels-last |" in table and table in proc.stdout
     assert "| of the rate beside it |" in table
+
+
+def _bench_quality(*args) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_quality.py"), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)  # a hang guard
+
+
+def test_bench_quality_trains_the_settings_given_and_scores_them(tmp_path, data_dir):
+    tiny = ["channels=8", "channel_mult=1,2,2", "batch_size=16", "timesteps=50", "warmup_steps=1", "ema_decay=0.9"]
+    proc = _bench_quality(
+        "--label", "tiny", "--steps", 3, "--seed", 1, "-n", 20, *[a for s in tiny for a in ("--set", s)],
+        "--data-dir", data_dir, "--artifacts-dir", tmp_path / "a", "--out", tmp_path / "out",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "out" / "tiny-s1.json").read_text())
+    assert result["steps"] == 3 and result["seed"] == 1 and result["num_samples"] == 20
+    assert result["settings"] == {
+        "channels": 8, "channel_mult": [1, 2, 2], "batch_size": 16, "timesteps": 50, "warmup_steps": 1, "ema_decay": 0.9
+    }  # fmt: skip
+    cfg = json.loads((Path(result["run"]) / "config.json").read_text())  # what was trained is what was asked
+    assert cfg["model"]["channels"] == 8 and cfg["model"]["channel_mult"] == [1, 2, 2]
+    assert cfg["diffusion"]["timesteps"] == 50 and cfg["train"]["ema_decay"] == 0.9
+    assert (cfg["train"]["seed"], cfg["train"]["steps"], cfg["preset"]) == (1, 3, "default")
+    scored = json.loads((Path(result["run"]) / "eval.json").read_text())
+    assert scored["n"] == 20 and result["eval"]["fid"] == scored["model"]["fid"]
+    assert result["eval"]["fid_low"] < result["eval"]["fid_high"] and result["eval"]["floor_fid"] > 0
+    assert result["machine"]["cpu"] and result["train_seconds"] > 0
+    assert (tmp_path / "out" / "tiny-s1.md").read_text().startswith("| tiny | 1 | 3 |")
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("nonsense=1", "--set takes FIELD=VALUE with FIELD one of"),
+        ("lr", "--set takes FIELD=VALUE"),
+        ("lr=fast", "--set lr takes a float (got 'fast')"),
+        ("attention=maybe", "--set attention takes a bool"),
+        ("lr=-1", "learning rate must be positive"),
+    ],
+)
+def test_bench_quality_refuses_a_bad_setting_in_one_line(tmp_path, setting, message):
+    proc = _bench_quality("--label", "x", "--steps", 1, "--set", setting, "--artifacts-dir", tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()

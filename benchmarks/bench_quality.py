@@ -1,0 +1,165 @@
+"""One row of the speedrun table: train one configuration for a given number of steps (or a wall
+time) and score it with `mnistdiff eval`.
+
+A configuration is a preset with any of its fields changed by ``--set FIELD=VALUE`` (every field of
+RunConfig's model, diffusion and train sections, checked as ``config.json`` is). Training is eager
+and without the end-of-run grid, so what is timed is the loop. The score is `eval` with the
+default sampling (the sampler, steps and guidance a user gets) at ``-n`` samples, with its 95%
+bootstrap intervals. One result file per run in ``--out``; `mnistdiff compare` on the runs pools
+seed replicates and says which differences are real.
+
+Equal wall time for changes that do not change a step's cost (the learning rate, the EMA, the
+noise levels) is equal steps: give ``--steps``, which does not depend on how busy the machine is.
+For a change that does (widths, batch size), time a step of each with bench_speed.py in one run
+and scale ``--steps`` by the ratio; ``--time-budget`` plans from this machine's pace instead.
+
+    python benchmarks/bench_quality.py --steps 1300 --seed 0 -n 2000 --label ema-0.995 --set ema_decay=0.995
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from common import RESULTS_DIR, machine_info, run_script, say, write_results
+
+from mnist_diffusion.config import PRESETS, RunConfig, build_config
+from mnist_diffusion.errors import UserError
+from mnist_diffusion.runs.store import read_metrics
+
+
+def _field_types() -> dict[str, object]:
+    """Each settable field's default in the default preset, by name (its type parses the value)."""
+    cfg = RunConfig()
+    return {
+        f.name: getattr(section, f.name)
+        for section in (cfg.model, cfg.diffusion, cfg.train)
+        for f in dataclasses.fields(section)
+    }
+
+
+def parse_setting(text: str) -> tuple[str, object]:
+    """``FIELD=VALUE`` as (field, value of the field's type); a bad one is a UserError."""
+    key, sep, raw = text.partition("=")
+    key = key.strip().replace("-", "_")
+    types = _field_types()
+    if not sep or key not in types:
+        raise UserError(f"--set takes FIELD=VALUE with FIELD one of {', '.join(sorted(types))} (got {text!r})")
+    default = types[key]
+    try:
+        if isinstance(default, bool):
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return key, raw.lower() in ("true", "1")
+        if isinstance(default, tuple):
+            return key, tuple(int(v) for v in raw.split(","))
+        if isinstance(default, int):
+            return key, int(raw)
+        if isinstance(default, float):
+            return key, float(raw)
+        return key, raw
+    except ValueError:
+        raise UserError(f"--set {key} takes a {type(default).__name__} (got {raw!r})") from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--label", required=True, help="the row's name; the run is named LABEL-sSEED")
+    p.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a config field changed")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (the plan the lr and guide follow)")
+    p.add_argument("--time-budget", type=float, default=None, help="seconds: plan the steps from this pace")
+    p.add_argument("--seed", type=int, default=0, help="the training seed")
+    p.add_argument("-n", "--num-samples", type=int, default=10_000, help="samples the eval scores")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--data-dir", default="data")
+    p.add_argument("--artifacts-dir", type=Path, default=Path("artifacts/speedrun"))
+    p.add_argument("--out", type=Path, default=RESULTS_DIR / "quality")
+    args = p.parse_args(argv)
+    if (args.steps is None) == (args.time_budget is None):
+        raise UserError("give one of --steps and --time-budget")
+    overrides = dict(parse_setting(s) for s in args.set)
+    try:
+        cfg = build_config(args.preset, **{**overrides, "seed": args.seed, "steps": args.steps or None})
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = train_and_score(cfg, args, overrides)
+    name = f"{args.label}-s{args.seed}"
+    m = result["eval"]
+    table = (
+        f"| {args.label} | {args.seed} | {result['steps']:,} | {result['train_seconds']:.0f} | "
+        f"{m['fid']:.3f} [{m['fid_low']:.3f}, {m['fid_high']:.3f}] | {100 * m['confident_share']:.1f}% |\n"
+    )
+    write_results(args.out / f"{name}.json", result, table)
+    print(table, end="")
+
+
+def train_and_score(cfg: RunConfig, args: argparse.Namespace, overrides: dict) -> dict:
+    from mnist_diffusion.training.trainer import train
+
+    start = time.perf_counter()
+    out = train(
+        cfg,
+        data_dir=Path(args.data_dir),
+        artifacts_dir=args.artifacts_dir,
+        run_name=f"{args.label}-s{args.seed}",
+        device="cpu",
+        compile=False,
+        progress=False,
+        log=say,
+        time_budget=args.time_budget,
+    )
+    wall = time.perf_counter() - start
+    done = [r for r in read_metrics(out.run_dir) if r.get("done")][-1]
+    say(f"trained {out.run_dir.name}: {done['step']} steps in {done['train_seconds']:.0f} s; scoring")
+    env = {**os.environ}
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    scored = subprocess.run(
+        [sys.executable, "-m", "mnist_diffusion", "eval", "--run", str(out.run_dir), "-n", str(args.num_samples)]
+        + ["--json", "--device", "cpu", "--data-dir", args.data_dir],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    if scored.returncode:
+        raise UserError(f"eval of {out.run_dir.name} failed: {scored.stderr.strip()[-300:]}")
+    report = json.loads(scored.stdout)
+    model = report["model"]
+    fid = report["uncertainty"]["model"]["fid"]  # the 95% bootstrap interval
+    return {
+        "label": args.label,
+        "seed": args.seed,
+        "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()},
+        "run": str(out.run_dir),
+        "steps": done["step"],
+        "train_seconds": done["train_seconds"],
+        "command_seconds": round(wall, 1),
+        "num_samples": args.num_samples,
+        "eval": {
+            "fid": model["fid"],
+            "fid_low": fid["low"],
+            "fid_high": fid["high"],
+            "floor_fid": report["real"]["fid"],
+            "confident_share": model["confident_share"],
+            "precision": model["precision"],
+            "recall": model["recall"],
+        },
+        "machine": machine_info(torch.device("cpu")),
+        "date": datetime.date.today().isoformat(),
+        "argv": sys.argv[1:],
+    }
+
+
+if __name__ == "__main__":
+    run_script(main)
