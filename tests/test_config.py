@@ -95,12 +95,28 @@ def test_describe_names_what_guides():
     assert Guidance(auto=2.0, labels=1.0, clusters=1.6).describe() == "autoguidance 2 + cluster guidance 1.6"
     assert Guidance(auto=1.0, labels=2.5, clusters=1.0).describe() == "label guidance 2.5"
     assert Guidance(auto=1.0, labels=1.0, clusters=1.0).describe() == ""
+    limited = Guidance(auto=2.0, labels=1.0, clusters=1.0, max_sigma=5.0)
+    assert limited.describe() == "autoguidance 2 at sigma <= 5"
+    assert Guidance(auto=1.0, labels=1.0, clusters=1.0, max_sigma=5.0).describe() == ""
+
+
+def test_max_sigma_is_kept_by_resolve_and_checked():
+    assert Guidance(max_sigma=5.0).resolve(DEFAULT_PRESET) == Guidance(
+        auto=2.0, labels=1.0, clusters=1.6, max_sigma=5.0
+    )
+    assert Guidance().resolve(DEFAULT_PRESET).max_sigma is None  # every step guided unless asked
+    assert Guidance(max_sigma=5.0).guides_at(5.0) and not Guidance(max_sigma=5.0).guides_at(5.01)
+    assert Guidance().guides_at(1e9)
+    for bad in (0.0, -1.0, float("nan"), float("inf"), 2e6):
+        with pytest.raises(ValueError, match="--guidance-max-sigma must be between 0.01 and 1e"):
+            Guidance(max_sigma=bad).check()
 
 
 def test_every_sampling_field_has_a_flag_with_its_default():
     fields = {f.name for f in dataclasses.fields(SamplingConfig)}
-    flags = set(SAMPLING_OPTIONS) - {"autoguidance", "label_guidance", "cluster_guidance", "guidance"}
-    assert flags == fields - {"guidance"}  # the guidance field is the three scales (and the deprecated one)
+    guidance = {"autoguidance", "label_guidance", "cluster_guidance", "guidance_max_sigma", "guidance"}
+    flags = set(SAMPLING_OPTIONS) - guidance
+    assert flags == fields - {"guidance"}  # the guidance field: three scales, their limit (and the deprecated flag)
     for name in flags:
         assert SAMPLING_OPTIONS[name][1] == getattr(SamplingConfig(), name), name
 

@@ -418,6 +418,7 @@ def sampling_rows(without: tuple[str, ...] = ()) -> dict[str, Use]:
         "autoguidance": Use(("--autoguidance", "1.5"), setting("guidance", "auto"), 1.5, run="guided"),
         "label_guidance": Use(("--label-guidance", "2.5"), setting("guidance", "labels"), 2.5, run="conditional"),
         "cluster_guidance": Use(("--cluster-guidance", "1.2"), setting("guidance", "clusters"), 1.2),
+        "guidance_max_sigma": Use(("--guidance-max-sigma", "5"), setting("guidance", "max_sigma"), 5.0),
         "guidance": Use(
             ("--guidance", "1.3"),
             lambda t, r: (setting("guidance", "auto")(t, r), "for this run it means --autoguidance" in r.output),

@@ -1,5 +1,7 @@
 """Samplers against diffusers' reference schedulers: same model outputs in, same states out."""
 
+import math
+
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
@@ -215,6 +217,46 @@ def test_autoguidance_extrapolates_from_the_guide_to_the_model():
     torch.testing.assert_close(eps(0.0), x * 0.3 + 0.05)  # w = 0: the guide alone
     torch.testing.assert_close(eps(2.5), eps(0.0) + 2.5 * (eps(1.0) - eps(0.0)))  # Karras et al. 2024
     torch.testing.assert_close(eps(2.5, guide=None), eps(1.0))  # no guide: no guidance
+
+
+def test_guidance_stops_above_max_sigma():
+    # Guidance over an interval (Kynkäänniemi et al. 2024): a step whose sigma is above max_sigma is
+    # the model alone, in one network call; at or below it, the guided combination.
+    class CondNet(nn.Module):
+        num_classes = 4
+
+        def __init__(self, scale):
+            super().__init__()
+            self.scale, self.calls = scale, 0
+
+        def forward(self, x, t, y):
+            self.calls += 1
+            return x * self.scale + y.float()[:, None, None, None] * 0.01
+
+    sched = schedule("cosine", 100)
+    x, labels = torch.randn(SHAPE), torch.tensor([0, 1, 3])
+    ab = sched.float64["alphas_cumprod"]
+    sigmas = {t: math.sqrt((1 - float(ab[t])) / float(ab[t])) for t in (10, 50, 90)}
+    assert [round(sched.sigma(t), 12) for t in sigmas] == [round(s, 12) for s in sigmas.values()]
+    limit = (sigmas[50] + sigmas[90]) / 2  # guided at t = 10 and 50, not at 90
+
+    def run(t, max_sigma):
+        good, weak = CondNet(0.1), CondNet(0.3)
+        guidance = Guidance(auto=2.0, clusters=1.5, max_sigma=max_sigma)
+        eps = Denoiser(good, sched, labels=labels, guidance=guidance, guide=weak, clip_x0=False)(x, t)[0]
+        return eps, good.calls + weak.calls
+
+    for t in (10, 50, 90):
+        guided, calls = run(t, None)
+        plain = Denoiser(CondNet(0.1), sched, labels=labels, guidance=Guidance(), clip_x0=False)(x, t)[0]
+        assert calls == 2 and not torch.allclose(guided, plain)  # one batch with and without labels, one guide
+        limited, limited_calls = run(t, limit)
+        if sigmas[t] <= limit:
+            torch.testing.assert_close(limited, guided)
+            assert limited_calls == 2
+        else:
+            torch.testing.assert_close(limited, plain)
+            assert limited_calls == 1
 
 
 def test_autoguidance_with_labels_plus_classifier_free_guidance():

@@ -149,6 +149,17 @@ def sampling_flags(d: SamplingDefaults) -> dict[str, tuple[Any, Any]]:
             ),
             None,
         ),
+        "guidance_max_sigma": (
+            _option(
+                Optional[float],
+                "--guidance-max-sigma",
+                "Guide only at noise levels sigma = sqrt((1 - alpha_bar) / alpha_bar) up to this; a step "
+                "above it is one plain network call (default: every step guided).",
+                min=Guidance.MAX_SIGMA_RANGE[0],
+                max=Guidance.MAX_SIGMA_RANGE[1],
+            ),
+            None,
+        ),
         "guidance": (
             _scale(
                 "--guidance",
@@ -265,6 +276,7 @@ def run_command(
                 auto=flags.pop("autoguidance", None),
                 labels=flags.pop("label_guidance", None),
                 clusters=flags.pop("cluster_guidance", None),
+                max_sigma=flags.pop("guidance_max_sigma", None),
             )
             legacy = flags.pop("guidance", None)
             settings = checked(SamplingConfig(**flags, guidance=guidance).check)

@@ -35,6 +35,10 @@ class Guidance:
     auto: float | None = None  # autoguidance by the run's early EMA weights (Karras et al. 2024, eq. 2)
     labels: float | None = None  # classifier-free on digit labels (Ho & Salimans 2022, eq. 6)
     clusters: float | None = None  # classifier-free on the pixel clusters (Hu et al. 2023)
+    # Guide only at noise levels sigma = sqrt((1 - alpha_bar) / alpha_bar) up to this; above it a step
+    # is one plain network call (Kynkäänniemi et al. 2024: guidance at high noise costs diversity).
+    # None: at every step.
+    max_sigma: float | None = None
 
     # Each kind's default: the guidance sweeps and class-conditional results in docs/RESULTS.md.
     DEFAULTS: ClassVar[dict[str, float]] = {"auto": 2.0, "labels": 2.0, "clusters": 1.6}
@@ -44,12 +48,16 @@ class Guidance:
         "clusters": "--cluster-guidance",
     }
     MAX: ClassVar[float] = 20.0  # the largest scale accepted
+    MAX_SIGMA_RANGE: ClassVar[tuple[float, float]] = (0.01, 1e6)  # the --guidance-max-sigma accepted
 
     def check(self) -> Guidance:
         """Raise ValueError naming the flag of a scale outside [0, MAX]; return self."""
         for kind, value in self.scales().items():
             if value is not None and not (math.isfinite(value) and 0.0 <= value <= self.MAX):
                 raise ValueError(f"{self.FLAGS[kind]} must be between 0 and {self.MAX:g} (got {value})")
+        low, high = self.MAX_SIGMA_RANGE
+        if self.max_sigma is not None and not (math.isfinite(self.max_sigma) and low <= self.max_sigma <= high):
+            raise ValueError(f"--guidance-max-sigma must be between {low:g} and {high:g} (got {self.max_sigma})")
         return self
 
     def scales(self) -> dict[str, float | None]:
@@ -68,13 +76,18 @@ class Guidance:
                 raise ValueError(f"{self.FLAGS[kind]} needs {_NEEDS[kind]}; {run} has none")
             else:
                 out[kind] = 1.0
-        return Guidance(**out)
+        return Guidance(**out, max_sigma=self.max_sigma)
 
     def describe(self) -> str:
         """The guidance of a resolved sampling in words, such as "autoguidance 3 + cluster guidance
-        1.2" or "label guidance 2.5"; "" when there is none."""
+        1.2", "label guidance 2.5" or "autoguidance 2 at sigma <= 5"; "" when there is none."""
         names = {"auto": "autoguidance", "labels": "label guidance", "clusters": "cluster guidance"}
-        return " + ".join(f"{names[k]} {v:g}" for k, v in self.scales().items() if v is not None and v != 1.0)
+        text = " + ".join(f"{names[k]} {v:g}" for k, v in self.scales().items() if v is not None and v != 1.0)
+        return f"{text} at sigma <= {self.max_sigma:g}" if text and self.max_sigma is not None else text
+
+    def guides_at(self, sigma: float) -> bool:
+        """Whether a step at noise level ``sigma`` is guided (``max_sigma``)."""
+        return self.max_sigma is None or sigma <= self.max_sigma
 
 
 _NEEDS = {

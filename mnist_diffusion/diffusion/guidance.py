@@ -30,7 +30,9 @@ class Denoiser:
         out = D_guide(x|c) + auto (out - D_guide(x|c))       ``guidance.auto``, with a ``guide``
         out = out + (s - 1) (D(x|c) - D(x|null))             s: ``guidance.labels`` or ``.clusters``
 
-    Alone, the second line is out = D(x|null) + s (D(x|c) - D(x|null)).
+    Alone, the second line is out = D(x|null) + s (D(x|c) - D(x|null)). A step whose noise level
+    sigma = sqrt(1 - alpha_bar_t) / sqrt(alpha_bar_t) is above ``guidance.max_sigma`` is not guided:
+    out = D(x|c), one network call (guidance over an interval, Kynkäänniemi et al. 2024).
     ``clip_x0`` clamps the predicted x_0 to [-1, 1] and recomputes eps from it, as diffusers'
     ``clip_sample`` does. ``autocast`` runs the network in that dtype's autocast (bf16 or fp16;
     None: fp32); the samplers' arithmetic stays in fp32.
@@ -51,6 +53,8 @@ class Denoiser:
         auto = 1.0 if self.guidance.auto is None else self.guidance.auto
         autoguided = self.guide is not None and auto != 1.0
         label_cfg = next((s for s in (self.guidance.labels, self.guidance.clusters) if s not in (None, 1.0)), 1.0)
+        if not self.guidance.guides_at(self.schedule.sigma(t)):
+            autoguided, label_cfg = False, 1.0
         with autocast(x_t.device, self.autocast):
             if self.labels is not None and label_cfg != 1.0:  # with and without the labels, in one batch
                 null = torch.full_like(self.labels, self.model.num_classes)

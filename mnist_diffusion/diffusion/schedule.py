@@ -93,6 +93,12 @@ class Schedule:
         """alpha_bar at the last step: how much of x_0 survives in x_T (as a variance share)."""
         return float(self.float64["alphas_cumprod"][-1])
 
+    def sigma(self, t: int) -> float:
+        """The noise level of step t: sqrt(1 - alpha_bar_t) / sqrt(alpha_bar_t), the std of the noise
+        in x_t / sqrt(alpha_bar_t) (EDM's sigma, Karras et al. 2022)."""
+        ab = float(self.float64["alphas_cumprod"][t])
+        return math.sqrt((1.0 - ab) / ab)
+
     def snr(self, t: torch.Tensor) -> torch.Tensor:
         """Signal-to-noise ratio alpha_bar_t / (1 - alpha_bar_t) for timesteps t, [N]."""
         ab = self.alphas_cumprod[t]
