@@ -205,6 +205,9 @@ def sampling_truth(command: str) -> dict[str, Callable[[Used], str]]:
         "--autoguidance": lambda u: g(u.sampling(command)["guidance"]["auto"]),
         "--label-guidance": lambda u: g(u.sampling(command)["guidance"]["labels"]),
         "--cluster-guidance": lambda u: g(u.sampling(command, "plain")["guidance"]["clusters"]),  # a clustered run
+        "--guidance-max-sigma": lambda u: (
+            "every step guided" if u.sampling(command)["guidance"]["max_sigma"] is None else "a limit"
+        ),
         "--spacing": lambda u: g(u.sampling(command)["spacing"]),
         "--steps": lambda u: str(u.sampling(command)["steps"]),
     }
