@@ -7,6 +7,8 @@ library with the run already loaded (``generate``, what `sample` runs) and by `m
 itself as a user types it (a new process: Python, torch and the run loaded, then the sample).
 (b) "Fill the rest" of a drawing (the top bar of a 7) with the page's defaults: seconds to the
 completions.
+(c) What "fill the rest" makes of that bar: 64 completions (the page's defaults, seeds 0-3 of 16
+each) read by the shipped classifier, the share read as 7 or 9 and the digits' histogram.
 
 Each is timed ``--repeat`` times after one untimed request that loads the run (the studio's sample
 and the library's alternated); the median is kept.
@@ -20,6 +22,7 @@ a picture of each panel of the page (Chromium, through Playwright) into that fol
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime as dt
 import json
 import shlex
@@ -41,7 +44,14 @@ from mnist_diffusion.runs.store import resolve_run
 from mnist_diffusion.runtime import setup_device
 from mnist_diffusion.sampling.generate import generate
 
-SEVEN_BAR = [1.0 if 5 <= i // 28 <= 6 and 6 <= i % 28 <= 21 else 0.0 for i in range(784)]  # a 7's top bar
+# A 7's top bar: rows 7-8, columns 8-20, where the mean of MNIST's training 7s has its bar. Two rows
+# higher (rows 5-6) is where the 2s, 3s and 5s begin, and the model finishes such a bar as those.
+BAR_ROWS, BAR_COLUMNS = (7, 8), (8, 20)
+SEVEN_BAR = [
+    1.0 if BAR_ROWS[0] <= i // 28 <= BAR_ROWS[1] and BAR_COLUMNS[0] <= i % 28 <= BAR_COLUMNS[1] else 0.0
+    for i in range(784)
+]
+READ_SEEDS = 4  # (c): requests of 16 completions, seeds 0-3
 PANELS = ("sample", "draw", "forward", "walk")
 
 
@@ -76,6 +86,24 @@ def timed(fn, repeat: int) -> list[float]:
     return out
 
 
+def read_completions(base: str, fill: dict) -> dict:
+    """What "fill the rest" makes of ``fill``'s drawing: READ_SEEDS requests of 16 completions read by
+    the shipped classifier (the one `eval` scores with)."""
+    from mnist_diffusion.evaluation.features import extract, load_feature_net
+
+    net, _ = load_feature_net()
+    digits = []
+    for seed in range(READ_SEEDS):
+        reply = json.loads(
+            urllib.request.urlopen(post(base + "api/complete", {**fill, "n": 16, "seed": seed}), timeout=600).read()
+        )
+        raw = torch.frombuffer(bytearray(base64.b64decode(reply["digits"])), dtype=torch.uint8)
+        digits.append(raw.reshape(-1, 1, 28, 28).float() / 255)
+    _, probs = extract(net, torch.cat(digits))
+    histogram = torch.bincount(probs.argmax(1), minlength=10).tolist()
+    return {"n": len(probs), "histogram": histogram, "seven_or_nine": (histogram[7] + histogram[9]) / len(probs)}
+
+
 def screenshots(base: str, out: Path, run: str) -> list[Path]:
     """A picture of each panel after using it: a sample, a drawing filled, t moved, a walk."""
     from playwright.sync_api import sync_playwright
@@ -94,10 +122,11 @@ def screenshots(base: str, out: Path, run: str) -> list[Path]:
         page.wait_for_function("window.studio.results.sample !== undefined", timeout=600_000)
         page.locator("#sample-step").fill("8")
         box = page.locator("#pad").bounding_box()
-        for row in (5.5, 6.5):
-            page.mouse.move(box["x"] + 6 * box["width"] / 28, box["y"] + row * box["height"] / 28)
+        for row in BAR_ROWS:  # through the middle of each pixel row of SEVEN_BAR
+            y = box["y"] + (row + 0.5) * box["height"] / 28
+            page.mouse.move(box["x"] + (BAR_COLUMNS[0] + 0.5) * box["width"] / 28, y)
             page.mouse.down()
-            page.mouse.move(box["x"] + 21 * box["width"] / 28, box["y"] + row * box["height"] / 28, steps=12)
+            page.mouse.move(box["x"] + (BAR_COLUMNS[1] + 0.5) * box["width"] / 28, y, steps=12)
             page.mouse.up()
         page.click("#fill")
         page.wait_for_function("window.studio.results.complete !== undefined", timeout=600_000)
@@ -150,6 +179,8 @@ def main() -> None:
             lambda: urllib.request.urlopen(post(base + "api/complete", fill), timeout=600).read(), args.repeat
         )
         say(f"fill the rest: {statistics.median(fills):.3f} s")
+        read = read_completions(base, fill)
+        say(f"fill the rest of a 7's bar: {read['seven_or_nine']:.0%} read as 7 or 9 ({read['histogram']})")
         shots = screenshots(base, args.screenshots, run_dir.name) if args.screenshots else []
     studio.close()
     with tempfile.TemporaryDirectory() as tmp:
@@ -170,6 +201,7 @@ def main() -> None:
         "fill_the_rest_s": fills,
         "library_sample_s": library,
         "cli_sample_s": cli,
+        "seven_bar": {"rows": BAR_ROWS, "columns": BAR_COLUMNS, **read},
         "screenshots": [str(p) for p in shots],
         "torch_threads": torch.get_num_threads(),
     }
@@ -184,6 +216,8 @@ def main() -> None:
         f"| library: `generate`, run loaded | {med['library_sample_s']:.2f} |\n"
         f"| `mnistdiff sample`, a new process | {med['cli_sample_s']:.2f} |\n"
         f"| studio: fill the rest, 8 completions | {med['fill_the_rest_s']:.2f} |\n"
+        f"\nA 7's top bar (rows {BAR_ROWS[0]}-{BAR_ROWS[1]}, columns {BAR_COLUMNS[0]}-{BAR_COLUMNS[1]}) filled "
+        f"{read['n']} times: {read['seven_or_nine']:.0%} read as 7 or 9; digits 0-9: {read['histogram']}\n"
     )
     write_results(args.out, results, table)
     print(table)

@@ -277,7 +277,12 @@ def test_the_benchmark_times_the_studio_beside_sample(tiny_run, data_dir, tmp_pa
     for key in ("first_step_s", "whole_sample_s", "fill_the_rest_s", "library_sample_s", "cli_sample_s"):
         assert len(results[key]) == 1 and results[key][0] > 0, key
     assert results["first_step_s"][0] < results["whole_sample_s"][0]
-    assert "| studio: first streamed step |" in out.with_suffix(".md").read_text()
+    bar = results["seven_bar"]  # what the completions of a 7's bar are read as
+    assert bar["n"] == 64 and sum(bar["histogram"]) == 64 and len(bar["histogram"]) == 10
+    assert bar["seven_or_nine"] == (bar["histogram"][7] + bar["histogram"][9]) / 64
+    assert (bar["rows"], bar["columns"]) == ([7, 8], [8, 20])
+    table = out.with_suffix(".md").read_text()
+    assert "| studio: first streamed step |" in table and "read as 7 or 9" in table
 
 
 @needs_server

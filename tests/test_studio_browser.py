@@ -73,14 +73,14 @@ def test_drawing_a_bar_and_filling_the_rest(watched):
     page = watched
     box = page.locator("#pad").bounding_box()
     at = lambda col, row: (box["x"] + col * box["width"] / 28, box["y"] + row * box["height"] / 28)  # noqa: E731
-    for row in (5.5, 6.5):  # the top bar of a 7, two pixels thick
-        page.mouse.move(*at(6, row))
+    for row in (7.5, 8.5):  # the top bar of a 7, two pixels thick, where MNIST's 7s have it
+        page.mouse.move(*at(8.5, row))
         page.mouse.down()
-        page.mouse.move(*at(21, row), steps=12)
+        page.mouse.move(*at(20.5, row), steps=12)
         page.mouse.up()
     drawing = page.evaluate("Array.from(window.studio.drawing)")
     drawn = [i for i, v in enumerate(drawing) if v > 0]
-    assert 30 <= len(drawn) <= 120 and all(3 <= i // 28 <= 9 for i in drawn)  # a bar, where it was drawn
+    assert 30 <= len(drawn) <= 120 and all(5 <= i // 28 <= 11 for i in drawn)  # a bar, where it was drawn
     page.fill("#edits", "4")
     page.fill("#edit-steps", "5")
     page.click("#fill")
