@@ -73,6 +73,9 @@ def test_drawing_a_bar_and_filling_the_rest(watched):
     page = watched
     box = page.locator("#pad").bounding_box()
     at = lambda col, row: (box["x"] + col * box["width"] / 28, box["y"] + row * box["height"] / 28)  # noqa: E731
+    guide = page.locator(".digit-box").bounding_box()  # MNIST's 20x20 digit box over the pad; strokes pass through
+    assert max(abs(guide["x"] - at(4, 4)[0]), abs(guide["y"] - at(4, 4)[1])) <= 2
+    assert abs(guide["width"] - 20 * box["width"] / 28) <= 2 and abs(guide["height"] - 20 * box["height"] / 28) <= 2
     for row in (7.5, 8.5):  # the top bar of a 7, two pixels thick, where MNIST's 7s have it
         page.mouse.move(*at(8.5, row))
         page.mouse.down()
