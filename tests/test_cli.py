@@ -563,7 +563,7 @@ def test_autoguidance_by_the_runs_guide(trained, data_dir, tmp_path):
     caption = " ".join(result.output.split())
     assert "spacing 0.4, autoguidance 2 + cluster guidance 1.6, seed 0" in caption  # the table's caption
     sampling = json.loads((run / "eval.json").read_text())["sampling"]
-    assert sampling["guidance"] == {"auto": 2.0, "labels": 1.0, "clusters": 1.6}
+    assert sampling["guidance"] == {"auto": 2.0, "labels": 1.0, "clusters": 1.6, "max_sigma": None}
     assert sampling["guidance_text"] == "autoguidance 2 + cluster guidance 1.6"
 
 
