@@ -762,14 +762,14 @@ class StudioProcess:
         self.url = self.line.split(" at ")[1].split()[0] if " at " in self.line else None
 
     def get(self, path: str) -> dict:
-        with urllib.request.urlopen(self.url + path.lstrip("/"), timeout=60) as reply:
+        with urllib.request.urlopen(self.url + path.lstrip("/"), timeout=180) as reply:
             return json.loads(reply.read())
 
     def stop(self) -> str:
         """Ctrl+C; the exit status must be 0 unless the command failed. Returns what it wrote on stderr."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
-        _, err = self.process.communicate(timeout=60)
+        _, err = self.process.communicate(timeout=180)  # a hang guard: a loaded CPU can take a minute to stop it
         return err
 
 
