@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
 import subprocess
 import sys
 from importlib.util import find_spec
@@ -283,6 +284,25 @@ def test_the_benchmark_times_the_studio_beside_sample(tiny_run, data_dir, tmp_pa
     assert (bar["rows"], bar["columns"]) == ([7, 8], [8, 20])
     table = out.with_suffix(".md").read_text()
     assert "| studio: first streamed step |" in table and "read as 7 or 9" in table
+
+
+@needs_server
+def test_ctrl_c_stops_the_studio_even_when_it_was_started_with_ctrl_c_ignored(tiny_run):
+    # A shell's background job, or any parent that ignores Ctrl+C, hands SIGINT ignored to its children:
+    # once the studio says "Ctrl+C to stop", Ctrl+C must stop it, even before its server is up.
+    command = [sys.executable, "-m", "mnist_diffusion", "studio", "--port", "0", "--no-browser"]
+    command += ["--artifacts-dir", str(tiny_run[0])]
+    ignore = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ignore)
+    try:
+        assert "(Ctrl+C to stop)" in process.stdout.readline()
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=120)  # a hang guard: it stops in about a second
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130
 
 
 @needs_server

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import signal
+import threading
 from typing import Annotated
 
 import typer
@@ -65,6 +67,8 @@ def studio(
         url = url_of(sock)
         if host not in LOOPBACK:
             say(f"warning: listening on {host}: anyone who can reach this machine can use the studio")
+        if threading.current_thread() is threading.main_thread():  # Ctrl+C stops it from the moment it says so,
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
         console.print(f"studio for run {run_dir.name} at {url} (Ctrl+C to stop)", highlight=False, markup=False)
         if not no_browser:
             webbrowser.open(url)
