@@ -57,9 +57,8 @@ def completion_row(run, images, labels, mask: str, args, net) -> dict:
     beside the floor (the hole left black)."""
     missing = parse_mask(mask)
     start = time.perf_counter()
-    completed = inpaint(
-        run, images, missing, args.sampling, jumps=args.jumps, resample=args.resample, progress=not args.no_progress
-    )[:, 0]
+    repaint = {"jumps": args.jumps, "resample": args.resample, "match": args.match}
+    completed = inpaint(run, images, missing, args.sampling, **repaint, progress=not args.no_progress)[:, 0]
     seconds = time.perf_counter() - start
     holed = images.masked_fill(missing, 0.0)
     return {
@@ -96,6 +95,7 @@ def markdown(results: dict) -> str:
         f"Run `{run['name']}`: preset {run['preset']}, {run['parameters']:,} parameters, T = {run['timesteps']}, "
         f"{kind}; the first {s['n']:,} MNIST test digits; RePaint: {results['inpainting']['steps']} ancestral steps "
         f"(spacing {results['inpainting']['spacing']:g}), j = {s['jumps']}, r = {s['resample']}"
+        + (", clusters matched to the visible pixels" if s["match_clusters"] else "")
         + (f", {results['inpainting']['guidance']}" if results["inpainting"]["guidance"] else "")
         + f"; seed {s['seed']}",
         "",
@@ -145,6 +145,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             type=float,
             help=f"as `inpaint` {flag} (default {Guidance.DEFAULTS[kind]:g} where the run has it; 1: none)",
         )
+    p.add_argument("--match-clusters", action="store_true", help="as `inpaint` --match-clusters (clustered runs)")
     p.add_argument("--batch-size", type=int, default=500, help="images per forward pass")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda if there is one")
     p.add_argument("--out", type=Path, default=RESULTS, help="path stem of the .json and .md to write")
@@ -173,7 +174,10 @@ def main(argv: list[str] | None = None) -> dict:
     run = load_run(resolve_run(args.run, args.artifacts_dir), device)
     guidance = Guidance(auto=args.autoguidance, labels=args.label_guidance, clusters=args.cluster_guidance)
     args.sampling = SamplingConfig(steps=args.steps, seed=args.seed, batch_size=args.batch_size, guidance=guidance)
-    settings = inpaint_settings(run, args.sampling)  # a setting the run cannot take fails here
+    args.match = run.cluster_matcher(args.data_dir, log=say) if args.match_clusters else None
+    settings = inpaint_settings(
+        run, args.sampling, matched=args.match_clusters
+    )  # a setting the run cannot take fails here
     pixels, labels = test_digits(args.data_dir, list(range(max(args.n, args.n_invert))))
     images = as_unit(pixels)
     net, _ = feature_net(device)
@@ -188,6 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
         "settings": {
             k: (str(v) if isinstance(v, Path) else v.to_dict() if isinstance(v, SamplingConfig) else v)
             for k, v in vars(args).items()
+            if k != "match"
         },
         "run": run_info(run),
         "inpainting": {

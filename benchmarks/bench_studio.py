@@ -5,10 +5,12 @@ app `mnistdiff studio` serves, in this process), asked over HTTP as the page ask
 predicted x_0 and noise of step 1) and to the last digits, beside the same sample drawn by the
 library with the run already loaded (``generate``, what `sample` runs) and by `mnistdiff sample`
 itself as a user types it (a new process: Python, torch and the run loaded, then the sample).
-(b) "Fill the rest" of a drawing (the top bar of a 7) with the page's defaults: seconds to the
-completions.
+(b) "Fill the rest" of a drawing (the top bar of a 7) as the page asks for it by default (on a
+clustered run, with clusters that match the drawing): seconds to the completions.
 (c) What "fill the rest" makes of that bar: 64 completions (the page's defaults, seeds 0-3 of 16
-each) read by the shipped classifier, the share read as 7 or 9 and the digits' histogram.
+each) read by the shipped classifier, the share read as 7 or 9 and the digits' histogram, for the
+page's default and without matching clusters; beside them, MNIST's own answer: the digits of the
+training images weighed by how well they agree with the bar (the kernel of ``ClusterMatcher``).
 
 Each is timed ``--repeat`` times after one untimed request that loads the run (the studio's sample
 and the library's alternated); the median is kept.
@@ -44,9 +46,10 @@ from mnist_diffusion.runs.store import resolve_run
 from mnist_diffusion.runtime import setup_device
 from mnist_diffusion.sampling.generate import generate
 
-# A 7's top bar: rows 7-8, columns 8-20, where the mean of MNIST's training 7s has its bar. Two rows
-# higher (rows 5-6) is where the 2s, 3s and 5s begin, and the model finishes such a bar as those.
-BAR_ROWS, BAR_COLUMNS = (7, 8), (8, 20)
+# A 7's top bar: rows 8-9, columns 8-20, the rows where the training 7s have the most ink in those
+# columns (and the widest row of most 7s). Higher up (rows 5-7) is where 2s, 3s, 5s and 0s begin,
+# and both the model and the training digits with ink there finish such a bar as those.
+BAR_ROWS, BAR_COLUMNS = (8, 9), (8, 20)
 SEVEN_BAR = [
     1.0 if BAR_ROWS[0] <= i // 28 <= BAR_ROWS[1] and BAR_COLUMNS[0] <= i % 28 <= BAR_COLUMNS[1] else 0.0
     for i in range(784)
@@ -86,6 +89,10 @@ def timed(fn, repeat: int) -> list[float]:
     return out
 
 
+def seven_or_nine(histogram: list[int]) -> float:
+    return (histogram[7] + histogram[9]) / sum(histogram)
+
+
 def read_completions(base: str, fill: dict) -> dict:
     """What "fill the rest" makes of ``fill``'s drawing: READ_SEEDS requests of 16 completions read by
     the shipped classifier (the one `eval` scores with)."""
@@ -101,7 +108,19 @@ def read_completions(base: str, fill: dict) -> dict:
         digits.append(raw.reshape(-1, 1, 28, 28).float() / 255)
     _, probs = extract(net, torch.cat(digits))
     histogram = torch.bincount(probs.argmax(1), minlength=10).tolist()
-    return {"n": len(probs), "histogram": histogram, "seven_or_nine": (histogram[7] + histogram[9]) / len(probs)}
+    return {"n": len(probs), "histogram": histogram, "seven_or_nine": seven_or_nine(histogram)}
+
+
+def mnist_answer(data_dir: Path, drawing: list[float]) -> dict:
+    """The training set's own answer to ``drawing``: p(digit | the drawn pixels), the kernel estimate
+    of ``ClusterMatcher`` with the digit labels as the clusters."""
+    from mnist_diffusion.data.clusters import ClusterMatcher
+    from mnist_diffusion.data.mnist import load_mnist
+
+    images, labels = load_mnist(data_dir, "train")
+    x = torch.tensor(drawing).reshape(1, 28, 28)
+    probs = ClusterMatcher(images, labels, 10).probabilities(x, x > 0)[0]
+    return {"digits": [round(p, 4) for p in probs.tolist()], "seven_or_nine": float(probs[7] + probs[9])}
 
 
 def screenshots(base: str, out: Path, run: str) -> list[Path]:
@@ -164,6 +183,7 @@ def main() -> None:
     loaded = studio.run(run_dir.name)
     body = {"page_id": "bench", "run": run_dir.name, "n": args.n, "steps": args.steps, "seed": 0}
     fill = {"page_id": "bench", "run": run_dir.name, "drawing": SEVEN_BAR, "n": 8, "seed": 0}
+    fill["match_clusters"] = studio.info(run_dir.name)["match_clusters"]  # what the page sends by default
     settings = SamplingConfig(steps=args.steps)
     with serving(create_app(studio)) as base:
         say(f"studio at {base}: one sample to warm up")
@@ -181,6 +201,8 @@ def main() -> None:
         say(f"fill the rest: {statistics.median(fills):.3f} s")
         read = read_completions(base, fill)
         say(f"fill the rest of a 7's bar: {read['seven_or_nine']:.0%} read as 7 or 9 ({read['histogram']})")
+        plain = read_completions(base, {**fill, "match_clusters": False}) if fill["match_clusters"] else read
+        mnist = mnist_answer(args.data_dir, SEVEN_BAR) if studio.has_training_digits() else None
         shots = screenshots(base, args.screenshots, run_dir.name) if args.screenshots else []
     studio.close()
     with tempfile.TemporaryDirectory() as tmp:
@@ -201,7 +223,14 @@ def main() -> None:
         "fill_the_rest_s": fills,
         "library_sample_s": library,
         "cli_sample_s": cli,
-        "seven_bar": {"rows": BAR_ROWS, "columns": BAR_COLUMNS, **read},
+        "seven_bar": {
+            "rows": BAR_ROWS,
+            "columns": BAR_COLUMNS,
+            "match_clusters": fill["match_clusters"],
+            **read,
+            "without_matching": plain,
+            "mnist": mnist,
+        },
         "screenshots": [str(p) for p in shots],
         "torch_threads": torch.get_num_threads(),
     }
@@ -217,8 +246,16 @@ def main() -> None:
         f"| `mnistdiff sample`, a new process | {med['cli_sample_s']:.2f} |\n"
         f"| studio: fill the rest, 8 completions | {med['fill_the_rest_s']:.2f} |\n"
         f"\nA 7's top bar (rows {BAR_ROWS[0]}-{BAR_ROWS[1]}, columns {BAR_COLUMNS[0]}-{BAR_COLUMNS[1]}) filled "
-        f"{read['n']} times: {read['seven_or_nine']:.0%} read as 7 or 9; digits 0-9: {read['histogram']}\n"
+        f"{read['n']} times"
+        + (" (clusters that match the drawing)" if fill["match_clusters"] else "")
+        + f": {read['seven_or_nine']:.0%} read as 7 or 9; digits 0-9: {read['histogram']}\n"
     )
+    if fill["match_clusters"]:
+        table += f"Without matching clusters: {plain['seven_or_nine']:.0%}; digits 0-9: {plain['histogram']}\n"
+    if mnist is not None:
+        table += (
+            f"MNIST's training digits weighed by how well they fit the bar: {mnist['seven_or_nine']:.0%} 7s or 9s\n"
+        )
     write_results(args.out, results, table)
     print(table)
 

@@ -1,11 +1,15 @@
-"""The self-labels of clustered runs: PCA features and k-means against closed forms."""
+"""The self-labels of clustered runs: PCA features and k-means against closed forms, and the kernel
+estimate of a drawing's cluster against the sum written out."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
 from mnist_diffusion.data.clusters import (
+    ClusterMatcher,
     draw_clusters,
     kmeans,
     load_clusters,
@@ -85,3 +89,49 @@ def test_clusters_file_round_trip_and_checks(tmp_path):
     (tmp_path / "clusters.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(UserError, match="not a readable safetensors"):
         load_clusters(tmp_path, 3)
+
+
+def matching_reference(images, assign, k, drawing, known, h) -> list[float]:
+    """p(cluster | known pixels), the kernel estimate written out: one weight per image, in float64."""
+    weights = []
+    for x in images.double() / 255:
+        d2 = sum((x[i, j].item() - drawing[i, j].item()) ** 2 for i, j in known.nonzero().tolist())
+        weights.append(math.exp(-d2 / (2 * h * h)))
+    total = sum(weights)
+    return [sum(w for w, a in zip(weights, assign.tolist(), strict=True) if a == c) / total for c in range(k)]
+
+
+def test_matching_clusters_is_the_kernel_estimate():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (12, 5, 5), generator=g, dtype=torch.uint8)
+    assign = torch.tensor([0, 1, 2] * 4)
+    drawings = torch.rand(3, 5, 5, generator=g)
+    known = torch.rand(3, 5, 5, generator=g) < 0.3
+    for h in (0.5, 1.0):
+        got = ClusterMatcher(images, assign, 3, bandwidth=h).probabilities(drawings, known)
+        assert got.shape == (3, 3) and torch.allclose(got.sum(1), torch.ones(3, dtype=torch.float64))
+        for b in range(3):
+            want = matching_reference(images, assign, 3, drawings[b], known[b], h)
+            assert torch.allclose(got[b], torch.tensor(want, dtype=torch.float64), atol=1e-5), (h, b)
+
+
+def test_a_stroke_picks_the_clusters_with_ink_there_whatever_is_left_to_fill():
+    images = torch.zeros(4, 6, 6, dtype=torch.uint8)
+    images[:2, 0] = 255  # cluster 0: a bar on the top row
+    images[2:, 5] = 255  # cluster 1: a bar on the bottom row
+    images[1, 3] = 255  # (anything below the drawn row differs within cluster 0)
+    matcher = ClusterMatcher(images, torch.tensor([0, 0, 1, 1]), 2)
+    drawing = torch.zeros(1, 6, 6)
+    drawing[0, 0, 1:5] = 1.0  # part of the top bar
+    known = drawing > 0
+    assert matcher.probabilities(drawing, known)[0, 0] > 0.99
+    scribbled = drawing.clone()
+    scribbled[0, 3:] = torch.rand(3, 6)  # where the drawing is left to fill counts for nothing
+    assert torch.equal(matcher.probabilities(scribbled, known), matcher.probabilities(drawing, known))
+    drawn = matcher.draw(drawing.expand(2, 6, 6), known.expand(2, 6, 6), 5, torch.Generator().manual_seed(1))
+    assert drawn.tolist() == [0] * 10  # n per drawing, the first drawing's first
+
+
+def test_the_cluster_matcher_wants_a_cluster_per_image():
+    with pytest.raises(UserError, match="3 cluster assignments for 4 training images"):
+        ClusterMatcher(torch.zeros(4, 2, 2, dtype=torch.uint8), torch.tensor([0, 1, 0]), 2)

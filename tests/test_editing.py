@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from mnist_diffusion.cli import app
 from mnist_diffusion.config import DiffusionConfig, Guidance, SamplingConfig
-from mnist_diffusion.data.clusters import draw_clusters
+from mnist_diffusion.data.clusters import ClusterMatcher, draw_clusters
 from mnist_diffusion.data.mnist import as_unit, load_mnist
 from mnist_diffusion.diffusion.editing import ddim_invert, repaint, repaint_schedule, slerp
 from mnist_diffusion.diffusion.guidance import Denoiser
@@ -249,6 +249,29 @@ def test_inpainting_a_clustered_run_lets_the_visible_pixels_choose_the_digit(run
     inpaint(run, digits[:2], missing, steps=2, resample=1)
     inpaint(run, digits[:2], missing, steps=2, resample=1, guidance=Guidance(clusters=1.6))
     assert seen[0] is None and seen[1] is not None and len(seen[1]) == 2
+
+
+def test_matched_clusters_come_from_the_training_digits_that_agree(run, digits, data_dir, monkeypatch):
+    # Every training image in cluster 7: every completion is guided towards 7, at sample's scale.
+    k = run.cfg.train.clusters
+    train = torch.randint(0, 256, (20, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    seen, real = [], editing_module.denoiser_for
+
+    def spy(run, settings, labels, networks):
+        seen.append((labels, settings.guidance.clusters))
+        return real(run, settings, labels, networks)
+
+    monkeypatch.setattr(editing_module, "denoiser_for", spy)
+    missing = parse_mask("right")
+    out = inpaint(
+        run, digits[:2], missing, n=2, steps=2, resample=1, match=ClusterMatcher(train, torch.full((20,), 7), k)
+    )
+    assert seen[0][0].tolist() == [7, 7, 7, 7] and seen[0][1] == 1.6
+    assert torch.equal(in_8_bits(out[:, :, :, :, :14]), in_8_bits(digits[:2, None, :, :, :14].expand(2, 2, 1, 28, 14)))
+    matcher = run.cluster_matcher(data_dir)  # the run's own: the 512 training digits of data_dir, k clusters
+    assert (len(matcher.assign), matcher.k) == (512, k)
+    with pytest.raises(UserError, match="does not fit run"):
+        inpaint(run, digits[:1], missing, steps=2, resample=1, match=ClusterMatcher(train, torch.zeros(20), k + 1))
 
 
 def test_interpolation_starts_and_ends_at_its_ends_samples(run, digits):

@@ -495,6 +495,14 @@ def _mask(t: Tool, result) -> tuple[bool, bool]:
     return np.array_equal(recorded, top.numpy()), torch.equal(t.tensors()["missing"][0, 0], top.to(torch.uint8))
 
 
+def _match_clusters(t: Tool) -> None:
+    """Recorded, guided towards the matched clusters at sample's scale; a run without clusters: one line."""
+    result = t("--match-clusters")
+    assert inpainting("match_clusters")(t, result) == (True, True)
+    assert setting("guidance", "clusters")(t, result) == 1.6
+    assert "needs a run trained on pixel clusters" in error(t("--match-clusters", run="conditional", ok=False))
+
+
 def inpainting(key: str) -> Callable[[Tool, object], object]:
     """An inpainting setting, as the tensor's metadata and the picture record it."""
     return lambda t, r: (json.loads(t.metadata()["inpainting"])[key], t.made()["inpainting"][key])
@@ -512,6 +520,7 @@ INPAINT: dict[str, Use | Callable[[Tool], None]] = {
     "digit": Use(("--digit", "3"), inpainting("digit"), (3, 3), run="conditional"),
     "jumps": Use(("--jumps", "2"), inpainting("jumps"), (2, 2)),
     "resample": Use(("--resample", "2"), inpainting("resample"), (2, 2)),
+    "match_clusters": _match_clusters,
     "output": Use(("-o", "{tmp}/other.png"), lambda t, r: t.made(t.tmp / "other.png")["run"], "00001-plain"),
     "scale": Use(("--scale", "3"), size, (366, 96)),  # original, masked and 2 completions: (4 x 30 + 2) x 32, x 3
     "save_tensor": Use(

@@ -121,10 +121,25 @@ def test_completions_keep_the_drawing_and_are_the_librarys(served):
     assert reply.status_code == 200, reply.text
     got = decoded(reply.json()["digits"]).reshape(3, 784)
     image = torch.tensor(drawing).reshape(1, 1, 28, 28)
-    want = inpaint(run, image, image == 0, n=3, steps=10, seed=2, resample=2)
+    want = inpaint(run, image, image == 0, n=3, steps=10, seed=2, resample=1)
     assert np.array_equal(got.flatten(), as_bytes(want))
     drawn = np.array(drawing) > 0
     assert np.array_equal(got[:, drawn], np.broadcast_to(as_bytes(torch.tensor(drawing))[drawn], (3, drawn.sum())))
+
+
+@needs_server
+def test_completions_with_matched_clusters_are_the_librarys(served, data_dir):
+    studio, client, run = served
+    assert client.get(f"/api/info?run={RUN}").json()["match_clusters"] is True  # clustered, training digits at hand
+    drawing = bar()
+    body = {"run": RUN, "drawing": drawing, "n": 3, "steps": 4, "seed": 2, "match_clusters": True}
+    reply = client.post("/api/complete", json=body)
+    assert reply.status_code == 200, reply.text
+    image = torch.tensor(drawing).reshape(1, 1, 28, 28)
+    want = inpaint(run, image, image == 0, n=3, steps=4, seed=2, resample=1, match=run.cluster_matcher(data_dir))
+    assert np.array_equal(decoded(reply.json()["digits"]), as_bytes(want))
+    plain = inpaint(run, image, image == 0, n=3, steps=4, seed=2, resample=1)
+    assert not np.array_equal(as_bytes(want), as_bytes(plain))
 
 
 @needs_server
@@ -281,7 +296,11 @@ def test_the_benchmark_times_the_studio_beside_sample(tiny_run, data_dir, tmp_pa
     bar = results["seven_bar"]  # what the completions of a 7's bar are read as
     assert bar["n"] == 64 and sum(bar["histogram"]) == 64 and len(bar["histogram"]) == 10
     assert bar["seven_or_nine"] == (bar["histogram"][7] + bar["histogram"][9]) / 64
-    assert (bar["rows"], bar["columns"]) == ([7, 8], [8, 20])
+    assert (bar["rows"], bar["columns"]) == ([8, 9], [8, 20])
+    assert bar["match_clusters"] is True  # a clustered run, MNIST's training digits at hand: the page's default
+    plain = bar["without_matching"]
+    assert plain["n"] == 64 and plain["seven_or_nine"] == (plain["histogram"][7] + plain["histogram"][9]) / 64
+    assert len(bar["mnist"]["digits"]) == 10 and abs(sum(bar["mnist"]["digits"]) - 1) < 1e-3
     table = out.with_suffix(".md").read_text()
     assert "| studio: first streamed step |" in table and "read as 7 or 9" in table
 

@@ -5,6 +5,7 @@ sample and scrub the trajectory; move the forward process's t; walk. Every reque
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -76,7 +77,7 @@ def test_drawing_a_bar_and_filling_the_rest(watched):
     guide = page.locator(".digit-box").bounding_box()  # MNIST's 20x20 digit box over the pad; strokes pass through
     assert max(abs(guide["x"] - at(4, 4)[0]), abs(guide["y"] - at(4, 4)[1])) <= 2
     assert abs(guide["width"] - 20 * box["width"] / 28) <= 2 and abs(guide["height"] - 20 * box["height"] / 28) <= 2
-    for row in (7.5, 8.5):  # the top bar of a 7, two pixels thick, where MNIST's 7s have it
+    for row in (8.5, 9.5):  # the top bar of a 7, two pixels thick, where MNIST's 7s have it
         page.mouse.move(*at(8.5, row))
         page.mouse.down()
         page.mouse.move(*at(20.5, row), steps=12)
@@ -86,7 +87,10 @@ def test_drawing_a_bar_and_filling_the_rest(watched):
     assert 30 <= len(drawn) <= 120 and all(5 <= i // 28 <= 11 for i in drawn)  # a bar, where it was drawn
     page.fill("#edits", "4")
     page.fill("#edit-steps", "5")
-    page.click("#fill")
+    assert page.is_checked("#edit-match") and page.is_enabled("#edit-match")  # a clustered run, MNIST at hand
+    with page.expect_request("**/api/complete") as sent:
+        page.click("#fill")
+    assert json.loads(sent.value.post_data)["match_clusters"] is True
     page.wait_for_function("window.studio.results.complete !== undefined", timeout=WAIT_MS)
     grid = pixels_of(page, "edits-out")
     assert (grid["width"], grid["height"]) == (4 * 29 + 1, 29 + 1)  # four tiles of 28 with a pixel between

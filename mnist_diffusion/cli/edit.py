@@ -65,6 +65,14 @@ def inpaint(
     resample: Annotated[
         int, typer.Option(help="RePaint: walk each block of J steps R times in all (1: never).")
     ] = config.INPAINT_RESAMPLE,
+    match_clusters: Annotated[
+        bool,
+        typer.Option(
+            "--match-clusters",
+            help="Clustered runs: draw each completion's cluster from those of the training digits that agree with "
+            "the visible pixels, and guide towards it (--cluster-guidance, default 1.6)."
+        ),
+    ] = False,
     output: output_to("PNG grid to write.") = Path("inpaint.png"),
     scale: Scale = 2,
     save_tensor: tensors_to("the completions (N n, 1, 28, 28) in [0, 1], the originals and the mask") = None,
@@ -76,7 +84,8 @@ def inpaint(
     One row per digit: the original, the masked input, the completions.
     Ancestral steps (DDIM, eta 1), evenly spaced unless --spacing is given.
     On a clustered run no cluster is drawn, so the visible part decides the digit
-    (--cluster-guidance S draws one, as sample does).
+    (--cluster-guidance S draws one, as sample does; --match-clusters draws one
+    that agrees with the visible part).
 
     Example: mnistdiff inpaint --test-index 0,5,9 --mask top -n 6 -o inpaint.png"""
     from ..io import check_output
@@ -90,7 +99,8 @@ def inpaint(
     images = _digits(image, test_index, where.data_dir)
     loaded = where.load()
     settings = sampling.for_run(loaded.guidance_kinds)
-    repaint = {"n": n, "digit": digit, "jumps": jumps, "resample": resample}
+    match = loaded.cluster_matcher(where.data_dir, log=say) if match_clusters else None
+    repaint = {"n": n, "digit": digit, "jumps": jumps, "resample": resample, "match": match}
     inpaint_to_files(loaded, images, missing, output, settings, **repaint, scale=scale, save_tensor=save_tensor)
     wrote(output, save_tensor)
 

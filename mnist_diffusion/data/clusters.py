@@ -12,12 +12,14 @@ every machine.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from ..errors import UserError
 from ..io import load_tensors, save_tensors
+from .mnist import ensure_mnist, load_mnist
 
 CLUSTERS = "clusters.safetensors"  # in a run folder: each training image's cluster, and the clusters' sizes
 PCA_DIMS = 50  # features: the images' projections on their first 50 principal components
@@ -102,3 +104,60 @@ def load_clusters(run_dir: Path, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     if not ok:
         raise UserError(f"{path} does not hold the {k} clusters of the run's config.json (corrupt?)")
     return assign, counts
+
+
+MATCH_BANDWIDTH = 0.5  # h of ClusterMatcher's kernel, in pixel values over the known pixels
+MATCH_CHUNK = 64  # drawings scored at once: an [N x 64] matrix, 15 MB for MNIST's 60,000 images
+
+
+class ClusterMatcher:
+    """p(cluster | the known pixels of a drawing): a kernel (Nadaraya-Watson) estimate over the
+    training images, each weighing exp(-d^2 / (2 h^2)), d^2 its squared distance to the drawing on
+    the drawing's known pixels, and each voting for its own cluster. What a drawn stroke says about
+    the digit it begins: the training digits with ink where the stroke is count, whatever they have
+    where the drawing is left to fill.
+
+    :param images: the training images [N x H x W], uint8 (or floats in [0, 1]); ``assign``: their
+        clusters [N], 0..k-1 (a run's ``clusters.safetensors``).
+    """
+
+    def __init__(self, images: torch.Tensor, assign: torch.Tensor, k: int, bandwidth: float = MATCH_BANDWIDTH):
+        if len(images) != len(assign):
+            raise UserError(f"{len(assign)} cluster assignments for {len(images)} training images")
+        x = images.reshape(len(images), -1).to(torch.float32)
+        self.x = x / 255.0 if images.dtype == torch.uint8 else x  # (N, P)
+        self.x2 = self.x * self.x
+        self.assign, self.k, self.bandwidth = assign.to(torch.int64), k, bandwidth
+
+    @classmethod
+    def of_run(cls, run_dir: Path, k: int, data_dir: Path, log: Callable[[str], None] | None = None) -> ClusterMatcher:
+        """The matcher of the run in ``run_dir`` (trained on ``k`` clusters): MNIST's training
+        images in ``data_dir`` (fetched if missing) and the run's clusters of them."""
+        ensure_mnist(data_dir, log=log)
+        images, _ = load_mnist(data_dir, "train")
+        assign = load_clusters(run_dir, k)[0]
+        if len(assign) != len(images):
+            raise UserError(
+                f"run {run_dir.name} was clustered on {len(assign)} training images, {data_dir} has {len(images)}"
+            )
+        return cls(images, assign, k)
+
+    def probabilities(self, drawings: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        """[B x k] float64, each row summing to 1, for ``drawings`` [B x H x W] (or [B x 1 x H x W])
+        in [0, 1] and ``known``, bool like them: True where a pixel counts."""
+        m = known.reshape(len(known), -1).to(torch.float32)  # (B, P)
+        d = drawings.reshape(len(drawings), -1).to(torch.float32) * m
+        rows = []
+        for first in range(0, len(d), MATCH_CHUNK):
+            mc, dc = m[first : first + MATCH_CHUNK], d[first : first + MATCH_CHUNK]
+            # sum_p m_p (x_p - d_p)^2 = x^2 . m - 2 x . (m d) + (m d) . d for every image and drawing: (N, b)
+            dist2 = (self.x2 @ mc.T - 2 * self.x @ dc.T + (dc * dc).sum(1)).clamp_min(0).double()
+            weights = torch.softmax(-dist2 / (2 * self.bandwidth**2), dim=0)  # (N, b), each column sums to 1
+            rows.append(torch.zeros(self.k, len(mc), dtype=torch.float64).index_add_(0, self.assign, weights).T)
+        return torch.cat(rows)
+
+    def draw(self, drawings: torch.Tensor, known: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` clusters for each drawing, drawn from :meth:`probabilities`: [B n] int64 on the
+        generator's device, the n of drawing 0 first."""
+        probs = self.probabilities(drawings, known).to(generator.device)
+        return torch.multinomial(probs, n, replacement=True, generator=generator).reshape(-1)

@@ -3,6 +3,7 @@ every weights file checked against ``config.json``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from ..config import GuidanceKinds, RunConfig
-from ..data.clusters import load_clusters
+from ..data.clusters import ClusterMatcher, load_clusters
 from ..diffusion.schedule import Schedule
 from ..errors import UserError
 from ..nets.unet import build_model
@@ -44,6 +45,15 @@ class LoadedRun:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def cluster_matcher(self, data_dir: Path, log: Callable[[str], None] | None = None) -> ClusterMatcher:
+        """What ``inpaint --match-clusters`` draws clusters with: MNIST's training images in
+        ``data_dir`` (fetched if missing) and this run's clusters of them."""
+        if not self.clustered:
+            raise UserError(
+                f"--match-clusters needs a run trained on pixel clusters (the default preset); {self.path.name} is not"
+            )
+        return ClusterMatcher.of_run(self.path, self.cfg.train.clusters, data_dir, log=log)
 
 
 def _load_network(cfg: RunConfig, path: Path, device: torch.device) -> nn.Module:

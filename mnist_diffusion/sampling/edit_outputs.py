@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..config import INPAINT_JUMPS, INPAINT_RESAMPLE, INTERPOLATE_FRAMES, SamplingConfig
+from ..data.clusters import ClusterMatcher
 from ..io import check_output, save_tensors
 from ..pictures.animation import save_gif
 from ..pictures.grids import save_grid
@@ -42,6 +43,7 @@ def inpaint_to_files(
     digit: int | None = None,
     jumps: int = INPAINT_JUMPS,
     resample: int = INPAINT_RESAMPLE,
+    match: ClusterMatcher | None = None,
     scale: int = 2,
     save_tensor: Path | None = None,
     progress: bool = True,
@@ -51,19 +53,19 @@ def inpaint_to_files(
     completions. ``save_tensor`` also gets the completions as ``samples`` [N n x 1 x 28 x 28] in
     [0, 1] (readable by `eval --samples`), the ``originals`` and the ``missing`` mask (uint8),
     with the settings in its metadata. The PNG says how it was made (:func:`made_with`): the
-    settings, and ``inpainting``: jumps, resample, n, digit and each image's ``missing`` mask (the
-    hex of its 28 x 28 bits, row-major, 1 where missing). Returns the completions, [N x n x 1 x 28 x 28]."""
+    settings, and ``inpainting``: jumps, resample, n, digit, match_clusters and each image's
+    ``missing`` mask (the hex of its 28 x 28 bits, row-major, 1 where missing). Returns the
+    completions, [N x n x 1 x 28 x 28]."""
     check_output(output, PNG, "-o")
     check_output(save_tensor, TENSORS, "--save-tensor")
     count_for(n, "-n", scale=scale, each=len(images))
-    completions = inpaint(
-        run, images, missing, sampling, n=n, digit=digit, jumps=jumps, resample=resample, progress=progress
-    )
+    repaint = {"n": n, "digit": digit, "jumps": jumps, "resample": resample, "match": match}
+    completions = inpaint(run, images, missing, sampling, **repaint, progress=progress)
     missing = missing.to(torch.bool).broadcast_to(images.shape)
     masked = torch.where(missing, torch.full_like(images, HOLE), images)
     rows = torch.cat([images[:, None], masked[:, None], completions], dim=1)  # (N, n + 2, 1, 28, 28)
-    settings = inpaint_settings(run, sampling)
-    inpainting = {"jumps": jumps, "resample": resample, "n": n, "digit": digit}
+    settings = inpaint_settings(run, sampling, matched=match is not None)
+    inpainting = {"jumps": jumps, "resample": resample, "n": n, "digit": digit, "match_clusters": match is not None}
     masks = [np.packbits(m.flatten().numpy()).tobytes().hex() for m in missing]  # 28 x 28 bits each
     picture = made_with(run, settings, inpainting={**inpainting, "missing": masks})
     save_grid(rows.reshape(-1, *images.shape[1:]), output, nrow=n + 2, scale=scale, metadata=picture)

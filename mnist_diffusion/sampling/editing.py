@@ -12,7 +12,10 @@ a cluster drawn from the seed's generator on a clustered run (first, as :func:`g
 Inpainting is the exception on a clustered run: the visible pixels, not a drawn cluster, decide
 which digit a completion becomes, so it runs the network without a cluster (the null label) and
 without cluster guidance, unless a cluster-guidance scale is asked for (docs/RESULTS.md: a drawn
-cluster fights the visible part and completes fewer digits as their true label).
+cluster fights the visible part and completes fewer digits as their true label). With a
+:class:`~mnist_diffusion.data.clusters.ClusterMatcher` (``--match-clusters``), each completion's
+cluster is drawn from the clusters of the training digits that agree with the visible pixels, and
+guided towards (cluster guidance 1.6 unless a scale is given).
 """
 
 from __future__ import annotations
@@ -30,10 +33,11 @@ from ..config import (
     INTERPOLATE_DEFAULTS,
     INTERPOLATE_FRAMES,
     INVERT_DEFAULTS,
+    SAMPLE_DEFAULTS,
     SDEDIT_STRENGTH,
     SamplingConfig,
 )
-from ..data.clusters import draw_clusters
+from ..data.clusters import ClusterMatcher, draw_clusters
 from ..diffusion import x0_to_unit
 from ..diffusion.editing import check_repaint, ddim_invert, repaint, slerp
 from ..diffusion.samplers import Start, StepCallback, sample, spaced_timesteps
@@ -87,13 +91,17 @@ def _pick(labels: torch.Tensor | None, batch: slice) -> torch.Tensor | None:
 # ----------------------------------------------------------------------------- inpainting
 
 
-def inpaint_settings(run: LoadedRun, sampling: SamplingConfig | None = None, **overrides: Any) -> SamplingConfig:
+def inpaint_settings(
+    run: LoadedRun, sampling: SamplingConfig | None = None, *, matched: bool = False, **overrides: Any
+) -> SamplingConfig:
     """How :func:`inpaint` samples, resolved for ``run``: ancestral steps (DDIM with eta = 1) on
-    the steps given (default: DDIM's), evenly spaced unless a spacing is given;
-    cluster guidance off unless its scale is given (the module's docstring says why): INPAINT_DEFAULTS."""
+    the steps given (default: DDIM's), evenly spaced unless a spacing is given; cluster guidance
+    off unless its scale is given (the module's docstring says why), or ``matched`` (clusters
+    drawn by a ClusterMatcher: `sample`'s scale): INPAINT_DEFAULTS."""
     s, d = settings_of(sampling, overrides), INPAINT_DEFAULTS
     spacing = d.spacing if s.spacing is None else s.spacing
-    clusters = d.cluster_guidance if s.guidance.clusters is None else s.guidance.clusters
+    unset = SAMPLE_DEFAULTS.cluster_guidance if matched else d.cluster_guidance
+    clusters = unset if s.guidance.clusters is None else s.guidance.clusters
     guidance = dataclasses.replace(s.guidance, clusters=clusters)
     return resolve_for(run, dataclasses.replace(s, sampler="ddim", eta=1.0, spacing=spacing, guidance=guidance))
 
@@ -108,12 +116,15 @@ def inpaint(
     digit: int | None = None,
     jumps: int = INPAINT_JUMPS,
     resample: int = INPAINT_RESAMPLE,
+    match: ClusterMatcher | None = None,
     progress: bool = False,
     **overrides: Any,
 ) -> torch.Tensor:
     """Fill the ``missing`` pixels of each image ``n`` times with RePaint (Lugmayr et al. 2022,
     :func:`~mnist_diffusion.diffusion.editing.repaint`): after each ``jumps`` steps, go back as
-    many with the forward process and redo them, ``resample`` times in all.
+    many with the forward process and redo them, ``resample`` times in all. ``match`` (a clustered
+    run's :meth:`LoadedRun.cluster_matcher`): each completion's cluster drawn from those of the training
+    digits that agree with the image's visible pixels.
 
     :param images: [N x 1 x 28 x 28] in [0, 1] (or one [28 x 28] digit).
     :param missing: bool, broadcastable to [N x 1 x 28 x 28] (a [28 x 28] mask for all): True
@@ -126,7 +137,9 @@ def inpaint(
         missing = torch.as_tensor(missing).cpu().to(torch.bool).broadcast_to(x.shape)
     except RuntimeError:
         raise UserError(f"a mask of shape {tuple(missing.shape)} does not fit images of {tuple(x.shape)}") from None
-    settings = inpaint_settings(run, sampling, **overrides)
+    if match is not None and (not run.clustered or match.k != run.cfg.train.clusters):
+        raise UserError(f"a matcher of {match.k} clusters does not fit run {run.path.name}")
+    settings = inpaint_settings(run, sampling, matched=match is not None, **overrides)
     try:
         check_repaint(settings.steps, jumps, resample)
     except ValueError as e:
@@ -136,7 +149,10 @@ def inpaint(
     generator = torch.Generator(device=device).manual_seed(settings.seed)
     forward = torch.Generator(device=device).manual_seed(derive_seed(settings.seed ^ FORWARD_STREAM))
     unguided = run.clustered and digit is None and settings.guidance.clusters == 1.0  # no cluster: the null label
-    labels = None if unguided else edit_labels(run, len(x) * n, digit, generator)
+    if match is not None:
+        labels = match.draw(x, ~missing, n, generator)  # (N n,): n clusters of each image's visible pixels
+    else:
+        labels = None if unguided else edit_labels(run, len(x) * n, digit, generator)
     x0 = (x * 2 - 1).repeat_interleave(n, dim=0)  # (N n, 1, 28, 28) in [-1, 1], n copies of each in a row
     known = (~missing).repeat_interleave(n, dim=0)
     networks = networks_for(run, settings)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..config import SamplingConfig
+from ..data.clusters import ClusterMatcher
 from ..data.mnist import raw_dir, test_digits
 from ..diffusion import pixels_to_x0, x0_to_unit
 from ..diffusion.samplers import Start
@@ -73,6 +74,7 @@ class Studio:
         self.extra_run = extra_run
         self.default_run = extra_run.name if extra_run is not None else None
         self.loaded: dict[str, LoadedRun] = {}
+        self.matchers: dict[str, ClusterMatcher] = {}  # a clustered run's, made on its first --match-clusters
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="studio")
         self.pages_running: dict[str, threading.Event] = {}
         self.lock = threading.Lock()
@@ -120,10 +122,31 @@ class Studio:
             "alpha_bar": [float(ab[t]) for t in ts],
             "log10_snr": [math.log10(max(float(ab[t] / (1 - ab[t])), 1e-30)) for t in ts],
             "test_digits": self.has_test_digits(),
+            "match_clusters": run.clustered and self.has_training_digits(),
         }
 
     def has_test_digits(self) -> bool:
         return (raw_dir(self.data_dir) / "t10k-images-idx3-ubyte").is_file()
+
+    def has_training_digits(self) -> bool:
+        return all(
+            (raw_dir(self.data_dir) / f"train-{kind}-idx{d}-ubyte").is_file()
+            for kind, d in (("images", 3), ("labels", 1))
+        )
+
+    def matcher(self, name: str) -> ClusterMatcher:
+        """The ClusterMatcher of run ``name``, made once; never a download (the page offers the
+        choice only where MNIST's training digits are in ``data_dir``)."""
+        if name not in self.matchers:
+            run = self.run(name)
+            if not run.clustered:
+                raise UserError(f"run {name} was not trained on pixel clusters: there are none to match")
+            if not self.has_training_digits():
+                raise UserError(
+                    f"matching clusters needs MNIST's training digits in {self.data_dir} (`mnistdiff data`)"
+                )
+            self.matchers[name] = run.cluster_matcher(self.data_dir)
+        return self.matchers[name]
 
     # ------------------------------------------------------------------ requests
 
@@ -223,6 +246,7 @@ class Studio:
             digit=request.digit,
             jumps=request.jumps,
             resample=request.resample,
+            match=self.matcher(request.run) if request.match_clusters else None,
         )
         return {"n": request.n, "digits": pixels(out[0])}
 

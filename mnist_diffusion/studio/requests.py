@@ -17,7 +17,9 @@ MAX_EDITS = 16  # the most completions or clean-ups one request makes
 MAX_FRAMES = 16  # the most pictures of one walk
 MAX_RESAMPLE = 10  # RePaint's r: each block of steps walked at most this many times
 STUDIO_STEPS = 20  # the page's default model evaluations: a sample that streams in about the time `sample` takes
-STUDIO_RESAMPLE = 2  # the page's default r for "fill the rest": a completion in a second or two on a CPU
+STUDIO_RESAMPLE = (
+    1  # the page's default r for "fill the rest": more did not change which digits came back (docs/STUDIO.md)
+)
 
 Pixel = Annotated[float, Field(ge=0.0, le=1.0)]
 Drawing = Annotated[list[Pixel], Field(min_length=PIXELS, max_length=PIXELS)]
@@ -68,6 +70,7 @@ class CompleteRequest(Sampling):
     n: int = Field(8, ge=1, le=MAX_EDITS)
     jumps: int = Field(INPAINT_JUMPS, ge=1, le=100)
     resample: int = Field(STUDIO_RESAMPLE, ge=1, le=MAX_RESAMPLE)
+    match_clusters: bool = False  # `inpaint --match-clusters`: clustered runs, with MNIST's training digits at hand
 
     def missing(self) -> torch.Tensor:
         """bool [1 x 28 x 28]: the pixels to fill."""

@@ -80,6 +80,7 @@ async function pickRun(name) {
   $("fwd-t").max = info.timesteps - 1;
   $("fwd-t").value = Math.round(0.3 * (info.timesteps - 1));
   if (!info.test_digits) { $("fwd-drawing").checked = true; $("fwd-digit").disabled = true; }
+  $("edit-match").disabled = !info.match_clusters;
   status("ready");
   showForward();
 }
@@ -209,6 +210,7 @@ async function edit(kind) {
   const buttons = [$("fill"), $("cleanup")];
   const body = { drawing: Array.from(studio.drawing), n: number($("edits")), steps: number($("edit-steps")), seed: number($("edit-seed")) };
   if (kind === "complete" && studio.mask.some((m) => m)) body.mask = Array.from(studio.mask, (m) => m === 1);
+  if (kind === "complete" && studio.info.match_clusters && $("edit-match").checked) body.match_clusters = true;
   if (kind === "cleanup") body.strength = Number($("strength").value);
   if (!studio.drawing.some((v) => v > 0) && !body.mask) return status("draw something first", true);
   busy(buttons, true);
