@@ -49,11 +49,16 @@ from mnist_diffusion.sampling.generate import generate
 # A 7's top bar: rows 8-9, columns 8-20, the rows where the training 7s have the most ink in those
 # columns (and the widest row of most 7s). Higher up (rows 5-7) is where 2s, 3s, 5s and 0s begin,
 # and both the model and the training digits with ink there finish such a bar as those.
-BAR_ROWS, BAR_COLUMNS = (8, 9), (8, 20)
-SEVEN_BAR = [
-    1.0 if BAR_ROWS[0] <= i // 28 <= BAR_ROWS[1] and BAR_COLUMNS[0] <= i % 28 <= BAR_COLUMNS[1] else 0.0
-    for i in range(784)
-]
+BAR_TOP, BAR_COLUMNS = 8, (8, 20)
+
+
+def bar_drawing(top: int) -> list[float]:
+    """A 7's top bar two pixels thick, rows ``top`` and ``top + 1``, columns BAR_COLUMNS: 784 values."""
+    return [
+        1.0 if top <= i // 28 <= top + 1 and BAR_COLUMNS[0] <= i % 28 <= BAR_COLUMNS[1] else 0.0 for i in range(784)
+    ]
+
+
 READ_SEEDS = 4  # (c): requests of 16 completions, seeds 0-3
 PANELS = ("sample", "draw", "forward", "walk")
 
@@ -123,7 +128,7 @@ def mnist_answer(data_dir: Path, drawing: list[float]) -> dict:
     return {"digits": [round(p, 4) for p in probs.tolist()], "seven_or_nine": float(probs[7] + probs[9])}
 
 
-def screenshots(base: str, out: Path, run: str) -> list[Path]:
+def screenshots(base: str, out: Path, run: str, rows: tuple[int, int]) -> list[Path]:
     """A picture of each panel after using it: a sample, a drawing filled, t moved, a walk."""
     from playwright.sync_api import sync_playwright
 
@@ -141,7 +146,7 @@ def screenshots(base: str, out: Path, run: str) -> list[Path]:
         page.wait_for_function("window.studio.results.sample !== undefined", timeout=600_000)
         page.locator("#sample-step").fill("8")
         box = page.locator("#pad").bounding_box()
-        for row in BAR_ROWS:  # through the middle of each pixel row of SEVEN_BAR
+        for row in rows:  # through the middle of each pixel row of the bar
             y = box["y"] + (row + 0.5) * box["height"] / 28
             page.mouse.move(box["x"] + (BAR_COLUMNS[0] + 0.5) * box["width"] / 28, y)
             page.mouse.down()
@@ -170,9 +175,13 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=16, help="digits of the sample")
     ap.add_argument("--steps", type=int, default=20, help="steps of the sample")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--bar-top", type=int, default=BAR_TOP, help="the 7's bar: its first of two rows (0-26)")
     ap.add_argument("--screenshots", type=Path, default=None, help="also write docs/studio-*.png here")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "studio.json")
     args = ap.parse_args()
+    if not 0 <= args.bar_top <= 26:
+        ap.error(f"--bar-top must be a row from 0 to 26 (got {args.bar_top})")
+    rows, drawing = (args.bar_top, args.bar_top + 1), bar_drawing(args.bar_top)
 
     from mnist_diffusion.studio.engine import Studio
     from mnist_diffusion.studio.server import create_app, serving
@@ -182,7 +191,7 @@ def main() -> None:
     studio = Studio(args.artifacts_dir, args.data_dir, device, extra_run=run_dir)
     loaded = studio.run(run_dir.name)
     body = {"page_id": "bench", "run": run_dir.name, "n": args.n, "steps": args.steps, "seed": 0}
-    fill = {"page_id": "bench", "run": run_dir.name, "drawing": SEVEN_BAR, "n": 8, "seed": 0}
+    fill = {"page_id": "bench", "run": run_dir.name, "drawing": drawing, "n": 8, "seed": 0}
     fill["match_clusters"] = studio.info(run_dir.name)["match_clusters"]  # what the page sends by default
     settings = SamplingConfig(steps=args.steps)
     with serving(create_app(studio)) as base:
@@ -202,8 +211,8 @@ def main() -> None:
         read = read_completions(base, fill)
         say(f"fill the rest of a 7's bar: {read['seven_or_nine']:.0%} read as 7 or 9 ({read['histogram']})")
         plain = read_completions(base, {**fill, "match_clusters": False}) if fill["match_clusters"] else read
-        mnist = mnist_answer(args.data_dir, SEVEN_BAR) if studio.has_training_digits() else None
-        shots = screenshots(base, args.screenshots, run_dir.name) if args.screenshots else []
+        mnist = mnist_answer(args.data_dir, drawing) if studio.has_training_digits() else None
+        shots = screenshots(base, args.screenshots, run_dir.name, rows) if args.screenshots else []
     studio.close()
     with tempfile.TemporaryDirectory() as tmp:
         command = [sys.executable, "-m", "mnist_diffusion", "sample", "--run", str(run_dir), "-n", str(args.n)]
@@ -224,7 +233,7 @@ def main() -> None:
         "library_sample_s": library,
         "cli_sample_s": cli,
         "seven_bar": {
-            "rows": BAR_ROWS,
+            "rows": rows,
             "columns": BAR_COLUMNS,
             "match_clusters": fill["match_clusters"],
             **read,
@@ -245,7 +254,7 @@ def main() -> None:
         f"| library: `generate`, run loaded | {med['library_sample_s']:.2f} |\n"
         f"| `mnistdiff sample`, a new process | {med['cli_sample_s']:.2f} |\n"
         f"| studio: fill the rest, 8 completions | {med['fill_the_rest_s']:.2f} |\n"
-        f"\nA 7's top bar (rows {BAR_ROWS[0]}-{BAR_ROWS[1]}, columns {BAR_COLUMNS[0]}-{BAR_COLUMNS[1]}) filled "
+        f"\nA 7's top bar (rows {rows[0]}-{rows[1]}, columns {BAR_COLUMNS[0]}-{BAR_COLUMNS[1]}) filled "
         f"{read['n']} times"
         + (" (clusters that match the drawing)" if fill["match_clusters"] else "")
         + f": {read['seven_or_nine']:.0%} read as 7 or 9; digits 0-9: {read['histogram']}\n"
