@@ -70,7 +70,7 @@ def inpaint(
         typer.Option(
             "--match-clusters",
             help="Clustered runs: draw each completion's cluster from those of the training digits that agree with "
-            "the visible pixels, and guide towards it (--cluster-guidance, default 1.6)."
+            "the visible pixels, and guide towards it (--cluster-guidance, default 1.6).",
         ),
     ] = False,
     output: output_to("PNG grid to write.") = Path("inpaint.png"),
