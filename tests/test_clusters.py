@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from mnist_diffusion.data.clusters import (
+    IMAGE_CHUNK,
+    MATCH_BANDWIDTH,
     ClusterMatcher,
     draw_clusters,
     kmeans,
@@ -113,6 +115,19 @@ def test_matching_clusters_is_the_kernel_estimate():
         for b in range(3):
             want = matching_reference(images, assign, 3, drawings[b], known[b], h)
             assert torch.allclose(got[b], torch.tensor(want, dtype=torch.float64), atol=1e-5), (h, b)
+
+
+def test_matching_over_more_images_than_one_chunk():
+    g = torch.Generator().manual_seed(1)
+    n = IMAGE_CHUNK + 5  # the last 5 images in a chunk of their own
+    images = torch.randint(0, 256, (n, 4, 4), generator=g, dtype=torch.uint8)
+    assign = torch.randint(0, 3, (n,), generator=g)
+    drawing = torch.rand(1, 4, 4, generator=g)
+    known = torch.rand(1, 4, 4, generator=g) < 0.5
+    x = images.double() / 255
+    w = torch.exp(-((x - drawing.double()) ** 2 * known).sum((1, 2)) / (2 * MATCH_BANDWIDTH**2))  # (n,)
+    want = torch.zeros(3, dtype=torch.float64).index_add_(0, assign, w / w.sum())
+    torch.testing.assert_close(ClusterMatcher(images, assign, 3).probabilities(drawing, known)[0], want)
 
 
 def test_a_stroke_picks_the_clusters_with_ink_there_whatever_is_left_to_fill():

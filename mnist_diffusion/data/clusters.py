@@ -107,7 +107,8 @@ def load_clusters(run_dir: Path, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 MATCH_BANDWIDTH = 0.5  # h of ClusterMatcher's kernel, in pixel values over the known pixels
-MATCH_CHUNK = 64  # drawings scored at once: an [N x 64] matrix, 15 MB for MNIST's 60,000 images
+MATCH_CHUNK = 64  # drawings scored at once: an [N x 64] float64 matrix, 31 MB for MNIST's 60,000 images
+IMAGE_CHUNK = 8192  # training images turned to floats at once (the matcher keeps them as they came, uint8)
 
 
 class ClusterMatcher:
@@ -124,9 +125,7 @@ class ClusterMatcher:
     def __init__(self, images: torch.Tensor, assign: torch.Tensor, k: int, bandwidth: float = MATCH_BANDWIDTH):
         if len(images) != len(assign):
             raise UserError(f"{len(assign)} cluster assignments for {len(images)} training images")
-        x = images.reshape(len(images), -1).to(torch.float32)
-        self.x = x / 255.0 if images.dtype == torch.uint8 else x  # (N, P)
-        self.x2 = self.x * self.x
+        self.images = images.reshape(len(images), -1)  # (N, P), 47 MB for MNIST's training set in uint8
         self.assign, self.k, self.bandwidth = assign.to(torch.int64), k, bandwidth
 
     @classmethod
@@ -150,11 +149,17 @@ class ClusterMatcher:
         rows = []
         for first in range(0, len(d), MATCH_CHUNK):
             mc, dc = m[first : first + MATCH_CHUNK], d[first : first + MATCH_CHUNK]
-            # sum_p m_p (x_p - d_p)^2 = x^2 . m - 2 x . (m d) + (m d) . d for every image and drawing: (N, b)
-            dist2 = (self.x2 @ mc.T - 2 * self.x @ dc.T + (dc * dc).sum(1)).clamp_min(0).double()
+            dist2 = torch.cat([self._distances(start, mc, dc) for start in range(0, len(self.images), IMAGE_CHUNK)])
             weights = torch.softmax(-dist2 / (2 * self.bandwidth**2), dim=0)  # (N, b), each column sums to 1
             rows.append(torch.zeros(self.k, len(mc), dtype=torch.float64).index_add_(0, self.assign, weights).T)
         return torch.cat(rows)
+
+    def _distances(self, start: int, m: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        """Squared distances on the known pixels from images start.. (IMAGE_CHUNK of them) to each
+        drawing, float64 (n, b): sum_p m_p (x_p - d_p)^2 = x^2 . m - 2 x . (m d) + (m d) . d."""
+        x = self.images[start : start + IMAGE_CHUNK].to(torch.float32)
+        x = x / 255.0 if self.images.dtype == torch.uint8 else x
+        return ((x * x) @ m.T - 2 * x @ d.T + (d * d).sum(1)).clamp_min(0).double()
 
     def draw(self, drawings: torch.Tensor, known: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
         """``n`` clusters for each drawing, drawn from :meth:`probabilities`: [B n] int64 on the
