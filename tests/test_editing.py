@@ -270,6 +270,8 @@ def test_matched_clusters_come_from_the_training_digits_that_agree(run, digits, 
     assert torch.equal(in_8_bits(out[:, :, :, :, :14]), in_8_bits(digits[:2, None, :, :, :14].expand(2, 2, 1, 28, 14)))
     matcher = run.cluster_matcher(data_dir)  # the run's own: the 512 training digits of data_dir, k clusters
     assert (len(matcher.assign), matcher.k) == (512, k)
+    with pytest.raises(UserError, match="--digit needs a class-conditional run"):
+        inpaint(run, digits[:1], missing, steps=2, resample=1, digit=3, match=matcher)
     with pytest.raises(UserError, match="does not fit run"):
         inpaint(run, digits[:1], missing, steps=2, resample=1, match=ClusterMatcher(train, torch.zeros(20), k + 1))
 

@@ -149,7 +149,7 @@ def inpaint(
     generator = torch.Generator(device=device).manual_seed(settings.seed)
     forward = torch.Generator(device=device).manual_seed(derive_seed(settings.seed ^ FORWARD_STREAM))
     unguided = run.clustered and digit is None and settings.guidance.clusters == 1.0  # no cluster: the null label
-    if match is not None:
+    if match is not None and digit is None:  # (a digit on a clustered run is refused below)
         labels = match.draw(x, ~missing, n, generator)  # (N n,): n clusters of each image's visible pixels
     else:
         labels = None if unguided else edit_labels(run, len(x) * n, digit, generator)
