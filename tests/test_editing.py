@@ -439,7 +439,13 @@ def test_inpaint_command_writes_the_same_grid_for_the_same_seed(cli, tmp_path):
     with safe_open(tmp_path / "a.safetensors", "pt") as f:
         assert f.get_tensor("samples").shape == (6, 1, 28, 28) and f.get_tensor("missing").shape == (2, 1, 28, 28)
         assert json.loads(f.metadata()["sampling"])["sampler"] == "ddim"
-        assert json.loads(f.metadata()["inpainting"]) == {"jumps": 2, "resample": 2, "n": 3, "digit": None}
+        assert json.loads(f.metadata()["inpainting"]) == {
+            "jumps": 2,
+            "resample": 2,
+            "n": 3,
+            "digit": None,
+            "match_clusters": False,
+        }
 
 
 def test_interpolate_command_as_a_gif_and_a_strip(cli, tmp_path):
