@@ -139,13 +139,11 @@ class Studio:
         choice only where MNIST's training digits are in ``data_dir``)."""
         if name not in self.matchers:
             run = self.run(name)
-            if not run.clustered:
-                raise UserError(f"run {name} was not trained on pixel clusters: there are none to match")
-            if not self.has_training_digits():
+            if run.clustered and not self.has_training_digits():
                 raise UserError(
-                    f"matching clusters needs MNIST's training digits in {self.data_dir} (`mnistdiff data`)"
+                    f"matching clusters needs MNIST's training digits in {self.data_dir} (`mnistdiff data download`)"
                 )
-            self.matchers[name] = run.cluster_matcher(self.data_dir)
+            self.matchers[name] = run.cluster_matcher(self.data_dir)  # (refuses a run without clusters)
         return self.matchers[name]
 
     # ------------------------------------------------------------------ requests
