@@ -141,6 +141,7 @@ def test_every_float_of_a_config_must_be_finite():
         ("train", "weight_decay"),
         ("train", "grad_clip"),
         ("train", "ema_decay"),
+        ("train", "ema_gamma"),
         ("train", "label_dropout"),
         ("train", "guide_at"),
         ("model", "dropout"),

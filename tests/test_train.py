@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import threading
 import time
 
@@ -28,7 +29,7 @@ from mnist_diffusion.training import trainer as train_module
 from mnist_diffusion.training.budget import TimeBudget, loop_pace, steps_that_fit
 from mnist_diffusion.training.monitor import Monitor
 from mnist_diffusion.training.plan import plan_resume
-from mnist_diffusion.training.recipe import lr_at
+from mnist_diffusion.training.recipe import ema_decay_at, lr_at
 from mnist_diffusion.training.trainer import Trainer, TrainingDiverged, train
 
 
@@ -252,6 +253,38 @@ def test_lr_schedule_warmup_and_cosine():
     assert lr_at(10, cfg, 110) == pytest.approx(1.0)
     assert lr_at(60, cfg, 110) == pytest.approx(0.55)
     assert lr_at(110, cfg, 110) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 3.0, 8.0, 16.0])
+def test_ema_warmup_is_a_power_function_average_of_width_sigma_rel(gamma):
+    """After n updates the EMA weighs step i's weights about as i^gamma: its width relative to n is
+    EDM2's sigma_rel = sqrt(gamma + 1) / ((gamma + 2) sqrt(gamma + 3)), whatever n is."""
+    cfg = tiny_config()
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, ema_decay=0.9999999, ema_gamma=gamma))
+    sigma_rel = math.sqrt(gamma + 1) / ((gamma + 2) * math.sqrt(gamma + 3))
+    for n in (5_000, 20_000):
+        weights = torch.zeros(n + 1, dtype=torch.float64)  # weights[i]: share of the weights after step i
+        weights[0] = 1.0  # the EMA starts as a copy of the initial weights
+        for i in range(n):
+            decay = ema_decay_at(i, cfg)
+            weights *= decay
+            weights[i + 1] = 1.0 - decay
+        assert weights.sum().item() == pytest.approx(1.0, abs=1e-9)
+        steps = torch.arange(n + 1, dtype=torch.float64)
+        mean = (weights * steps).sum()
+        width = ((weights * (steps - mean) ** 2).sum().sqrt() / n).item()
+        assert width == pytest.approx(sigma_rel, rel=0.01)
+
+
+def test_ema_gamma_8_is_the_classic_warmup_and_ema_decay_caps_it():
+    cfg = tiny_config()
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, ema_decay=0.999, ema_warmup=True))
+    assert cfg.train.ema_gamma == 8.0
+    for n in (0, 1, 10, 1_000, 8_989):
+        assert ema_decay_at(n, cfg) == pytest.approx((1 + n) / (10 + n), rel=1e-15)
+    assert ema_decay_at(8_990, cfg) == pytest.approx(0.999) and ema_decay_at(50_000, cfg) == 0.999
+    off = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, ema_warmup=False))
+    assert ema_decay_at(0, off) == 0.999
 
 
 def test_guide_is_the_ema_at_guide_at_and_survives_resume(tmp_path, data_dir):

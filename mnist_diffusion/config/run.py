@@ -66,7 +66,8 @@ class TrainConfig:
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off
     ema_decay: float = 0.999  # EMA of the weights, used for sampling
-    ema_warmup: bool = True  # EMA decay min(ema_decay, (1 + step) / (10 + step)) early on
+    ema_warmup: bool = True  # EMA decay min(ema_decay, (1 + n) / (2 + ema_gamma + n)) at update n
+    ema_gamma: float = 8.0  # the warm-up's power-function EMA (Karras et al. 2024): larger averages fewer steps
     label_dropout: float = 0.1  # conditional models: share of labels replaced by "null" (CFG)
     guide_at: float = 0.2  # unconditional: keep the EMA weights at this share of training as the autoguidance guide
     clusters: int = 0  # unconditional: learn this many k-means clusters of the pixels as labels (data/clusters.py)
@@ -197,6 +198,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         (t.weight_decay >= 0, "weight decay must not be negative"),
         (t.grad_clip >= 0, "grad clip must not be negative"),
         (0.0 <= t.ema_decay < 1.0, "EMA decay must be in [0, 1)"),
+        (0.0 <= t.ema_gamma <= 1e6, "EMA gamma must be in [0, 1,000,000]"),
         (0.0 <= t.label_dropout < 1.0, "label dropout must be in [0, 1)"),
         (0.0 <= t.guide_at < 1.0, "guide_at must be in [0, 1)"),
         (t.steps >= 0, "steps must not be negative"),

@@ -25,10 +25,15 @@ def lr_at(step: int, cfg: RunConfig, total_steps: int) -> float:
 
 
 def ema_decay_at(num_updates: int, cfg: RunConfig) -> float:
-    """The EMA decay for the next update; with ema_warmup, min(decay, (1 + n) / (10 + n))."""
+    """The EMA decay for update n (0-based); with ema_warmup, min(decay, (1 + n) / (2 + gamma + n)).
+
+    The warm-up alone is a power-function EMA (Karras et al. 2024, eq. 3 in this discrete form):
+    after n updates the average weighs the weights of step i about as i^gamma, so its relative width
+    sigma_rel = sqrt(gamma + 1) / ((gamma + 2) sqrt(gamma + 3)) does not depend on the run's length
+    (gamma = 8: 0.09). ``ema_decay`` caps it: 0.999 from update 999 gamma + 998 on (8,990 at 8)."""
     decay = cfg.train.ema_decay
     if cfg.train.ema_warmup:
-        decay = min(decay, (1 + num_updates) / (10 + num_updates))
+        decay = min(decay, (1 + num_updates) / (2 + cfg.train.ema_gamma + num_updates))
     return decay
 
 
