@@ -147,6 +147,8 @@ def test_every_float_of_a_config_must_be_finite():
         ("model", "dropout"),
         ("diffusion", "beta_start"),
         ("diffusion", "beta_end"),
+        ("diffusion", "noise_mean"),
+        ("diffusion", "noise_std"),
     ]:
         for value in (math.inf, -math.inf, math.nan):
             with pytest.raises(ValueError, match=f"{name} must be a finite number"):
@@ -169,6 +171,10 @@ def test_every_float_of_a_config_must_be_finite():
         ({"clusters": 60_001, "num_classes": 60_001}, "clusters must be at most 60,000"),
         ({"seed": 2**63}, "seed must be an integer of at most 64 bits"),
         ({"seed": -1}, "seed must be between 0"),
+        ({"noise_levels": "gamma"}, "noise levels must be one of uniform, log-normal"),
+        ({"noise_std": 0.0}, "noise_std must be in"),
+        ({"noise_mean": 21.0}, "noise_mean"),
+        ({"ema_gamma": -1.0}, "EMA gamma must be in"),
         ({"channel_mult": (1, 2, 2**64)}, "channel_mult must be an integer of at most 64 bits"),
     ],
 )

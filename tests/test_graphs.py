@@ -77,15 +77,21 @@ def test_counter_numbers_are_a_function_of_key_stream_and_index():
     assert abs(float((z**4).mean()) - 3) < 0.05  # a normal's fourth moment
 
 
-def test_a_device_step_is_the_eager_recipe_on_the_same_batch(tmp_path, data_dir):
+@pytest.mark.parametrize("noise_levels", ["uniform", "log-normal"])
+def test_a_device_step_is_the_eager_recipe_on_the_same_batch(tmp_path, data_dir, noise_levels):
+    def levels(cfg):
+        return dataclasses.replace(cfg, diffusion=dataclasses.replace(cfg.diffusion, noise_levels=noise_levels))
+
     on_device, eager = (
-        trainer(device_config(max_steps=4), tmp_path, data_dir, "a"),
-        trainer(tiny_config(max_steps=4), tmp_path, data_dir, "b"),
+        trainer(levels(device_config(max_steps=4)), tmp_path, data_dir, "a"),
+        trainer(levels(tiny_config(max_steps=4)), tmp_path, data_dir, "b"),
     )
     batches = DeviceStep(on_device.learner, on_device.batches)  # the batch a step on the device takes
     for step in range(6):  # past the 4 warm-up steps: the learning rate's both phases
         batches.set(step)
         batch = batches.batch()
+        u = counter_uniform(step_key(on_device.cfg.train.seed, batches.step, 0), 1, len(batch.t))
+        assert torch.equal(batch.t, on_device.learner.schedule.training_steps(u))  # the config's noise levels
         on_device.advance(step)
         eager.learner.step(batch, step)
     # the same operations in the same order on the CPU: the same bits

@@ -1,6 +1,8 @@
 """Schedules against their closed forms, and the forward process's statistics."""
 
+import dataclasses
 import math
+import statistics
 
 import pytest
 import torch
@@ -101,3 +103,44 @@ def test_eps_and_v_round_trip():
 def test_extract_shape():
     out = extract(torch.arange(10.0), torch.tensor([1, 2, 3]), torch.Size([3, 1, 28, 28]))
     assert out.shape == (3, 1, 1, 1) and out.flatten().tolist() == [1.0, 2.0, 3.0]
+
+
+# ----------------------------------------------------------------------------- training noise levels
+
+
+def test_uniform_training_steps_are_floor_u_times_T():
+    sched = Schedule(DEFAULT.diffusion)
+    u = torch.tensor([0.0, 0.0004, 0.5, 0.9999, 1.0 - 2.0**-24])
+    assert sched.training_steps(u).tolist() == [0, 0, 500, 999, 999]
+
+
+@pytest.mark.parametrize("schedule,mean,std", [("cosine", -1.2, 1.2), ("cosine", 0.5, 0.6), ("linear", -1.0, 2.0)])
+def test_log_normal_training_steps_are_the_nearest_step_to_the_normal_quantile(schedule, mean, std):
+    """Step chosen for u: the one whose ln sigma is nearest exp(mean + std * Phi^-1(u)), with the
+    quantile from the standard library's NormalDist and sigma from the float64 tables."""
+    cfg = dataclasses.replace(
+        DEFAULT.diffusion, schedule=schedule, noise_levels="log-normal", noise_mean=mean, noise_std=std
+    )
+    sched = Schedule(cfg)
+    ab = sched.float64["alphas_cumprod"]
+    log_sigma = 0.5 * torch.log((1 - ab) / ab)
+    u = (torch.arange(997, dtype=torch.float64) + 0.5) / 997
+    got = sched.training_steps(u.float())
+    for ui, t in zip(u.tolist(), got.tolist(), strict=True):
+        target = mean + std * statistics.NormalDist().inv_cdf(ui)
+        gaps = (log_sigma - target).abs()
+        assert gaps[t] <= gaps.min() + 1e-4, (ui, t, int(gaps.argmin()))
+
+
+def test_log_normal_training_steps_follow_the_distribution():
+    """Over many uniforms, the share of steps with sigma below exp(m) is Phi(0) = 1/2 and below
+    exp(m + s) is Phi(1); no step falls outside 0..T-1, even at u = 0."""
+    cfg = dataclasses.replace(DEFAULT.diffusion, noise_levels="log-normal")
+    sched = Schedule(cfg)
+    t = sched.training_steps(torch.rand(200_000, generator=torch.Generator().manual_seed(0)))
+    assert 0 <= int(t.min()) and int(t.max()) <= cfg.timesteps - 1
+    assert int(sched.training_steps(torch.zeros(1))) == 0
+    sigma = torch.tensor([sched.sigma(i) for i in range(cfg.timesteps)])[t]
+    for k in (-1.0, 0.0, 1.0):
+        share = (sigma.log() < cfg.noise_mean + k * cfg.noise_std).double().mean().item()
+        assert share == pytest.approx(statistics.NormalDist().cdf(k), abs=0.01)

@@ -287,6 +287,26 @@ def test_ema_gamma_8_is_the_classic_warmup_and_ema_decay_caps_it():
     assert ema_decay_at(0, off) == 0.999
 
 
+@pytest.mark.parametrize("noise_levels", ["uniform", "log-normal"])
+def test_each_steps_timesteps_come_from_its_own_seed_at_the_configs_noise_levels(tmp_path, data_dir, noise_levels):
+    from mnist_diffusion.training.batches import step_generator
+
+    cfg = tiny_config(max_steps=3)
+    cfg = dataclasses.replace(cfg, diffusion=dataclasses.replace(cfg.diffusion, noise_levels=noise_levels))
+    t = Trainer(
+        cfg, data_dir=data_dir, artifacts_dir=tmp_path, run_name="t", device="cpu", progress=False, log=lambda m: None
+    )
+    b, T = cfg.train.batch_size, cfg.diffusion.timesteps
+    for step in (0, 7):
+        g = step_generator(cfg.train.seed, step, 0, torch.device("cpu"))
+        if noise_levels == "uniform":
+            want = torch.randint(0, T, (b,), generator=g)
+        else:
+            want = t.learner.schedule.training_steps(torch.rand(b, generator=g))
+        assert torch.equal(t.batches.batch_for(step).t, want)
+    t.close()
+
+
 def test_guide_is_the_ema_at_guide_at_and_survives_resume(tmp_path, data_dir):
     # 32 steps per epoch; guide_at 0.25 of 1 epoch: the EMA weights after step 8
     cfg = tiny_config(max_steps=8, guide_at=0.25)

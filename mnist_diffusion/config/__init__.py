@@ -43,6 +43,7 @@ from .run import (  # noqa: F401
     LossWeighting,
     LRSchedule,
     ModelConfig,
+    NoiseLevels,
     Precision,
     Prediction,
     RunConfig,

@@ -19,6 +19,7 @@ Arch = Literal["unet", "seed"]
 ScheduleName = Literal["linear", "cosine", "sigmoid"]
 Prediction = Literal["eps", "v"]
 LossWeighting = Literal["none", "min-snr"]
+NoiseLevels = Literal["uniform", "log-normal"]
 LRSchedule = Literal["constant", "cosine"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -54,6 +55,9 @@ class DiffusionConfig:
     beta_end: float = 0.02  # linear schedule only: beta_T
     prediction: Prediction = "v"  # what the network predicts: v (Salimans & Ho 2022) or the noise eps
     loss_weighting: LossWeighting = "min-snr"  # "min-snr": Hang et al. 2023, gamma = 5; or "none"
+    noise_levels: NoiseLevels = "uniform"  # training steps t: uniform in 0..T-1, or "log-normal" in sigma (EDM)
+    noise_mean: float = -1.2  # log-normal only: mean of ln sigma (Karras et al. 2022, P_mean)
+    noise_std: float = 1.2  # log-normal only: standard deviation of ln sigma (P_std)
 
 
 @dataclass(frozen=True)
@@ -170,6 +174,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check_choice(d.schedule, ScheduleName, "schedule")
     _check_choice(d.prediction, Prediction, "prediction")
     _check_choice(d.loss_weighting, LossWeighting, "loss weighting")
+    _check_choice(d.noise_levels, NoiseLevels, "noise levels")
     _check_choice(t.lr_schedule, LRSchedule, "lr schedule")
     _check_choice(t.precision, Precision, "precision")
     checks = [
@@ -188,6 +193,8 @@ def validate(cfg: RunConfig) -> RunConfig:
             "num_classes must be 0 (unconditional), 10 (digits) or the number of clusters",
         ),
         (d.timesteps >= 2, "timesteps must be at least 2"),
+        (abs(d.noise_mean) <= 20, "noise_mean (ln sigma) must be in [-20, 20]"),
+        (0 < d.noise_std <= 10, "noise_std must be in (0, 10]"),
         (d.timesteps <= MAX_TIMESTEPS, f"timesteps must be at most {MAX_TIMESTEPS:,}"),
         (0.0 < d.beta_start < d.beta_end < 1.0, "need 0 < beta_start < beta_end < 1"),
         (t.epochs >= 0, "epochs must not be negative"),

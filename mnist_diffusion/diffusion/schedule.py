@@ -85,6 +85,9 @@ class Schedule:
             "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * alphas.sqrt() / (1.0 - alphas_cumprod),
         }
         self.float64 = tables  # kept for exact reference computations (NLL, tests)
+        log_sigma = 0.5 * torch.log((1.0 - alphas_cumprod) / alphas_cumprod)  # increasing in t
+        # [T - 1]: the midpoints between neighbouring steps' ln sigma, for training_steps
+        self.log_sigma_edges = ((log_sigma[1:] + log_sigma[:-1]) / 2).to(device=device, dtype=torch.float32)
         for name, table in tables.items():
             setattr(self, name, table.to(device=device, dtype=torch.float32))
 
@@ -98,6 +101,16 @@ class Schedule:
         in x_t / sqrt(alpha_bar_t) (EDM's sigma, Karras et al. 2022)."""
         ab = float(self.float64["alphas_cumprod"][t])
         return math.sqrt((1.0 - ab) / ab)
+
+    def training_steps(self, u: torch.Tensor) -> torch.Tensor:
+        """The training timesteps [N] (int64) for uniforms ``u`` [N] in [0, 1), by
+        ``cfg.noise_levels``: "uniform", floor(u T); "log-normal", the step whose sigma is nearest
+        (in ln sigma) to exp(noise_mean + noise_std z), z = sqrt(2) erfinv(2u - 1) the normal
+        quantile of u (EDM's training noise, Karras et al. 2022, Table 1), clamped to 0..T-1."""
+        if self.cfg.noise_levels == "uniform":
+            return (u * self.num_timesteps).to(torch.int64).clamp(max=self.num_timesteps - 1)
+        z = math.sqrt(2.0) * torch.special.erfinv(2.0 * u.float() - 1.0)
+        return torch.searchsorted(self.log_sigma_edges, self.cfg.noise_mean + self.cfg.noise_std * z)
 
     def snr(self, t: torch.Tensor) -> torch.Tensor:
         """Signal-to-noise ratio alpha_bar_t / (1 - alpha_bar_t) for timesteps t, [N]."""

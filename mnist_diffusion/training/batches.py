@@ -1,7 +1,7 @@
 """The training data and its order: the whole training set as one uint8 tensor on the device,
-a fresh permutation each epoch, and each optimizer step's batch with its own timesteps, noise and
-label dropout, drawn from that step's own seed, so a run resumed at step k draws what a straight
-run draws at step k."""
+a fresh permutation each epoch, and each optimizer step's batch with its own timesteps (at the
+config's noise levels), noise and label dropout, drawn from that step's own seed, so a run
+resumed at step k draws what a straight run draws at step k."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from ..config import RunConfig
 from ..data.clusters import load_clusters, pixel_clusters
 from ..data.mnist import ensure_mnist, load_mnist
 from ..diffusion import pixels_to_x0
+from ..diffusion.schedule import Schedule
 from ..errors import UserError
 from ..runtime import DistInfo, broadcast_object
 from ..seeds import derive_seed
@@ -89,6 +90,7 @@ class Batches:
     ):
         self.cfg, self.info, self.device = cfg, info, device
         self.images, self.labels = images.to(device), labels.to(device)  # (N, 28, 28) uint8, (N,)
+        self.schedule = Schedule(cfg.diffusion, device)  # its noise levels pick the timesteps
         self.steps_per_epoch = steps_per_epoch(len(images), cfg.train.batch_size, info)
         self._order: tuple[int, torch.Tensor] | None = None  # (epoch, its batch order)
 
@@ -113,7 +115,10 @@ class Batches:
         if self.device.type == "cuda":
             x0 = x0.contiguous(memory_format=torch.channels_last)
         g = step_generator(cfg.train.seed, step, self.info.rank, self.device)
-        t = torch.randint(0, cfg.diffusion.timesteps, (b,), generator=g, device=self.device)
+        if cfg.diffusion.noise_levels == "uniform":
+            t = torch.randint(0, cfg.diffusion.timesteps, (b,), generator=g, device=self.device)
+        else:
+            t = self.schedule.training_steps(torch.rand(b, generator=g, device=self.device))
         noise = torch.randn(x0.shape, generator=g, device=self.device)
         y = None
         if cfg.model.num_classes:

@@ -113,7 +113,7 @@ class DeviceStep:
         if data.device.type == "cuda":
             x0 = x0.contiguous(memory_format=torch.channels_last)
         key = step_key(cfg.train.seed, self.step, data.info.rank)
-        timesteps = (counter_uniform(key, STREAM_TIMESTEPS, b) * cfg.diffusion.timesteps).to(torch.int64)
+        timesteps = data.schedule.training_steps(counter_uniform(key, STREAM_TIMESTEPS, b))
         noise = counter_normal(key, STREAM_NOISE, tuple(x0.shape)).to(memory_format=torch.preserve_format)
         y = None
         if cfg.model.num_classes:
