@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -140,6 +141,35 @@ def test_completions_with_matched_clusters_are_the_librarys(served, data_dir):
     assert np.array_equal(decoded(reply.json()["digits"]), as_bytes(want))
     plain = inpaint(run, image, image == 0, n=3, steps=4, seed=2, resample=1)
     assert not np.array_equal(as_bytes(want), as_bytes(plain))
+
+
+@needs_server
+def test_matched_clusters_are_refused_in_one_line_where_they_cannot_be_had(tiny_run, data_dir, tmp_path):
+    """Without MNIST's training digits in --data-dir, or for a run without clusters, the page is
+    told not to offer matching and a request for it is a 4xx that says why."""
+    from conftest import TINY_FLAGS
+    from fastapi.testclient import TestClient
+
+    from mnist_diffusion.studio.engine import Studio
+    from mnist_diffusion.studio.server import create_app
+
+    plain = tmp_path / "plain"
+    args = ["train", *TINY_FLAGS, "--clusters", "0", "--max-steps", "1", "--data-dir", str(data_dir)]
+    assert runner.invoke(app, [*args, "--artifacts-dir", str(plain)]).exit_code == 0
+    body = {"drawing": bar(), "n": 2, "steps": 2, "match_clusters": True}
+    for artifacts, where, run, reason in (
+        (tiny_run[0], tmp_path / "no-data", RUN, "needs MNIST's training digits .*`mnistdiff data download`"),
+        (plain, data_dir, "00000-default", "clusters"),
+    ):
+        where.mkdir(exist_ok=True)
+        studio = Studio(artifacts, where, torch.device("cpu"))
+        with TestClient(create_app(studio), base_url="http://127.0.0.1") as client:
+            assert client.get(f"/api/info?run={run}").json()["match_clusters"] is False
+            reply = client.post("/api/complete", json={"run": run, **body})
+            assert 400 <= reply.status_code < 500, reply.text
+            assert re.search(reason, reply.json()["detail"]), reply.json()["detail"]
+            assert client.post("/api/complete", json={"run": run, **body, "match_clusters": False}).status_code == 200
+        studio.close()
 
 
 @needs_server
