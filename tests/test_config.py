@@ -142,6 +142,7 @@ def test_every_float_of_a_config_must_be_finite():
         ("train", "grad_clip"),
         ("train", "ema_decay"),
         ("train", "ema_gamma"),
+        ("train", "adam_beta2"),
         ("train", "label_dropout"),
         ("train", "guide_at"),
         ("model", "dropout"),
@@ -175,6 +176,7 @@ def test_every_float_of_a_config_must_be_finite():
         ({"noise_std": 0.0}, "noise_std must be in"),
         ({"noise_mean": 21.0}, "noise_mean"),
         ({"ema_gamma": -1.0}, "EMA gamma must be in"),
+        ({"adam_beta2": 1.0}, "adam_beta2 must be in"),
         ({"channel_mult": (1, 2, 2**64)}, "channel_mult must be an integer of at most 64 bits"),
     ],
 )

@@ -307,6 +307,29 @@ def test_each_steps_timesteps_come_from_its_own_seed_at_the_configs_noise_levels
     t.close()
 
 
+def test_adam_beta2_reaches_the_optimizer_and_changes_the_step(tmp_path, data_dir):
+    def weights(beta2):
+        cfg = tiny_config(max_steps=2)
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, adam_beta2=beta2))
+        t = Trainer(
+            cfg,
+            data_dir=data_dir,
+            artifacts_dir=tmp_path / str(beta2),
+            run_name="t",
+            device="cpu",
+            progress=False,
+            log=lambda m: None,
+        )
+        assert t.learner.opt.param_groups[0]["betas"] == (0.9, beta2)
+        for step in range(2):
+            t.learner.step(t.batches.batch_for(step), step)
+        t.close()
+        return t.learner.model.state_dict()
+
+    a, b = weights(0.999), weights(0.9)
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
 def test_guide_is_the_ema_at_guide_at_and_survives_resume(tmp_path, data_dir):
     # 32 steps per epoch; guide_at 0.25 of 1 epoch: the EMA weights after step 8
     cfg = tiny_config(max_steps=8, guide_at=0.25)

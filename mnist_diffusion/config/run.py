@@ -68,6 +68,7 @@ class TrainConfig:
     warmup_steps: int = 200  # linear learning-rate warm-up from 0
     lr_schedule: LRSchedule = "cosine"  # after warm-up: constant, or cosine decay to 10% of lr
     weight_decay: float = 0.0  # AdamW decoupled weight decay
+    adam_beta2: float = 0.999  # AdamW's second-moment decay (beta1 stays 0.9)
     grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off
     ema_decay: float = 0.999  # EMA of the weights, used for sampling
     ema_warmup: bool = True  # EMA decay min(ema_decay, (1 + n) / (2 + ema_gamma + n)) at update n
@@ -203,6 +204,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         (t.lr > 0, "learning rate must be positive"),
         (t.warmup_steps >= 0, "warmup steps must not be negative"),
         (t.weight_decay >= 0, "weight decay must not be negative"),
+        (0.0 < t.adam_beta2 < 1.0, "adam_beta2 must be in (0, 1)"),
         (t.grad_clip >= 0, "grad clip must not be negative"),
         (0.0 <= t.ema_decay < 1.0, "EMA decay must be in [0, 1)"),
         (0.0 <= t.ema_gamma <= 1e6, "EMA gamma must be in [0, 1,000,000]"),

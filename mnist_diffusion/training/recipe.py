@@ -59,7 +59,7 @@ def make_ema(model: nn.Module, cfg: RunConfig) -> AveragedModel:
 
 
 def make_optimizer(model: nn.Module, cfg: RunConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW over ``model``'s weights with the config's learning rate and weight decay. For the
+    """AdamW over ``model``'s weights with the config's learning rate, beta2 and weight decay. For the
     step on the device (``step_on_device``) its learning rate is a device tensor, and on CUDA it is
     capturable: a CUDA graph replays it, learning-rate changes included, without recapture."""
     # float64 on the CPU: then the fused kernel computes exactly what it does from a Python float
@@ -67,5 +67,10 @@ def make_optimizer(model: nn.Module, cfg: RunConfig, device: torch.device) -> to
     lr = torch.tensor(cfg.train.lr, dtype=lr_dtype, device=device) if cfg.train.step_on_device else cfg.train.lr
     capturable = cfg.train.step_on_device and device.type == "cuda"
     return torch.optim.AdamW(
-        model.parameters(), lr=lr, weight_decay=cfg.train.weight_decay, fused=fused_adamw(device), capturable=capturable
+        model.parameters(),
+        lr=lr,
+        betas=(0.9, cfg.train.adam_beta2),
+        weight_decay=cfg.train.weight_decay,
+        fused=fused_adamw(device),
+        capturable=capturable,
     )
