@@ -65,7 +65,10 @@ def train(
     ] = None,
     guide_at: Annotated[
         Optional[float],
-        _flag("Runs without digit labels: keep the EMA weights at this share of training as the autoguidance guide."),
+        _flag(
+            "Runs without digit labels: keep the EMA weights at this share of training as the autoguidance guide "
+            "(0.4 scores better in runs of 2 epochs or less)."
+        ),
     ] = None,
     seed: Annotated[
         Optional[int], _flag("Seeds weights, batch order and noise (0 to 2^63 - 1).", min=0, max=2**63 - 1)
