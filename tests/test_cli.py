@@ -468,7 +468,7 @@ def test_sample_precision(trained, tmp_path):
 
 
 def test_guidance_on_a_run_without_a_guide(data_dir, tmp_path):
-    # --clusters 0 and 4 steps, before guide_at (20% of training): no guide.safetensors and no clusters
+    # --clusters 0 and 4 steps, before guide_at (40% of training): no guide.safetensors and no clusters
     artifacts = tmp_path / "artifacts"
     result = invoke(
         "train", *TINY, "--clusters", 0, "--max-steps", 4, "--data-dir", data_dir, "--artifacts-dir", artifacts

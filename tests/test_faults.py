@@ -28,7 +28,7 @@ from mnist_diffusion.runs.store import read_metrics, verify_manifest
 
 runner = CliRunner()
 # A tiny default-preset run: 32 steps per epoch on the 512 fake images; 2 epochs planned, stopped at
-# step 40. Checkpoints at steps 0, 32 and 40; the guide at step 13 (20% of 64); manifests after each
+# step 40. Checkpoints at steps 0, 32 and 40; the guide at step 26 (40% of 64); manifests after each
 # checkpoint and last after the final weights.
 TRAIN = [
     "train",

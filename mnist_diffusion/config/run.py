@@ -241,12 +241,14 @@ SEED = RunConfig(
 # an 880k-parameter UNet (16/32/96 channels), cosine schedule, v-prediction with min-SNR
 # weighting, batch 64, AdamW 2e-3 with warm-up and cosine decay, EMA, bf16 where the CPU has
 # bf16 units (what pays for the 96 channels at 7x7), 40 k-means clusters of the pixels as
-# self-labels (no digit labels), and a guide for autoguidance.
+# self-labels (no digit labels), and a guide for autoguidance: its EMA weights at 40% of training,
+# which scored better than 20% from 10-minute runs to 5 epochs (docs/RESULTS.md, speedrun).
 DEFAULT_CLUSTERS = 40
+DEFAULT_GUIDE_AT = 0.4
 DEFAULT = RunConfig(
     preset="default",
     model=ModelConfig(num_classes=DEFAULT_CLUSTERS),
-    train=TrainConfig(clusters=DEFAULT_CLUSTERS),
+    train=TrainConfig(clusters=DEFAULT_CLUSTERS, guide_at=DEFAULT_GUIDE_AT),
 )
 
 # A GPU-sized model for the best quality.

@@ -5,7 +5,7 @@ Both are the trainer's ``Monitor`` (training/trainer.py) and leave training exac
 was: they sample with their own ``torch.Generator``, put the EMA network in eval mode and back,
 and restore the global random states, so a run trains the same weights, bit for bit, with them
 or without them. Only rank 0 samples under torchrun. They sample without autoguidance (the guide
-does not exist for the first 20% of training), with the run's label or cluster guidance: a FID
+does not exist for the first 40% of a default run), with the run's label or cluster guidance: a FID
 logged here is comparable with another FID logged here, not with `mnistdiff eval`'s.
 """
 
