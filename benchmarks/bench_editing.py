@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from common import machine_info, machine_line, output_paths, run_info, run_script, say, update_readme
 
-from mnist_diffusion.config import INPAINT_JUMPS, INPAINT_RESAMPLE, INVERT_STEPS, Guidance, SamplingConfig
+from mnist_diffusion.config import INPAINT_JUMPS, INVERT_STEPS, Guidance, SamplingConfig
 from mnist_diffusion.data.mnist import DEFAULT_DATA_DIR, as_unit, test_digits
 from mnist_diffusion.evaluation.features import extract
 from mnist_diffusion.evaluation.scoring import feature_net
@@ -37,6 +37,7 @@ from mnist_diffusion.runs.store import DEFAULT_ARTIFACTS_DIR, resolve_run
 from mnist_diffusion.runtime import setup_device
 from mnist_diffusion.sampling.editing import (
     inpaint,
+    inpaint_resample,
     inpaint_settings,
     invert,
     invert_settings,
@@ -136,7 +137,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--masks", default=",".join(MASKS), help=f"comma-separated, from {', '.join(MASKS)}")
     p.add_argument("--steps", type=int, help="RePaint's steps (default: DDIM's, 50)")
     p.add_argument("--jumps", type=int, default=INPAINT_JUMPS, help="RePaint's j, as inpaint --jumps")
-    p.add_argument("--resample", type=int, default=INPAINT_RESAMPLE, help="RePaint's r, as inpaint --resample")
+    p.add_argument(
+        "--resample", type=int, default=None, help="RePaint's r, as inpaint --resample (default: 1 matched, else 5)"
+    )
     p.add_argument("--invert-steps", default=",".join(map(str, INVERT_STEPS)), help="inversion step counts")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     for flag, kind in (("--autoguidance", "auto"), ("--label-guidance", "labels"), ("--cluster-guidance", "clusters")):
@@ -163,6 +166,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--invert-steps takes comma-separated positive integers (got {args.invert_steps!r})")
     args.masks, args.invert_steps = list(dict.fromkeys(masks)), counts
     args.n_invert = args.n if args.n_invert is None else args.n_invert
+    args.resample = inpaint_resample(args.resample, args.match_clusters)
     if min(args.n, args.n_invert, args.jumps, args.resample, args.batch_size) < 1:
         p.error("--n, --n-invert, --jumps, --resample and --batch-size must be at least 1")
     return args

@@ -276,6 +276,27 @@ def test_matched_clusters_come_from_the_training_digits_that_agree(run, digits, 
         inpaint(run, digits[:1], missing, steps=2, resample=1, match=ClusterMatcher(train, torch.zeros(20), k + 1))
 
 
+def test_matched_clusters_take_20_steps_and_one_walk_unless_told(run, digits, monkeypatch):
+    # The measured defaults (config.INPAINT_MATCHED_STEPS and _RESAMPLE): a matched cluster already
+    # agrees with the visible part; without one, DDIM's 50 steps (at most T) and r = 5.
+    k, top = run.cfg.train.clusters, run.schedule.num_timesteps
+    train = torch.randint(0, 256, (20, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    matcher = ClusterMatcher(train, torch.full((20,), 7), k)
+    walks, real = [], editing_module.repaint
+
+    def spy(*args, steps, resample, **kwargs):
+        walks.append((steps, resample))
+        return real(*args, steps=steps, resample=resample, **kwargs)
+
+    monkeypatch.setattr(editing_module, "repaint", spy)
+    missing = parse_mask("right")
+    inpaint(run, digits[:1], missing, match=matcher)
+    inpaint(run, digits[:1], missing, steps=4, resample=2, match=matcher)
+    inpaint(run, digits[:1], missing)
+    assert walks == [(min(20, top), 1), (4, 2), (min(50, top), 5)]
+    assert inpaint_settings(run, matched=True).steps == min(20, top) and inpaint_settings(run).steps == min(50, top)
+
+
 def test_interpolation_starts_and_ends_at_its_ends_samples(run, digits):
     ddim = dict(sampler="ddim", steps=6)
     for seed, frame in ((5, 0), (9, -1)):  # a clustered run's one cluster is drawn with --seed, as sample does
@@ -444,7 +465,7 @@ def test_inpaint_command_writes_the_same_grid_for_the_same_seed(cli, tmp_path):
             "resample": 2,
             "n": 3,
             "digit": None,
-            "match_clusters": False,
+            "match_clusters": True,  # the default on a clustered run with its training digits at hand
         }
 
 

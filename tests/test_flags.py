@@ -496,11 +496,32 @@ def _mask(t: Tool, result) -> tuple[bool, bool]:
 
 
 def _match_clusters(t: Tool) -> None:
-    """Recorded, guided towards the matched clusters at sample's scale; a run without clusters: one line."""
+    """Recorded, guided towards the matched clusters at sample's scale; a run without clusters: one line.
+    Left out, on for a clustered run where --data-dir holds the training digits, with 20 steps and one walk;
+    off without them (one line says so), and with --no-match-clusters: no cluster, 50 steps (the run's
+    T), r = 5."""
     result = t("--match-clusters")
     assert inpainting("match_clusters")(t, result) == (True, True)
     assert setting("guidance", "clusters")(t, result) == 1.6
     assert "needs a run trained on pixel clusters" in error(t("--match-clusters", run="conditional", ok=False))
+    defaults = ("--steps", "--resample")
+    result = t(drop=defaults)
+    assert inpainting("match_clusters")(t, result) == (True, True) and inpainting("resample")(t, result) == (1, 1)
+    assert (setting("steps")(t, result), setting("guidance", "clusters")(t, result)) == (20, 1.6)
+    result = t("--no-match-clusters", drop=defaults)
+    assert inpainting("match_clusters")(t, result) == (False, False) and inpainting("resample")(t, result) == (5, 5)
+    assert (setting("steps")(t, result), setting("guidance", "clusters")(t, result)) == (50, 1.0)
+    assert "clusters not matched" not in result.output
+    drawn = ("--image", "{tmp}/digit.png", "--data-dir", "{tmp}/no-data")  # a drawn digit needs no MNIST
+    result = t(*drawn, drop=("--test-index", *defaults))
+    assert inpainting("match_clusters")(t, result) == (False, False) and setting("steps")(t, result) == 50
+    assert "clusters not matched, none drawn: no MNIST training digits in" in result.output
+    assert not (t.tmp / "no-data").exists()  # nothing fetched
+    result = t("--data-dir", "{tmp}/other-data", drop=defaults)  # not the digits the run was clustered on
+    assert inpainting("match_clusters")(t, result) == (False, False)
+    assert "clusters not matched, none drawn: run 00001-plain was clustered on 512 training images" in result.output
+    result = t(*drawn, run="conditional", drop=("--test-index", *defaults))  # no clusters: nothing to say
+    assert inpainting("match_clusters")(t, result) == (False, False) and "not matched" not in result.output
 
 
 def inpainting(key: str) -> Callable[[Tool, object], object]:

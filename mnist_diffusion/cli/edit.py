@@ -6,7 +6,7 @@ and each --help says it."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -25,6 +25,10 @@ from .options import (
     tensors_to,
     wrote,
 )
+
+if TYPE_CHECKING:
+    from ..data.clusters import ClusterMatcher
+    from ..runs.loader import LoadedRun
 
 Images = Annotated[
     Optional[list[Path]],
@@ -63,16 +67,22 @@ def inpaint(
         int, typer.Option(help="RePaint: after each J steps, go back J steps and redo them.")
     ] = config.INPAINT_JUMPS,
     resample: Annotated[
-        int, typer.Option(help="RePaint: walk each block of J steps R times in all (1: never).")
-    ] = config.INPAINT_RESAMPLE,
-    match_clusters: Annotated[
-        bool,
+        Optional[int],
         typer.Option(
-            "--match-clusters",
-            help="Clustered runs: draw each completion's cluster from those of the training digits that agree with "
-            "the visible pixels, and guide towards it (--cluster-guidance, default 1.6).",
+            help="RePaint: walk each block of J steps R times in all (1: never; default "
+            f"{config.INPAINT_MATCHED_RESAMPLE} with matched clusters, else {config.INPAINT_RESAMPLE}).",
         ),
-    ] = False,
+    ] = None,
+    match_clusters: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--match-clusters/--no-match-clusters",
+            help="Clustered runs: draw each completion's cluster from those of the training digits that agree with "
+            "the visible pixels, and guide towards it (--cluster-guidance, default 1.6). Default: on where "
+            "--data-dir holds MNIST's training digits.",
+            show_default=False,
+        ),
+    ] = None,
     output: output_to("PNG grid to write.") = Path("inpaint.png"),
     scale: Scale = 2,
     save_tensor: tensors_to("the completions (N n, 1, 28, 28) in [0, 1], the originals and the mask") = None,
@@ -83,9 +93,11 @@ def inpaint(
 
     One row per digit: the original, the masked input, the completions.
     Ancestral steps (DDIM, eta 1), evenly spaced unless --spacing is given.
-    On a clustered run no cluster is drawn, so the visible part decides the digit
-    (--cluster-guidance S draws one, as sample does; --match-clusters draws one
-    that agrees with the visible part).
+    On a clustered run (the default preset) each completion's cluster agrees with
+    the visible part (--match-clusters), where --data-dir holds MNIST's training
+    digits; without them, or with --no-match-clusters, no cluster is drawn and the
+    visible part alone decides the digit (--cluster-guidance S draws one, as
+    sample does).
 
     Example: mnistdiff inpaint --test-index 0,5,9 --mask top -n 6 -o inpaint.png"""
     from ..io import check_output
@@ -99,10 +111,31 @@ def inpaint(
     images = _digits(image, test_index, where.data_dir)
     loaded = where.load()
     settings = sampling.for_run(loaded.guidance_kinds)
-    match = loaded.cluster_matcher(where.data_dir, log=say) if match_clusters else None
+    match = _matcher(loaded, where.data_dir, match_clusters)
     repaint = {"n": n, "digit": digit, "jumps": jumps, "resample": resample, "match": match}
     inpaint_to_files(loaded, images, missing, output, settings, **repaint, scale=scale, save_tensor=save_tensor)
     wrote(output, save_tensor)
+
+
+def _matcher(loaded: LoadedRun, data_dir: Path, match_clusters: bool | None) -> ClusterMatcher | None:
+    """`inpaint`'s ClusterMatcher: asked for, or (left out) on a clustered run whose training digits
+    are in ``data_dir``; where they are not, or not the ones the run was clustered on, one line says
+    so and no cluster is drawn."""
+    from ..data.mnist import has_split
+
+    if match_clusters is not None:
+        return loaded.cluster_matcher(data_dir, log=say) if match_clusters else None
+    if not loaded.clustered:
+        return None
+    if not has_split(data_dir, "train"):
+        why = f"no MNIST training digits in {data_dir} (`mnistdiff data download` fetches them)"
+    else:
+        try:
+            return loaded.cluster_matcher(data_dir, log=say)
+        except UserError as e:
+            why = str(e)
+    say(f"clusters not matched, none drawn: {why}")
+    return None
 
 
 @run_command(sampling=config.INTERPOLATE_DEFAULTS, without=("eta",), data_dir=True)

@@ -89,7 +89,8 @@ def _steps_help(d: SamplingDefaults) -> str:
         else "default: " + ", ".join(f"{name} {count}" for name, count in steps.items())
     )
     ddpm = "ddpm always takes all T; " if "ddpm" in d.samplers else ""
-    return f"Model evaluations, at most the run's T ({ddpm}{default})."
+    matched = f"; {d.matched_steps} with matched clusters" if d.matched_steps else ""
+    return f"Model evaluations, at most the run's T ({ddpm}{default}{matched})."
 
 
 def _spacing_help(d: SamplingDefaults) -> str:

@@ -74,6 +74,11 @@ def raw_dir(data_dir: str | os.PathLike) -> Path:
     return Path(data_dir) / "MNIST" / "raw"
 
 
+def has_split(data_dir: str | os.PathLike, split: Split) -> bool:
+    """Whether both IDX files of ``split`` are in ``raw_dir(data_dir)`` (nothing is fetched)."""
+    return all((raw_dir(data_dir) / name).is_file() for name in IDX_FILES[split])
+
+
 def load_mnist(data_dir: str | os.PathLike, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
     """Load one split from the IDX files in ``raw_dir(data_dir)``.
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import INPAINT_JUMPS, INPAINT_RESAMPLE, INTERPOLATE_FRAMES, SamplingConfig
+from ..config import INPAINT_JUMPS, INTERPOLATE_FRAMES, SamplingConfig
 from ..data.clusters import ClusterMatcher
 from ..io import check_output, save_tensors
 from ..pictures.animation import save_gif
@@ -18,6 +18,7 @@ from ..runs.loader import LoadedRun
 from .editing import (
     Endpoint,
     inpaint,
+    inpaint_resample,
     inpaint_settings,
     interpolate,
     interpolate_settings,
@@ -42,7 +43,7 @@ def inpaint_to_files(
     n: int = 4,
     digit: int | None = None,
     jumps: int = INPAINT_JUMPS,
-    resample: int = INPAINT_RESAMPLE,
+    resample: int | None = None,
     match: ClusterMatcher | None = None,
     scale: int = 2,
     save_tensor: Path | None = None,
@@ -59,6 +60,7 @@ def inpaint_to_files(
     check_output(output, PNG, "-o")
     check_output(save_tensor, TENSORS, "--save-tensor")
     count_for(n, "-n", scale=scale, each=len(images))
+    resample = inpaint_resample(resample, match is not None)
     repaint = {"n": n, "digit": digit, "jumps": jumps, "resample": resample, "match": match}
     completions = inpaint(run, images, missing, sampling, **repaint, progress=progress)
     missing = missing.to(torch.bool).broadcast_to(images.shape)

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..config import SamplingConfig
 from ..data.clusters import ClusterMatcher
-from ..data.mnist import raw_dir, test_digits
+from ..data.mnist import has_split, raw_dir, test_digits
 from ..diffusion import pixels_to_x0, x0_to_unit
 from ..diffusion.samplers import Start
 from ..errors import UserError
@@ -129,10 +129,7 @@ class Studio:
         return (raw_dir(self.data_dir) / "t10k-images-idx3-ubyte").is_file()
 
     def has_training_digits(self) -> bool:
-        return all(
-            (raw_dir(self.data_dir) / f"train-{kind}-idx{d}-ubyte").is_file()
-            for kind, d in (("images", 3), ("labels", 1))
-        )
+        return has_split(self.data_dir, "train")
 
     def matcher(self, name: str) -> ClusterMatcher:
         """The ClusterMatcher of run ``name``, made once; never a download (the page offers the
