@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from common import machine_info, machine_line, output_paths, run_info, run_script, say, update_readme
 
-from mnist_diffusion.config import INPAINT_JUMPS, INVERT_STEPS, Guidance, SamplingConfig
+from mnist_diffusion.config import INPAINT_JUMPS, INVERT_STEPS, Guidance, SamplingConfig, inpaint_resample
 from mnist_diffusion.data.mnist import DEFAULT_DATA_DIR, as_unit, test_digits
 from mnist_diffusion.evaluation.features import extract
 from mnist_diffusion.evaluation.scoring import feature_net
@@ -37,7 +37,6 @@ from mnist_diffusion.runs.store import DEFAULT_ARTIFACTS_DIR, resolve_run
 from mnist_diffusion.runtime import setup_device
 from mnist_diffusion.sampling.editing import (
     inpaint,
-    inpaint_resample,
     inpaint_settings,
     invert,
     invert_settings,

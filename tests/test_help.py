@@ -242,6 +242,13 @@ def _mask(u: Used) -> str:
     return next(name for name in names if np.array_equal(recorded, parse_mask(name)[0, 0].numpy()))
 
 
+def _matched_or_not(u: Used, value: Callable[[dict], object]) -> str:
+    """An `inpaint` default that depends on matched clusters: its value on the clustered run with
+    its training digits at hand, then with --no-match-clusters."""
+    on, off = (value(u.record("inpaint", "plain", *flags)) for flags in ((), ("--no-match-clusters",)))
+    return f"{on} with matched clusters, else {off}"
+
+
 def _report_run(u: Used) -> str:
     latest = u.run_dir("guided") / "report.html"
     latest.unlink(missing_ok=True)
@@ -282,7 +289,13 @@ TRUTH: dict[str, dict[str, Callable[[Used], str]]] = {
         **sampling_truth("inpaint"),
         "--num-samples": lambda u: str(u.record("inpaint")["inpainting"]["n"]),
         "--jumps": lambda u: str(u.record("inpaint")["inpainting"]["jumps"]),
-        "--resample": lambda u: str(u.record("inpaint")["inpainting"]["resample"]),
+        "--resample": lambda u: _matched_or_not(u, lambda made: made["inpainting"]["resample"]),
+        "--cluster-guidance": lambda u: _matched_or_not(u, lambda made: g(made["sampling"]["guidance"]["clusters"])),
+        "--match-clusters": lambda u: (
+            "on where --data-dir holds MNIST's training digits"
+            if u.record("inpaint", "plain")["inpainting"]["match_clusters"]  # the data folder holds them
+            else "off"
+        ),
         "--mask": _mask,
     },
     "interpolate": {

@@ -93,6 +93,13 @@ def _steps_help(d: SamplingDefaults) -> str:
     return f"Model evaluations, at most the run's T ({ddpm}{default}{matched})."
 
 
+def _cluster_default(d: SamplingDefaults) -> str:
+    """--cluster-guidance left out: ``d``'s scale, or `sample`'s where `inpaint` matches clusters."""
+    if not d.matched_steps:
+        return f"{d.cluster_guidance:g}"
+    return f"{SAMPLE_DEFAULTS.cluster_guidance:g} with matched clusters, else {d.cluster_guidance:g}"
+
+
 def _spacing_help(d: SamplingDefaults) -> str:
     default = (
         f"{d.spacing:g}"
@@ -146,7 +153,7 @@ def sampling_flags(d: SamplingDefaults) -> dict[str, tuple[Any, Any]]:
             _scale(
                 "--cluster-guidance",
                 "Classifier-free guidance on the pixel cluster (--clusters runs, the default preset; "
-                f"1: off; default {d.cluster_guidance:g}).",
+                f"1: off; default {_cluster_default(d)}).",
             ),
             None,
         ),

@@ -73,4 +73,5 @@ from .sampling import (  # noqa: F401
     SamplerName,
     SamplingConfig,
     SamplingDefaults,
+    inpaint_resample,
 )

@@ -222,3 +222,12 @@ INPAINT_DEFAULTS = SamplingDefaults(
 INVERT_DEFAULTS = SamplingDefaults(sampler="ddim", samplers=("ddim",), spacing=EDIT_SPACING)  # DDIM, eta 0
 # `interpolate`: a deterministic sampler; between seeds as `sample` spaces its steps, between real digits evenly
 INTERPOLATE_DEFAULTS = SamplingDefaults(sampler="ddim", samplers=("ddim", "dpmpp-2m"), digit_spacing=EDIT_SPACING)
+
+
+def inpaint_resample(resample: int | None, matched: bool) -> int:
+    """RePaint's r for `inpaint`: ``resample``, or when it is None, INPAINT_MATCHED_RESAMPLE with
+    matched clusters (one walk: the cluster already agrees with the visible pixels) and
+    INPAINT_RESAMPLE without."""
+    if resample is not None:
+        return resample
+    return INPAINT_MATCHED_RESAMPLE if matched else INPAINT_RESAMPLE

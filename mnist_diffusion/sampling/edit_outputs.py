@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import INPAINT_JUMPS, INTERPOLATE_FRAMES, SamplingConfig
+from ..config import INPAINT_JUMPS, INTERPOLATE_FRAMES, SamplingConfig, inpaint_resample
 from ..data.clusters import ClusterMatcher
 from ..io import check_output, save_tensors
 from ..pictures.animation import save_gif
@@ -18,7 +18,6 @@ from ..runs.loader import LoadedRun
 from .editing import (
     Endpoint,
     inpaint,
-    inpaint_resample,
     inpaint_settings,
     interpolate,
     interpolate_settings,

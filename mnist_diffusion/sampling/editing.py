@@ -29,15 +29,14 @@ import torch
 from ..config import (
     INPAINT_DEFAULTS,
     INPAINT_JUMPS,
-    INPAINT_MATCHED_RESAMPLE,
     INPAINT_MATCHED_STEPS,
-    INPAINT_RESAMPLE,
     INTERPOLATE_DEFAULTS,
     INTERPOLATE_FRAMES,
     INVERT_DEFAULTS,
     SAMPLE_DEFAULTS,
     SDEDIT_STRENGTH,
     SamplingConfig,
+    inpaint_resample,
 )
 from ..data.clusters import ClusterMatcher, draw_clusters
 from ..diffusion import x0_to_unit
@@ -96,28 +95,17 @@ def _pick(labels: torch.Tensor | None, batch: slice) -> torch.Tensor | None:
 def inpaint_settings(
     run: LoadedRun, sampling: SamplingConfig | None = None, *, matched: bool = False, **overrides: Any
 ) -> SamplingConfig:
-    """How :func:`inpaint` samples, resolved for ``run``: ancestral steps (DDIM with eta = 1) on
-    the steps given (default: DDIM's, or INPAINT_MATCHED_STEPS when ``matched``), evenly spaced
-    unless a spacing is given; cluster guidance off unless its scale is given (the module's
-    docstring says why), or ``matched`` (clusters drawn by a ClusterMatcher: `sample`'s scale):
-    INPAINT_DEFAULTS."""
+    """How :func:`inpaint` samples, resolved for ``run``: ancestral DDIM (eta = 1) on the steps
+    given (default: DDIM's; INPAINT_MATCHED_STEPS if ``matched``), evenly spaced unless a spacing is
+    given; cluster guidance off unless its scale is given (the module's docstring says why), or
+    ``matched`` (clusters drawn by a ClusterMatcher: `sample`'s scale): INPAINT_DEFAULTS."""
     s, d = settings_of(sampling, overrides), INPAINT_DEFAULTS
     spacing = d.spacing if s.spacing is None else s.spacing
     steps = min(INPAINT_MATCHED_STEPS, run.schedule.num_timesteps) if matched and s.steps is None else s.steps
     unset = SAMPLE_DEFAULTS.cluster_guidance if matched else d.cluster_guidance
-    clusters = unset if s.guidance.clusters is None else s.guidance.clusters
-    guidance = dataclasses.replace(s.guidance, clusters=clusters)
+    guidance = dataclasses.replace(s.guidance, clusters=unset if s.guidance.clusters is None else s.guidance.clusters)
     chosen = dataclasses.replace(s, sampler="ddim", eta=1.0, steps=steps, spacing=spacing, guidance=guidance)
     return resolve_for(run, chosen)
-
-
-def inpaint_resample(resample: int | None, matched: bool) -> int:
-    """RePaint's r for :func:`inpaint`: ``resample``, or when it is None, INPAINT_MATCHED_RESAMPLE
-    with matched clusters (one walk: the cluster already agrees with the visible pixels) and
-    INPAINT_RESAMPLE without."""
-    if resample is not None:
-        return resample
-    return INPAINT_MATCHED_RESAMPLE if matched else INPAINT_RESAMPLE
 
 
 def inpaint(
@@ -136,10 +124,9 @@ def inpaint(
 ) -> torch.Tensor:
     """Fill the ``missing`` pixels of each image ``n`` times with RePaint (Lugmayr et al. 2022,
     :func:`~mnist_diffusion.diffusion.editing.repaint`): after each ``jumps`` steps, go back as
-    many with the forward process and redo them, ``resample`` times in all (default:
-    :func:`inpaint_resample`). ``match`` (a clustered run's :meth:`LoadedRun.cluster_matcher`):
-    each completion's cluster drawn from those of the training digits that agree with the image's
-    visible pixels.
+    many with the forward process and redo them, ``resample`` times in all (:func:`inpaint_resample`).
+    ``match`` (a clustered run's :meth:`LoadedRun.cluster_matcher`): each completion's cluster drawn
+    from those of the training digits that agree with the image's visible pixels.
 
     :param images: [N x 1 x 28 x 28] in [0, 1] (or one [28 x 28] digit).
     :param missing: bool, broadcastable to [N x 1 x 28 x 28] (a [28 x 28] mask for all): True
