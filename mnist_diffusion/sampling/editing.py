@@ -29,7 +29,6 @@ import torch
 from ..config import (
     INPAINT_DEFAULTS,
     INPAINT_JUMPS,
-    INPAINT_MATCHED_STEPS,
     INTERPOLATE_DEFAULTS,
     INTERPOLATE_FRAMES,
     INVERT_DEFAULTS,
@@ -95,13 +94,13 @@ def _pick(labels: torch.Tensor | None, batch: slice) -> torch.Tensor | None:
 def inpaint_settings(
     run: LoadedRun, sampling: SamplingConfig | None = None, *, matched: bool = False, **overrides: Any
 ) -> SamplingConfig:
-    """How :func:`inpaint` samples, resolved for ``run``: ancestral DDIM (eta = 1) on the steps
-    given (default: DDIM's; INPAINT_MATCHED_STEPS if ``matched``), evenly spaced unless a spacing is
-    given; cluster guidance off unless its scale is given (the module's docstring says why), or
-    ``matched`` (clusters drawn by a ClusterMatcher: `sample`'s scale): INPAINT_DEFAULTS."""
+    """How :func:`inpaint` samples, resolved for ``run`` (INPAINT_DEFAULTS): ancestral DDIM (eta 1)
+    on the steps given (default: DDIM's, or its ``matched_steps`` if ``matched``), evenly spaced
+    unless a spacing is given; cluster guidance off unless its scale is given (the module's
+    docstring says why), or ``matched`` (clusters drawn by a ClusterMatcher: `sample`'s scale)."""
     s, d = settings_of(sampling, overrides), INPAINT_DEFAULTS
     spacing = d.spacing if s.spacing is None else s.spacing
-    steps = min(INPAINT_MATCHED_STEPS, run.schedule.num_timesteps) if matched and s.steps is None else s.steps
+    steps = min(d.matched_steps, run.schedule.num_timesteps) if matched and s.steps is None else s.steps
     unset = SAMPLE_DEFAULTS.cluster_guidance if matched else d.cluster_guidance
     guidance = dataclasses.replace(s.guidance, clusters=unset if s.guidance.clusters is None else s.guidance.clusters)
     chosen = dataclasses.replace(s, sampler="ddim", eta=1.0, steps=steps, spacing=spacing, guidance=guidance)

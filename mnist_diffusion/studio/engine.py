@@ -25,7 +25,7 @@ from torch import nn
 
 from ..config import SamplingConfig
 from ..data.clusters import ClusterMatcher
-from ..data.mnist import has_split, raw_dir, test_digits
+from ..data.mnist import has_split, test_digits
 from ..diffusion import pixels_to_x0, x0_to_unit
 from ..diffusion.samplers import Start
 from ..errors import UserError
@@ -126,7 +126,7 @@ class Studio:
         }
 
     def has_test_digits(self) -> bool:
-        return (raw_dir(self.data_dir) / "t10k-images-idx3-ubyte").is_file()
+        return has_split(self.data_dir, "test")
 
     def has_training_digits(self) -> bool:
         return has_split(self.data_dir, "train")
