@@ -117,6 +117,42 @@ def test_replicates_are_the_configs_that_differ_only_in_the_seed():
     assert replicate_groups([a, {**a, "train.seed": 1}, {**a, "train.lr": 0.001}, None, a]) == [0, 0, 1, 2, 0]
 
 
+def test_seeds_evaluated_at_another_n_are_not_pooled(artifacts):
+    replicate(artifacts, "a", "a1", 1)
+    write_eval(run_dir(artifacts, "a"), n=1000, fid=(0.32, 0.004))
+    write_eval(run_dir(artifacts, "a1"), n=10000, fid=(0.31, 0.001))
+    doc = as_json("a", "a1", artifacts=artifacts)
+    assert [r["group"] for r in doc["runs"]] == ["A", "B"] and doc["eval_settings"] == {"eval.n": [1000, 10000]}
+    write_eval(run_dir(artifacts, "a1"), n=1000, fid=(0.31, 0.001))
+    assert [r["group"] for r in as_json("a", "a1", artifacts=artifacts)["runs"]] == ["A", "A"]
+
+
+def test_two_evaluations_of_one_run_are_compared_as_run_at_k(artifacts, data_dir, tmp_path):
+    """`eval` keeps each evaluation in evals.jsonl; `compare RUN@1 RUN@2` sets them side by side
+    and does not pool them; the report lists them."""
+    flags = ["-n", "20", "--bootstrap", "20", "--data-dir", str(data_dir), "--artifacts-dir", str(artifacts)]
+    for k, steps in ((1, "2"), (2, "3")):
+        result = runner.invoke(app, ["eval", "--run", "a", "--steps", steps, *flags])
+        assert result.exit_code == 0, result.output
+        assert f"evaluation {k} of the run, 00000-a@{k} to `mnistdiff compare`" in result.output
+    a = run_dir(artifacts, "a")
+    kept = [json.loads(line) for line in (a / "evals.jsonl").read_text().splitlines()]
+    assert [e["sampling"]["steps"] for e in kept] == [2, 3] and [e["evaluation"] for e in kept] == [1, 2]
+    assert json.loads((a / "eval.json").read_text()) == kept[1]
+    doc = as_json("a@1", "a@2", "b", artifacts=artifacts)
+    assert [r["name"] for r in doc["runs"]] == ["00000-a@1", "00000-a@2", "00001-b"]
+    assert [r["group"] for r in doc["runs"]] == ["A", "B", "C"] and doc["eval_settings"]["eval.steps"] == [2, 3, None]
+    assert [r["metrics"]["fid"]["value"] for r in doc["runs"][:2]] == [e["model"]["fid"] for e in kept]
+    assert doc["differences"][0]["label"] == "00000-a@2"
+    assert as_json("a", "a@1", artifacts=artifacts)["runs"][0]["metrics"] == doc["runs"][1]["metrics"]  # eval.json: @2
+    compare("a@1", "a@2", "--html", str(tmp_path / "c.html"), artifacts=artifacts)
+    assert "00000-a@2" in (tmp_path / "c.html").read_text()
+    result = runner.invoke(app, ["report", "--run", "a", "--artifacts-dir", str(artifacts)])
+    assert result.exit_code == 0, result.output
+    page = (a / "report.html").read_text()
+    assert "Every evaluation (2)" in page and "00000-a@1" in page and "00000-a@2" in page
+
+
 def test_every_metric_of_eval_json_is_read_with_its_interval():
     cas = {"accuracy": 0.91, "se": 0.01, "low": 0.89, "high": 0.93, "n": 1000}
     evaluation = {
@@ -248,6 +284,8 @@ def test_evaluations_at_another_n_show_as_a_difference(artifacts):
         ([], "compare needs at least two runs (got 0)"),
         (["a", "nosuch"], "unknown run 'nosuch'"),
         (["a", "0"], "'0' is 00000-a again: name each run once"),
+        (["a@1", "b"], "'a@1': 00000-a has no evaluation 1 (its evals.jsonl keeps none yet: `mnistdiff eval"),
+        (["a", "nosuch@2"], "unknown run 'nosuch'"),
         (["a", "b", "--html", "{tmp}"], "is a folder; name the file to write in it, such as"),
         (["a", "b", "--html", "{tmp}/nosuch/c.html"], "/nosuch does not exist"),
         (["a", "b", "--html", "{tmp}/c.png"], "must end in .html or .htm"),

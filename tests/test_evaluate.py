@@ -241,6 +241,15 @@ def test_eval_repeats_through_the_cli_writes_the_shared_shape(tiny_copy, data_di
     assert written["floors"]["test_vs_test"]["fid"] >= 0 and written["cas"] is None
 
 
+def test_an_unreadable_evals_jsonl_stops_eval_before_it_samples(tiny_copy, data_dir):
+    (run_dir,) = (tiny_copy / "runs").iterdir()
+    (run_dir / "evals.jsonl").mkdir()
+    result = _cli_eval(tiny_copy, data_dir)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1 and "evals.jsonl" in lines[0], result.output
+    assert not (run_dir / "eval.json").exists()
+
+
 def test_eval_bootstrap_through_the_cli(tiny_copy, data_dir):
     result = _cli_eval(tiny_copy, data_dir, "--bootstrap", "20")
     assert result.exit_code == 0, result.output

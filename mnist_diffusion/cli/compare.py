@@ -24,7 +24,7 @@ def compare(
         typer.Argument(
             metavar="RUN",
             help="Two or more runs, by folder, name or number (as --run takes them); each is measured against "
-            "the first.",
+            "the first. RUN@K: the run's K-th evaluation (evals.jsonl) instead of its last (eval.json).",
             show_default=False,
         ),
     ] = None,
@@ -45,8 +45,8 @@ def compare(
     """Compare runs: the config fields that differ, each metric with its 95% interval, and each
     difference against the first run with a verdict.
 
-    Runs that differ only in --seed are replicates: they are pooled into one group, and the
-    spread between seeds is added to the interval.
+    Runs that differ only in --seed (and were evaluated alike) are replicates: they are pooled
+    into one group, and the spread between seeds is added to the interval.
     Example: mnistdiff compare 3 4 --html compare.html"""
     from ..io import check_output
     from ..report.compare import compare_runs

@@ -104,4 +104,9 @@ def eval_command(
     else:
         console.print(report_table(result))
         if samples is None:
-            console.print(f"saved {run_dir / 'eval.json'}", highlight=False, markup=False)
+            k = result["evaluation"]
+            console.print(
+                f"saved {run_dir / 'eval.json'}: evaluation {k} of the run, {run_dir.name}@{k} to `mnistdiff compare`",
+                highlight=False,
+                markup=False,
+            )

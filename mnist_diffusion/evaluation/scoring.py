@@ -29,7 +29,7 @@ from ..errors import UserError
 from ..io import atomic_write_json
 from ..pictures.grids import check_images
 from ..runs.loader import LoadedRun, load_run
-from ..runs.store import write_manifest
+from ..runs.store import EVALS, MAX_EVALS, append_eval, read_evals, write_manifest
 from ..runtime import autocast_dtype, precision_name
 from ..sampling.generate import balanced_labels, count_for, generate, resolve_for
 from ..seeds import derive_seed
@@ -204,7 +204,7 @@ def evaluate_run(
     cas_epochs: int = CAS_EPOCHS,
 ) -> dict[str, Any]:
     """Sample ``n_samples`` images from a run with ``sampling``, evaluate them, and write
-    ``eval.json`` into the run.
+    ``eval.json`` into the run, and add it to the run's ``evals.jsonl``, which keeps each one.
 
     A class-conditional run samples balanced labels ``i % 10``, a clustered one draws clusters by
     size. With ``repeats`` K > 1, K sample sets with seeds :func:`repeat_seed` and an interval over
@@ -212,7 +212,8 @@ def evaluate_run(
     run only) adds the Classification Accuracy Score of the first set. With ``nll_images`` > 0,
     also the NLL bound (bits/dim) of the first that many test images.
     :return: the dict written to ``eval.json``: :func:`evaluate_images`'s result plus the sampling
-        settings (resolved for the run: what was really used), the NLL and wall times.
+        settings (resolved for the run: what was really used), the NLL and wall times; and
+        ``"evaluation"``: its number K in ``evals.jsonl`` (``compare RUN@K``).
     """
     if n_samples < MIN_SAMPLES:
         raise UserError(f"need at least {MIN_SAMPLES} samples to evaluate, got {n_samples}")
@@ -226,6 +227,7 @@ def evaluate_run(
     run_dir = Path(run_dir)
     device = torch.device(device)
     run = load_run(run_dir, device)
+    earlier = len(read_evals(run_dir))  # an evals.jsonl that cannot be read fails here, before the sampling
     if with_cas and not run.conditional:
         raise UserError("--cas needs a class-conditional run (train it with --conditional): it trains on the labels")
     real, _ = real_data(data_dir, reference)  # fail early if MNIST is missing
@@ -293,9 +295,15 @@ def evaluate_run(
         mnist_diffusion_version=__version__,
         torch_version=torch.__version__,
         date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        evaluation=min(earlier, MAX_EVALS - 1) + 1,  # its place in evals.jsonl: `compare RUN@K`
     )
     atomic_write_json(run_dir / EVAL_FILE, result)
-    write_manifest(run_dir)
+    try:
+        append_eval(run_dir, result)
+    except UserError as e:
+        raise UserError(f"{EVAL_FILE} saved, but {EVALS} not: {e}") from None
+    finally:
+        write_manifest(run_dir)
     return result
 
 

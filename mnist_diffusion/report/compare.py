@@ -27,7 +27,7 @@ from ..errors import UserError
 from ..evaluation.scoring import EVAL_FILE
 from ..evaluation.uncertainty import INTERVAL_METRICS, LEVEL, difference, normal_interval, pooled, t_quantile
 from ..io import JSON_MAX_BYTES, NotReadable, read_bounded
-from ..runs.store import load_config, resolve_run
+from ..runs.store import EVALS, load_config, read_evals, resolve_run
 from ..runtime import Machine
 from .charts import number
 from .reader import RunFiles
@@ -41,22 +41,42 @@ METRICS: list[tuple[str, str, bool]] = [
 ]
 HIGHER_IS_BETTER = {key: higher for key, _, higher in METRICS}
 LABELS = {key: label for key, label, _ in METRICS}
-SEED_FIELD = "train.seed"  # the one field replicates may differ in
+SEED_FIELD = "train.seed"  # the one field of the config replicates may differ in
+# eval settings that do not change what is measured: the sampling seed (a replicate's other seed)
+# and how the samples were batched or launched
+NOT_SETTINGS = ("eval.seed", "eval.batch_size", "eval.cuda_graphs")
 
 
-def resolve_runs(runs: list[str], artifacts_dir: str | os.PathLike = DEFAULT_ARTIFACTS_DIR) -> list[Path]:
-    """The run folders of ``runs`` (folders, names or numbers, as ``--run`` takes them): at least
-    two, each named once."""
+def resolve_runs(
+    runs: list[str], artifacts_dir: str | os.PathLike = DEFAULT_ARTIFACTS_DIR
+) -> list[tuple[Path, int | None]]:
+    """The run folders of ``runs`` (folders, names or numbers, as ``--run`` takes them), each with
+    the evaluation that ``RUN@K`` names (K from 1, the run's first in evals.jsonl; None: eval.json):
+    at least two, each named once."""
     if len(runs) < 2:
         raise UserError(f"compare needs at least two runs (got {len(runs)}): mnistdiff compare A B [C ...]")
-    folders: list[Path] = []
+    chosen: list[tuple[Path, int | None]] = []
     for run in runs:
-        folder = resolve_run(run, artifacts_dir)
-        same = next((f for f in folders if f.resolve() == folder.resolve()), None)
+        folder, k = _run_and_evaluation(run, artifacts_dir)
+        same = next((f for f, j in chosen if f.resolve() == folder.resolve() and j == k), None)
         if same is not None:
-            raise UserError(f"{run!r} is {same.name} again: name each run once")
-        folders.append(folder)
-    return folders
+            raise UserError(f"{run!r} is {same.name}{'' if k is None else f'@{k}'} again: name each run once")
+        chosen.append((folder, k))
+    return chosen
+
+
+def _run_and_evaluation(run: str, artifacts_dir: str | os.PathLike) -> tuple[Path, int | None]:
+    """``RUN`` as (its folder, None); ``RUN@K`` (K in ASCII digits) as (RUN's folder, K), K checked
+    against the evaluations its evals.jsonl keeps."""
+    name, at, k = run.rpartition("@")
+    if not (at and name and k.isascii() and k.isdigit() and len(k) <= 9):
+        return resolve_run(run, artifacts_dir), None
+    folder = resolve_run(name, artifacts_dir)
+    count = len(read_evals(folder))
+    if not 1 <= int(k) <= count:
+        kept = f"1 to {count}" if count else "none yet: `mnistdiff eval --run NAME` adds one"
+        raise UserError(f"{run!r}: {folder.name} has no evaluation {int(k)} (its {EVALS} keeps {kept})")
+    return folder, int(k)
 
 
 def flat_config(cfg: RunConfig | None) -> dict[str, Any] | None:
@@ -192,7 +212,7 @@ def run_record(run: RunFiles, group: str) -> dict[str, Any]:
     ev = run.eval
     uncertainty = ev.get("uncertainty") if ev and isinstance(ev.get("uncertainty"), dict) else None
     return {
-        "name": run.dir.name,
+        "name": run.name,
         "path": str(run.dir),
         "group": group,
         "created": info.get("created") if isinstance(info.get("created"), str) else None,
@@ -222,9 +242,16 @@ def machine_text(machine: Any) -> str | None:
 
 def compare_runs(runs: list[str], artifacts_dir: str | os.PathLike = DEFAULT_ARTIFACTS_DIR) -> dict[str, Any]:
     """Compare the runs named by ``runs`` (at least two): the JSON document ``compare --json`` prints."""
-    files = [RunFiles(folder) for folder in resolve_runs(runs, artifacts_dir)]
+    files = [RunFiles(folder, k) for folder, k in resolve_runs(runs, artifacts_dir)]
     configs = [flat_config(run.cfg) for run in files]
-    numbers = replicate_groups(configs)
+    settings = [eval_settings(run) for run in files]
+    # replicates: the same recipe, evaluated alike; only the training and sampling seeds differ
+    numbers = replicate_groups(
+        [
+            None if c is None else {**c, **{k: v for k, v in s.items() if k not in NOT_SETTINGS}}
+            for c, s in zip(configs, settings, strict=True)
+        ]
+    )
     letters = [group_letter(g) for g in numbers]
     records = [run_record(run, letter) for run, letter in zip(files, letters, strict=True)]
     groups = [
@@ -241,11 +268,11 @@ def compare_runs(runs: list[str], artifacts_dir: str | os.PathLike = DEFAULT_ART
         "level": LEVEL,
         "runs": records,
         "config": differing(configs),
-        "eval_settings": differing([eval_settings(run) for run in files]),
+        "eval_settings": differing(settings),
         "groups": groups,
         "compared": "groups" if len(groups) > 1 else "runs",
         "differences": differences,
-        "problems": {run.dir.name: run.problems for run in files if run.problems},
+        "problems": {run.name: run.problems for run in files if run.problems},
     }
 
 

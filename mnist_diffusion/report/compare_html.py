@@ -134,7 +134,7 @@ def samples_section(runs: list[RunFiles]) -> list[Safe]:
 
 def compare_page(result: dict[str, Any]) -> str:
     """The comparison :func:`compare_runs` returned, as HTML text."""
-    runs = [RunFiles(Path(r["path"])) for r in result["runs"]]
+    runs = [RunFiles(Path(path)) for path in dict.fromkeys(r["path"] for r in result["runs"])]  # each folder once
     parts = {
         "runs": runs_section(result),
         "config": config_section(result),

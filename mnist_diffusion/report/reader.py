@@ -12,7 +12,7 @@ from ..config import RunConfig
 from ..errors import UserError
 from ..evaluation.scoring import EVAL_FILE
 from ..io import JSON_MAX_BYTES, METRICS_MAX_BYTES, PNG_MAX_BYTES, NotReadable, read_bounded
-from ..runs.store import CHECKPOINT_META, CONFIG, METRICS, PROGRESS, RUN_INFO, load_config, read_metrics
+from ..runs.store import CHECKPOINT_META, CONFIG, METRICS, PROGRESS, RUN_INFO, load_config, read_evals, read_metrics
 from ..runs.summary import RunSummary, summarize_run
 from .charts import number
 from .html import png_size
@@ -24,15 +24,26 @@ class RunFiles:
     """The files of one run folder, read once: ``None`` for each that is missing or unreadable,
     with the reason in ``problems``."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, evaluation: int | None = None):
+        """``evaluation`` K: :attr:`eval` is the run's K-th evaluation in ``evals.jsonl`` (from 1,
+        the oldest) instead of ``eval.json``, and :attr:`name` is ``NAME@K``."""
         self.dir = run_dir
+        self.name = run_dir.name if evaluation is None else f"{run_dir.name}@{evaluation}"
         self.problems: list[str] = []
         self.summary: RunSummary = summarize_run(run_dir)
         self.info = self.json(RUN_INFO)
         self.cfg = self._config()
         self.checkpoint = self.json(CHECKPOINT_META)
-        self.eval = self.json(EVAL_FILE, optional=True)
+        self.eval = self.json(EVAL_FILE, optional=True) if evaluation is None else self.evals()[evaluation - 1]
         self.records = self._metrics()
+
+    def evals(self) -> list[dict[str, Any]]:
+        """Every evaluation of ``evals.jsonl``, oldest first (none, with a note, if it cannot be read)."""
+        try:
+            return read_evals(self.dir)
+        except UserError as e:
+            self.note(str(e))
+            return []
 
     def note(self, problem: str) -> None:
         self.problems.append(problem.replace(f"{self.dir}{os.sep}", ""))  # the report names the run already

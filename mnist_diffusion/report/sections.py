@@ -13,10 +13,11 @@ from ..errors import UserError
 from ..io import JSON_MAX_BYTES, read_bounded
 from ..pictures.figures import figure_png, trajectory_plot
 from ..runs.loader import load_run
-from ..runs.store import GUIDE, MANIFEST, PROGRESS, REPORT, verify_manifest
+from ..runs.store import EVALS, GUIDE, MANIFEST, PROGRESS, REPORT, verify_manifest
 from ..runtime import pick_device
 from ..sampling.outputs import trajectory
 from .charts import histogram_chart, number, points, training_curves
+from .compare import estimates
 from .environment import environment
 from .html import Safe, esc, href, image, pairs, table, tag
 from .reader import SAMPLES, RunFiles
@@ -264,7 +265,35 @@ def evaluation(run: RunFiles) -> list[Safe]:
         ("NLL", value_text(result.get("nll"))),
         ("mnistdiff, torch", f"{result.get('mnist_diffusion_version', '?')}, {result.get('torch_version', '?')}"),
     ]
-    return [*out, tag("h3", "Settings"), pairs(rows)]
+    return [*out, tag("h3", "Settings"), pairs(rows), *_every_evaluation(run)]
+
+
+def _every_evaluation(run: RunFiles) -> list[Safe]:
+    """A row for each evaluation that ``evals.jsonl`` keeps, when there is more than the one above:
+    a sweep of sampling flags on one run, each scored with its own settings."""
+    evals = run.evals()
+    if len(evals) < 2:
+        return []
+    rows = []
+    for k, ev in enumerate(evals, 1):
+        s = ev.get("sampling") if isinstance(ev.get("sampling"), dict) else {}
+        words = ", ".join(str(s[key]) for key in ("sampler", "steps", "guidance_text") if s.get(key) is not None)
+        found = estimates(ev)
+        fid = found.get("fid")
+        cells = [f"{run.dir.name}@{k}", str(ev.get("date", "?"))[:16], str(ev.get("n", "?")), words or "?"]
+        cells.append("-" if fid is None else f"{fid['value']:.4f}" + _interval(fid))
+        cells += ["-" if key not in found else f"{found[key]['value']:.3f}" for key in ("precision", "recall")]
+        cells.append("-" if "confident_share" not in found else f"{found['confident_share']['value']:.1%}")
+        rows.append(cells)
+    return [
+        tag("h3", f"Every evaluation ({len(evals)})"),
+        note(f"{EVALS}, oldest first; `mnistdiff compare NAME@K NAME@J` compares two of them."),
+        table(["as", "date", "N", "sampler, steps, guidance", "FID [95%]", "precision", "recall", "confident"], rows),
+    ]
+
+
+def _interval(e: dict[str, Any]) -> str:
+    return "" if e.get("low") is None else f" [{e['low']:.3f}, {e['high']:.3f}]"
 
 
 def _histogram(values: Any) -> list[int] | None:

@@ -3,7 +3,8 @@
 A run folder describes itself: ``config.json``, ``model.safetensors`` (EMA weights, with the
 config and package version in its metadata), ``checkpoint.safetensors`` + ``checkpoint.json``
 (everything needed to resume), ``metrics.jsonl``, ``loss.png``, ``samples.png`` and
-``manifest.json`` (sha256 of every file, the package version), and last ``finished.json`` (the
+``manifest.json`` (sha256 of every file, the package version), ``eval.json`` and ``evals.jsonl``
+(the newest evaluation, and every one), and last ``finished.json`` (the
 step and weights the run finished with); unconditional runs also keep
 ``guide.safetensors``, the EMA weights from early in training that autoguidance steers away
 from, and runs trained on pixel clusters keep ``clusters.safetensors`` (each training image's
@@ -54,6 +55,8 @@ GUIDE = "guide.safetensors"
 CHECKPOINT = "checkpoint.safetensors"
 CHECKPOINT_META = "checkpoint.json"
 METRICS = "metrics.jsonl"
+EVALS = "evals.jsonl"  # every `mnistdiff eval` of the run, oldest first; eval.json is the newest of them
+MAX_EVALS = 1000  # the evaluations evals.jsonl keeps, the newest (a few KiB each)
 MANIFEST = "manifest.json"
 RUN_INFO = "run.json"
 REPORT = "report.html"
@@ -204,8 +207,26 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The records of ``metrics.jsonl``, skipping lines that are not JSON objects (a line cut
     short by a crash); none if there is no such file. One that is not a regular file or is over
     ``METRICS_MAX_BYTES`` is a UserError (:func:`read_bounded`)."""
+    return _read_records(run_dir / METRICS, "a metrics log")
+
+
+def read_evals(run_dir: Path) -> list[dict[str, Any]]:
+    """The evaluations of ``evals.jsonl``, oldest first, as :func:`read_metrics` reads its log."""
+    return _read_records(run_dir / EVALS, "a log of evaluations")
+
+
+def append_eval(run_dir: Path, result: dict[str, Any]) -> int:
+    """Add ``result`` (what ``eval.json`` holds) to ``evals.jsonl``, rewritten whole so that a
+    crash leaves the old file or the new one, keeping the newest :data:`MAX_EVALS`; return the
+    number of evaluations it keeps."""
+    kept = [*read_evals(run_dir)[-(MAX_EVALS - 1) :], result]
+    atomic_write_bytes(run_dir / EVALS, "".join(json.dumps(r) + "\n" for r in kept).encode())
+    return len(kept)
+
+
+def _read_records(path: Path, what: str) -> list[dict[str, Any]]:
     try:
-        text = read_bounded(run_dir / METRICS, METRICS_MAX_BYTES, "a metrics log").decode(errors="replace")
+        text = read_bounded(path, METRICS_MAX_BYTES, what).decode(errors="replace")
     except FileNotFoundError:
         return []
     records = []
