@@ -10,10 +10,12 @@ seed replicates and says which differences are real.
 
 Equal wall time for changes that do not change a step's cost (the learning rate, the EMA, the
 noise levels) is equal steps: give ``--steps``, which does not depend on how busy the machine is.
-For a change that does (widths, batch size), time a step of each with bench_speed.py in one run
-and scale ``--steps`` by the ratio; ``--time-budget`` plans from this machine's pace instead.
+For a change that does (the widths), ``--equal-time`` times a training step of the preset and of
+the change, in turns on the same synthetic batches, and scales ``--steps`` by the ratio of their
+medians (recorded in the result); ``--time-budget`` plans from this machine's pace instead.
 
     python benchmarks/bench_quality.py --steps 1300 --seed 0 -n 2000 --label ema-0.995 --set ema_decay=0.995
+    python benchmarks/bench_quality.py --steps 1300 --equal-time --label w64 --set channel_mult=1,2,4
 """
 
 from __future__ import annotations
@@ -77,6 +79,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a config field changed")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (the plan the lr and guide follow)")
     p.add_argument("--time-budget", type=float, default=None, help="seconds: plan the steps from this pace")
+    p.add_argument(
+        "--equal-time",
+        action="store_true",
+        help="scale --steps by the preset's step time over the change's, both timed here first",
+    )
     p.add_argument("--seed", type=int, default=0, help="the training seed")
     p.add_argument("-n", "--num-samples", type=int, default=10_000, help="samples the eval scores")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -86,6 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if (args.steps is None) == (args.time_budget is None):
         raise UserError("give one of --steps and --time-budget")
+    if args.equal_time and args.steps is None:
+        raise UserError("--equal-time scales --steps: give --steps")
     overrides = dict(parse_setting(s) for s in args.set)
     try:
         cfg = build_config(args.preset, **{**overrides, "seed": args.seed, "steps": args.steps or None})
@@ -93,7 +102,12 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(str(exc)) from None
     if args.threads:
         torch.set_num_threads(args.threads)
+    timing = None
+    if args.equal_time:
+        timing = equal_time_steps(build_config(args.preset, seed=args.seed), cfg, args.steps)
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=timing["steps"]))
     result = train_and_score(cfg, args, overrides)
+    result["equal_time"] = timing
     name = f"{args.label}-s{args.seed}"
     m = result["eval"]
     table = (
@@ -102,6 +116,50 @@ def main(argv: list[str] | None = None) -> None:
     )
     write_results(args.out / f"{name}.json", result, table)
     print(table, end="")
+
+
+def equal_time_steps(base: RunConfig, changed: RunConfig, steps: int, windows: int = 7, per_window: int = 4) -> dict:
+    """The steps of ``changed`` that take as long as ``steps`` of ``base``: a training step of each
+    (eager, the trainer's own Learner.step on one synthetic batch of each's size) timed in
+    ``windows`` alternating windows of ``per_window`` steps after one untimed window, so that
+    both see the same machine; the ratio of the medians scales ``steps``."""
+    from mnist_diffusion.runtime import DistInfo
+    from mnist_diffusion.training.batches import Batch
+    from mnist_diffusion.training.learner import Learner
+
+    def timer(cfg: RunConfig):
+        learner = Learner(cfg, torch.device("cpu"), DistInfo(), total_steps=steps, log=lambda _: None)
+        b, g = cfg.train.batch_size, torch.Generator().manual_seed(0)
+        y = torch.randint(cfg.model.num_classes, (b,), generator=g) if cfg.model.num_classes else None
+        batch = Batch(
+            x0=torch.rand(b, 1, 28, 28, generator=g) * 2 - 1,
+            y=y,
+            t=torch.randint(cfg.diffusion.timesteps, (b,), generator=g),
+            noise=torch.randn(b, 1, 28, 28, generator=g),
+        )
+
+        def window() -> float:
+            start = time.perf_counter()
+            for i in range(per_window):
+                learner.step(batch, i).item()
+            return (time.perf_counter() - start) / per_window
+
+        return window
+
+    timers = {"base": timer(base), "changed": timer(changed)}
+    seconds: dict[str, list[float]] = {"base": [], "changed": []}
+    for w in range(windows + 1):
+        for name, window in timers.items():
+            took = window()
+            if w:  # the first window warms up
+                seconds[name].append(took)
+    medians = {name: sorted(v)[len(v) // 2] for name, v in seconds.items()}
+    scaled = max(1, round(steps * medians["base"] / medians["changed"]))
+    say(
+        f"equal time: a step takes {1000 * medians['base']:.0f} ms (the preset) and {1000 * medians['changed']:.0f} ms "
+        f"(the change): {steps:,} steps of the preset are {scaled:,} of the change"
+    )
+    return {"steps": scaled, "base_steps": steps, "step_seconds": seconds, "median_seconds": medians}
 
 
 def train_and_score(cfg: RunConfig, args: argparse.Namespace, overrides: dict) -> dict:

@@ -5,6 +5,7 @@ what they share."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import os
 import platform
@@ -305,6 +306,25 @@ def test_bench_quality_trains_the_settings_given_and_scores_them(tmp_path, data_
     assert result["eval"]["fid_low"] < result["eval"]["fid_high"] and result["eval"]["floor_fid"] > 0
     assert result["machine"]["cpu"] and result["train_seconds"] > 0
     assert (tmp_path / "out" / "tiny-s1.md").read_text().startswith("| tiny | 1 | 3 |")
+
+
+def test_equal_time_scales_the_steps_by_the_timed_ratio():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_quality
+    from conftest import tiny_config
+
+    base = tiny_config()
+    wider = dataclasses.replace(base, model=dataclasses.replace(base.model, channels=16))
+    timing = bench_quality.equal_time_steps(base, wider, 100, windows=3, per_window=1)
+    assert [len(v) for v in timing["step_seconds"].values()] == [3, 3] and timing["base_steps"] == 100
+    medians = timing["median_seconds"]
+    assert medians == {name: sorted(v)[1] for name, v in timing["step_seconds"].items()}
+    assert timing["steps"] == round(100 * medians["base"] / medians["changed"])
+
+
+def test_equal_time_needs_steps(tmp_path):
+    proc = _bench_quality("--label", "x", "--time-budget", 60, "--equal-time", "--artifacts-dir", tmp_path)
+    assert proc.returncode == 2 and "--equal-time scales --steps: give --steps" in proc.stderr
 
 
 @pytest.mark.parametrize(
