@@ -27,7 +27,7 @@ from ..errors import UserError
 from ..evaluation.scoring import EVAL_FILE
 from ..evaluation.uncertainty import INTERVAL_METRICS, LEVEL, difference, normal_interval, pooled, t_quantile
 from ..io import JSON_MAX_BYTES, NotReadable, read_bounded
-from ..runs.store import EVALS, load_config, read_evals, resolve_run
+from ..runs.store import CONFIG, EVALS, load_config, read_evals, resolve_run
 from ..runtime import Machine
 from .charts import number
 from .reader import RunFiles
@@ -69,14 +69,21 @@ def _run_and_evaluation(run: str, artifacts_dir: str | os.PathLike) -> tuple[Pat
     """``RUN`` as (its folder, None); ``RUN@K`` (K in ASCII digits) as (RUN's folder, K), K checked
     against the evaluations its evals.jsonl keeps."""
     name, at, k = run.rpartition("@")
-    if not (at and name and k.isascii() and k.isdigit() and len(k) <= 9):
-        return resolve_run(run, artifacts_dir), None
+    if not (at and name and k.isascii() and k.isdigit() and len(k) <= 9) or _is_run_folder(run):
+        return resolve_run(run, artifacts_dir), None  # a run's folder may have "@" in its path
     folder = resolve_run(name, artifacts_dir)
     count = len(read_evals(folder))
     if not 1 <= int(k) <= count:
         kept = f"1 to {count}" if count else "none yet: `mnistdiff eval --run NAME` adds one"
         raise UserError(f"{run!r}: {folder.name} has no evaluation {int(k)} (its {EVALS} keeps {kept})")
     return folder, int(k)
+
+
+def _is_run_folder(path: str) -> bool:
+    try:
+        return (Path(path) / CONFIG).is_file()
+    except (OSError, ValueError):  # a name too long for the file system, or holding a NUL
+        return False
 
 
 def flat_config(cfg: RunConfig | None) -> dict[str, Any] | None:
