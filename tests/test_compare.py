@@ -145,6 +145,10 @@ def test_two_evaluations_of_one_run_are_compared_as_run_at_k(artifacts, data_dir
     assert [r["metrics"]["fid"]["value"] for r in doc["runs"][:2]] == [e["model"]["fid"] for e in kept]
     assert doc["differences"][0]["label"] == "00000-a@2"
     assert as_json("a", "a@1", artifacts=artifacts)["runs"][0]["metrics"] == doc["runs"][1]["metrics"]  # eval.json: @2
+    assert (
+        "00000-a has no evaluation 3 (its evals.jsonl keeps 1 to 2)"
+        in compare("a@3", "b", artifacts=artifacts, ok=False).output
+    )
     odd = shutil.copytree(a, artifacts / "x@2")  # a folder whose path ends like RUN@K is that folder
     assert [r["name"] for r in as_json(str(odd), "a@1", artifacts=artifacts)["runs"]] == ["x@2", "00000-a@1"]
     compare("a@1", "a@2", "--html", str(tmp_path / "c.html"), artifacts=artifacts)

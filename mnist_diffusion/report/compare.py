@@ -74,7 +74,7 @@ def _run_and_evaluation(run: str, artifacts_dir: str | os.PathLike) -> tuple[Pat
     folder = resolve_run(name, artifacts_dir)
     count = len(read_evals(folder))
     if not 1 <= int(k) <= count:
-        kept = f"1 to {count}" if count else "none yet: `mnistdiff eval --run NAME` adds one"
+        kept = f"1 to {count}" if count > 1 else "only 1" if count else "none yet: `mnistdiff eval --run NAME` adds one"
         raise UserError(f"{run!r}: {folder.name} has no evaluation {int(k)} (its {EVALS} keeps {kept})")
     return folder, int(k)
 
