@@ -322,6 +322,21 @@ def test_equal_time_scales_the_steps_by_the_timed_ratio():
     assert timing["steps"] == round(100 * medians["base"] / medians["changed"])
 
 
+def test_equal_time_trains_the_scaled_steps(tmp_path, data_dir):
+    tiny = ["channels=16", "channel_mult=1,2,2", "batch_size=16", "timesteps=50", "warmup_steps=1"]
+    proc = _bench_quality(
+        "--label", "wide", "--steps", 4, "--equal-time", "-n", 20, *[a for s in tiny for a in ("--set", s)],
+        "--data-dir", data_dir, "--artifacts-dir", tmp_path / "a", "--out", tmp_path / "out",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "out" / "wide-s0.json").read_text())
+    timing = result["equal_time"]
+    assert timing["base_steps"] == 4 and result["steps"] == timing["steps"] >= 1
+    cfg = json.loads((Path(result["run"]) / "config.json").read_text())
+    assert cfg["train"]["steps"] == timing["steps"]  # the run's plan is the scaled one
+    assert f"4 steps of the preset are {timing['steps']:,} of the change" in proc.stderr
+
+
 def test_equal_time_needs_steps(tmp_path):
     proc = _bench_quality("--label", "x", "--time-budget", 60, "--equal-time", "--artifacts-dir", tmp_path)
     assert proc.returncode == 2 and "--equal-time scales --steps: give --steps" in proc.stderr
