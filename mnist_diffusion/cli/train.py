@@ -54,7 +54,7 @@ def train(
     loss_weighting: Annotated[Optional[str], _flag("none, or min-snr (Hang et al. 2023, gamma 5).")] = None,
     preset: Annotated[str, _flag("default, seed (the original script) or large.")] = "default",
     channels: Annotated[Optional[int], _flag("UNet base width (a multiple of 8); the preset's if not given.")] = None,
-    channel_mult: Annotated[Optional[str], _flag("Width multipliers at 28x28, 14x14 and 7x7, e.g. 1,2,6.")] = None,
+    channel_mult: Annotated[Optional[str], _flag("Width multipliers at 28x28, 14x14 and 7x7, e.g. 1,2,4.")] = None,
     conditional: Annotated[bool, _flag("Learn digit labels too (sample --label-guidance).", "--conditional")] = False,
     clusters: Annotated[
         Optional[int],
@@ -294,13 +294,13 @@ def _with_ctrl_c(run, finishing: threading.Event):
 
 
 def _int_tuple(text: str | None) -> tuple[int, ...] | None:
-    """ "1,2,6" -> (1, 2, 6); None stays None."""
+    """ "1,2,4" -> (1, 2, 4); None stays None."""
     if text is None:
         return None
     try:
         return tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise UserError(f"--channel-mult takes comma-separated integers, e.g. 1,2,6 (got {text!r})") from None
+        raise UserError(f"--channel-mult takes comma-separated integers, e.g. 1,2,4 (got {text!r})") from None
 
 
 def parse_duration(text: str) -> float:

@@ -40,7 +40,7 @@ class ModelConfig:
     arch: Arch = "unet"  # "unet" (time-conditioned) or "seed" (the original, no time input)
     in_channels: int = 1  # MNIST is greyscale
     channels: int = 16  # base width; level i has channels * channel_mult[i]
-    channel_mult: tuple[int, ...] = (1, 2, 6)  # widths at 28x28, 14x14, 7x7
+    channel_mult: tuple[int, ...] = (1, 2, 4)  # widths at 28x28, 14x14, 7x7
     num_res_blocks: int = 1  # residual blocks per resolution on the way down (and up)
     attention: bool = True  # self-attention in the 7x7 middle
     dropout: float = 0.0  # dropout inside residual blocks
@@ -237,12 +237,12 @@ SEED = RunConfig(
     ),
 )
 
-# The best quality 5 epochs buy on a 2-core CPU with bf16 units in 15 minutes (docs/RESULTS.md):
-# an 880k-parameter UNet (16/32/96 channels), cosine schedule, v-prediction with min-SNR
-# weighting, batch 64, AdamW 2e-3 with warm-up and cosine decay, EMA, bf16 where the CPU has
-# bf16 units (what pays for the 96 channels at 7x7), 40 k-means clusters of the pixels as
-# self-labels (no digit labels), and a guide for autoguidance: its EMA weights at 40% of training,
-# which scored better than 20% from 10-minute runs to 5 epochs (docs/RESULTS.md, speedrun).
+# The best digits per CPU-minute measured so far (docs/RESULTS.md, speedrun): a 450k-parameter
+# UNet (16/32/64 channels: at equal time it beat 16/32/96 from 10 minutes to 35, and samples at
+# 0.69x the cost), cosine schedule, v-prediction with min-SNR weighting, batch 64, AdamW 2e-3 with
+# warm-up and cosine decay, EMA, bf16 where the CPU has bf16 units, 40 k-means clusters of the
+# pixels as self-labels (no digit labels), and a guide for autoguidance: its EMA weights at 40% of
+# training, which scored better than 20% from 10-minute runs to 5 epochs.
 DEFAULT_CLUSTERS = 40
 DEFAULT_GUIDE_AT = 0.4
 DEFAULT = RunConfig(
