@@ -15,7 +15,7 @@ the change, in turns on the same synthetic batches, and scales ``--steps`` by th
 medians (recorded in the result); ``--time-budget`` plans from this machine's pace instead.
 
     python benchmarks/bench_quality.py --steps 1300 --seed 0 -n 2000 --label ema-0.995 --set ema_decay=0.995
-    python benchmarks/bench_quality.py --steps 1300 --equal-time --label w64 --set channel_mult=1,2,4
+    python benchmarks/bench_quality.py --steps 1300 --equal-time --label w48 --set channel_mult=1,2,3
 """
 
 from __future__ import annotations
@@ -122,10 +122,13 @@ def equal_time_steps(base: RunConfig, changed: RunConfig, steps: int, windows: i
     """The steps of ``changed`` that take as long as ``steps`` of ``base``: a training step of each
     (eager, the trainer's own Learner.step on one synthetic batch of each's size) timed in
     ``windows`` alternating windows of ``per_window`` steps after one untimed window, so that
-    both see the same machine; the ratio of the medians scales ``steps``."""
+    both see the same machine; the ratio of the medians scales ``steps``. Each one's arithmetic
+    (MFLOP an image, counted, not timed) is recorded beside the times: it does not depend on the
+    machine, so it tells another CPU's ratio from this one's."""
     from mnist_diffusion.runtime import DistInfo
     from mnist_diffusion.training.batches import Batch
     from mnist_diffusion.training.learner import Learner
+    from mnist_diffusion.training.speed import step_flops_per_image
 
     def timer(cfg: RunConfig):
         learner = Learner(cfg, torch.device("cpu"), DistInfo(), total_steps=steps, log=lambda _: None)
@@ -155,11 +158,19 @@ def equal_time_steps(base: RunConfig, changed: RunConfig, steps: int, windows: i
                 seconds[name].append(took)
     medians = {name: sorted(v)[len(v) // 2] for name, v in seconds.items()}
     scaled = max(1, round(steps * medians["base"] / medians["changed"]))
+    mflop = {"base": step_flops_per_image(base) / 1e6, "changed": step_flops_per_image(changed) / 1e6}
     say(
         f"equal time: a step takes {1000 * medians['base']:.0f} ms (the preset) and {1000 * medians['changed']:.0f} ms "
-        f"(the change): {steps:,} steps of the preset are {scaled:,} of the change"
+        f"(the change), {mflop['base']:.0f} and {mflop['changed']:.0f} MFLOP an image: {steps:,} steps of the "
+        f"preset are {scaled:,} of the change"
     )
-    return {"steps": scaled, "base_steps": steps, "step_seconds": seconds, "median_seconds": medians}
+    return {
+        "steps": scaled,
+        "base_steps": steps,
+        "step_seconds": seconds,
+        "median_seconds": medians,
+        "step_mflop_per_image": mflop,
+    }
 
 
 def train_and_score(cfg: RunConfig, args: argparse.Namespace, overrides: dict) -> dict:

@@ -313,6 +313,8 @@ def test_equal_time_scales_the_steps_by_the_timed_ratio():
     import bench_quality
     from conftest import tiny_config
 
+    from mnist_diffusion.training.speed import step_flops_per_image
+
     base = tiny_config()
     wider = dataclasses.replace(base, model=dataclasses.replace(base.model, channels=16))
     timing = bench_quality.equal_time_steps(base, wider, 100, windows=3, per_window=1)
@@ -320,6 +322,10 @@ def test_equal_time_scales_the_steps_by_the_timed_ratio():
     medians = timing["median_seconds"]
     assert medians == {name: sorted(v)[1] for name, v in timing["step_seconds"].items()}
     assert timing["steps"] == round(100 * medians["base"] / medians["changed"])
+    # the arithmetic beside the times: counted, so the wider network's is the larger
+    mflop = timing["step_mflop_per_image"]
+    assert mflop == {"base": step_flops_per_image(base) / 1e6, "changed": step_flops_per_image(wider) / 1e6}
+    assert mflop["changed"] > 2 * mflop["base"]
 
 
 def test_equal_time_trains_the_scaled_steps(tmp_path, data_dir):
