@@ -176,6 +176,10 @@ def test_a_second_writer_is_refused_and_a_killed_ones_lock_is_taken(tmp_path, da
     try:
         run_dir = wait_for_checkpoint(artifacts, proc)
         before = tree(run_dir / "..")
+        listed = runner.invoke(app, ["runs", "--artifacts-dir", str(artifacts)], terminal_width=200)
+        assert listed.exit_code == 0, listed.output
+        row = next(line for line in listed.output.splitlines() if run_dir.name in line)
+        assert row.split()[-1] == "training", listed.output  # not a run to resume now
         line = one_line_error(invoke(["train", "--resume", run_dir.name], artifacts, data_dir))
         assert f"process {proc.pid}" in line
         line = one_line_error(invoke(["train", "--resume", run_dir.name, "--max-steps", "3"], artifacts, data_dir))
@@ -185,6 +189,9 @@ def test_a_second_writer_is_refused_and_a_killed_ones_lock_is_taken(tmp_path, da
         proc.kill()  # SIGKILL: nothing is released by the process itself
         proc.wait()
         proc.stderr.close()
+    listed = runner.invoke(app, ["runs", "--artifacts-dir", str(artifacts)], terminal_width=200)
+    row = next(line for line in listed.output.splitlines() if run_dir.name in line)
+    assert row.split()[-1] in {"started", "resumable"}, listed.output  # its lock went with it
     step = json.loads((run_dir / "checkpoint.json").read_text())["step"]
     result = invoke(["train", "--resume", run_dir.name, "--max-steps", str(step + 2)], artifacts, data_dir)
     assert result.exit_code == 0, result.output

@@ -15,6 +15,7 @@ from typing import Any
 from ..config import INT_LIMIT
 from ..errors import UserError
 from ..io import JSON_MAX_BYTES, NotReadable, read_bounded
+from .lock import is_locked
 from .store import _RUN_RE, CHECKPOINT_META, CONFIG, is_finished, load_config, runs_dir
 
 
@@ -31,12 +32,17 @@ class RunSummary:
     fid: float | None = None
     fid_n: int | None = None  # the N the FID was computed at (FID depends on N)
     problem: str | None = None  # why the run is listed as unreadable: each bad file and what is wrong, one line
+    training: bool = False  # another process holds the run's lock: it is being trained now
 
     @property
     def status(self) -> str:
-        """unreadable, done (its final weights are in its manifest), resumable (a checkpoint past
-        step 0) or started."""
-        return "unreadable" if self.problem else "done" if self.finished else "resumable" if self.step else "started"
+        """unreadable, done (its final weights are in its manifest), training (another process
+        holds its lock), resumable (a checkpoint past step 0) or started."""
+        if self.problem:
+            return "unreadable"
+        if self.finished:
+            return "done"
+        return "training" if self.training else "resumable" if self.step else "started"
 
 
 def summarize_runs(artifacts_dir: str | os.PathLike) -> list[RunSummary]:
@@ -50,6 +56,7 @@ def summarize_runs(artifacts_dir: str | os.PathLike) -> list[RunSummary]:
 def summarize_run(run_dir: Path) -> RunSummary:
     """The summary of one run folder (see :func:`summarize_runs`)."""
     summary = RunSummary(run_dir.name, run_dir, created=_created(run_dir), finished=_finished(run_dir))
+    summary.training = not summary.finished and is_locked(run_dir)
     problems = []
     try:
         cfg = load_config(run_dir)
