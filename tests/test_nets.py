@@ -1,6 +1,7 @@
 """The UNet's normalisation: the default network is the one every run trains, and the one without
 GroupNorm is that network less its GroupNorm layers."""
 
+import dataclasses
 import hashlib
 
 import torch
@@ -23,9 +24,12 @@ def layout(state: dict[str, torch.Tensor]) -> str:
 def test_the_default_network_keeps_its_weights_their_order_and_their_draws():
     cfg = PRESETS["default"].model
     default = built(0, lambda: build_model(cfg))
-    # The names and shapes of the default network's 111 tensors, in their order, as they were
-    # before the norm layer became an argument: a run's weights load into it as before.
-    assert len(default) == 111 and layout(default) == "5db3f0100b8ec777"
+    # The names and shapes of the default network's 111 tensors, in their order: a run's weights
+    # load into it as before. The 16/32/96 network, the default before 16/32/64, keeps the layout it
+    # had before the norm layer became an argument, so the runs trained with it load too.
+    assert len(default) == 111 and layout(default) == "631113f5c416a956"
+    earlier = built(0, lambda: build_model(dataclasses.replace(cfg, channel_mult=(1, 2, 6))))
+    assert len(earlier) == 111 and layout(earlier) == "5db3f0100b8ec777"
     for same in (lambda: UNet(cfg), lambda: UNet(cfg, norm=group_norm)):
         state = built(0, same)
         assert list(state) == list(default) and all(torch.equal(state[k], default[k]) for k in default)
