@@ -31,7 +31,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from mnist_diffusion.cli import app
-from mnist_diffusion.config import SamplingConfig
+from mnist_diffusion.config import PRESETS, SamplingConfig
 from mnist_diffusion.data.mnist import raw_dir, write_idx_images, write_idx_labels
 from mnist_diffusion.io import save_tensors
 from mnist_diffusion.pictures.grids import grid_image, picture_text
@@ -225,6 +225,15 @@ def test_train_flag_reaches_what_it_names(flag, tmp_path, data_dir):
         pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
     t, row = Train(tmp_path, data_dir), TRAIN[flag]
     row.check(t) if isinstance(row, Row) else row(t)
+
+
+def test_train_without_channel_mult_takes_the_default_presets_widths(tmp_path, data_dir):
+    """No --channel-mult: the run's network is the default preset's, 16/32/64 with --channels 16."""
+    t = Train(tmp_path, data_dir)
+    t("--timesteps", "50", "--batch-size", "16", "--max-steps", "1", "--grid", "0", base=False)
+    cfg = t.config()
+    assert cfg.model.channel_mult == PRESETS["default"].model.channel_mult == (1, 2, 4)
+    assert [cfg.model.channels * m for m in cfg.model.channel_mult] == [16, 32, 64]
 
 
 # ----------------------------------------------------------------------------- sampling and editing commands
