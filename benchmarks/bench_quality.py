@@ -120,45 +120,40 @@ def main(argv: list[str] | None = None) -> None:
 
 def equal_time_steps(base: RunConfig, changed: RunConfig, steps: int, windows: int = 7, per_window: int = 4) -> dict:
     """The steps of ``changed`` that take as long as ``steps`` of ``base``: a training step of each
-    (eager, the trainer's own Learner.step on one synthetic batch of each's size) timed in
-    ``windows`` alternating windows of ``per_window`` steps after one untimed window, so that
-    both see the same machine; the ratio of the medians scales ``steps``. Each one's arithmetic
-    (MFLOP an image, counted, not timed) is recorded beside the times: it does not depend on the
-    machine, so it tells another CPU's ratio from this one's."""
+    (eager, the trainer's own Learner.step on one synthetic batch of each's size) timed by
+    profile_step's :func:`compare`, ``windows`` rounds of ``per_window`` steps alternating between
+    the two after 3 untimed steps each, so that both see the same machine; the median of the
+    rounds' ratios scales ``steps``. Each one's arithmetic (MFLOP an image, counted, not timed) is
+    recorded beside the times: it does not depend on the machine, so it tells another CPU's ratio
+    from this one's."""
+    from profile_step import compare
+
     from mnist_diffusion.runtime import DistInfo
     from mnist_diffusion.training.batches import Batch
     from mnist_diffusion.training.learner import Learner
     from mnist_diffusion.training.speed import step_flops_per_image
 
-    def timer(cfg: RunConfig):
-        learner = Learner(cfg, torch.device("cpu"), DistInfo(), total_steps=steps, log=lambda _: None)
+    def synthetic_batch(cfg: RunConfig) -> Batch:
         b, g = cfg.train.batch_size, torch.Generator().manual_seed(0)
         y = torch.randint(cfg.model.num_classes, (b,), generator=g) if cfg.model.num_classes else None
-        batch = Batch(
+        return Batch(
             x0=torch.rand(b, 1, 28, 28, generator=g) * 2 - 1,
             y=y,
             t=torch.randint(cfg.diffusion.timesteps, (b,), generator=g),
             noise=torch.randn(b, 1, 28, 28, generator=g),
         )
 
-        def window() -> float:
-            start = time.perf_counter()
-            for i in range(per_window):
-                learner.step(batch, i).item()
-            return (time.perf_counter() - start) / per_window
-
-        return window
-
-    timers = {"base": timer(base), "changed": timer(changed)}
-    seconds: dict[str, list[float]] = {"base": [], "changed": []}
-    for w in range(windows + 1):
-        for name, window in timers.items():
-            took = window()
-            if w:  # the first window warms up
-                seconds[name].append(took)
-    medians = {name: sorted(v)[len(v) // 2] for name, v in seconds.items()}
-    scaled = max(1, round(steps * medians["base"] / medians["changed"]))
-    mflop = {"base": step_flops_per_image(base) / 1e6, "changed": step_flops_per_image(changed) / 1e6}
+    configs = {"base": base, "changed": changed}
+    learners = {
+        name: Learner(cfg, torch.device("cpu"), DistInfo(), total_steps=steps, log=lambda _: None)
+        for name, cfg in configs.items()
+    }
+    batches = {name: synthetic_batch(cfg) for name, cfg in configs.items()}
+    timed, _ = compare(learners, batches, rounds=windows, block=per_window)
+    ratio = timed["changed"]["speed_vs_first"]  # a step of the preset over a step of the change
+    scaled = max(1, round(steps * ratio))
+    medians = {name: timed[name]["step_ms"] / 1e3 for name in configs}
+    mflop = {name: step_flops_per_image(cfg) / 1e6 for name, cfg in configs.items()}
     say(
         f"equal time: a step takes {1000 * medians['base']:.0f} ms (the preset) and {1000 * medians['changed']:.0f} ms "
         f"(the change), {mflop['base']:.0f} and {mflop['changed']:.0f} MFLOP an image: {steps:,} steps of the "
@@ -167,8 +162,9 @@ def equal_time_steps(base: RunConfig, changed: RunConfig, steps: int, windows: i
     return {
         "steps": scaled,
         "base_steps": steps,
-        "step_seconds": seconds,
+        "step_seconds": {name: [ms / 1e3 for ms in timed[name]["blocks_ms"]] for name in configs},
         "median_seconds": medians,
+        "ratio": ratio,
         "step_mflop_per_image": mflop,
     }
 

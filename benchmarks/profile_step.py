@@ -27,7 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -167,24 +167,31 @@ def step_seconds(learner: Learner, batch: Batch, steps: int, start: int) -> floa
 
 
 def compare(
-    learners: dict[str, Learner], batch: Batch, rounds: int, block: int, rate: Callable[[], float] | None = None
+    learners: dict[str, Learner],
+    batch: Batch | Mapping[str, Batch],
+    rounds: int,
+    block: int,
+    rate: Callable[[], float] | None = None,
 ) -> tuple[dict[str, dict], list[float]]:
     """Each variant's median step time over ``rounds`` blocks of ``block`` steps, the variants'
     blocks alternating (order reversed each round), and the median of each round's speed ratio to
-    the first variant. With ``rate`` (a function measuring the matrix rate), each round first
+    the first variant (its step time over the variant's: above 1, the variant is faster). Every
+    variant trains on ``batch``, or each on its own where it is a mapping by name (variants of
+    another batch size). With ``rate`` (a function measuring the matrix rate), each round first
     measures it again, and the rates come back with the variants: a step's share of the rate can
     then be taken against the machine's pace in its own round (:func:`paired_share`)."""
     names = list(learners)
+    batch_of = batch if isinstance(batch, Mapping) else dict.fromkeys(names, batch)
     for name in names:  # warm-up, and torch.compile's compilation
         say(f"{name}: warm-up")
-        step_seconds(learners[name], batch, 3, 0)
+        step_seconds(learners[name], batch_of[name], 3, 0)
     blocks: dict[str, list[float]] = {name: [] for name in names}
     rates: list[float] = []
     for r in range(rounds):
         if rate is not None:
             rates.append(rate())
         for name in names if r % 2 == 0 else names[::-1]:
-            blocks[name].append(step_seconds(learners[name], batch, block, 3 + r * block))
+            blocks[name].append(step_seconds(learners[name], batch_of[name], block, 3 + r * block))
     first = names[0]
     return {
         name: {
