@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import RESULTS_DIR, machine_info, run_script, say, write_results
+from common import RESULTS_DIR, compare_steps, machine_info, run_script, say, write_results
 
 from mnist_diffusion.config import PRESETS, RunConfig, build_config
 from mnist_diffusion.errors import UserError
@@ -121,13 +121,11 @@ def main(argv: list[str] | None = None) -> None:
 def equal_time_steps(base: RunConfig, changed: RunConfig, steps: int, windows: int = 7, per_window: int = 4) -> dict:
     """The steps of ``changed`` that take as long as ``steps`` of ``base``: a training step of each
     (eager, the trainer's own Learner.step on one synthetic batch of each's size) timed by
-    profile_step's :func:`compare`, ``windows`` rounds of ``per_window`` steps alternating between
-    the two after 3 untimed steps each, so that both see the same machine; the median of the
-    rounds' ratios scales ``steps``. Each one's arithmetic (MFLOP an image, counted, not timed) is
-    recorded beside the times: it does not depend on the machine, so it tells another CPU's ratio
-    from this one's."""
-    from profile_step import compare
-
+    :func:`common.compare_steps`, as profile_step.py times its variants: ``windows`` rounds of
+    ``per_window`` steps alternating between the two after 3 untimed steps each, so that both see
+    the same machine; the median of the rounds' ratios scales ``steps``. Each one's arithmetic
+    (MFLOP an image, counted, not timed) is recorded beside the times: it does not depend on the
+    machine, so it tells another CPU's ratio from this one's."""
     from mnist_diffusion.runtime import DistInfo
     from mnist_diffusion.training.batches import Batch
     from mnist_diffusion.training.learner import Learner
@@ -149,7 +147,7 @@ def equal_time_steps(base: RunConfig, changed: RunConfig, steps: int, windows: i
         for name, cfg in configs.items()
     }
     batches = {name: synthetic_batch(cfg) for name, cfg in configs.items()}
-    timed, _ = compare(learners, batches, rounds=windows, block=per_window)
+    timed, _ = compare_steps(learners, batches, rounds=windows, block=per_window)
     ratio = timed["changed"]["speed_vs_first"]  # a step of the preset over a step of the change
     scaled = max(1, round(steps * ratio))
     medians = {name: timed[name]["step_ms"] / 1e3 for name in configs}

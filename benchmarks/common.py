@@ -1,15 +1,17 @@
 """What the benchmark scripts share: the machine a result was measured on, timing windows, the
 results folder and how a result is written (JSON, and its Markdown table beside it or in a
-README block), the kernels' instruction-set environment, and how a script reports a bad flag.
+README block), the kernels' instruction-set environment, how a script reports a bad flag, and
+training steps of several variants timed against each other.
 Each script imports these from here; no script imports another."""
 
 from __future__ import annotations
 
 import dataclasses
 import platform
+import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -21,6 +23,8 @@ from mnist_diffusion.nets import count_parameters
 from mnist_diffusion.runs.loader import LoadedRun
 from mnist_diffusion.runs.store import WEIGHTS, read_metrics
 from mnist_diffusion.runtime import describe_machine, sync
+from mnist_diffusion.training.batches import Batch
+from mnist_diffusion.training.learner import Learner
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SAMPLE_BATCH = {"cpu": 256, "cuda": 10_000}  # images per sampling batch, chosen for throughput
@@ -150,3 +154,50 @@ def run_script(main: Callable[[], object]) -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def step_seconds(learner: Learner, batch: Batch, steps: int, start: int) -> float:
+    """The median wall time of ``steps`` training steps on ``batch``."""
+    times = []
+    for i in range(steps):
+        begin = time.perf_counter()
+        learner.step(batch, start + i)
+        times.append(time.perf_counter() - begin)
+    return statistics.median(times)
+
+
+def compare_steps(
+    learners: dict[str, Learner],
+    batch: Batch | Mapping[str, Batch],
+    rounds: int,
+    block: int,
+    rate: Callable[[], float] | None = None,
+) -> tuple[dict[str, dict], list[float]]:
+    """Each variant's median step time over ``rounds`` blocks of ``block`` steps, the variants'
+    blocks alternating (order reversed each round), and the median of each round's speed ratio to
+    the first variant (its step time over the variant's: above 1, the variant is faster). Every
+    variant trains on ``batch``, or each on its own where it is a mapping by name (variants of
+    another batch size). With ``rate`` (a function measuring the matrix rate), each round first
+    measures it again, and the rates come back with the variants: a step's share of the rate can
+    then be taken against the machine's pace in its own round (profile_step.py's ``paired_share``)."""
+    names = list(learners)
+    batch_of = batch if isinstance(batch, Mapping) else dict.fromkeys(names, batch)
+    for name in names:  # warm-up, and torch.compile's compilation
+        say(f"{name}: warm-up")
+        step_seconds(learners[name], batch_of[name], 3, 0)
+    blocks: dict[str, list[float]] = {name: [] for name in names}
+    rates: list[float] = []
+    for r in range(rounds):
+        if rate is not None:
+            rates.append(rate())
+        for name in names if r % 2 == 0 else names[::-1]:
+            blocks[name].append(step_seconds(learners[name], batch_of[name], block, 3 + r * block))
+    first = names[0]
+    return {
+        name: {
+            "step_ms": statistics.median(blocks[name]) * 1e3,
+            "blocks_ms": [s * 1e3 for s in blocks[name]],
+            "speed_vs_first": statistics.median(a / b for a, b in zip(blocks[first], blocks[name], strict=True)),
+        }
+        for name in names
+    }, rates

@@ -26,12 +26,10 @@ import shlex
 import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
-from common import ISA_ENV, RESULTS_DIR, machine_info, machine_line, run_script, say, write_results
+from common import ISA_ENV, RESULTS_DIR, compare_steps, machine_info, machine_line, run_script, say, write_results
 
 from mnist_diffusion.allocator import prefer_huge_pages
 from mnist_diffusion.config import DEFAULT_DATA_DIR, PRESETS, RunConfig
@@ -156,53 +154,6 @@ def onednn_primitives(learner: Learner, batch: Batch, start: int) -> dict[str, d
     return out
 
 
-def step_seconds(learner: Learner, batch: Batch, steps: int, start: int) -> float:
-    """The median wall time of ``steps`` training steps on ``batch``."""
-    times = []
-    for i in range(steps):
-        begin = time.perf_counter()
-        learner.step(batch, start + i)
-        times.append(time.perf_counter() - begin)
-    return statistics.median(times)
-
-
-def compare(
-    learners: dict[str, Learner],
-    batch: Batch | Mapping[str, Batch],
-    rounds: int,
-    block: int,
-    rate: Callable[[], float] | None = None,
-) -> tuple[dict[str, dict], list[float]]:
-    """Each variant's median step time over ``rounds`` blocks of ``block`` steps, the variants'
-    blocks alternating (order reversed each round), and the median of each round's speed ratio to
-    the first variant (its step time over the variant's: above 1, the variant is faster). Every
-    variant trains on ``batch``, or each on its own where it is a mapping by name (variants of
-    another batch size). With ``rate`` (a function measuring the matrix rate), each round first
-    measures it again, and the rates come back with the variants: a step's share of the rate can
-    then be taken against the machine's pace in its own round (:func:`paired_share`)."""
-    names = list(learners)
-    batch_of = batch if isinstance(batch, Mapping) else dict.fromkeys(names, batch)
-    for name in names:  # warm-up, and torch.compile's compilation
-        say(f"{name}: warm-up")
-        step_seconds(learners[name], batch_of[name], 3, 0)
-    blocks: dict[str, list[float]] = {name: [] for name in names}
-    rates: list[float] = []
-    for r in range(rounds):
-        if rate is not None:
-            rates.append(rate())
-        for name in names if r % 2 == 0 else names[::-1]:
-            blocks[name].append(step_seconds(learners[name], batch_of[name], block, 3 + r * block))
-    first = names[0]
-    return {
-        name: {
-            "step_ms": statistics.median(blocks[name]) * 1e3,
-            "blocks_ms": [s * 1e3 for s in blocks[name]],
-            "speed_vs_first": statistics.median(a / b for a, b in zip(blocks[first], blocks[name], strict=True)),
-        }
-        for name in names
-    }, rates
-
-
 def paired_share(step_gflop: float, variant: dict, rates: list[float]) -> float | None:
     """The median over rounds of a variant's step GFLOP/s over the matrix rate of the same round
     (None without those rates)."""
@@ -262,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
     if variants:
         learners = {name: make_learner(cfg, name, batches.steps_per_epoch) for name in variants}
         yardstick = lambda: measure_matmul_rate(device, dtype or torch.float32, repeats=3)  # noqa: E731
-        results["variants"], results["rounds_matmul_gflops"] = compare(
+        results["variants"], results["rounds_matmul_gflops"] = compare_steps(
             learners, batch, args.rounds, args.block, yardstick
         )
     table = markdown(results)
