@@ -1,7 +1,7 @@
 """compare.html (`mnistdiff compare --html`) in headless Chromium, driven by Playwright: the page
 opens from disk, asks for nothing but itself (every other request is blocked and recorded), logs
 no console error, decodes every image (the loss chart and each run's samples) and does not scroll
-sideways on a phone. Skipped where Chromium or Playwright is not installed."""
+sideways on a phone. Skipped where Chromium or pytest-playwright is not installed."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from mnist_diffusion.cli import app
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="needs Playwright (pip install playwright)")
+pytest.importorskip("pytest_playwright", reason="needs pytest-playwright: pip install 'mnist-diffusion[dev]'")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (Debian: apt-get install chromium)")
 runner = CliRunner()
@@ -34,12 +34,12 @@ def page_file(tmp_path_factory, run_pair) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM)
-        yield chromium
-        chromium.close()
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    """pytest-playwright's browser (one for the session, shared with the other browser tests: a
+    second Playwright of our own would refuse to start inside its event loop), started from the
+    system's Chromium (no browser download)."""
+    return {**browser_type_launch_args, "executable_path": CHROMIUM}
 
 
 def open_offline(browser, path: Path, width: int = 1280):
