@@ -9,6 +9,7 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,17 @@ from mnist_diffusion.config import DiffusionConfig, ModelConfig, RunConfig, Trai
 from mnist_diffusion.data.mnist import raw_dir, write_idx_images, write_idx_labels
 
 torch.set_num_threads(1)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (Debian: apt-get install chromium)")
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    """pytest-playwright's browser, one for the session's browser tests, started from the system's
+    Chromium (no browser download). Requested only where pytest-playwright is installed."""
+    return {**browser_type_launch_args, "executable_path": CHROMIUM}
 
 
 def fake_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

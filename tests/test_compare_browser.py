@@ -10,13 +10,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import needs_chromium
 from typer.testing import CliRunner
 
 from mnist_diffusion.cli import app
 
 pytest.importorskip("pytest_playwright", reason="needs pytest-playwright: pip install 'mnist-diffusion[dev]'")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (Debian: apt-get install chromium)")
+pytestmark = needs_chromium
 runner = CliRunner()
 
 
@@ -32,14 +32,6 @@ def page_file(tmp_path_factory, run_pair) -> Path:
     result = runner.invoke(app, ["compare", "a", "b", "--html", str(out), "--artifacts-dir", str(artifacts)])
     assert result.exit_code == 0, result.output
     return out
-
-
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args):
-    """pytest-playwright's browser (one for the session, shared with the other browser tests: a
-    second Playwright of our own would refuse to start inside its event loop), started from the
-    system's Chromium (no browser download)."""
-    return {**browser_type_launch_args, "executable_path": CHROMIUM}
 
 
 def open_offline(browser, path: Path, width: int = 1280):

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import TINY_FLAGS
+from conftest import TINY_FLAGS, needs_chromium
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -19,15 +19,8 @@ from mnist_diffusion.cli import app
 
 pytest.importorskip("pytest_playwright", reason="needs pytest-playwright: pip install 'mnist-diffusion[dev]'")
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (Debian: apt-get install chromium)")
+pytestmark = needs_chromium
 LOCAL = ("file://", "data:", "about:")  # what a page read from disk may ask for
-
-
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args):
-    """pytest-playwright's browser, started from the system's Chromium (no browser download)."""
-    return {**browser_type_launch_args, "executable_path": CHROMIUM}
 
 
 class Page:

@@ -6,23 +6,16 @@ sample and scrub the trajectory; move the forward process's t; walk. Every reque
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
+from conftest import needs_chromium
 
 pytest.importorskip("fastapi", reason="needs the studio extra: pip install 'mnist-diffusion[studio]'")
 pytest.importorskip("pytest_playwright", reason="needs pytest-playwright: pip install 'mnist-diffusion[dev]'")
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (Debian: apt-get install chromium)")
+pytestmark = needs_chromium
 WAIT_MS = 120_000  # a hang guard for one request on a busy machine
-
-
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args):
-    """pytest-playwright's browser, started from the system's Chromium (no browser download)."""
-    return {**browser_type_launch_args, "executable_path": CHROMIUM}
 
 
 @pytest.fixture(scope="module")
